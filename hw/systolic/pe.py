@@ -1,0 +1,81 @@
+"""Output-stationary INT8 processing element."""
+
+from amaranth import Module, Signal, signed, Mux
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["PE"]
+
+
+class PE(wiring.Component):
+    """One multiply-accumulate cell of the output-stationary systolic array.
+
+    Activations (with their control flags) move right, weights move down, one hop per cycle.
+    The product is registered before it is accumulated (a DSP-friendly two-stage MAC), so the
+    accumulator sees a tile's data ``LATENCY`` cycles after it entered the PE. When the last
+    product of a tile arrives, the finished sum is copied into the ``shadow`` register, which
+    is part of the array's drain shift chain; the accumulator restarts at once, so tiles
+    follow each other without a gap.
+
+    Parameters
+    ----------
+    acc_width : int
+        Accumulator width in bits (see :func:`sw.numerics.acc_bits`).
+
+    Members
+    -------
+    a, w : In(signed(8))
+        Operands from the left / top neighbour.
+    valid, first, last : In(1)
+        ``a`` is meaningful / first of a tile / last of a tile.
+    a_out, w_out, valid_out, first_out, last_out : Out
+        The same, registered, to the right / bottom neighbour.
+    shift_in : In(signed(acc_width))
+        Drain chain input (previous PE's ``shadow``).
+    shift_en : In(1)
+        Shift the drain chain by one.
+    shadow : Out(signed(acc_width))
+        Finished tile sum (drain chain output).
+    captured : Out(1)
+        Pulses when ``shadow`` was just loaded with a finished sum.
+    """
+
+    #: cycles from operands at the inputs to the sum being visible in ``shadow``
+    LATENCY = 2
+
+    def __init__(self, *, acc_width: int):
+        if not isinstance(acc_width, int) or not 16 <= acc_width <= 48:
+            raise ValueError(f"acc_width must be an int in [16, 48], not {acc_width!r}")
+        self.acc_width = acc_width
+        super().__init__({
+            "a": In(signed(8)), "w": In(signed(8)),
+            "valid": In(1), "first": In(1), "last": In(1),
+            "a_out": Out(signed(8)), "w_out": Out(signed(8)),
+            "valid_out": Out(1), "first_out": Out(1), "last_out": Out(1),
+            "shift_in": In(signed(acc_width)), "shift_en": In(1),
+            "shadow": Out(signed(acc_width)), "captured": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += [
+            self.a_out.eq(self.a), self.w_out.eq(self.w),
+            self.valid_out.eq(self.valid), self.first_out.eq(self.first & self.valid),
+            self.last_out.eq(self.last & self.valid),
+        ]
+        # stage 1: registered product (maps onto a MULT18X18D with its output register)
+        prod = Signal(signed(16))
+        p_valid, p_first, p_last = Signal(), Signal(), Signal()
+        m.d.sync += [prod.eq(self.a * self.w), p_valid.eq(self.valid),
+                     p_first.eq(self.first & self.valid), p_last.eq(self.last & self.valid)]
+        # stage 2: accumulate; a tile's first product restarts the sum
+        acc = Signal(signed(self.acc_width))
+        total = Mux(p_first, 0, acc) + prod
+        with m.If(p_valid):
+            m.d.sync += acc.eq(total)
+        m.d.sync += self.captured.eq(p_valid & p_last)
+        with m.If(p_valid & p_last):
+            m.d.sync += self.shadow.eq(total)
+        with m.Elif(self.shift_en):
+            m.d.sync += self.shadow.eq(self.shift_in)
+        return m
