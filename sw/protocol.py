@@ -1,13 +1,34 @@
 """Wire protocol between the host driver and the device (the one definition of it).
 
-The gateware reads the enums below directly (a plain ``enum.Enum`` is an Amaranth shape).
+The gateware (``hw.soc.link``) reads the enums and constants below directly (a plain
+``enum.Enum`` is an Amaranth shape), so host and device cannot disagree. ``docs/protocol.md``
+describes the format byte by byte; this module is its executable form. No Amaranth here.
+
+Frame (requests and replies alike)::
+
+    SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | PAYLOAD (LENGTH bytes) | CRC u16 BE
+
+The CRC is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected, no final xor; check
+value 0x29B1 over ``b"123456789"``) computed over OPCODE, LENGTH and PAYLOAD. It is sent most
+significant byte first, so the CRC register run over OPCODE..CRC ends at zero (what the
+gateware checks). Replies carry ``opcode | REPLY_FLAG`` and start their payload with a status
+byte (an :class:`ErrorCode`); an error reply has no further payload.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
+from dataclasses import dataclass
 
-__all__ = ["Buffer", "ErrorCode"]
+__all__ = [
+    "Buffer", "ErrorCode", "Opcode", "SYNC", "REPLY_FLAG", "PROTOCOL_VERSION", "MAX_DATA",
+    "WRITE_HEADER", "MAX_PAYLOAD", "FRAME_OVERHEAD", "READ_PAYLOAD", "LAYER_PAYLOAD",
+    "RUN_NOWAIT", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
+    "pack_frame", "unpack_frame", "pack_reply", "FrameParser", "DeviceInfo",
+    "LayerDescriptor", "Status", "Counters", "identify", "write", "read", "load_layer",
+    "run", "status", "counters", "reset", "efficiency", "parse_reply",
+]
 
 
 class Buffer(enum.IntEnum):
@@ -19,9 +40,464 @@ class Buffer(enum.IntEnum):
 
 
 class ErrorCode(enum.IntEnum):
-    """Error codes reported by the device (core status and link errors)."""
+    """Status byte of every reply: core status and link errors (fits 4 bits)."""
 
     OK = 0
-    BAD_SHAPE = 1          #: M, K or N is zero or exceeds the buffers
-    NOT_LOADED = 2         #: RUN before LOAD_LAYER
+    BAD_SHAPE = 1          #: M, K or N is zero or exceeds the buffers (reported by the core)
+    NOT_LOADED = 2         #: RUN before LOAD_LAYER (or after RESET)
     BUSY = 3               #: command refused while the core runs
+    BAD_CRC = 4            #: CRC mismatch; the command was not executed (see WRITE caveat)
+    UNKNOWN_OPCODE = 5     #: opcode not in :class:`Opcode` (CRC was good)
+    BAD_LENGTH = 6         #: LENGTH > MAX_PAYLOAD, or wrong for the opcode
+    BAD_ADDRESS = 7        #: buffer index invalid or address range outside the buffer
+    TIMEOUT = 8            #: a frame stayed incomplete for longer than the inter-byte timeout
+    BAD_PARAM = 9          #: LOAD_LAYER field out of range (out mode, shift, relu), bad RUN flags
+
+
+class Opcode(enum.IntEnum):
+    """Request opcodes. A reply carries ``opcode | REPLY_FLAG``."""
+
+    IDENTIFY = 0x01     #: -> DeviceInfo
+    WRITE = 0x02        #: buffer u8, address u32, data[1..MAX_DATA]
+    READ = 0x03         #: buffer u8, address u32, count u16 -> data[count]
+    LOAD_LAYER = 0x04   #: LayerDescriptor (12 bytes)
+    RUN = 0x05          #: [] = run and reply when done; [RUN_NOWAIT] = reply once started
+    STATUS = 0x06       #: -> flags u8 (bit0 busy, bit1 loaded), last_error u8
+    COUNTERS = 0x07     #: -> cycles, busy, stall, macs: u48 LE each
+    RESET = 0x08        #: forget the loaded layer and the last error
+
+
+#: First byte of every frame; the decoders hunt for it after garbage or an error.
+SYNC = 0xA5
+#: Set in the opcode byte of replies (never in a valid request).
+REPLY_FLAG = 0x80
+#: Bumped on any incompatible change of this module.
+PROTOCOL_VERSION = 1
+#: Largest data block of one WRITE or READ.
+MAX_DATA = 4096
+#: WRITE payload before the data: buffer u8 + address u32.
+WRITE_HEADER = 5
+#: Largest LENGTH the device accepts (a WRITE of MAX_DATA bytes); larger -> BAD_LENGTH.
+MAX_PAYLOAD = MAX_DATA + WRITE_HEADER
+#: Bytes of a frame besides its payload: SYNC, OPCODE, LENGTH(2), CRC(2).
+FRAME_OVERHEAD = 6
+#: READ request payload: buffer u8, address u32, count u16.
+READ_PAYLOAD = 7
+#: LOAD_LAYER payload length (see :class:`LayerDescriptor`).
+LAYER_PAYLOAD = 12
+#: RUN flag: reply as soon as the core started (poll STATUS for the result).
+RUN_NOWAIT = 0x01
+
+
+# -- CRC -------------------------------------------------------------------------------------
+
+def _make_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC_TABLE = _make_table()
+CRC_INIT = 0xFFFF
+CRC_POLY = 0x1021
+
+
+def crc16_update(crc: int, data: bytes) -> int:
+    """Continue a CRC-16/CCITT-FALSE computation over ``data``."""
+    for b in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[((crc >> 8) ^ b) & 0xFF]
+    return crc
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
+    return crc16_update(CRC_INIT, data)
+
+
+# -- frames ----------------------------------------------------------------------------------
+
+class ProtocolError(Exception):
+    """A byte string is not a well-formed frame (or reply) of this protocol."""
+
+
+class DeviceError(Exception):
+    """The device answered with an error status; ``.code`` is the :class:`ErrorCode`."""
+
+    def __init__(self, code: int, opcode: int | None = None):
+        try:
+            self.code = ErrorCode(code)
+            name = self.code.name
+        except ValueError:
+            self.code = code
+            name = f"unknown error {code}"
+        self.opcode = opcode
+        what = Opcode(opcode).name if opcode in Opcode._value2member_map_ else opcode
+        super().__init__(f"device error {name} in reply to {what}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: the opcode byte as sent and the payload."""
+
+    opcode: int
+    payload: bytes = b""
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.opcode & REPLY_FLAG)
+
+    @property
+    def request(self) -> int:
+        """Opcode of the request this reply answers."""
+        return self.opcode & ~REPLY_FLAG & 0xFF
+
+    @property
+    def status(self) -> int:
+        """Status byte of a reply."""
+        if not self.payload:
+            raise ProtocolError("reply frame without a status byte")
+        return self.payload[0]
+
+    @property
+    def data(self) -> bytes:
+        """Reply payload after the status byte."""
+        return self.payload[1:]
+
+    def to_bytes(self) -> bytes:
+        return pack_frame(self.opcode, self.payload)
+
+
+def pack_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """SYNC, opcode, LE length, payload, BE CRC-16 over opcode..payload."""
+    if not 0 <= int(opcode) <= 0xFF:
+        raise ValueError(f"opcode must be a byte, not {opcode!r}")
+    payload = bytes(payload)
+    if len(payload) > 0xFFFF:
+        raise ValueError(f"payload of {len(payload)} bytes does not fit a 16-bit length")
+    body = bytes([int(opcode)]) + struct.pack("<H", len(payload)) + payload
+    return bytes([SYNC]) + body + struct.pack(">H", crc16(body))
+
+
+def pack_reply(opcode: int, status: int, data: bytes = b"") -> bytes:
+    """A reply to request ``opcode``: what the device sends (used by tests and fakes)."""
+    return pack_frame((int(opcode) | REPLY_FLAG) & 0xFF, bytes([int(status)]) + bytes(data))
+
+
+def unpack_frame(data: bytes) -> Frame:
+    """Decode exactly one complete frame; raises :class:`ProtocolError` on any defect."""
+    data = bytes(data)
+    if len(data) < FRAME_OVERHEAD:
+        raise ProtocolError(f"frame too short ({len(data)} bytes)")
+    if data[0] != SYNC:
+        raise ProtocolError(f"frame starts with 0x{data[0]:02x}, not SYNC 0x{SYNC:02x}")
+    (length,) = struct.unpack_from("<H", data, 2)
+    if len(data) != FRAME_OVERHEAD + length:
+        raise ProtocolError(f"length field says {length} payload bytes, frame has "
+                            f"{len(data) - FRAME_OVERHEAD}")
+    if crc16(data[1:]) != 0:
+        raise ProtocolError("CRC mismatch")
+    return Frame(data[1], data[4:4 + length])
+
+
+class FrameParser:
+    """Streaming decoder: :meth:`feed` bytes in any pieces, get complete frames out.
+
+    Bytes before a SYNC are skipped. A candidate frame whose length exceeds ``max_payload``
+    or whose CRC is wrong is rejected and the hunt restarts at the byte after its SYNC, so a
+    SYNC value inside garbage or a payload never costs more than that one candidate.
+
+    Attributes ``skipped`` (bytes dropped while hunting) and ``bad_frames`` (rejected
+    candidates) count what was thrown away.
+    """
+
+    def __init__(self, *, max_payload: int = MAX_PAYLOAD):
+        if not isinstance(max_payload, int) or not 0 <= max_payload <= 0xFFFF:
+            raise ValueError(f"max_payload must be an int in [0, 65535], not {max_payload!r}")
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self.skipped = 0
+        self.bad_frames = 0
+
+    def reset(self) -> None:
+        """Drop any partial frame."""
+        self._buf.clear()
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back (part of a frame not complete yet)."""
+        return len(self._buf)
+
+    def needed(self) -> int:
+        """Lower bound of the bytes still missing for the frame in progress (1 when idle)."""
+        buf = self._buf
+        if len(buf) < 4:
+            return max(1, 4 - len(buf)) if buf else 1
+        length = buf[2] | buf[3] << 8
+        return max(1, FRAME_OVERHEAD + length - len(buf))
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames = []
+        buf = self._buf
+        while True:
+            i = buf.find(SYNC)
+            if i < 0:
+                self.skipped += len(buf)
+                buf.clear()
+                break
+            if i:
+                self.skipped += i
+                del buf[:i]
+            if len(buf) < 4:
+                break
+            length = buf[2] | buf[3] << 8
+            if length > self.max_payload:
+                self.bad_frames += 1
+                self.skipped += 1
+                del buf[:1]
+                continue
+            end = FRAME_OVERHEAD + length
+            if len(buf) < end:
+                break
+            if crc16(bytes(buf[1:end])) != 0:
+                self.bad_frames += 1
+                self.skipped += 1
+                del buf[:1]
+                continue
+            frames.append(Frame(buf[1], bytes(buf[4:4 + length])))
+            del buf[:end]
+        return frames
+
+
+# -- payloads --------------------------------------------------------------------------------
+
+def _check_uint(name: str, value, bits: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < (1 << bits):
+        raise ValueError(f"{name} must be an integer in [0, {(1 << bits) - 1}], not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """IDENTIFY reply data (30 bytes, little-endian).
+
+    ``out_modes`` is a bit mask: bit ``i`` set when ``OutMode(i)`` is supported.
+    ``a_bytes``/``w_bytes``/``out_bytes`` are the sizes of the host address spaces of the
+    three buffers; ``out_words`` the number of output words; ``max_data`` is MAX_DATA.
+    """
+
+    version: int
+    config_hash: int
+    rows: int
+    cols: int
+    a_bytes: int
+    w_bytes: int
+    out_bytes: int
+    out_words: int
+    max_k: int
+    out_modes: int
+    max_data: int = MAX_DATA
+
+    FORMAT = "<BIHHIIIIHBH"
+    SIZE = struct.calcsize(FORMAT)
+
+    def __post_init__(self):
+        for name, bits in (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
+                           ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32),
+                           ("out_words", 32), ("max_k", 16), ("out_modes", 8),
+                           ("max_data", 16)):
+            _check_uint(f"DeviceInfo.{name}", getattr(self, name), bits)
+
+    def pack(self) -> bytes:
+        return struct.pack(self.FORMAT, self.version, self.config_hash, self.rows, self.cols,
+                           self.a_bytes, self.w_bytes, self.out_bytes, self.out_words,
+                           self.max_k, self.out_modes, self.max_data)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "DeviceInfo":
+        if len(data) != cls.SIZE:
+            raise ProtocolError(f"DeviceInfo needs {cls.SIZE} bytes, got {len(data)}")
+        return cls(*struct.unpack(cls.FORMAT, data))
+
+    def buffer_size(self, buffer: Buffer) -> int:
+        """Host address space size of ``buffer`` in bytes."""
+        return {Buffer.A: self.a_bytes, Buffer.W: self.w_bytes,
+                Buffer.OUT: self.out_bytes}[Buffer(buffer)]
+
+    def supports(self, out_mode) -> bool:
+        return bool(self.out_modes >> int(out_mode) & 1)
+
+
+@dataclass(frozen=True)
+class LayerDescriptor:
+    """LOAD_LAYER payload (12 bytes, little-endian).
+
+    ``m, k, n`` u16, ``out_mode`` u8 (``sw.numerics.OutMode``), ``mult`` u16, ``shift`` u8
+    (0..63), ``zp`` i8, ``relu`` u8 (0/1). The device rejects out-of-range ``out_mode``,
+    ``shift`` or ``relu`` with BAD_PARAM; the shape is checked by the core at RUN (BAD_SHAPE).
+    """
+
+    m: int
+    k: int
+    n: int
+    out_mode: int = 0
+    mult: int = 0
+    shift: int = 0
+    zp: int = 0
+    relu: int = 0
+
+    FORMAT = "<HHHBHBbB"
+    SIZE = struct.calcsize(FORMAT)
+
+    def __post_init__(self):
+        for name, bits in (("m", 16), ("k", 16), ("n", 16), ("out_mode", 8), ("mult", 16),
+                           ("shift", 8), ("relu", 8)):
+            _check_uint(f"LayerDescriptor.{name}", int(getattr(self, name))
+                        if isinstance(getattr(self, name), enum.Enum) else getattr(self, name),
+                        bits)
+        if isinstance(self.zp, bool) or not isinstance(self.zp, int) or not -128 <= self.zp <= 127:
+            raise ValueError(f"LayerDescriptor.zp must be an integer in [-128, 127], not {self.zp!r}")
+
+    def pack(self) -> bytes:
+        return struct.pack(self.FORMAT, self.m, self.k, self.n, int(self.out_mode), self.mult,
+                           self.shift, self.zp, int(self.relu))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "LayerDescriptor":
+        if len(data) != cls.SIZE:
+            raise ProtocolError(f"LayerDescriptor needs {cls.SIZE} bytes, got {len(data)}")
+        return cls(*struct.unpack(cls.FORMAT, data))
+
+    @classmethod
+    def from_requant(cls, m: int, k: int, n: int, out_mode, requant=None) -> "LayerDescriptor":
+        """Build from a ``sw.numerics.Requant`` (or None for raw output)."""
+        if requant is None:
+            return cls(m, k, n, int(out_mode))
+        return cls(m, k, n, int(out_mode), int(requant.multiplier), int(requant.shift),
+                   int(requant.zero_point), int(bool(requant.relu)))
+
+
+@dataclass(frozen=True)
+class Status:
+    """STATUS reply data: flags u8 (bit0 busy, bit1 loaded), last_error u8."""
+
+    busy: bool
+    loaded: bool
+    last_error: int
+
+    SIZE = 2
+
+    def pack(self) -> bytes:
+        return bytes([int(self.busy) | int(self.loaded) << 1, int(self.last_error)])
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Status":
+        if len(data) != cls.SIZE:
+            raise ProtocolError(f"Status needs {cls.SIZE} bytes, got {len(data)}")
+        err = data[1]
+        return cls(bool(data[0] & 1), bool(data[0] & 2),
+                   ErrorCode(err) if err in ErrorCode._value2member_map_ else err)
+
+
+@dataclass(frozen=True)
+class Counters:
+    """COUNTERS reply data: four u48 LE (24 bytes)."""
+
+    cycles: int
+    busy: int
+    stall: int
+    macs: int
+
+    SIZE = 24
+
+    def pack(self) -> bytes:
+        return b"".join(v.to_bytes(6, "little") for v in
+                        (self.cycles, self.busy, self.stall, self.macs))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "Counters":
+        if len(data) != cls.SIZE:
+            raise ProtocolError(f"Counters needs {cls.SIZE} bytes, got {len(data)}")
+        return cls(*(int.from_bytes(data[i:i + 6], "little") for i in range(0, 24, 6)))
+
+
+# -- request builders ------------------------------------------------------------------------
+
+def identify() -> bytes:
+    return pack_frame(Opcode.IDENTIFY)
+
+
+def write(buffer, address: int, data: bytes) -> bytes:
+    """WRITE request; ``1 <= len(data) <= MAX_DATA``."""
+    data = bytes(data)
+    if not 1 <= len(data) <= MAX_DATA:
+        raise ValueError(f"WRITE carries 1..{MAX_DATA} bytes, not {len(data)}")
+    _check_uint("address", address, 32)
+    return pack_frame(Opcode.WRITE, struct.pack("<BI", int(Buffer(buffer)), address) + data)
+
+
+def read(buffer, address: int, count: int) -> bytes:
+    """READ request for ``1 <= count <= MAX_DATA`` bytes."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DATA:
+        raise ValueError(f"READ count must be in [1, {MAX_DATA}], not {count!r}")
+    _check_uint("address", address, 32)
+    return pack_frame(Opcode.READ, struct.pack("<BIH", int(Buffer(buffer)), address, count))
+
+
+def load_layer(desc: LayerDescriptor) -> bytes:
+    return pack_frame(Opcode.LOAD_LAYER, desc.pack())
+
+
+def run(*, wait: bool = True) -> bytes:
+    return pack_frame(Opcode.RUN, b"" if wait else bytes([RUN_NOWAIT]))
+
+
+def status() -> bytes:
+    return pack_frame(Opcode.STATUS)
+
+
+def counters() -> bytes:
+    return pack_frame(Opcode.COUNTERS)
+
+
+def reset() -> bytes:
+    return pack_frame(Opcode.RESET)
+
+
+def parse_reply(frame: Frame, opcode: int) -> bytes:
+    """Check that ``frame`` answers ``opcode`` with OK; return its data.
+
+    Raises :class:`DeviceError` for an error status, :class:`ProtocolError` for a frame that
+    is not a reply to ``opcode``.
+    """
+    if not frame.is_reply or frame.request != int(opcode):
+        raise ProtocolError(f"expected a reply to {Opcode(opcode).name}, got opcode "
+                            f"0x{frame.opcode:02x}")
+    if frame.status != ErrorCode.OK:
+        raise DeviceError(frame.status, int(opcode))
+    return frame.data
+
+
+def efficiency(write_bytes: int, read_bytes: int, *, commands: int = 0) -> float:
+    """Payload / wire bytes (both directions) to WRITE ``write_bytes`` and READ ``read_bytes``
+    in MAX_DATA chunks, plus ``commands`` small request/reply pairs (LOAD_LAYER, RUN, ...).
+
+    Each WRITE chunk costs a request of FRAME_OVERHEAD + WRITE_HEADER + data and a 7-byte
+    reply; each READ chunk a 13-byte request and a reply of FRAME_OVERHEAD + 1 + data.
+    """
+    def chunks(n):
+        full, rest = divmod(n, MAX_DATA)
+        return [MAX_DATA] * full + ([rest] if rest else [])
+
+    wire = 0
+    for c in chunks(write_bytes):
+        wire += FRAME_OVERHEAD + WRITE_HEADER + c + FRAME_OVERHEAD + 1
+    for c in chunks(read_bytes):
+        wire += FRAME_OVERHEAD + READ_PAYLOAD + FRAME_OVERHEAD + 1 + c
+    wire += commands * (FRAME_OVERHEAD + LAYER_PAYLOAD + FRAME_OVERHEAD + 1)
+    payload = write_bytes + read_bytes
+    return payload / wire if wire else 0.0
