@@ -49,6 +49,12 @@ def _tool_env() -> None:
     if bindir not in path.split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.path.dirname(sys.executable) + os.pathsep + path
     os.environ.setdefault("PYTHON3", sys.executable)
+    # The wheel's verilated.mk was configured with an empty CFG_CXXFLAGS_PCH_I, so designs big
+    # enough to be split into several C++ files fail to link ("Vtop__pch.h.fast: linker input
+    # file not found"). Variables in MAKEFLAGS act as command-line definitions for make.
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
 
 
 def to_verilog(component, name: str) -> str:

@@ -1,0 +1,411 @@
+"""mpGEMM core: buffers, sequencer, systolic array, requantization epilogue, counters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from amaranth import Module, Signal, signed, unsigned, Mux, Cat, Const
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw import numerics
+from sw.numerics import OutMode, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS, REQUANT_ZP_BITS
+from sw.protocol import Buffer, ErrorCode
+
+from .array import SystolicArray
+
+__all__ = ["MpGemmCore"]
+
+COUNTER_BITS = 48
+DIM_BITS = 16
+
+
+def _is_pow2(v):
+    return isinstance(v, int) and v >= 1 and (v & (v - 1)) == 0
+
+
+def _serial_mul_step(m, acc, x, y, bit):
+    """One step of a bit-serial ``x * y`` (LSB first): shape-checks need no DSP block."""
+    m.d.sync += acc.eq(acc + Mux(y.bit_select(bit, 1), x << bit, 0))
+
+
+class MpGemmCore(wiring.Component):
+    """INT8 x INT8 GEMM engine: ``OUT = epilogue(A @ W)`` for any ``M x K x N`` that fits.
+
+    Dataflow: output-stationary (see docs/architecture.md). The sequencer walks output tiles
+    of ``rows x cols`` (``N`` tiles outer, ``M`` tiles inner) and streams ``K`` operand pairs
+    per tile; the array keeps the sums in its PEs, so no partial sum ever goes to memory and
+    ``K`` is limited only by the buffers. Rows/columns beyond ``M``/``N`` get zero operands and
+    their results are not written. Tiles follow each other back to back when
+    ``K >= TILE_PERIOD_MIN``; shorter tiles are padded with stall cycles so the drain chain is
+    empty before it is reloaded.
+
+    Host address spaces (all byte addressed, see :mod:`sw.layout`):
+
+    * ``A``: bank-interleaved, byte ``L`` goes to row bank ``L % rows`` at ``L // rows``;
+      element ``A[m, k]`` lives at ``((m // rows) * K + k) * rows + m % rows``.
+    * ``W``: likewise with ``cols`` banks; ``W[k, n]`` at ``((n // cols) * K + k) * cols + n % cols``.
+    * ``OUT``: 32-bit words; INT8 results row-major one per byte, RAW32 one per word (LE).
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array shape (powers of two, so bank selection is a bit slice).
+    a_depth, w_depth : int
+        Words per activation / weight bank (each bank is 8 bits wide).
+    out_words : int
+        32-bit words in the output buffer.
+    a_init, w_init : list of int, optional
+        Initial contents of the A / W address spaces (bytes), e.g. for a self-test.
+
+    Members
+    -------
+    bus_sel : In(Buffer)
+    bus_addr : In(unsigned(addr_bits))
+    bus_wdata : In(8)
+    bus_we, bus_re : In(1)
+        Host access to the buffers, legal while ``busy`` is low. Writes outside a buffer
+        are ignored. ``bus_rdata`` is valid ``READ_LATENCY`` cycles after ``bus_re``.
+    bus_rdata : Out(8)
+    cfg_m, cfg_k, cfg_n : In(16)
+    cfg_out_mode : In(OutMode)
+    cfg_mult : In(16), cfg_shift : In(6), cfg_zp : In(signed(8)), cfg_relu : In(1)
+        Layer configuration; sampled at ``start``.
+    start : In(1)
+        Begin a GEMM.
+    busy : Out(1)
+    done : Out(1)
+        Pulses once when a GEMM (or a refused start) has finished.
+    error : Out(ErrorCode)
+        ``OK``, or ``BAD_SHAPE`` when the shape does not fit (nothing is computed).
+    cnt_cycles, cnt_busy, cnt_stall, cnt_macs : Out(48)
+        Cycles from start to done; cycles feeding the array; stall cycles inside the run;
+        multiply-accumulates issued on real (not padding) operands.
+    """
+
+    READ_LATENCY = 1
+    #: epilogue pipeline depth: capture, multiply, round, shift, clamp+write
+    EPILOGUE_LATENCY = 5
+
+    def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 512, w_depth: int = 512,
+                 out_words: int = 512, a_init=None, w_init=None):
+        for name, v in (("rows", rows), ("cols", cols)):
+            if not _is_pow2(v) or v > 64:
+                raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
+        for name, v in (("a_depth", a_depth), ("w_depth", w_depth), ("out_words", out_words)):
+            if not _is_pow2(v) or not 16 <= v <= (1 << 17):
+                raise ValueError(f"{name} must be a power of two in [16, 131072], not {v!r}")
+        self.rows, self.cols = rows, cols
+        self.a_depth, self.w_depth, self.out_words = a_depth, w_depth, out_words
+        self.max_k = min(a_depth, w_depth, (1 << DIM_BITS) - 1)
+        self.acc_width = numerics.acc_bits(self.max_k)
+        assert self.acc_width <= 32, "RAW32 output needs the accumulator to fit 32 bits"
+        self.a_bytes = rows * a_depth
+        self.w_bytes = cols * w_depth
+        self.out_bytes = 4 * out_words
+        self.addr_bits = max(self.a_bytes, self.w_bytes, self.out_bytes).bit_length() - 1
+        #: minimum cycles between tile starts: the drain chain must empty first
+        self.TILE_PERIOD_MIN = rows * cols + rows + cols + 2
+        self._a_init, self._w_init = a_init, w_init
+        super().__init__({
+            "bus_sel": In(Buffer), "bus_addr": In(unsigned(self.addr_bits)),
+            "bus_wdata": In(8), "bus_we": In(1), "bus_re": In(1), "bus_rdata": Out(8),
+            "cfg_m": In(DIM_BITS), "cfg_k": In(DIM_BITS), "cfg_n": In(DIM_BITS),
+            "cfg_out_mode": In(OutMode), "cfg_mult": In(REQUANT_MULT_BITS),
+            "cfg_shift": In(REQUANT_SHIFT_BITS), "cfg_zp": In(signed(REQUANT_ZP_BITS)),
+            "cfg_relu": In(1),
+            "start": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
+            "cnt_cycles": Out(COUNTER_BITS), "cnt_busy": Out(COUNTER_BITS),
+            "cnt_stall": Out(COUNTER_BITS), "cnt_macs": Out(COUNTER_BITS),
+        })
+
+    def config(self) -> dict:
+        """The parameters that define this core (reported by the build and IDENTIFY)."""
+        return {"rows": self.rows, "cols": self.cols, "a_depth": self.a_depth,
+                "w_depth": self.w_depth, "out_words": self.out_words, "max_k": self.max_k,
+                "acc_width": self.acc_width}
+
+    def config_hash(self) -> int:
+        """32-bit hash of :meth:`config`; the driver checks it against what it expects."""
+        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _bank_init(image, banks, depth, lane):
+        if image is None:
+            return []
+        image = list(image) + [0] * (banks * depth - len(image))
+        return [b & 0xFF for b in image[lane::banks]][:depth]
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.rows, self.cols
+        lr, lc = R.bit_length() - 1, C.bit_length() - 1
+
+        m.submodules.array = array = SystolicArray(rows=R, cols=C, acc_width=self.acc_width)
+
+        # -- buffers -------------------------------------------------------------------
+        a_mems = [Memory(shape=8, depth=self.a_depth,
+                         init=self._bank_init(self._a_init, R, self.a_depth, i)) for i in range(R)]
+        w_mems = [Memory(shape=8, depth=self.w_depth,
+                         init=self._bank_init(self._w_init, C, self.w_depth, j)) for j in range(C)]
+        out_mem = Memory(shape=32, depth=self.out_words, init=[])
+        for i, mem in enumerate(a_mems):
+            m.submodules[f"a_bank{i}"] = mem
+        for j, mem in enumerate(w_mems):
+            m.submodules[f"w_bank{j}"] = mem
+        m.submodules.out_mem = out_mem
+
+        # -- layer configuration, latched at start --------------------------------------
+        M = Signal(DIM_BITS); K = Signal(DIM_BITS); N = Signal(DIM_BITS)
+        mode = Signal(OutMode); mult = Signal(REQUANT_MULT_BITS)
+        shift = Signal(REQUANT_SHIFT_BITS); zp = Signal(signed(REQUANT_ZP_BITS)); relu = Signal()
+
+        # -- sequencer state -------------------------------------------------------------
+        a_addr = Signal(range(self.a_depth + 1))
+        w_base = Signal(range(self.w_depth + 1))
+        w_addr = Signal(range(self.w_depth + 1))
+        k = Signal(DIM_BITS)
+        row0 = Signal(DIM_BITS + 1); col0 = Signal(DIM_BITS + 1)
+        out_row_base = Signal(2 * DIM_BITS + 1)
+        tile_fed = Signal()
+        tile_cyc_max = self.TILE_PERIOD_MIN
+        tile_cyc = Signal(range(tile_cyc_max + 1))
+        macs_per_feed = Signal(range(R * C + 1))
+        issue = Signal()
+        # shape check products (computed bit-serially)
+        mt_cnt = Signal(DIM_BITS); nt_cnt = Signal(DIM_BITS)
+        p_a = Signal(2 * DIM_BITS); p_w = Signal(2 * DIM_BITS); p_o = Signal(2 * DIM_BITS)
+        chk_bit = Signal(range(DIM_BITS + 1))
+
+        # pending tile info handed to the drain unit when the tile's sums are captured
+        pend_row0 = Signal.like(row0); pend_col0 = Signal.like(col0)
+        pend_base = Signal.like(out_row_base); pend_final = Signal()
+        final_drained = Signal()
+
+        def rows_valid(r0):
+            rem = M - r0
+            return Mux(rem >= R, R, rem)[:lr + 1]
+
+        def cols_valid(c0):
+            rem = N - c0
+            return Mux(rem >= C, C, rem)[:lc + 1]
+
+        def set_macs_per_feed(r0, c0):
+            # rv * cv by shift-add: keeps this tiny product off the DSP blocks
+            rv, cv = rows_valid(r0), cols_valid(c0)
+            terms = [Mux(rv[b], cv << b, 0) for b in range(lr + 1)]
+            total = terms[0]
+            for t in terms[1:]:
+                total = total + t
+            m.d.sync += macs_per_feed.eq(total)
+
+        m.d.comb += self.busy.eq(0)
+        m.d.sync += self.done.eq(0)
+        with m.If(self.busy):
+            m.d.sync += self.cnt_cycles.eq(self.cnt_cycles + 1)
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [
+                        M.eq(self.cfg_m), K.eq(self.cfg_k), N.eq(self.cfg_n),
+                        mode.eq(self.cfg_out_mode), mult.eq(self.cfg_mult),
+                        shift.eq(self.cfg_shift), zp.eq(self.cfg_zp), relu.eq(self.cfg_relu),
+                        mt_cnt.eq((self.cfg_m + R - 1) >> lr), nt_cnt.eq((self.cfg_n + C - 1) >> lc),
+                        p_a.eq(0), p_w.eq(0), p_o.eq(0), chk_bit.eq(0),
+                        self.error.eq(ErrorCode.OK),
+                        self.cnt_cycles.eq(0), self.cnt_busy.eq(0),
+                        self.cnt_stall.eq(0), self.cnt_macs.eq(0),
+                    ]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                _serial_mul_step(m, p_a, mt_cnt, K, chk_bit)
+                _serial_mul_step(m, p_w, nt_cnt, K, chk_bit)
+                _serial_mul_step(m, p_o, M, N, chk_bit)
+                m.d.sync += chk_bit.eq(chk_bit + 1)
+                with m.If(chk_bit == DIM_BITS):
+                    out_cap = Mux(mode == OutMode.INT8, 4 * self.out_words, self.out_words)
+                    bad = ((M == 0) | (K == 0) | (N == 0) | (K > self.max_k) |
+                           (p_a > self.a_depth) | (p_w > self.w_depth) | (p_o > out_cap))
+                    with m.If(bad):
+                        m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [a_addr.eq(0), w_base.eq(0), w_addr.eq(0), k.eq(0),
+                                     row0.eq(0), col0.eq(0), out_row_base.eq(0),
+                                     tile_fed.eq(0), tile_cyc.eq(0), final_drained.eq(0)]
+                        set_macs_per_feed(0, 0)
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                last_tile = (row0 + R >= M) & (col0 + C >= N)
+                with m.If(tile_cyc != tile_cyc_max):
+                    m.d.sync += tile_cyc.eq(tile_cyc + 1)
+                with m.If(~tile_fed):
+                    m.d.comb += issue.eq(1)
+                    m.d.sync += [a_addr.eq(a_addr + 1), w_addr.eq(w_addr + 1), k.eq(k + 1),
+                                 self.cnt_busy.eq(self.cnt_busy + 1),
+                                 self.cnt_macs.eq(self.cnt_macs + macs_per_feed)]
+                    with m.If(k == K - 1):
+                        m.d.sync += [tile_fed.eq(1), k.eq(0),
+                                     pend_row0.eq(row0), pend_col0.eq(col0),
+                                     pend_base.eq(out_row_base), pend_final.eq(last_tile)]
+                with m.Else():
+                    m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
+                    with m.If(tile_cyc >= self.TILE_PERIOD_MIN - 1):
+                        # advance to the next tile: M tiles inner, N tiles outer
+                        m.d.sync += [tile_fed.eq(0), tile_cyc.eq(0)]
+                        with m.If(last_tile):
+                            m.next = "FLUSH"
+                        with m.Elif(row0 + R >= M):
+                            m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row_base.eq(0),
+                                         a_addr.eq(0), w_base.eq(w_base + K),
+                                         w_addr.eq(w_base + K)]
+                            set_macs_per_feed(0, col0 + C)
+                        with m.Else():
+                            m.d.sync += [row0.eq(row0 + R), out_row_base.eq(out_row_base + (N << lr)),
+                                         w_addr.eq(w_base)]
+                            set_macs_per_feed(row0 + R, col0)
+            with m.State("FLUSH"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(final_drained):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+
+        # -- operand fetch: one cycle of memory latency, then mask padding rows/cols ---------
+        host_a = (self.bus_sel == Buffer.A)
+        host_w = (self.bus_sel == Buffer.W)
+        host_o = (self.bus_sel == Buffer.OUT)
+        lane_a = self.bus_addr[:lr] if lr else Const(0, 1)
+        lane_w = self.bus_addr[:lc] if lc else Const(0, 1)
+        idx_a = self.bus_addr[lr:]
+        idx_w = self.bus_addr[lc:]
+        a_rd, w_rd = [], []
+        for i, mem in enumerate(a_mems):
+            rp = mem.read_port()
+            wp = mem.write_port()
+            m.d.comb += [rp.addr.eq(Mux(self.busy, a_addr, idx_a)), rp.en.eq(1),
+                         wp.addr.eq(idx_a), wp.data.eq(self.bus_wdata),
+                         wp.en.eq(~self.busy & self.bus_we & host_a & (lane_a == i) &
+                                  (idx_a < self.a_depth))]
+            a_rd.append(rp.data)
+        for j, mem in enumerate(w_mems):
+            rp = mem.read_port()
+            wp = mem.write_port()
+            m.d.comb += [rp.addr.eq(Mux(self.busy, w_addr, idx_w)), rp.en.eq(1),
+                         wp.addr.eq(idx_w), wp.data.eq(self.bus_wdata),
+                         wp.en.eq(~self.busy & self.bus_we & host_w & (lane_w == j) &
+                                  (idx_w < self.w_depth))]
+            w_rd.append(rp.data)
+
+        f_valid, f_first, f_last = Signal(), Signal(), Signal()
+        f_rmask, f_cmask = Signal(R), Signal(C)
+        m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (k == 0)), f_last.eq(issue & (k == K - 1)),
+                     f_rmask.eq(Cat(row0 + i < M for i in range(R))),
+                     f_cmask.eq(Cat(col0 + j < N for j in range(C)))]
+        m.d.comb += [array.valid.eq(f_valid), array.first.eq(f_first), array.last.eq(f_last)]
+        for i in range(R):
+            m.d.comb += array.a[i].eq(Mux(f_rmask[i], a_rd[i].as_signed(), 0))
+        for j in range(C):
+            m.d.comb += array.w[j].eq(Mux(f_cmask[j], w_rd[j].as_signed(), 0))
+
+        # -- drain: one element per cycle from the shift chain ------------------------------
+        draining = Signal()
+        d_i = Signal(range(R)); d_j = Signal(range(C))
+        d_row0 = Signal.like(row0); d_col0 = Signal.like(col0)
+        d_row_addr = Signal.like(out_row_base); d_final = Signal()
+        go = Signal()
+        m.d.comb += go.eq(array.drain_ready | draining)
+        m.d.comb += array.shift_en.eq(go)
+        # element (i, j) of the tile currently at the chain's output
+        cur_i = Mux(draining, d_i, R - 1)
+        cur_j = Mux(draining, d_j, C - 1)
+        cur_row0 = Mux(draining, d_row0, pend_row0)
+        cur_col0 = Mux(draining, d_col0, pend_col0)
+        cur_row_addr = Mux(draining, d_row_addr, pend_base + (N << lr) - N)
+        cur_final = Mux(draining, d_final, pend_final)
+        with m.If(go):
+            m.d.sync += [draining.eq(1), d_row0.eq(cur_row0), d_col0.eq(cur_col0),
+                         d_final.eq(cur_final)]
+            with m.If(cur_j == 0):
+                m.d.sync += [d_j.eq(C - 1), d_i.eq(cur_i - 1), d_row_addr.eq(cur_row_addr - N)]
+                with m.If(cur_i == 0):
+                    m.d.sync += draining.eq(0)
+            with m.Else():
+                m.d.sync += [d_j.eq(cur_j - 1), d_i.eq(cur_i), d_row_addr.eq(cur_row_addr)]
+
+        # -- epilogue: requantize and write ----------------------------------------------
+        e1_v = Signal(); e1_acc = Signal(signed(self.acc_width)); e1_idx = Signal(2 * DIM_BITS)
+        e1_last = Signal()
+        m.d.sync += [
+            e1_v.eq(go & (cur_row0 + cur_i < M) & (cur_col0 + cur_j < N)),
+            e1_acc.eq(array.drain_out),
+            e1_idx.eq(cur_row_addr + cur_col0 + cur_j),
+            e1_last.eq(go & cur_final & (cur_i == 0) & (cur_j == 0)),
+        ]
+        prod_w = self.acc_width + REQUANT_MULT_BITS + 1
+        e2_v = Signal(); e2_acc = Signal.like(e1_acc); e2_idx = Signal.like(e1_idx)
+        e2_prod = Signal(signed(prod_w))
+        m.d.sync += [e2_v.eq(e1_v), e2_acc.eq(e1_acc), e2_idx.eq(e1_idx),
+                     e2_prod.eq(e1_acc * mult.as_unsigned())]
+        rnd = (Const(1, 1) << shift)[1:prod_w]  # 2**(shift-1), or 0 for shift 0
+        e3_v = Signal(); e3_acc = Signal.like(e1_acc); e3_idx = Signal.like(e1_idx)
+        e3_sum = Signal(signed(prod_w + 1))
+        m.d.sync += [e3_v.eq(e2_v), e3_acc.eq(e2_acc), e3_idx.eq(e2_idx),
+                     e3_sum.eq(e2_prod + rnd)]
+        e4_v = Signal(); e4_acc = Signal.like(e1_acc); e4_idx = Signal.like(e1_idx)
+        e4_q = Signal(signed(prod_w + 1))
+        m.d.sync += [e4_v.eq(e3_v), e4_acc.eq(e3_acc), e4_idx.eq(e3_idx),
+                     e4_q.eq(e3_sum >> shift)]
+        y = Signal(signed(prod_w + 2))
+        lo = Mux(relu, zp, -128)
+        m.d.comb += y.eq(e4_q + zp)
+        y8 = Signal(signed(8))
+        m.d.comb += y8.eq(Mux(y > 127, 127, Mux(y < lo, lo, y)))
+        wp = out_mem.write_port(granularity=8)
+        is_raw = mode == OutMode.RAW32
+        m.d.comb += [
+            wp.addr.eq(Mux(is_raw, e4_idx, e4_idx >> 2)),
+            wp.data.eq(Mux(is_raw, e4_acc.as_signed(), Cat(y8, y8, y8, y8))),
+            wp.en.eq(Mux(~e4_v, 0, Mux(is_raw, 0b1111, Const(1, 4) << e4_idx[:2]))),
+        ]
+        # done follows the final tile's last element through the epilogue
+        fin = e1_last
+        for s in range(self.EPILOGUE_LATENCY - 2):
+            nxt = Signal(name=f"fin{s}")
+            m.d.sync += nxt.eq(fin)
+            fin = nxt
+        with m.If(fin):
+            m.d.sync += final_drained.eq(1)
+
+        # -- host reads --------------------------------------------------------------------
+        orp = out_mem.read_port()
+        m.d.comb += [orp.addr.eq(self.bus_addr >> 2), orp.en.eq(1)]
+        r_sel = Signal(Buffer); r_lane_a = Signal.like(lane_a); r_lane_w = Signal.like(lane_w)
+        r_byte = Signal(2)
+        m.d.sync += [r_sel.eq(self.bus_sel), r_lane_a.eq(lane_a), r_lane_w.eq(lane_w),
+                     r_byte.eq(self.bus_addr[:2])]
+        a_data = Signal(8); w_data = Signal(8)
+        with m.Switch(r_lane_a):
+            for i in range(R):
+                with m.Case(i):
+                    m.d.comb += a_data.eq(a_rd[i])
+        with m.Switch(r_lane_w):
+            for j in range(C):
+                with m.Case(j):
+                    m.d.comb += w_data.eq(w_rd[j])
+        o_data = orp.data.word_select(r_byte, 8)
+        with m.Switch(r_sel):
+            with m.Case(Buffer.A):
+                m.d.comb += self.bus_rdata.eq(a_data)
+            with m.Case(Buffer.W):
+                m.d.comb += self.bus_rdata.eq(w_data)
+            with m.Case(Buffer.OUT):
+                m.d.comb += self.bus_rdata.eq(o_data)
+        return m
