@@ -246,3 +246,387 @@ def unpack_int(data: bytes, bits: int, count: int, *, signed: bool = True) -> np
     if signed:
         u = np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
     return u
+
+
+# =============================================================================================
+# Multiplier library (issue 4, hw/arith): minifloats, power-of-two and ternary weight codes,
+# L-Mul, and the exact products the multipliers are checked against.
+#
+# Everything works on integer *codes*; a float appears only as the value a code stands for
+# (float64 holds every value and every product below exactly: at most 8+8 significand bits).
+# =============================================================================================
+
+__all__ += [
+    "Special", "Minifloat", "FpFormat", "minifloat", "fp_fields", "fp_decode", "fp_encode",
+    "fp_is_nan", "fp_is_inf", "FpProduct", "fp_mul_exact", "fp_product_value",
+    "fp_mul_frac_bits", "fp_mul_fixed", "lmul_l", "lmul",
+    "pow2_decode", "pow2_encode", "TERNARY_CODES", "ternary_decode", "ternary_encode",
+    "int_mul", "wrap_int", "mac_wrap",
+]
+
+
+class Special(enum.IntEnum):
+    """How a minifloat format spends its top exponent codes."""
+
+    #: IEEE 754 style: top exponent field is inf (mantissa 0) or NaN (mantissa != 0). E5M2, BF16.
+    IEEE = 0
+    #: OCP E4M3 style ("fn"): no inf, only S.1..1.1..1 is NaN, the rest of the top binade is finite.
+    FN = 1
+    #: Every code is a finite number (E2M1, E3M2): no inf, no NaN.
+    NONE = 2
+
+
+@dataclass(frozen=True)
+class Minifloat:
+    """A sign / exponent / mantissa format of ``1 + e + m`` bits.
+
+    Codes are unsigned integers ``sign << (e + m) | exp << m | mant``. ``exp == 0`` encodes
+    subnormals ``mant * 2**(1 - bias - m)``; otherwise ``(2**m + mant) * 2**(exp - bias - m)``.
+    """
+
+    name: str
+    e: int
+    m: int
+    bias: int
+    special: Special
+
+    def __post_init__(self):
+        if not isinstance(self.e, int) or not 1 <= self.e <= 8:
+            raise ValueError(f"Minifloat.e must be an integer in [1, 8], not {self.e!r}")
+        if not isinstance(self.m, int) or not 1 <= self.m <= 10:
+            raise ValueError(f"Minifloat.m must be an integer in [1, 10], not {self.m!r}")
+        if not isinstance(self.bias, int) or not 0 <= self.bias < (1 << self.e):
+            raise ValueError(f"Minifloat.bias must be an integer in [0, {(1 << self.e) - 1}], "
+                             f"not {self.bias!r}")
+        if not isinstance(self.special, Special):
+            raise ValueError(f"Minifloat.special must be a Special, not {self.special!r}")
+        if self.special is Special.IEEE and self.e < 2:
+            raise ValueError(f"an IEEE-style format needs e >= 2, not {self.e!r}")
+
+    @property
+    def width(self) -> int:
+        """Code width in bits."""
+        return 1 + self.e + self.m
+
+    @property
+    def mag_mask(self) -> int:
+        return (1 << (self.e + self.m)) - 1
+
+    @property
+    def max_code(self) -> int:
+        """Magnitude code (no sign bit) of the largest finite value."""
+        if self.special is Special.IEEE:
+            return (((1 << self.e) - 2) << self.m) | ((1 << self.m) - 1)
+        if self.special is Special.FN:
+            return self.mag_mask - 1
+        return self.mag_mask
+
+    @property
+    def nan_code(self) -> int | None:
+        """The canonical NaN code this project produces (positive sign), or None."""
+        if self.special is Special.NONE:
+            return None
+        return self.mag_mask
+
+    @property
+    def inf_code(self) -> int | None:
+        """Magnitude code of infinity, or None when the format has none."""
+        return ((1 << self.e) - 1) << self.m if self.special is Special.IEEE else None
+
+    @property
+    def max_value(self) -> float:
+        return float(fp_decode(np.array([self.max_code]), self)[0])
+
+
+def minifloat(e: int, m: int, *, bias: int | None = None, special: Special = Special.NONE,
+              name: str | None = None) -> Minifloat:
+    """A custom format (e.g. for L-Mul sweeps); ``bias`` defaults to ``2**(e-1) - 1``."""
+    if bias is None:
+        if not isinstance(e, int) or e < 1:
+            raise ValueError(f"e must be a positive integer, not {e!r}")
+        bias = (1 << (e - 1)) - 1
+    return Minifloat(name or f"E{e}M{m}", e, m, bias, special)
+
+
+class FpFormat(enum.Enum):
+    """The named formats the gateware supports (shared with hw.arith)."""
+
+    E4M3 = Minifloat("E4M3", 4, 3, 7, Special.FN)       # OCP FP8, max 448
+    E5M2 = Minifloat("E5M2", 5, 2, 15, Special.IEEE)    # OCP FP8, max 57344
+    E3M2 = Minifloat("E3M2", 3, 2, 3, Special.NONE)     # OCP FP6, max 28
+    E2M1 = Minifloat("E2M1", 2, 1, 1, Special.NONE)     # OCP FP4, max 6
+    BF16 = Minifloat("BF16", 8, 7, 127, Special.IEEE)
+
+
+def _fmt(fmt) -> Minifloat:
+    if isinstance(fmt, FpFormat):
+        return fmt.value
+    if isinstance(fmt, Minifloat):
+        return fmt
+    raise TypeError(f"format must be an FpFormat or a Minifloat, not {fmt!r}")
+
+
+def _codes(codes, f: Minifloat, name: str = "codes") -> np.ndarray:
+    return check_int(codes, f.width, signed=False, name=name)
+
+
+def fp_fields(codes, fmt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split codes into ``(sign, exp_field, mant_field)`` int64 arrays."""
+    f = _fmt(fmt)
+    c = _codes(codes, f)
+    return c >> (f.e + f.m), (c >> f.m) & ((1 << f.e) - 1), c & ((1 << f.m) - 1)
+
+
+def fp_is_nan(codes, fmt) -> np.ndarray:
+    f = _fmt(fmt)
+    _, ef, mf = fp_fields(codes, f)
+    if f.special is Special.IEEE:
+        return (ef == (1 << f.e) - 1) & (mf != 0)
+    if f.special is Special.FN:
+        return (ef == (1 << f.e) - 1) & (mf == (1 << f.m) - 1)
+    return np.zeros(ef.shape, dtype=bool)
+
+
+def fp_is_inf(codes, fmt) -> np.ndarray:
+    f = _fmt(fmt)
+    _, ef, mf = fp_fields(codes, f)
+    if f.special is Special.IEEE:
+        return (ef == (1 << f.e) - 1) & (mf == 0)
+    return np.zeros(ef.shape, dtype=bool)
+
+
+def fp_decode(codes, fmt) -> np.ndarray:
+    """The exact float64 value of each code (NaN / +-inf for the special codes)."""
+    f = _fmt(fmt)
+    s, ef, mf = fp_fields(codes, f)
+    sig = np.where(ef == 0, mf, mf + (1 << f.m)).astype(np.float64)
+    val = np.ldexp(sig, (np.maximum(ef, 1) - f.bias - f.m).astype(np.int64))
+    val = np.where(fp_is_inf(codes, f), np.inf, val)
+    val = np.where(fp_is_nan(codes, f), np.nan, val)
+    return np.where(s == 1, -val, val)
+
+
+def fp_encode(x, fmt, *, saturate: bool = True) -> np.ndarray:
+    """Round float values to codes: round to nearest, ties to even; subnormals kept.
+
+    Values beyond the largest finite value (and +-inf) become +-max finite with ``saturate``
+    (the OCP "satfinite" conversion); without it they become +-inf (IEEE formats) or NaN (E4M3
+    style), and raise for formats without either. NaN becomes the canonical NaN code.
+    ``-0.0`` keeps its sign.
+    """
+    f = _fmt(fmt)
+    x = np.asarray(x, dtype=np.float64)
+    sign = np.signbit(x).astype(np.int64)
+    ax = np.abs(x)
+    nan = np.isnan(x)
+    if nan.any() and f.nan_code is None:
+        raise ValueError(f"{f.name} has no NaN, but the input holds NaN")
+    fin = np.where(np.isfinite(ax), ax, 0.0)
+    _, k = np.frexp(fin)                               # fin = frac * 2**k, frac in [0.5, 1)
+    ex = np.maximum(k.astype(np.int64) - 1, 1 - f.bias)  # binade, clamped into the subnormal one
+    n = np.rint(np.ldexp(fin, -(ex - f.m))).astype(np.int64)  # exact scaling, then RNE
+    # n in [0, 2**(m+1)]; a mantissa round-up to 2**(m+1) carries into the exponent by itself:
+    mag = np.where(n == 0, 0, ((ex + f.bias - 1) << f.m) + n)
+    over = (mag > f.max_code) | np.isinf(ax)
+    if saturate:
+        mag = np.where(over, f.max_code, mag)
+    elif over[~nan].any():
+        if f.special is Special.IEEE:
+            mag = np.where(over, f.inf_code, mag)
+        elif f.special is Special.FN:
+            mag = np.where(over, f.nan_code, mag)
+        else:
+            raise ValueError(f"{f.name} has no inf or NaN to represent an overflow; use saturate=True")
+    code = (sign << (f.e + f.m)) | mag
+    if f.nan_code is not None:
+        code = np.where(nan, f.nan_code, code)
+    return code.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FpProduct:
+    """Exact product of two minifloat codes in unnormalised fields, as ``hw.arith.FpMul`` outputs.
+
+    ``value = (-1)**sign * mant * 2**(exp - bias_a - bias_b - m_a - m_b)`` where ``exp`` is the
+    sum of the effective exponent fields (a subnormal's is 1) and ``mant`` the product of the
+    significands (hidden bit included). ``exp``/``mant`` are the raw field arithmetic also for
+    NaN / inf operands; the ``nan`` / ``inf`` flags say when they are meaningless.
+    """
+
+    sign: np.ndarray
+    exp: np.ndarray
+    mant: np.ndarray
+    nan: np.ndarray
+    inf: np.ndarray
+
+
+def fp_mul_exact(a, b, fmt_a, fmt_b=None) -> FpProduct:
+    """Exact product of codes ``a`` (format ``fmt_a``) and ``b`` (``fmt_b``, default the same).
+
+    NaN if either operand is NaN or for inf x 0 (a subnormal is not zero); inf if either is inf.
+    """
+    fa = _fmt(fmt_a)
+    fb = fa if fmt_b is None else _fmt(fmt_b)
+    sa, ea, ma = fp_fields(a, fa)
+    sb, eb, mb = fp_fields(b, fb)
+    siga = np.where(ea == 0, ma, ma | (1 << fa.m))
+    sigb = np.where(eb == 0, mb, mb | (1 << fb.m))
+    za = (ea == 0) & (ma == 0)
+    zb = (eb == 0) & (mb == 0)
+    ia, ib = fp_is_inf(a, fa), fp_is_inf(b, fb)
+    nan = fp_is_nan(a, fa) | fp_is_nan(b, fb) | (ia & zb) | (ib & za)
+    inf = (ia | ib) & ~nan
+    return FpProduct(sa ^ sb, np.maximum(ea, 1) + np.maximum(eb, 1), siga * sigb, nan, inf)
+
+
+def fp_product_value(p: FpProduct, fmt_a, fmt_b=None) -> np.ndarray:
+    """Float64 value of an :class:`FpProduct` (exact; NaN / inf from the flags)."""
+    fa = _fmt(fmt_a)
+    fb = fa if fmt_b is None else _fmt(fmt_b)
+    v = np.ldexp(p.mant.astype(np.float64), p.exp - fa.bias - fb.bias - fa.m - fb.m)
+    v = np.where(p.inf, np.inf, v)
+    v = np.where(p.sign == 1, -v, v)
+    return np.where(p.nan, np.nan, v)
+
+
+def fp_mul_frac_bits(fmt_a, fmt_b=None) -> int:
+    """Fraction bits of the fixed-point product: the smallest product is one unit."""
+    fa = _fmt(fmt_a)
+    fb = fa if fmt_b is None else _fmt(fmt_b)
+    return fa.bias + fb.bias + fa.m + fb.m - 2
+
+
+def fp_mul_fixed(a, b, fmt_a, fmt_b=None) -> np.ndarray:
+    """Exact product as a signed fixed-point integer ``value * 2**fp_mul_frac_bits``.
+
+    This is ``(-1)**sign * (mant << (exp - 2))`` from the raw fields (flags ignored), what
+    ``FpMul(output="fixed")`` puts on ``p`` and what a wide FP accumulator adds up. int64 when
+    it fits (E4M3: 37 bits), Python ints in an object array otherwise (E5M2: 65 bits).
+    """
+    p = fp_mul_exact(a, b, fmt_a, fmt_b)
+    sh = p.exp - 2
+    if int(sh.max(initial=0)) + int(p.mant.max(initial=0)).bit_length() <= 62:
+        v = p.mant << sh
+    else:
+        v = np.array([int(m) << int(s) for m, s in zip(p.mant.ravel(), sh.ravel())],
+                     dtype=object).reshape(sh.shape)
+    return np.where(p.sign == 1, -v, v)
+
+
+def lmul_l(m: int) -> int:
+    """The paper's offset exponent: l(m) = m (m <= 3), 3 (m = 4), 4 (m > 4)."""
+    if not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive integer, not {m!r}")
+    return m if m <= 3 else (3 if m == 4 else 4)
+
+
+def lmul(a, b, fmt) -> np.ndarray:
+    """L-Mul of two codes of the same format, exactly as ``hw.arith.LMul`` computes it.
+
+    One integer adder over the exponent|mantissa fields::
+
+        s = (Ea<<m | Ma) + (Eb<<m | Mb) - (bias<<m) + 2**(m - l(m))
+
+    so a mantissa carry ripples into the exponent. Sign is the XOR. A zero or subnormal
+    operand, or ``s < 2**m`` (underflow), gives a signed zero; ``s`` above the largest finite
+    code gives signed max finite. NaN in (or inf x zero/subnormal for IEEE formats) gives the
+    canonical NaN; inf x nonzero gives a signed inf.
+    """
+    f = _fmt(fmt)
+    sa, ea, _ = fp_fields(a, f)
+    sb, eb, _ = fp_fields(b, f)
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    s = (a & f.mag_mask) + (b & f.mag_mask) - (f.bias << f.m) + (1 << (f.m - lmul_l(f.m)))
+    zero = (ea == 0) | (eb == 0) | (s < (1 << f.m))
+    mag = np.where(zero, 0, np.minimum(s, f.max_code))
+    sign = sa ^ sb
+    out = (sign << (f.e + f.m)) | mag
+    if f.special is Special.IEEE:
+        ia, ib = fp_is_inf(a, f), fp_is_inf(b, f)
+        nan = fp_is_nan(a, f) | fp_is_nan(b, f) | (ia & (eb == 0)) | (ib & (ea == 0))
+        out = np.where(ia | ib, (sign << (f.e + f.m)) | f.inf_code, out)
+        out = np.where(nan, f.nan_code, out)
+    elif f.special is Special.FN:
+        out = np.where(fp_is_nan(a, f) | fp_is_nan(b, f), f.nan_code, out)
+    return out.astype(np.int64)
+
+
+# -- power-of-two and ternary weights --------------------------------------------------------
+
+def pow2_decode(codes, e_bits: int) -> np.ndarray:
+    """Power-of-two weight codes ``sign << e_bits | e`` -> ``(-1)**sign * 2**e`` (zero-free)."""
+    if not isinstance(e_bits, int) or not 1 <= e_bits <= 4:
+        raise ValueError(f"e_bits must be an integer in [1, 4], not {e_bits!r}")
+    c = check_int(codes, e_bits + 1, signed=False, name="pow2 codes")
+    v = np.int64(1) << (c & ((1 << e_bits) - 1))
+    return np.where(c >> e_bits == 1, -v, v)
+
+
+def pow2_encode(values, e_bits: int) -> np.ndarray:
+    """Inverse of :func:`pow2_decode`; every value must be exactly +-2**e, 0 <= e < 2**e_bits."""
+    v = np.asarray(values)
+    if v.dtype.kind not in "iu":
+        raise TypeError(f"pow2 values must have an integer dtype, not {v.dtype}")
+    v = v.astype(np.int64)
+    a = np.abs(v)
+    e = np.zeros(v.shape, dtype=np.int64)
+    ok = (a > 0) & ((a & (a - 1)) == 0)
+    for i in range(1, 1 << e_bits):
+        e = np.where(a == (1 << i), i, e)
+    ok &= a <= (1 << ((1 << e_bits) - 1))
+    if not ok.all():
+        raise ValueError(f"pow2 values must be +-2**e with 0 <= e < {1 << e_bits}; "
+                         f"found {v[~ok].ravel()[:4].tolist()}")
+    return ((v < 0).astype(np.int64) << e_bits) | e
+
+
+#: Ternary 2-bit codes: bit 0 = nonzero, bit 1 = negative (0b10 is a second zero, never produced).
+TERNARY_CODES = {0: 0b00, 1: 0b01, -1: 0b11}
+
+
+def ternary_decode(codes) -> np.ndarray:
+    """2-bit ternary codes -> {-1, 0, +1} (0b11 = -1 as in two's complement; 0b10 reads as 0)."""
+    c = check_int(codes, 2, signed=False, name="ternary codes")
+    return np.where(c & 1, np.where(c >> 1, -1, 1), 0).astype(np.int64)
+
+
+def ternary_encode(values) -> np.ndarray:
+    v = check_int(values, 2, name="ternary values")
+    if (v == -2).any():
+        raise ValueError("ternary values must lie in {-1, 0, 1}")
+    return v & 0b11
+
+
+# -- exact integer products and accumulators ---------------------------------------------
+
+def int_mul(a, b, *, a_bits: int = 8, b_bits: int = 8, a_signed: bool = True,
+            b_signed: bool = True) -> np.ndarray:
+    """Exact elementwise product after range checks: the golden model of every integer
+    multiplier (IntMul, ShiftAddMul, BoothMul, BitSerialMul); they differ only in cost."""
+    return (check_int(a, a_bits, signed=a_signed, name="a")
+            * check_int(b, b_bits, signed=b_signed, name="b"))
+
+
+def wrap_int(x, bits: int, *, signed: bool = True) -> np.ndarray:
+    """``x`` modulo ``2**bits``, as a signed (two's complement) or unsigned int64."""
+    x = np.asarray(x).astype(np.int64) & ((1 << bits) - 1)
+    if signed:
+        x = np.where(x >= (1 << (bits - 1)), x - (1 << bits), x)
+    return x
+
+
+def mac_wrap(products, clear, bits: int) -> np.ndarray:
+    """Running accumulator after each step, wrapping at ``bits`` (signed).
+
+    ``acc = product if clear else acc + product``: the golden model of a MAC register.
+    """
+    p = np.asarray(products).astype(np.int64)
+    c = np.asarray(clear).astype(bool)
+    out = np.empty_like(p)
+    acc = 0
+    for i in range(p.size):
+        acc = int(p[i]) if c[i] else acc + int(p[i])
+        acc = ((acc + (1 << (bits - 1))) % (1 << bits)) - (1 << (bits - 1))
+        out[i] = acc
+    return out
