@@ -1,0 +1,425 @@
+"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol`.
+
+The link consumes the host's byte stream (UART RX, or the simulation harness), checks each
+frame, executes it against the mpGEMM core's command interface and emits the reply frame.
+It is half duplex: while a reply is being sent, ``i_stream.ready`` is low (the host waits for
+each reply before sending the next request, which the driver does anyway).
+
+Robustness rules (see ``docs/protocol.md``):
+
+- bytes other than SYNC are skipped while hunting;
+- ``LENGTH > MAX_PAYLOAD`` is answered with BAD_LENGTH at once and the hunt restarts;
+- a frame that stays incomplete for ``timeout`` cycles without a new byte is answered with
+  TIMEOUT and dropped, so a truncated frame never hangs the decoder;
+- a frame with a bad CRC is answered with BAD_CRC and not executed; the one exception is the
+  data of a WRITE, which streams straight into the buffer as it arrives (the payload is not
+  stored), so a WRITE answered with BAD_CRC may already have modified the addressed range
+  (never anything outside it: the range is checked before the first data byte). The host
+  retries the WRITE.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw.numerics import OutMode
+from sw.protocol import (
+    FRAME_OVERHEAD, LAYER_PAYLOAD, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
+    REPLY_FLAG, RUN_NOWAIT, SYNC, WRITE_HEADER, Buffer, Counters, DeviceInfo, ErrorCode,
+    Opcode, Status, CRC_POLY,
+)
+
+__all__ = ["Link", "crc16_next", "CORE_PORTS"]
+
+#: Ports shared with ``hw.systolic.core.MpGemmCore``, as (name, direction seen from the core).
+CORE_PORTS = (
+    ("bus_sel", "in"), ("bus_addr", "in"), ("bus_wdata", "in"), ("bus_we", "in"),
+    ("bus_re", "in"), ("bus_rdata", "out"),
+    ("cfg_m", "in"), ("cfg_k", "in"), ("cfg_n", "in"), ("cfg_out_mode", "in"),
+    ("cfg_mult", "in"), ("cfg_shift", "in"), ("cfg_zp", "in"), ("cfg_relu", "in"),
+    ("start", "in"), ("busy", "out"), ("done", "out"), ("error", "out"),
+    ("cnt_cycles", "out"), ("cnt_busy", "out"), ("cnt_stall", "out"), ("cnt_macs", "out"),
+)
+
+
+def _crc_matrix():
+    """Which (crc bit, data bit) inputs each output bit of one CRC byte step XORs."""
+    c = [{("c", i)} for i in range(16)]
+    for i in range(8):
+        fb = c[15] ^ {("d", 7 - i)}
+        n = [set(fb)] + [set(x) for x in c[:15]]
+        for j in range(1, 16):
+            if CRC_POLY >> j & 1:
+                n[j] ^= fb
+        c = n
+    return c
+
+
+_CRC_MATRIX = _crc_matrix()
+
+
+def crc16_next(crc, byte):
+    """CRC-16/CCITT-FALSE register after one byte, as a flat XOR network (Amaranth value)."""
+    bits = []
+    for terms in _CRC_MATRIX:
+        x = Const(0, 1)
+        for kind, i in sorted(terms):
+            x = x ^ (crc[i] if kind == "c" else byte[i])
+        bits.append(x)
+    return Cat(*bits)
+
+
+class Link(wiring.Component):
+    """Frame decoder / command executor / reply encoder.
+
+    Parameters
+    ----------
+    info : sw.protocol.DeviceInfo
+        What IDENTIFY returns; also gives the buffer sizes used for address checks.
+    addr_bits : int
+        Width of the core's ``bus_addr``.
+    read_latency : int
+        Cycles from ``bus_re`` to valid ``bus_rdata`` (the core's ``READ_LATENCY``).
+    timeout : int
+        Cycles without a byte after which a partial frame is dropped (answered TIMEOUT).
+
+    Members
+    -------
+    i_stream : In(stream.Signature(8))
+        Bytes from the host.
+    o_stream : Out(stream.Signature(8))
+        Reply bytes to the host.
+    bus_*, cfg_*, start, busy, done, error, cnt_* :
+        The core's command interface, directions flipped (see :data:`CORE_PORTS` and
+        :meth:`connect_core`).
+    """
+
+    DEFAULT_TIMEOUT = 1 << 22
+
+    def __init__(self, *, info: DeviceInfo, addr_bits: int, read_latency: int = 1,
+                 timeout: int = DEFAULT_TIMEOUT):
+        if not isinstance(info, DeviceInfo):
+            raise TypeError(f"info must be a sw.protocol.DeviceInfo, not {info!r}")
+        if not isinstance(addr_bits, int) or not 1 <= addr_bits <= 32:
+            raise ValueError(f"addr_bits must be an int in [1, 32], not {addr_bits!r}")
+        for name in ("a_bytes", "w_bytes", "out_bytes"):
+            if getattr(info, name) > (1 << addr_bits):
+                raise ValueError(f"info.{name}={getattr(info, name)!r} exceeds the "
+                                 f"{addr_bits}-bit bus address space")
+        if info.max_data != MAX_DATA:
+            raise ValueError(f"info.max_data must be MAX_DATA={MAX_DATA}, not {info.max_data!r}")
+        if not isinstance(read_latency, int) or not 1 <= read_latency <= 8:
+            raise ValueError(f"read_latency must be an int in [1, 8], not {read_latency!r}")
+        if not isinstance(timeout, int) or timeout < 4:
+            raise ValueError(f"timeout must be an int >= 4 (cycles), not {timeout!r}")
+        self.info = info
+        self.addr_bits = addr_bits
+        self.read_latency = read_latency
+        self.timeout = timeout
+        super().__init__({
+            "i_stream": In(stream.Signature(8)),
+            "o_stream": Out(stream.Signature(8)),
+            "bus_sel": Out(Buffer), "bus_addr": Out(addr_bits), "bus_wdata": Out(8),
+            "bus_we": Out(1), "bus_re": Out(1), "bus_rdata": In(8),
+            "cfg_m": Out(16), "cfg_k": Out(16), "cfg_n": Out(16), "cfg_out_mode": Out(OutMode),
+            "cfg_mult": Out(16), "cfg_shift": Out(6), "cfg_zp": Out(signed(8)),
+            "cfg_relu": Out(1),
+            "start": Out(1), "busy": In(1), "done": In(1), "error": In(ErrorCode),
+            "cnt_cycles": In(48), "cnt_busy": In(48), "cnt_stall": In(48), "cnt_macs": In(48),
+        })
+
+    @classmethod
+    def for_core(cls, core, *, timeout: int = DEFAULT_TIMEOUT, out_modes: int | None = None):
+        """A link for ``core`` (an ``MpGemmCore``-like object with the IDENTIFY attributes)."""
+        if out_modes is None:
+            out_modes = getattr(core, "out_modes", None)
+            if out_modes is None:
+                out_modes = sum(1 << int(m) for m in OutMode)
+        info = DeviceInfo(PROTOCOL_VERSION, core.config_hash() & 0xFFFFFFFF, core.rows,
+                          core.cols, core.a_bytes, core.w_bytes, core.out_bytes,
+                          core.out_words, core.max_k, out_modes)
+        return cls(info=info, addr_bits=core.addr_bits,
+                   read_latency=getattr(core, "READ_LATENCY", 1), timeout=timeout)
+
+    def connect_core(self, m: Module, core) -> None:
+        """Join this link to ``core`` (combinational assignments in ``m``)."""
+        for name, direction in CORE_PORTS:
+            mine, theirs = getattr(self, name), getattr(core, name)
+            if direction == "in":
+                m.d.comb += theirs.eq(mine)
+            else:
+                m.d.comb += mine.eq(theirs)
+
+    def elaborate(self, platform):
+        m = Module()
+        info = self.info
+
+        rx = self.i_stream
+        tx = self.o_stream
+        take = Signal()                       # a host byte is consumed this cycle
+        m.d.comb += take.eq(rx.valid & rx.ready)
+        byte = rx.payload
+
+        # -- receive-side registers ------------------------------------------------------
+        opcode = Signal(8)
+        length = Signal(16)
+        idx = Signal(16)                      # payload byte index
+        crc = Signal(16)
+        hdr = [Signal(8, name=f"hdr{i}") for i in range(LAYER_PAYLOAD)]
+        tmo = Signal(range(self.timeout + 1))
+        werr = Signal(ErrorCode)              # verdict on a WRITE's header (before its data)
+        baddr = Signal(33)                    # bus address counter (read and write)
+
+        p_buf = hdr[0]
+        p_addr = Cat(*hdr[1:5])
+        p_count = Cat(hdr[5], hdr[6])
+
+        def range_ok(count):
+            size = Mux(p_buf == Buffer.A, info.a_bytes,
+                       Mux(p_buf == Buffer.W, info.w_bytes, info.out_bytes))
+            return (p_buf <= max(Buffer)) & (p_addr + count <= size)
+
+        # -- core-side state -------------------------------------------------------------
+        loaded = Signal()
+        running = Signal()
+        last_error = Signal(ErrorCode)
+        core_busy = Signal()
+        m.d.comb += core_busy.eq(self.busy | running)
+        with m.If(self.done):
+            m.d.sync += [last_error.eq(self.error), running.eq(0)]
+
+        # -- reply registers -------------------------------------------------------------
+        SNAP_BYTES = max(DeviceInfo.SIZE, Counters.SIZE, Status.SIZE)
+        r_op = Signal(8)
+        r_status = Signal(8)
+        r_count = Signal(16)                  # data bytes after the status byte
+        r_bus = Signal()                      # data comes from the bus (READ)
+        snap = Signal(8 * SNAP_BYTES)
+        tidx = Signal(16)
+        rbyte = Signal(8)
+        rlat = Signal(range(self.read_latency + 1))
+        tcrc = Signal(16)
+        ident = Const(int.from_bytes(info.pack(), "little"), 8 * DeviceInfo.SIZE)
+
+        m.d.comb += [
+            self.bus_sel.eq(p_buf[:2]),
+            self.bus_addr.eq(baddr[:self.addr_bits]),
+            self.bus_wdata.eq(byte),
+        ]
+
+        def reply(status, count=0, bus=False):
+            return [r_op.eq(opcode | REPLY_FLAG), r_status.eq(status), r_count.eq(count),
+                    r_bus.eq(bus), tidx.eq(0)]
+
+        def send(value):
+            """Present ``value`` on o_stream; returns the handshake condition."""
+            m.d.comb += [tx.valid.eq(1), tx.payload.eq(value)]
+            return tx.ready
+
+        rx_states = ("OPC", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
+
+        with m.FSM(name="link"):
+            with m.State("HUNT"):
+                m.d.comb += rx.ready.eq(1)
+                m.d.sync += [opcode.eq(0), tmo.eq(0), crc.eq(0xFFFF), idx.eq(0)]
+                with m.If(take & (byte == SYNC)):
+                    m.next = "OPC"
+
+            for name in rx_states:
+                with m.State(name):
+                    m.d.comb += rx.ready.eq(1)
+                    with m.If(take):
+                        m.d.sync += [tmo.eq(0), crc.eq(crc16_next(crc, byte))]
+                    with m.Elif(tmo == self.timeout - 1):
+                        m.d.sync += reply(ErrorCode.TIMEOUT)
+                        m.next = "TX_SYNC"
+                    with m.Else():
+                        m.d.sync += tmo.eq(tmo + 1)
+                    with m.If(take):
+                        if name == "OPC":
+                            m.d.sync += opcode.eq(byte)
+                            m.next = "LEN0"
+                        elif name == "LEN0":
+                            m.d.sync += length[:8].eq(byte)
+                            m.next = "LEN1"
+                        elif name == "LEN1":
+                            m.d.sync += length[8:].eq(byte)
+                            full = Cat(length[:8], byte)
+                            with m.If(full > MAX_PAYLOAD):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                                m.next = "TX_SYNC"
+                            with m.Elif(full == 0):
+                                m.next = "CRC0"
+                            with m.Else():
+                                m.next = "PAYLOAD"
+                        elif name == "PAYLOAD":
+                            for i, h in enumerate(hdr):
+                                with m.If(idx == i):
+                                    m.d.sync += h.eq(byte)
+                            m.d.sync += idx.eq(idx + 1)
+                            is_data = (opcode == Opcode.WRITE) & (idx >= WRITE_HEADER)
+                            with m.If(is_data & (werr == ErrorCode.OK)):
+                                m.d.comb += self.bus_we.eq(1)
+                                m.d.sync += baddr.eq(baddr + 1)
+                            with m.If(idx == length - 1):
+                                m.next = "CRC0"
+                            with m.Elif((opcode == Opcode.WRITE) & (idx == WRITE_HEADER - 1)):
+                                m.next = "WCHECK"
+                        elif name == "CRC0":
+                            m.next = "CRC1"
+                        else:
+                            m.next = "EXEC"
+
+            with m.State("WCHECK"):
+                # header of a WRITE complete, data not yet: decide before any bus write
+                count = length - WRITE_HEADER
+                m.d.sync += baddr.eq(p_addr)
+                with m.If(~range_ok(count)):
+                    m.d.sync += werr.eq(ErrorCode.BAD_ADDRESS)
+                with m.Elif(core_busy):
+                    m.d.sync += werr.eq(ErrorCode.BUSY)
+                with m.Else():
+                    m.d.sync += werr.eq(ErrorCode.OK)
+                m.next = "PAYLOAD"
+
+            with m.State("EXEC"):
+                m.d.sync += werr.eq(ErrorCode.OK)
+                m.next = "TX_SYNC"
+                with m.If(crc != 0):
+                    m.d.sync += reply(ErrorCode.BAD_CRC)
+                with m.Else():
+                    with m.Switch(opcode):
+                        with m.Case(Opcode.IDENTIFY):
+                            with m.If(length != 0):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [reply(ErrorCode.OK, DeviceInfo.SIZE), snap.eq(ident)]
+                        with m.Case(Opcode.WRITE):
+                            with m.If(length <= WRITE_HEADER):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += reply(werr)
+                        with m.Case(Opcode.READ):
+                            with m.If((length != READ_PAYLOAD) | (p_count == 0) |
+                                      (p_count > MAX_DATA)):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Elif(~range_ok(p_count)):
+                                m.d.sync += reply(ErrorCode.BAD_ADDRESS)
+                            with m.Elif(core_busy):
+                                m.d.sync += reply(ErrorCode.BUSY)
+                            with m.Else():
+                                m.d.sync += [reply(ErrorCode.OK, p_count, bus=True),
+                                             baddr.eq(p_addr)]
+                        with m.Case(Opcode.LOAD_LAYER):
+                            mode_ok = 0
+                            for mode in OutMode:
+                                mode_ok = mode_ok | (hdr[6] == mode)
+                            with m.If(length != LAYER_PAYLOAD):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Elif(core_busy):
+                                m.d.sync += reply(ErrorCode.BUSY)
+                            with m.Elif(~mode_ok | (hdr[9] >= 64) | (hdr[11] > 1)):
+                                m.d.sync += reply(ErrorCode.BAD_PARAM)
+                            with m.Else():
+                                m.d.sync += [
+                                    reply(ErrorCode.OK), loaded.eq(1),
+                                    self.cfg_m.eq(Cat(hdr[0], hdr[1])),
+                                    self.cfg_k.eq(Cat(hdr[2], hdr[3])),
+                                    self.cfg_n.eq(Cat(hdr[4], hdr[5])),
+                                    self.cfg_out_mode.eq(hdr[6]),
+                                    self.cfg_mult.eq(Cat(hdr[7], hdr[8])),
+                                    self.cfg_shift.eq(hdr[9]),
+                                    self.cfg_zp.eq(hdr[10]),
+                                    self.cfg_relu.eq(hdr[11][0]),
+                                ]
+                        with m.Case(Opcode.RUN):
+                            nowait = (length == 1) & (hdr[0] == RUN_NOWAIT)
+                            with m.If(length > 1):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Elif((length == 1) & (hdr[0] & ~RUN_NOWAIT & 0xFF).any()):
+                                m.d.sync += reply(ErrorCode.BAD_PARAM)
+                            with m.Elif(core_busy):
+                                m.d.sync += reply(ErrorCode.BUSY)
+                            with m.Elif(~loaded):
+                                m.d.sync += reply(ErrorCode.NOT_LOADED)
+                            with m.Else():
+                                m.d.comb += self.start.eq(1)
+                                m.d.sync += [running.eq(1), reply(ErrorCode.OK)]
+                                with m.If(~nowait):
+                                    m.next = "RUNWAIT"
+                        with m.Case(Opcode.STATUS):
+                            with m.If(length != 0):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [reply(ErrorCode.OK, Status.SIZE),
+                                             snap.eq(Cat(core_busy, loaded, Const(0, 6),
+                                                         last_error))]
+                        with m.Case(Opcode.COUNTERS):
+                            with m.If(length != 0):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [reply(ErrorCode.OK, Counters.SIZE),
+                                             snap.eq(Cat(self.cnt_cycles, self.cnt_busy,
+                                                         self.cnt_stall, self.cnt_macs))]
+                        with m.Case(Opcode.RESET):
+                            with m.If(length != 0):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [reply(ErrorCode.OK), loaded.eq(0),
+                                             last_error.eq(ErrorCode.OK)]
+                        with m.Default():
+                            m.d.sync += reply(ErrorCode.UNKNOWN_OPCODE)
+
+            with m.State("RUNWAIT"):
+                with m.If(~running):
+                    m.d.sync += r_status.eq(last_error)
+                    m.next = "TX_SYNC"
+
+            # -- reply encoder --------------------------------------------------------------
+            with m.State("TX_SYNC"):
+                m.d.sync += tcrc.eq(0xFFFF)
+                with m.If(send(SYNC)):
+                    m.next = "TX_OP"
+            for name, value, nxt in (("TX_OP", r_op, "TX_LEN0"),
+                                     ("TX_LEN0", (r_count + 1)[:8], "TX_LEN1"),
+                                     ("TX_LEN1", (r_count + 1)[8:16], "TX_STATUS"),
+                                     ("TX_STATUS", r_status, None)):
+                with m.State(name):
+                    with m.If(send(value)):
+                        m.d.sync += tcrc.eq(crc16_next(tcrc, value))
+                        if nxt is not None:
+                            m.next = nxt
+                        else:
+                            with m.If((r_status != ErrorCode.OK) | (r_count == 0)):
+                                m.next = "TX_CRC0"
+                            with m.Elif(r_bus):
+                                m.next = "TX_RDREQ"
+                            with m.Else():
+                                m.next = "TX_DATA"
+            with m.State("TX_RDREQ"):
+                m.d.comb += self.bus_re.eq(1)
+                m.d.sync += rlat.eq(0)
+                m.next = "TX_RDWAIT"
+            with m.State("TX_RDWAIT"):
+                m.d.sync += rlat.eq(rlat + 1)
+                with m.If(rlat == self.read_latency - 1):
+                    m.d.sync += [rbyte.eq(self.bus_rdata), baddr.eq(baddr + 1)]
+                    m.next = "TX_DATA"
+            with m.State("TX_DATA"):
+                value = Mux(r_bus, rbyte, snap.word_select(tidx[:5], 8))
+                with m.If(send(value)):
+                    m.d.sync += [tcrc.eq(crc16_next(tcrc, value)), tidx.eq(tidx + 1)]
+                    with m.If(tidx == r_count - 1):
+                        m.next = "TX_CRC0"
+                    with m.Elif(r_bus):
+                        m.next = "TX_RDREQ"
+            with m.State("TX_CRC0"):
+                with m.If(send(tcrc[8:])):
+                    m.next = "TX_CRC1"
+            with m.State("TX_CRC1"):
+                with m.If(send(tcrc[:8])):
+                    m.next = "HUNT"
+
+        return m

@@ -1,0 +1,438 @@
+"""Host link (hw.soc.link): every opcode, every error path, resync and a random-frame fuzz.
+
+The core is a small Amaranth stub with the ports and memories of ``MpGemmCore``: three
+byte memories (read latency 1), a run that stays busy for ``(k % 32) * 16 + 2`` cycles, BAD_SHAPE
+for a zero or too large dimension, and counters (``macs`` adds m*k*n per run, ``stall``
+counts runs) that let the tests see the configuration the link held.
+"""
+
+import random
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.simulate import run_cocotb, tb_params
+from sw import protocol as P
+from sw.numerics import OutMode
+from sw.protocol import Buffer, ErrorCode, Opcode
+
+TIMEOUT = 200
+SIZES = {"a_bytes": 300, "w_bytes": 200, "out_bytes": 400}
+
+
+class StubCore(wiring.Component):
+    """Same ports/attributes as ``hw.systolic.core.MpGemmCore``, trivial behaviour."""
+
+    READ_LATENCY = 1
+
+    def __init__(self):
+        self.rows, self.cols, self.max_k, self.addr_bits = 4, 4, 64, 9
+        self.a_bytes, self.w_bytes, self.out_bytes = (SIZES[k] for k in ("a_bytes", "w_bytes",
+                                                                          "out_bytes"))
+        self.out_words = self.out_bytes // 4
+        super().__init__({
+            "bus_sel": In(Buffer), "bus_addr": In(self.addr_bits), "bus_wdata": In(8),
+            "bus_we": In(1), "bus_re": In(1), "bus_rdata": Out(8),
+            "cfg_m": In(16), "cfg_k": In(16), "cfg_n": In(16), "cfg_out_mode": In(OutMode),
+            "cfg_mult": In(16), "cfg_shift": In(6), "cfg_zp": In(signed(8)), "cfg_relu": In(1),
+            "start": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
+            "cnt_cycles": Out(48), "cnt_busy": Out(48), "cnt_stall": Out(48), "cnt_macs": Out(48),
+        })
+
+    def config_hash(self):
+        return 0x1234ABCD
+
+    def elaborate(self, platform):
+        m = Module()
+        rsel = Signal(Buffer)
+        m.d.sync += rsel.eq(self.bus_sel)
+        rdata = []
+        for buf, depth in ((Buffer.A, self.a_bytes), (Buffer.W, self.w_bytes),
+                           (Buffer.OUT, self.out_bytes)):
+            mem = memory.Memory(shape=8, depth=depth, init=[])
+            m.submodules[f"mem_{buf.name}"] = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(self.bus_addr), wp.data.eq(self.bus_wdata),
+                         wp.en.eq(self.bus_we & ~self.busy & (self.bus_sel == buf)
+                                  & (self.bus_addr < depth)),
+                         rp.addr.eq(self.bus_addr), rp.en.eq(self.bus_re)]
+            rdata.append(rp.data)
+        m.d.comb += self.bus_rdata.eq(Mux(rsel == Buffer.A, rdata[0],
+                                          Mux(rsel == Buffer.W, rdata[1], rdata[2])))
+        left = Signal(10)
+        m.d.sync += [self.done.eq(0), self.cnt_cycles.eq(self.cnt_cycles + 1)]
+        with m.If(self.busy):
+            m.d.sync += [self.cnt_busy.eq(self.cnt_busy + 1), left.eq(left - 1)]
+            with m.If(left == 1):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1)]
+        with m.If(self.start):
+            bad = ((self.cfg_m == 0) | (self.cfg_k == 0) | (self.cfg_n == 0)
+                   | (self.cfg_k > self.max_k))
+            with m.If(bad):
+                m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
+            with m.Else():
+                m.d.sync += [self.error.eq(ErrorCode.OK), self.busy.eq(1),
+                             left.eq(self.cfg_k[:5] * 16 + 2),
+                             self.cnt_stall.eq(self.cnt_stall + 1),
+                             self.cnt_macs.eq(self.cnt_macs + self.cfg_m * self.cfg_k * self.cfg_n)]
+        return m
+
+
+class LinkTop(wiring.Component):
+    i_stream: In(stream.Signature(8))
+    o_stream: Out(stream.Signature(8))
+
+    def elaborate(self, platform):
+        from hw.soc.link import Link
+        m = Module()
+        m.submodules.core = core = StubCore()
+        m.submodules.link = link = Link.for_core(core, timeout=TIMEOUT)
+        link.connect_core(m, core)
+        wiring.connect(m, wiring.flipped(self.i_stream), link.i_stream)
+        wiring.connect(m, link.o_stream, wiring.flipped(self.o_stream))
+        return m
+
+
+def expected_info():
+    core = StubCore()
+    return P.DeviceInfo(P.PROTOCOL_VERSION, core.config_hash(), 4, 4, *SIZES.values(),
+                        core.out_words, 64, 0b11)
+
+
+def test_link():
+    run_cocotb(LinkTop(), name="link", test_module="test_link", params={})
+
+
+def test_link_params():
+    import pytest
+    from hw.soc.link import Link
+    info = expected_info()
+    with pytest.raises(ValueError, match="addr_bits"):
+        Link(info=info, addr_bits=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        Link(info=info, addr_bits=8)
+    with pytest.raises(ValueError, match="timeout"):
+        Link(info=info, addr_bits=9, timeout=1)
+    with pytest.raises(TypeError):
+        Link(info=None, addr_bits=9)
+
+
+def test_crc_network_matches_software():
+    from amaranth.sim import Simulator
+    from hw.soc.link import crc16_next
+    crc, byte, out = Signal(16), Signal(8), Signal(16)
+    m = Module()
+    m.d.comb += out.eq(crc16_next(crc, byte))
+    rng = random.Random(1)
+    cases = [(rng.randrange(1 << 16), rng.randrange(256)) for _ in range(200)]
+
+    async def bench(ctx):
+        for c, b in cases:
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == P.crc16_update(c, bytes([b]))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# -- cocotb side -----------------------------------------------------------------------------
+
+class Host:
+    """Cycle loop: pushes queued bytes into i_stream, collects o_stream (optional backpressure)."""
+
+    def __init__(self, dut, seed=0):
+        self.dut = dut
+        self.txq = bytearray()
+        self.rx = bytearray()
+        self.parser = P.FrameParser()
+        self.frames = []
+        self.ready_prob = 1.0
+        self.valid_prob = 1.0
+        self.cycle = 0
+        self.rng = random.Random(seed)
+        cocotb.start_soon(self._loop())
+
+    async def _loop(self):
+        dut = self.dut
+        while True:
+            await FallingEdge(dut.clk)
+            offer = bool(self.txq) and self.rng.random() < self.valid_prob
+            dut.i_stream__valid.value = int(offer)
+            if offer:
+                dut.i_stream__payload.value = self.txq[0]
+            dut.o_stream__ready.value = int(self.rng.random() < self.ready_prob)
+            await ReadOnly()
+            self.cycle += 1
+            if offer and int(dut.i_stream__ready.value):
+                del self.txq[0]
+            if int(dut.o_stream__valid.value) and int(dut.o_stream__ready.value):
+                b = int(dut.o_stream__payload.value)
+                self.rx.append(b)
+                self.frames += self.parser.feed(bytes([b]))
+
+    async def wait(self, cycles):
+        for _ in range(cycles):
+            await RisingEdge(self.dut.clk)
+
+    async def idle(self, cycles):
+        """Wait until everything is sent and ``cycles`` pass without a reply byte."""
+        quiet = 0
+        while quiet < cycles:
+            n = len(self.rx)
+            await RisingEdge(self.dut.clk)
+            quiet = quiet + 1 if (len(self.rx) == n and not self.txq) else 0
+
+    async def cmd(self, frame: bytes, max_cycles=20000):
+        """Send one request, return its reply frame."""
+        start = len(self.frames)
+        self.txq += frame
+        for _ in range(max_cycles):
+            await RisingEdge(self.dut.clk)
+            if len(self.frames) > start:
+                assert len(self.frames) == start + 1
+                return self.frames[start]
+        raise AssertionError(f"no reply to {frame[:8].hex()}... within {max_cycles} cycles")
+
+    async def ok(self, frame: bytes, opcode) -> bytes:
+        rep = await self.cmd(frame)
+        return P.parse_reply(rep, opcode)
+
+    async def err(self, frame: bytes, code, opcode=None):
+        rep = await self.cmd(frame)
+        assert rep.is_reply, rep
+        if opcode is not None:
+            assert rep.request == opcode, rep
+        assert rep.status == code, (ErrorCode(rep.status).name if rep.status in ErrorCode._value2member_map_
+                                    else rep.status, code.name)
+        assert rep.data == b"", rep
+        return rep
+
+
+async def _start(dut, seed=0):
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.i_stream__valid.value = 0
+    dut.i_stream__payload.value = 0
+    dut.o_stream__ready.value = 1
+    dut.rst.value = 1
+    await RisingEdge(dut.clk)
+    await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    return Host(dut, seed)
+
+
+@cocotb.test()
+async def identify_status_counters(dut):
+    h = await _start(dut)
+    info = P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY))
+    assert info == expected_info(), info
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, False, ErrorCode.OK), st
+    c1 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    c2 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert c2.cycles > c1.cycles > 0 and c2.macs == c1.macs == 0
+    await h.ok(P.reset(), Opcode.RESET)
+    assert not h.parser.bad_frames and not h.parser.skipped
+
+
+@cocotb.test()
+async def write_read(dut):
+    h = await _start(dut, 1)
+    h.ready_prob = 0.6            # backpressure on the reply stream
+    h.valid_prob = 0.7            # gaps in the request stream
+    rng = random.Random(2)
+    model = {b: bytearray(SIZES[k]) for b, k in zip(Buffer, SIZES)}
+    for b in Buffer:              # fill every byte so reads compare against known contents
+        size = len(model[b])
+        data = bytes(rng.randrange(256) for _ in range(size))
+        await h.ok(P.write(b, 0, data), Opcode.WRITE)
+        model[b][:] = data
+    for _ in range(30):
+        b = rng.choice(list(Buffer))
+        size = len(model[b])
+        addr = rng.randrange(size)
+        n = rng.randrange(1, size - addr + 1)
+        if rng.random() < 0.5:
+            data = bytes(rng.randrange(256) for _ in range(n))
+            await h.ok(P.write(b, addr, data), Opcode.WRITE)
+            model[b][addr:addr + n] = data
+        else:
+            got = await h.ok(P.read(b, addr, n), Opcode.READ)
+            assert got == bytes(model[b][addr:addr + n]), (b, addr, n)
+    # boundaries: last byte is fine, one past the end is refused and writes nothing
+    for b in Buffer:
+        size = len(model[b])
+        await h.ok(P.write(b, size - 1, b"\x5a"), Opcode.WRITE)
+        model[b][size - 1] = 0x5A
+        await h.err(P.write(b, size - 2, b"\x01\x02\x03"), ErrorCode.BAD_ADDRESS, Opcode.WRITE)
+        await h.err(P.write(b, 0xFFFFFFFF, b"\x01"), ErrorCode.BAD_ADDRESS)
+        await h.err(P.read(b, size - 1, 2), ErrorCode.BAD_ADDRESS, Opcode.READ)
+        assert await h.ok(P.read(b, 0, size), Opcode.READ) == bytes(model[b])
+    # bad buffer index, bad READ counts, WRITE without data, READ of the wrong length
+    await h.err(P.pack_frame(Opcode.WRITE, b"\x03\0\0\0\0\x11"), ErrorCode.BAD_ADDRESS)
+    await h.err(P.pack_frame(Opcode.READ, b"\x07\0\0\0\0\x01\x00"), ErrorCode.BAD_ADDRESS)
+    await h.err(P.pack_frame(Opcode.READ, b"\x00\0\0\0\0\x00\x00"), ErrorCode.BAD_LENGTH)
+    await h.err(P.pack_frame(Opcode.READ, b"\x00\0\0\0\0\x01\x10"), ErrorCode.BAD_LENGTH)
+    await h.err(P.pack_frame(Opcode.READ, b"\x00\0\0\0\0\x01"), ErrorCode.BAD_LENGTH)
+    await h.err(P.pack_frame(Opcode.WRITE, b"\x00\0\0\0\0"), ErrorCode.BAD_LENGTH)
+    await h.err(P.pack_frame(Opcode.WRITE, b"\x00\0"), ErrorCode.BAD_LENGTH)
+    for b in Buffer:
+        assert await h.ok(P.read(b, 0, len(model[b])), Opcode.READ) == bytes(model[b])
+    assert not h.parser.bad_frames and not h.parser.skipped
+
+
+@cocotb.test()
+async def layer_run(dut):
+    h = await _start(dut, 3)
+    await h.err(P.run(), ErrorCode.NOT_LOADED, Opcode.RUN)
+    await h.err(P.run(wait=False), ErrorCode.NOT_LOADED, Opcode.RUN)
+    for bad in (P.LayerDescriptor(2, 3, 4, out_mode=5), P.LayerDescriptor(2, 3, 4, shift=64),
+                P.LayerDescriptor(2, 3, 4, relu=2)):
+        await h.err(P.load_layer(bad), ErrorCode.BAD_PARAM, Opcode.LOAD_LAYER)
+    await h.err(P.pack_frame(Opcode.LOAD_LAYER, bytes(11)), ErrorCode.BAD_LENGTH)
+    await h.err(P.run(), ErrorCode.NOT_LOADED)          # a rejected descriptor loads nothing
+    await h.ok(P.load_layer(P.LayerDescriptor(3, 5, 7, OutMode.INT8, 1234, 12, -5, 1)),
+               Opcode.LOAD_LAYER)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, True, ErrorCode.OK), st
+    t0 = h.cycle
+    await h.ok(P.run(), Opcode.RUN)
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert (c.macs, c.stall, c.busy) == (3 * 5 * 7, 1, 5 * 16 + 2), c
+    await h.ok(P.run(), Opcode.RUN)                     # the layer stays loaded
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert (c.macs, c.stall) == (2 * 3 * 5 * 7, 2), c
+    assert h.cycle > t0
+    # BAD_SHAPE comes from the core through RUN and STATUS
+    await h.ok(P.load_layer(P.LayerDescriptor(3, 0, 7)), Opcode.LOAD_LAYER)
+    await h.err(P.run(), ErrorCode.BAD_SHAPE, Opcode.RUN)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, True, ErrorCode.BAD_SHAPE), st
+    # RUN without waiting: everything touching the core is refused while it runs
+    await h.ok(P.load_layer(P.LayerDescriptor(1, 31, 1)), Opcode.LOAD_LAYER)   # 498 busy cycles
+    h.txq += P.run(wait=False) + P.status() + P.write(Buffer.A, 0, b"\x01")
+    await h.idle(3)
+    rep = [f for f in h.frames[-3:]]
+    assert rep[0].request == Opcode.RUN and rep[0].status == ErrorCode.OK, rep
+    assert P.Status.unpack(P.parse_reply(rep[1], Opcode.STATUS)).busy, rep
+    assert rep[2].status == ErrorCode.BUSY, rep
+    h.txq += (P.read(Buffer.A, 0, 1) + P.run() + P.load_layer(P.LayerDescriptor(1, 1, 1)))
+    await h.idle(3)
+    assert [f.status for f in h.frames[-3:]] == [ErrorCode.BUSY] * 3, h.frames[-3:]
+    await h.wait(500)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, True, ErrorCode.OK), st
+    await h.err(P.pack_frame(Opcode.RUN, b"\x02"), ErrorCode.BAD_PARAM)
+    await h.err(P.pack_frame(Opcode.RUN, b"\x01\x00"), ErrorCode.BAD_LENGTH)
+    # RESET forgets the layer and the last error
+    await h.ok(P.load_layer(P.LayerDescriptor(3, 0, 7)), Opcode.LOAD_LAYER)
+    await h.err(P.run(), ErrorCode.BAD_SHAPE)
+    await h.ok(P.reset(), Opcode.RESET)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, False, ErrorCode.OK), st
+    await h.err(P.run(), ErrorCode.NOT_LOADED)
+    for op in (Opcode.IDENTIFY, Opcode.STATUS, Opcode.COUNTERS, Opcode.RESET):
+        await h.err(P.pack_frame(op, b"\x00"), ErrorCode.BAD_LENGTH, op)
+    assert not h.parser.bad_frames and not h.parser.skipped
+
+
+@cocotb.test()
+async def corrupt_frames(dut):
+    h = await _start(dut, 4)
+    good = P.write(Buffer.W, 10, b"\xAA\xBB")
+    # bad CRC: every single-bit flip after SYNC in the CRC or a non-length field is caught
+    for i in range(1, len(good)):
+        if i in (2, 3):
+            continue                       # length flips are covered below
+        for bit in (0, 7):
+            bad = bytearray(good)
+            bad[i] ^= 1 << bit
+            rep = await h.cmd(bytes(bad))
+            assert rep.status in (ErrorCode.BAD_CRC,), (i, bit, rep)
+    await h.ok(P.read(Buffer.W, 0, 1), Opcode.READ)
+    # a WRITE with a bad CRC reports BAD_CRC (its data may already be in the buffer)
+    bad = bytearray(P.write(Buffer.A, 0, b"\x11\x22"))
+    bad[-1] ^= 0xFF
+    await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.WRITE)
+    # unknown opcodes (including a reply opcode echoed back)
+    for op in (0x00, 0x09, 0x7F, 0x81, 0xFF):
+        await h.err(P.pack_frame(op, b"xyz"), ErrorCode.UNKNOWN_OPCODE, op & 0x7F)
+    # a length beyond MAX_PAYLOAD is refused at once, the rest is skipped as garbage
+    junk = bytes([P.SYNC, Opcode.WRITE]) + (P.MAX_PAYLOAD + 1).to_bytes(2, "little")
+    await h.err(junk, ErrorCode.BAD_LENGTH, Opcode.WRITE)
+    await h.err(junk + b"\x00\x01\x02", ErrorCode.BAD_LENGTH)
+    await h.idle(5)
+    # truncated frame: TIMEOUT after `timeout` quiet cycles, then the next frame is fine
+    for cut in (1, 2, 3, 4, 7):
+        t0 = h.cycle
+        rep = await h.cmd(P.write(Buffer.A, 0, b"\x01\x02\x03")[:cut])
+        assert rep.status == ErrorCode.TIMEOUT and TIMEOUT <= h.cycle - t0 <= TIMEOUT + 40, \
+            (cut, rep, h.cycle - t0)
+        assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == expected_info()
+    # garbage between frames (no SYNC in it) is skipped without a reply
+    rng = random.Random(5)
+    await h.ok(P.write(Buffer.OUT, 0, b"\x10\x20\x30"), Opcode.WRITE)
+    for _ in range(20):
+        garbage = bytes(rng.choice([b for b in range(256) if b != P.SYNC])
+                        for _ in range(rng.randrange(1, 30)))
+        n = len(h.frames)
+        h.txq += garbage
+        assert await h.ok(P.read(Buffer.OUT, 0, 3), Opcode.READ) == b"\x10\x20\x30"
+        assert len(h.frames) == n + 1
+    assert not h.parser.bad_frames and not h.parser.skipped
+
+
+@cocotb.test()
+async def fuzz(dut):
+    """Thousands of random / corrupted / truncated frames; every reply is a well-formed frame;
+    afterwards the link answers correctly."""
+    h = await _start(dut, 6)
+    h.ready_prob = 0.9
+    rng = random.Random(tb_params().get("seed", 7))
+    nframes = tb_params().get("nframes", 3000)
+    builders = [
+        lambda: P.identify(), lambda: P.status(), lambda: P.counters(), lambda: P.reset(),
+        lambda: P.write(rng.choice(list(Buffer)), rng.randrange(450),
+                        bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))),
+        lambda: P.read(rng.choice(list(Buffer)), rng.randrange(450), rng.randrange(1, 12)),
+        lambda: P.load_layer(P.LayerDescriptor(rng.randrange(4), rng.randrange(40),
+                                               rng.randrange(4), rng.randrange(3),
+                                               shift=rng.randrange(70), relu=rng.randrange(3))),
+        lambda: P.run(wait=rng.random() < 0.5),
+        lambda: P.pack_frame(rng.randrange(256), bytes(rng.randrange(256)
+                                                       for _ in range(rng.randrange(14)))),
+    ]
+    sent = 0
+    for _ in range(nframes):
+        f = bytearray(rng.choice(builders)())
+        kind = rng.random()
+        if kind < 0.25:
+            f[rng.randrange(len(f))] ^= 1 << rng.randrange(8)
+        elif kind < 0.30:
+            f = f[:rng.randrange(len(f))]
+        elif kind < 0.40:
+            f = bytearray(rng.randrange(256) for _ in range(rng.randrange(1, 20))) + f
+        h.txq += f
+        sent += len(f)
+        while len(h.txq) > 64:
+            await RisingEdge(dut.clk)
+    await h.idle(TIMEOUT + 50)
+    replies = len(h.frames)
+    dut._log.info(f"fuzz: {nframes} frames, {sent} bytes in, {len(h.rx)} bytes / {replies} "
+                  f"reply frames out, {h.cycle} cycles")
+    assert not h.parser.bad_frames and not h.parser.skipped, "malformed reply bytes"
+    assert all(f.is_reply for f in h.frames)
+    # a corrupted length legitimately swallows the frames behind it (up to MAX_PAYLOAD bytes)
+    assert replies > nframes // 5
+    # the device is healthy: identify, write/read round trip, a layer run
+    assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == expected_info()
+    await h.ok(P.write(Buffer.W, 100, b"\xde\xad\xbe\xef"), Opcode.WRITE)
+    assert await h.ok(P.read(Buffer.W, 100, 4), Opcode.READ) == b"\xde\xad\xbe\xef"
+    await h.ok(P.load_layer(P.LayerDescriptor(2, 2, 2)), Opcode.LOAD_LAYER)
+    await h.ok(P.run(), Opcode.RUN)
