@@ -53,17 +53,19 @@ class CoreTB:
         d.bus_we.value = 0
 
     async def read(self, buf: Buffer, n: int, base: int = 0) -> bytes:
-        """One byte per cycle: address on the falling edge, data READ_LATENCY=1 edge later."""
+        """Pipelined reads, one address per cycle; data arrives READ_LATENCY cycles later."""
         d = self.dut
+        lat = self.cfg["read_latency"]
         out = bytearray()
-        for i in range(n):
+        for i in range(n + lat - 1):
             await FallingEdge(d.clk)
             d.bus_sel.value = int(buf)
-            d.bus_re.value = 1
-            d.bus_addr.value = base + i
+            d.bus_re.value = int(i < n)
+            d.bus_addr.value = base + min(i, n - 1)
             await RisingEdge(d.clk)
             await ReadOnly()
-            out.append(int(d.bus_rdata.value))
+            if i >= lat - 1:
+                out.append(int(d.bus_rdata.value))
         await FallingEdge(d.clk)
         d.bus_re.value = 0
         return bytes(out)

@@ -23,7 +23,7 @@ def test_core(name):
     from hw.systolic.core import MpGemmCore
     cfg = CONFIGS[name]
     core = MpGemmCore(**cfg)
-    run_cocotb(core, name="core", test_module="test_core", params=dict(cfg, max_k=core.max_k))
+    run_cocotb(core, name="core", test_module="test_core", params=dict(cfg, max_k=core.max_k, read_latency=core.READ_LATENCY))
 
 
 def _fits(cfg, M, K, N, raw):

@@ -67,7 +67,8 @@ class MpGemmCore(wiring.Component):
     bus_wdata : In(8)
     bus_we, bus_re : In(1)
         Host access to the buffers, legal while ``busy`` is low. Writes outside a buffer
-        are ignored. ``bus_rdata`` is valid ``READ_LATENCY`` cycles after ``bus_re``.
+        are ignored. ``bus_rdata`` is valid ``READ_LATENCY`` cycles after ``bus_re``
+        (reads may be pipelined, one per cycle).
     bus_rdata : Out(8)
     cfg_m, cfg_k, cfg_n : In(16)
     cfg_out_mode : In(OutMode)
@@ -85,7 +86,8 @@ class MpGemmCore(wiring.Component):
         multiply-accumulates issued on real (not padding) operands.
     """
 
-    READ_LATENCY = 1
+    #: cycles from ``bus_re`` (with ``bus_addr``) to ``bus_rdata``
+    READ_LATENCY = 2
     #: epilogue pipeline depth: capture, multiply, round, shift, clamp+write
     EPILOGUE_LATENCY = 5
 
@@ -304,16 +306,24 @@ class MpGemmCore(wiring.Component):
                                   (idx_w < self.w_depth))]
             w_rd.append(rp.data)
 
+        # The EBR read data (clock-to-out ~5.6 ns on ECP5 without its output register) is
+        # registered in the fabric before it meets the DSPs, so flags are delayed two cycles.
         f_valid, f_first, f_last = Signal(), Signal(), Signal()
         f_rmask, f_cmask = Signal(R), Signal(C)
         m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (k == 0)), f_last.eq(issue & (k == K - 1)),
                      f_rmask.eq(Cat(row0 + i < M for i in range(R))),
                      f_cmask.eq(Cat(col0 + j < N for j in range(C)))]
-        m.d.comb += [array.valid.eq(f_valid), array.first.eq(f_first), array.last.eq(f_last)]
+        g_valid, g_first, g_last = Signal(), Signal(), Signal()
+        m.d.sync += [g_valid.eq(f_valid), g_first.eq(f_first), g_last.eq(f_last)]
+        m.d.comb += [array.valid.eq(g_valid), array.first.eq(g_first), array.last.eq(g_last)]
         for i in range(R):
-            m.d.comb += array.a[i].eq(Mux(f_rmask[i], a_rd[i].as_signed(), 0))
+            ga = Signal(signed(8), name=f"ga{i}")
+            m.d.sync += ga.eq(Mux(f_rmask[i], a_rd[i].as_signed(), 0))
+            m.d.comb += array.a[i].eq(ga)
         for j in range(C):
-            m.d.comb += array.w[j].eq(Mux(f_cmask[j], w_rd[j].as_signed(), 0))
+            gw = Signal(signed(8), name=f"gw{j}")
+            m.d.sync += gw.eq(Mux(f_cmask[j], w_rd[j].as_signed(), 0))
+            m.d.comb += array.w[j].eq(gw)
 
         # -- drain: one element per cycle from the shift chain ------------------------------
         draining = Signal()
@@ -401,11 +411,12 @@ class MpGemmCore(wiring.Component):
                 with m.Case(j):
                     m.d.comb += w_data.eq(w_rd[j])
         o_data = orp.data.word_select(r_byte, 8)
+        # registered: the EBR's slow clock-to-out must not reach the host logic directly
         with m.Switch(r_sel):
             with m.Case(Buffer.A):
-                m.d.comb += self.bus_rdata.eq(a_data)
+                m.d.sync += self.bus_rdata.eq(a_data)
             with m.Case(Buffer.W):
-                m.d.comb += self.bus_rdata.eq(w_data)
+                m.d.sync += self.bus_rdata.eq(w_data)
             with m.Case(Buffer.OUT):
-                m.d.comb += self.bus_rdata.eq(o_data)
+                m.d.sync += self.bus_rdata.eq(o_data)
         return m

@@ -1,0 +1,144 @@
+"""ULX3S (Lattice ECP5) board integration: platform, PLL, per-device core sizes, top level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal
+from amaranth.lib.cdc import ResetSynchronizer
+
+__all__ = ["DEVICES", "CoreSize", "pll_params", "PLL", "SelfTestTop", "platform_for"]
+
+
+@dataclass(frozen=True)
+class CoreSize:
+    """Core parameters chosen per ECP5 device (MULT18X18D and EBR budgets)."""
+    rows: int
+    cols: int
+    a_depth: int
+    w_depth: int
+    out_words: int
+
+
+#: device -> (amaranth-boards platform class name, core size). Sizes use <= ~85% of the
+#: device's MULT18X18D (one per PE, plus the epilogue's) and well under half its EBR.
+DEVICES = {
+    "12F": ("ULX3S_12F_Platform", CoreSize(4, 4, 1024, 1024, 1024)),
+    "25F": ("ULX3S_25F_Platform", CoreSize(4, 4, 2048, 2048, 2048)),
+    "45F": ("ULX3S_45F_Platform", CoreSize(8, 8, 2048, 2048, 4096)),
+    "85F": ("ULX3S_85F_Platform", CoreSize(16, 8, 4096, 8192, 16384)),
+}
+
+#: EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
+DEVICE_RESOURCES = {
+    "12F": {"LUT4": 12288, "EBR": 32, "MULT18X18D": 28},
+    "25F": {"LUT4": 24288, "EBR": 56, "MULT18X18D": 28},
+    "45F": {"LUT4": 43848, "EBR": 108, "MULT18X18D": 72},
+    "85F": {"LUT4": 83640, "EBR": 208, "MULT18X18D": 156},
+}
+
+
+def platform_for(device: str):
+    """The amaranth-boards platform instance for a ULX3S ``device`` (12F/25F/45F/85F)."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown ULX3S device {device!r}; expected one of {sorted(DEVICES)}")
+    import amaranth_boards.ulx3s as boards
+    return getattr(boards, DEVICES[device][0])()
+
+
+def pll_params(f_in: float, f_out: float) -> dict:
+    """EHXPLLL dividers for ``f_out`` from ``f_in`` (Hz), as ecppll computes them.
+
+    Searches CLKI_DIV, CLKFB_DIV, CLKOP_DIV (1..128) with the PFD in [3.125, 400] MHz and
+    the VCO in [400, 800] MHz, and returns the closest output frequency.
+    """
+    if not 10e6 <= f_out <= 400e6:
+        raise ValueError(f"PLL output frequency must be in [10, 400] MHz, not {f_out / 1e6!r} MHz")
+    best = None
+    for clki in range(1, 129):
+        pfd = f_in / clki
+        if not 3.125e6 <= pfd <= 400e6:
+            continue
+        for clkfb in range(1, 81):
+            fout = pfd * clkfb
+            for clkop in range(1, 129):
+                vco = fout * clkop
+                if 400e6 <= vco <= 800e6:
+                    err = abs(fout - f_out)
+                    if best is None or err < best[0]:
+                        best = (err, clki, clkfb, clkop, fout, vco)
+                    break
+    if best is None:
+        raise ValueError(f"no EHXPLLL setting reaches {f_out / 1e6} MHz from {f_in / 1e6} MHz")
+    _, clki, clkfb, clkop, fout, vco = best
+    return {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop,
+            "CLKOP_CPHASE": clkop - 1, "f_out": fout, "f_vco": vco}
+
+
+class PLL(Elaboratable):
+    """EHXPLLL from the 25 MHz oscillator to the ``sync`` domain, reset held until lock."""
+
+    def __init__(self, *, f_in: float, f_out: float, clk_in):
+        self.params = pll_params(f_in, f_out)
+        self.f_in, self.clk_in = f_in, clk_in
+        self.locked = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        m.domains.sync = cd = ClockDomain("sync")
+        clk = Signal()
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=str(round(self.f_in / 1e6, 6)),
+            a_FREQUENCY_PIN_CLKOP=str(round(p["f_out"] / 1e6, 6)),
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8",
+            a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA",
+            p_CLKI_DIV=p["CLKI_DIV"], p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p["CLKOP_DIV"],
+            p_CLKOP_CPHASE=p["CLKOP_CPHASE"], p_CLKOP_FPHASE=0,
+            p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=p["CLKFB_DIV"],
+            i_RST=0, i_STDBY=0, i_CLKI=self.clk_in, o_CLKOP=clk, i_CLKFB=clk,
+            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=self.locked,
+        )
+        m.d.comb += cd.clk.eq(clk)
+        m.submodules.rst_sync = ResetSynchronizer(~self.locked, domain="sync")
+        if platform is not None:
+            platform.add_clock_constraint(clk, p["f_out"])
+        return m
+
+
+class SelfTestTop(Elaboratable):
+    """Board top: PLL -> core + self-test. LEDs: 0 pass, 1 fail, 2 done, 7 heartbeat."""
+
+    def __init__(self, *, size: CoreSize, freq: float):
+        from hw.systolic.core import MpGemmCore
+        from hw.soc.selftest import SelfTest
+        probe = MpGemmCore(**asdict(size))
+        self.selftest = SelfTest(probe)
+        a_img, w_img = self.selftest.images(size.rows, size.cols)
+        self.core = MpGemmCore(**asdict(size), a_init=a_img, w_init=w_img)
+        self.freq = freq
+
+    def elaborate(self, platform):
+        m = Module()
+        clk25 = platform.request("clk25", 0)
+        m.submodules.pll = pll = PLL(f_in=25e6, f_out=self.freq, clk_in=clk25.i)
+        m.submodules.core = core = self.core
+        m.submodules.selftest = st = self.selftest
+        for name in ("bus_sel", "bus_addr", "bus_re", "cfg_m", "cfg_k", "cfg_n", "cfg_out_mode",
+                     "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu", "start"):
+            m.d.comb += getattr(core, name).eq(getattr(st, name))
+        m.d.comb += [st.bus_rdata.eq(core.bus_rdata), st.core_done.eq(core.done),
+                     st.core_error.eq(core.error)]
+        leds = [platform.request("led", i) for i in range(8)]
+        beat = Signal(range(int(pll.params["f_out"]) // 2 + 1))
+        blink = Signal()
+        m.d.sync += beat.eq(beat + 1)
+        with m.If(beat == int(pll.params["f_out"]) // 2):
+            m.d.sync += [beat.eq(0), blink.eq(~blink)]
+        m.d.comb += [leds[0].o.eq(st.passed), leds[1].o.eq(st.done & ~st.passed),
+                     leds[2].o.eq(st.done), leds[7].o.eq(blink)]
+        return m
