@@ -1,0 +1,236 @@
+"""UART (hw.soc.uart): TX at bit level, TX->RX loopback, RX against a bit-banger at the
+nominal baud and +-3 %, framing errors and breaks, stream backpressure and overrun."""
+
+import random
+
+import pytest
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, Timer
+
+from amaranth.hdl import Module, Mux
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.simulate import run_cocotb, tb_params
+
+CLK = 50_000_000
+BAUD = 3_000_000          # 16.67 clock cycles per bit: exercises the fractional divider
+CLK_PS = 20_000
+
+
+class UARTTop(wiring.Component):
+    """TX and RX side by side; ``loopback`` feeds TX into RX, else the ``rx`` pin."""
+
+    i_stream: In(stream.Signature(8))
+    o_stream: Out(stream.Signature(8))
+    tx: Out(1)
+    rx: In(1, init=1)
+    loopback: In(1)
+    frame_error: Out(1)
+    overrun: Out(1)
+
+    def __init__(self, *, clk_freq, baud):
+        self.clk_freq, self.baud = clk_freq, baud
+        super().__init__()
+
+    def elaborate(self, platform):
+        from hw.soc.uart import UARTRx, UARTTx
+        m = Module()
+        m.submodules.utx = utx = UARTTx(clk_freq=self.clk_freq, baud=self.baud)
+        m.submodules.urx = urx = UARTRx(clk_freq=self.clk_freq, baud=self.baud)
+        wiring.connect(m, wiring.flipped(self.i_stream), utx.i_stream)
+        wiring.connect(m, urx.o_stream, wiring.flipped(self.o_stream))
+        m.d.comb += [self.tx.eq(utx.tx), urx.rx.eq(Mux(self.loopback, utx.tx, self.rx)),
+                     self.frame_error.eq(urx.frame_error), self.overrun.eq(urx.overrun)]
+        return m
+
+
+def test_uart():
+    run_cocotb(UARTTop(clk_freq=CLK, baud=BAUD), name="uart", test_module="test_uart",
+               params={"clk": CLK, "baud": BAUD})
+
+
+def test_uart_params():
+    from hw.soc.uart import UARTRx, UARTTx, baud_divider
+    rx = UARTRx(clk_freq=CLK, baud=BAUD)
+    assert abs(rx.divider - CLK / (16 * BAUD)) < 1e-4 and abs(rx.baud_error) < 1e-6
+    tx = UARTTx(clk_freq=25e6, baud=115200)
+    assert abs(tx.actual_baud - 115200) < 0.1 and abs(tx.baud_error) < 1e-6
+    assert UARTTx(clk_freq=48e6, baud=3_000_000).baud_error == 0     # tick every cycle
+    with pytest.raises(ValueError, match="48000000"):
+        UARTRx(clk_freq=25e6, baud=3_000_000)
+    with pytest.raises(ValueError, match="baud"):
+        UARTTx(clk_freq=CLK, baud=0)
+    with pytest.raises(ValueError, match="clk_freq"):
+        baud_divider(clk_freq=-1, baud=9600)
+    with pytest.raises(TypeError):
+        UARTRx(CLK, BAUD)           # keyword-only
+
+
+# -- cocotb side -----------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, dut):
+        self.dut = dut
+        self.txq = bytearray()
+        self.got = []
+        self.frame_errors = 0
+        self.overruns = 0
+        self.line = []                 # tx line, one sample per clock
+        self.ready_prob = 1.0
+        self.rng = random.Random(1)
+        cocotb.start_soon(self._loop())
+
+    async def _loop(self):
+        dut = self.dut
+        while True:
+            await FallingEdge(dut.clk)
+            dut.i_stream__valid.value = int(bool(self.txq))
+            if self.txq:
+                dut.i_stream__payload.value = self.txq[0]
+            dut.o_stream__ready.value = int(self.rng.random() < self.ready_prob)
+            await ReadOnly()
+            self.line.append(int(dut.tx.value))
+            if self.txq and int(dut.i_stream__ready.value):
+                del self.txq[0]
+            if int(dut.o_stream__valid.value) and int(dut.o_stream__ready.value):
+                self.got.append(int(dut.o_stream__payload.value))
+            self.frame_errors += int(dut.frame_error.value)
+            self.overruns += int(dut.overrun.value)
+
+    async def cycles(self, n):
+        for _ in range(n):
+            await RisingEdge(self.dut.clk)
+
+
+async def _start(dut, loopback=0):
+    cocotb.start_soon(Clock(dut.clk, CLK_PS, unit="ps").start())
+    dut.loopback.value = loopback
+    dut.rx.value = 1
+    dut.i_stream__valid.value = 0
+    dut.o_stream__ready.value = 0
+    dut.rst.value = 1
+    await RisingEdge(dut.clk)
+    await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    return Bench(dut)
+
+
+BIT_CYCLES = CLK / BAUD
+
+
+async def bitbang(dut, data: bytes, *, error=0.0, stop=1, gap_bits=0.0):
+    """Drive the rx pin: 8N1 frames at ``BAUD * (1 + error)``, ps resolution."""
+    bit_ps = round(1e12 / (BAUD * (1 + error)))
+    for b in data:
+        bits = [0] + [(b >> i) & 1 for i in range(8)] + [stop]
+        for v in bits:
+            dut.rx.value = v
+            await Timer(bit_ps, unit="ps")
+        dut.rx.value = 1
+        if gap_bits:
+            await Timer(round(bit_ps * gap_bits), unit="ps")
+
+
+def decode_line(line, bit_cycles):
+    """Reference decoder of the sampled tx line; also checks stop bits and idle level."""
+    out, i = [], 0
+    while i < len(line):
+        if line[i] == 1:
+            i += 1
+            continue
+        byte = 0
+        for k in range(1, 9):
+            byte |= line[int(i + (k + 0.5) * bit_cycles)] << (k - 1)
+        assert line[int(i + 9.5 * bit_cycles)] == 1, f"stop bit low at cycle {i}"
+        out.append(byte)
+        i = int(i + 9.5 * bit_cycles)
+    return out
+
+
+@cocotb.test()
+async def tx_bit_level(dut):
+    b = await _start(dut)
+    data = [0x00, 0xFF, 0x55, 0xAA, 0x01, 0x80] + [random.Random(2).randrange(256) for _ in range(40)]
+    b.txq += bytes(data)
+    await b.cycles(int((len(data) + 2) * 10 * BIT_CYCLES))
+    assert not b.txq
+    assert b.line[0] == 1
+    assert decode_line(b.line, BIT_CYCLES) == data
+    # back to back: total duration is 10 bits per byte within one tick of jitter
+    first = b.line.index(0)
+    last_stop_end = first + len(data) * 10 * BIT_CYCLES
+    assert all(v == 1 for v in b.line[int(last_stop_end) + 2:])
+    # every edge sits on the ideal bit grid within +-1.5 cycles (jitter of the tick)
+    edges = [i for i in range(first + 1, len(b.line)) if b.line[i] != b.line[i - 1]]
+    for e in edges:
+        pos = (e - first) / BIT_CYCLES
+        assert abs(pos - round(pos)) * BIT_CYCLES <= 1.5, (e, pos)
+
+
+@cocotb.test()
+async def loopback_random(dut):
+    b = await _start(dut, loopback=1)
+    b.ready_prob = 0.3                         # backpressure on the RX stream
+    rng = random.Random(3)
+    data = bytes(rng.randrange(256) for _ in range(150))
+    b.txq += data
+    await b.cycles(int((len(data) + 2) * 10 * BIT_CYCLES))
+    assert bytes(b.got) == data
+    assert b.frame_errors == 0 and b.overruns == 0
+
+
+@cocotb.test()
+async def rx_baud_mismatch(dut):
+    b = await _start(dut)
+    b.ready_prob = 1.0
+    rng = random.Random(4)
+    for err in (0.0, +0.03, -0.03):
+        data = bytes([0x00, 0xFF, 0x55, 0xAA, 0x7F, 0xFE]) + bytes(rng.randrange(256) for _ in range(60))
+        b.got.clear()
+        await bitbang(dut, data, error=err)         # back to back, no idle between frames
+        await b.cycles(40)
+        assert bytes(b.got) == data, (err, bytes(b.got).hex(), data.hex())
+        assert b.frame_errors == 0 and b.overruns == 0, err
+        await b.cycles(100)
+
+
+@cocotb.test()
+async def framing_and_break(dut):
+    b = await _start(dut)
+    b.ready_prob = 1.0
+    await bitbang(dut, b"\x42", stop=0)              # stop bit low
+    dut.rx.value = 1
+    await b.cycles(60)
+    assert b.frame_errors == 1 and b.got == []
+    # a break: line low for ~3 frames gives one framing error, no bytes
+    dut.rx.value = 0
+    await Timer(round(30e12 / BAUD), unit="ps")
+    dut.rx.value = 1
+    await b.cycles(60)
+    assert b.frame_errors == 2 and b.got == [], (b.frame_errors, b.got)
+    # a short glitch (< half a bit) is not a start bit
+    dut.rx.value = 0
+    await Timer(round(0.3e12 / BAUD), unit="ps")
+    dut.rx.value = 1
+    await b.cycles(200)
+    assert b.got == [] and b.frame_errors == 2
+    await bitbang(dut, b"\x5a\xc3")
+    await b.cycles(40)
+    assert b.got == [0x5A, 0xC3] and b.frame_errors == 2
+
+
+@cocotb.test()
+async def rx_backpressure_overrun(dut):
+    b = await _start(dut)
+    b.ready_prob = 0.0
+    await bitbang(dut, b"\x11\x22\x33")
+    await b.cycles(40)
+    assert b.got == [] and b.overruns == 2
+    b.ready_prob = 1.0
+    await b.cycles(5)
+    assert b.got == [0x11]                            # the oldest byte is kept, newer dropped
+    await bitbang(dut, b"\x44")
+    await b.cycles(40)
+    assert b.got == [0x11, 0x44] and b.overruns == 2
