@@ -395,7 +395,7 @@ async def fuzz(dut):
     h = await _start(dut, 6)
     h.ready_prob = 0.9
     rng = random.Random(tb_params().get("seed", 7))
-    nframes = tb_params().get("nframes", 3000)
+    nframes = tb_params().get("nframes", 5000)
     builders = [
         lambda: P.identify(), lambda: P.status(), lambda: P.counters(), lambda: P.reset(),
         lambda: P.write(rng.choice(list(Buffer)), rng.randrange(450),

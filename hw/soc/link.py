@@ -84,6 +84,9 @@ class Link(wiring.Component):
         Cycles from ``bus_re`` to valid ``bus_rdata`` (the core's ``READ_LATENCY``).
     timeout : int
         Cycles without a byte after which a partial frame is dropped (answered TIMEOUT).
+    dim_bits : int
+        Width of the core's ``cfg_m/k/n``; LOAD_LAYER with a larger M, K or N is answered
+        BAD_SHAPE (instead of letting the core see a truncated value).
 
     Members
     -------
@@ -99,7 +102,7 @@ class Link(wiring.Component):
     DEFAULT_TIMEOUT = 1 << 22
 
     def __init__(self, *, info: DeviceInfo, addr_bits: int, read_latency: int = 1,
-                 timeout: int = DEFAULT_TIMEOUT):
+                 timeout: int = DEFAULT_TIMEOUT, dim_bits: int = 16):
         if not isinstance(info, DeviceInfo):
             raise TypeError(f"info must be a sw.protocol.DeviceInfo, not {info!r}")
         if not isinstance(addr_bits, int) or not 1 <= addr_bits <= 32:
@@ -114,6 +117,9 @@ class Link(wiring.Component):
             raise ValueError(f"read_latency must be an int in [1, 8], not {read_latency!r}")
         if not isinstance(timeout, int) or timeout < 4:
             raise ValueError(f"timeout must be an int >= 4 (cycles), not {timeout!r}")
+        if not isinstance(dim_bits, int) or not 1 <= dim_bits <= 16:
+            raise ValueError(f"dim_bits must be an int in [1, 16], not {dim_bits!r}")
+        self.dim_bits = dim_bits
         self.info = info
         self.addr_bits = addr_bits
         self.read_latency = read_latency
@@ -141,7 +147,8 @@ class Link(wiring.Component):
                           core.cols, core.a_bytes, core.w_bytes, core.out_bytes,
                           core.out_words, core.max_k, out_modes)
         return cls(info=info, addr_bits=core.addr_bits,
-                   read_latency=getattr(core, "READ_LATENCY", 1), timeout=timeout)
+                   read_latency=getattr(core, "READ_LATENCY", 1), timeout=timeout,
+                   dim_bits=len(core.cfg_m))
 
     def connect_core(self, m: Module, core) -> None:
         """Join this link to ``core`` (combinational assignments in ``m``)."""
@@ -322,6 +329,10 @@ class Link(wiring.Component):
                                 m.d.sync += reply(ErrorCode.BUSY)
                             with m.Elif(~mode_ok | (hdr[9] >= 64) | (hdr[11] > 1)):
                                 m.d.sync += reply(ErrorCode.BAD_PARAM)
+                            with m.Elif((Cat(hdr[0], hdr[1]) >> self.dim_bits).any() |
+                                        (Cat(hdr[2], hdr[3]) >> self.dim_bits).any() |
+                                        (Cat(hdr[4], hdr[5]) >> self.dim_bits).any()):
+                                m.d.sync += reply(ErrorCode.BAD_SHAPE)
                             with m.Else():
                                 m.d.sync += [
                                     reply(ErrorCode.OK), loaded.eq(1),
