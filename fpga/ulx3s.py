@@ -114,25 +114,15 @@ class SelfTestTop(Elaboratable):
     """Board top: PLL -> core + self-test. LEDs: 0 pass, 1 fail, 2 done, 7 heartbeat."""
 
     def __init__(self, *, size: CoreSize, freq: float):
-        from hw.systolic.core import MpGemmCore
-        from hw.soc.selftest import SelfTest
-        probe = MpGemmCore(**asdict(size))
-        self.selftest = SelfTest(probe)
-        a_img, w_img = self.selftest.images(size.rows, size.cols)
-        self.core = MpGemmCore(**asdict(size), a_init=a_img, w_init=w_img)
+        from hw.soc.selftest import SelfTestSystem
+        self.system = SelfTestSystem(**asdict(size))
         self.freq = freq
 
     def elaborate(self, platform):
         m = Module()
         clk25 = platform.request("clk25", 0)
         m.submodules.pll = pll = PLL(f_in=25e6, f_out=self.freq, clk_in=clk25.i)
-        m.submodules.core = core = self.core
-        m.submodules.selftest = st = self.selftest
-        for name in ("bus_sel", "bus_addr", "bus_re", "cfg_m", "cfg_k", "cfg_n", "cfg_out_mode",
-                     "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu", "start"):
-            m.d.comb += getattr(core, name).eq(getattr(st, name))
-        m.d.comb += [st.bus_rdata.eq(core.bus_rdata), st.core_done.eq(core.done),
-                     st.core_error.eq(core.error)]
+        m.submodules.system = st = self.system
         leds = [platform.request("led", i) for i in range(8)]
         beat = Signal(range(int(pll.params["f_out"]) // 2 + 1))
         blink = Signal()

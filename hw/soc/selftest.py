@@ -87,7 +87,9 @@ class SelfTest(wiring.Component):
             with m.State("READ"):
                 m.d.comb += self.bus_re.eq(1)
                 m.next = "WAIT_DATA"
-            with m.State("WAIT_DATA"):   # READ_LATENCY = 2
+            with m.State("WAIT_DATA"):   # READ_LATENCY = 3
+                m.next = "WAIT_DATA2"
+            with m.State("WAIT_DATA2"):
                 m.next = "CMP"
             with m.State("CMP"):
                 with m.If(self.bus_rdata != rp.data):
@@ -100,4 +102,32 @@ class SelfTest(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
         m.d.comb += self.passed.eq(self.done & ok)
+        return m
+
+
+class SelfTestSystem(wiring.Component):
+    """A core whose buffers hold the self-test operands, driven by :class:`SelfTest`.
+
+    Members
+    -------
+    done, passed : Out(1)
+    """
+
+    def __init__(self, *, rows, cols, a_depth, w_depth, out_words, seed: int = 7):
+        from hw.systolic.core import MpGemmCore
+        size = dict(rows=rows, cols=cols, a_depth=a_depth, w_depth=w_depth, out_words=out_words)
+        self.selftest = SelfTest(MpGemmCore(**size), seed=seed)
+        a_img, w_img = self.selftest.images(rows, cols)
+        self.core = MpGemmCore(**size, a_init=a_img, w_init=w_img)
+        super().__init__({"done": Out(1), "passed": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.selftest = st = self.selftest
+        for name in ("bus_sel", "bus_addr", "bus_re", "cfg_m", "cfg_k", "cfg_n", "cfg_out_mode",
+                     "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu", "start"):
+            m.d.comb += getattr(core, name).eq(getattr(st, name))
+        m.d.comb += [st.bus_rdata.eq(core.bus_rdata), st.core_done.eq(core.done),
+                     st.core_error.eq(core.error), self.done.eq(st.done), self.passed.eq(st.passed)]
         return m

@@ -87,9 +87,9 @@ class MpGemmCore(wiring.Component):
     """
 
     #: cycles from ``bus_re`` (with ``bus_addr``) to ``bus_rdata``
-    READ_LATENCY = 2
-    #: epilogue pipeline depth: capture, multiply, round, shift, clamp+write
-    EPILOGUE_LATENCY = 5
+    READ_LATENCY = 3
+    #: epilogue pipeline depth: capture, 2 x partial products, sum, round, shift, clamp+write
+    EPILOGUE_LATENCY = 6
 
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 512, w_depth: int = 512,
                  out_words: int = 512, a_init=None, w_init=None):
@@ -311,19 +311,20 @@ class MpGemmCore(wiring.Component):
         f_valid, f_first, f_last = Signal(), Signal(), Signal()
         f_rmask, f_cmask = Signal(R), Signal(C)
         m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (k == 0)), f_last.eq(issue & (k == K - 1)),
-                     f_rmask.eq(Cat(row0 + i < M for i in range(R))),
-                     f_cmask.eq(Cat(col0 + j < N for j in range(C)))]
+                     # all ones when idle: the host reads the banks through ga/gw too
+                     f_rmask.eq(Mux(self.busy, Cat(row0 + i < M for i in range(R)), ~0)),
+                     f_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
         g_valid, g_first, g_last = Signal(), Signal(), Signal()
         m.d.sync += [g_valid.eq(f_valid), g_first.eq(f_first), g_last.eq(f_last)]
         m.d.comb += [array.valid.eq(g_valid), array.first.eq(g_first), array.last.eq(g_last)]
+        ga = [Signal(signed(8), name=f"ga{i}") for i in range(R)]
+        gw = [Signal(signed(8), name=f"gw{j}") for j in range(C)]
         for i in range(R):
-            ga = Signal(signed(8), name=f"ga{i}")
-            m.d.sync += ga.eq(Mux(f_rmask[i], a_rd[i].as_signed(), 0))
-            m.d.comb += array.a[i].eq(ga)
+            m.d.sync += ga[i].eq(Mux(f_rmask[i], a_rd[i].as_signed(), 0))
+            m.d.comb += array.a[i].eq(ga[i])
         for j in range(C):
-            gw = Signal(signed(8), name=f"gw{j}")
-            m.d.sync += gw.eq(Mux(f_cmask[j], w_rd[j].as_signed(), 0))
-            m.d.comb += array.w[j].eq(gw)
+            m.d.sync += gw[j].eq(Mux(f_cmask[j], w_rd[j].as_signed(), 0))
+            m.d.comb += array.w[j].eq(gw[j])
 
         # -- drain: one element per cycle from the shift chain ------------------------------
         draining = Signal()
@@ -360,14 +361,23 @@ class MpGemmCore(wiring.Component):
             e1_last.eq(go & cur_final & (cur_i == 0) & (cur_j == 0)),
         ]
         prod_w = self.acc_width + REQUANT_MULT_BITS + 1
+        # acc * mult as two partial products (each one MULT18X18D), summed a cycle later:
+        # a single wide product plus its carry chain did not fit in 10 ns on ECP5.
+        lo_w = 16
         e2_v = Signal(); e2_acc = Signal.like(e1_acc); e2_idx = Signal.like(e1_idx)
-        e2_prod = Signal(signed(prod_w))
+        e2_plo = Signal(lo_w + REQUANT_MULT_BITS)
+        e2_phi = Signal(signed(self.acc_width - lo_w + REQUANT_MULT_BITS + 1))
         m.d.sync += [e2_v.eq(e1_v), e2_acc.eq(e1_acc), e2_idx.eq(e1_idx),
-                     e2_prod.eq(e1_acc * mult.as_unsigned())]
+                     e2_plo.eq(e1_acc[:lo_w] * mult),
+                     e2_phi.eq(e1_acc[lo_w:].as_signed() * mult.as_unsigned())]
+        e2b_v = Signal(); e2b_acc = Signal.like(e1_acc); e2b_idx = Signal.like(e1_idx)
+        e2_prod = Signal(signed(prod_w))
+        m.d.sync += [e2b_v.eq(e2_v), e2b_acc.eq(e2_acc), e2b_idx.eq(e2_idx),
+                     e2_prod.eq((e2_phi << lo_w) + e2_plo)]
         rnd = (Const(1, 1) << shift)[1:prod_w]  # 2**(shift-1), or 0 for shift 0
         e3_v = Signal(); e3_acc = Signal.like(e1_acc); e3_idx = Signal.like(e1_idx)
         e3_sum = Signal(signed(prod_w + 1))
-        m.d.sync += [e3_v.eq(e2_v), e3_acc.eq(e2_acc), e3_idx.eq(e2_idx),
+        m.d.sync += [e3_v.eq(e2b_v), e3_acc.eq(e2b_acc), e3_idx.eq(e2b_idx),
                      e3_sum.eq(e2_prod + rnd)]
         e4_v = Signal(); e4_acc = Signal.like(e1_acc); e4_idx = Signal.like(e1_idx)
         e4_q = Signal(signed(prod_w + 1))
@@ -397,22 +407,29 @@ class MpGemmCore(wiring.Component):
         # -- host reads --------------------------------------------------------------------
         orp = out_mem.read_port()
         m.d.comb += [orp.addr.eq(self.bus_addr >> 2), orp.en.eq(1)]
+        # Host reads take three cycles: EBR -> register (ga/gw/o_q) -> byte mux -> register,
+        # so the EBR's slow clock-to-out never meets the muxes in the same cycle.
         r_sel = Signal(Buffer); r_lane_a = Signal.like(lane_a); r_lane_w = Signal.like(lane_w)
         r_byte = Signal(2)
+        r_sel2 = Signal(Buffer); r_lane_a2 = Signal.like(lane_a); r_lane_w2 = Signal.like(lane_w)
+        r_byte2 = Signal(2)
         m.d.sync += [r_sel.eq(self.bus_sel), r_lane_a.eq(lane_a), r_lane_w.eq(lane_w),
-                     r_byte.eq(self.bus_addr[:2])]
+                     r_byte.eq(self.bus_addr[:2]),
+                     r_sel2.eq(r_sel), r_lane_a2.eq(r_lane_a), r_lane_w2.eq(r_lane_w),
+                     r_byte2.eq(r_byte)]
+        o_q = Signal(32)
+        m.d.sync += o_q.eq(orp.data)
         a_data = Signal(8); w_data = Signal(8)
-        with m.Switch(r_lane_a):
+        with m.Switch(r_lane_a2):
             for i in range(R):
                 with m.Case(i):
-                    m.d.comb += a_data.eq(a_rd[i])
-        with m.Switch(r_lane_w):
+                    m.d.comb += a_data.eq(ga[i])
+        with m.Switch(r_lane_w2):
             for j in range(C):
                 with m.Case(j):
-                    m.d.comb += w_data.eq(w_rd[j])
-        o_data = orp.data.word_select(r_byte, 8)
-        # registered: the EBR's slow clock-to-out must not reach the host logic directly
-        with m.Switch(r_sel):
+                    m.d.comb += w_data.eq(gw[j])
+        o_data = o_q.word_select(r_byte2, 8)
+        with m.Switch(r_sel2):
             with m.Case(Buffer.A):
                 m.d.sync += self.bus_rdata.eq(a_data)
             with m.Case(Buffer.W):
