@@ -54,10 +54,12 @@ def test_uart():
 def test_uart_params():
     from hw.soc.uart import UARTRx, UARTTx, baud_divider
     rx = UARTRx(clk_freq=CLK, baud=BAUD)
+    rx._MustUse__silence = True
     assert abs(rx.divider - CLK / (16 * BAUD)) < 1e-4 and abs(rx.baud_error) < 1e-6
     tx = UARTTx(clk_freq=25e6, baud=115200)
+    tx._MustUse__silence = True
     assert abs(tx.actual_baud - 115200) < 0.1 and abs(tx.baud_error) < 1e-6
-    assert UARTTx(clk_freq=48e6, baud=3_000_000).baud_error == 0     # tick every cycle
+    assert baud_divider(clk_freq=48e6, baud=3_000_000)[3] == 0     # tick every cycle
     with pytest.raises(ValueError, match="48000000"):
         UARTRx(clk_freq=25e6, baud=3_000_000)
     with pytest.raises(ValueError, match="baud"):
