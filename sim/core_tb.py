@@ -3,7 +3,7 @@
 import numpy as np
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import RisingEdge, FallingEdge, ReadOnly, ClockCycles
+from cocotb.triggers import RisingEdge, FallingEdge, ReadOnly, ClockCycles, First
 
 from sw import layout
 from sw.numerics import OutMode, Requant
@@ -30,7 +30,8 @@ class CoreTB:
         await ClockCycles(d.clk, 2)
         d.rst.value = 0
         await RisingEdge(d.clk)
-        self._mon = cocotb.start_soon(self._monitor())
+        if self.cfg.get("monitor", True):
+            self._mon = cocotb.start_soon(self._monitor())
 
     async def _monitor(self):
         d = self.dut
@@ -91,16 +92,15 @@ class CoreTB:
         tiles = -(-M // self.rows) * -(-N // self.cols)
         period = max(K + 1, self.rows * self.cols + self.rows + self.cols + 2)
         limit = timeout or (tiles * period + 200 + 4 * (self.rows + self.cols) + self.rows * self.cols)
-        for _ in range(limit):
-            await RisingEdge(d.clk)
-            await ReadOnly()
-            if int(d.done.value):
-                break
-        else:
+        # let the simulator run free until done (no Python work per cycle)
+        await First(RisingEdge(d.done), ClockCycles(d.clk, limit))
+        await ReadOnly()
+        if not int(d.done.value):
             raise AssertionError(f"core did not finish {M}x{K}x{N} within {limit} cycles")
         err = ErrorCode(int(d.error.value))
         cnt = {n: int(getattr(d, "cnt_" + n).value) for n in ("cycles", "busy", "stall", "macs")}
         await RisingEdge(d.clk)
+        await ReadOnly()
         assert not int(d.busy.value), "busy still high after done"
         return err, cnt
 
@@ -114,7 +114,8 @@ class CoreTB:
         assert err == ErrorCode.OK, f"core refused {M}x{K}x{N}: {err!r}"
         mode = OutMode.RAW32 if rq is None else OutMode.INT8
         # exactly-once delivery: every element index written once, nothing else
-        got_idx = np.sort(np.array(self.writes, dtype=np.int64))
-        np.testing.assert_array_equal(got_idx, np.arange(M * N, dtype=np.int64), strict=True)
+        if self._mon is not None:
+            got_idx = np.sort(np.array(self.writes, dtype=np.int64))
+            np.testing.assert_array_equal(got_idx, np.arange(M * N, dtype=np.int64), strict=True)
         data = await self.read(Buffer.OUT, layout.out_size(M, N, mode))
         return layout.decode_out(data, M, N, mode), cnt
