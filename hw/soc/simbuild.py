@@ -1,0 +1,56 @@
+"""Build the SoC's Verilator model for SimTransport (``python -m hw.build --target sim``).
+
+The model is the same :class:`~hw.soc.top.SoC` the board runs (minus the UART, which is
+tested on its own), compiled with a C++ harness that moves bytes between stdin/stdout and the
+SoC's byte streams. Builds are cached under ``fpga/build/sim-<device>-<hash>/`` by a hash of
+the Verilog and the harness, so an unchanged design is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+from hw.simulate import _tool_env, to_verilog
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESS = Path(__file__).resolve().parent / "harness" / "sim_main.cpp"
+
+#: cycles of silence inside a frame before the link answers TIMEOUT (simulated time only
+#: runs while the device is busy, so this never fires because of a slow host)
+SIM_TIMEOUT = 1 << 16
+
+
+def build_sim_model(device: str = "12F", *, quiet: bool = True) -> Path:
+    """Build (once) and return the path of the simulator executable for ``device``'s core."""
+    from fpga.ulx3s import DEVICES
+    from hw.soc.top import SoC
+    from hw.simulate import verilator_bin_dir
+
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
+    size = DEVICES[device][1]
+    verilog = to_verilog(SoC(**asdict(size), timeout=SIM_TIMEOUT), "soc")
+    harness = HARNESS.read_text()
+    key = hashlib.sha256((verilog + harness).encode()).hexdigest()[:16]
+    bdir = ROOT / "fpga" / "build" / f"sim-{device}-{key}"
+    exe = bdir / "Vsoc"
+    bdir.mkdir(parents=True, exist_ok=True)
+    with open(bdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if exe.exists():
+            return exe
+        _tool_env()
+        (bdir / "soc.v").write_text(verilog)
+        cmd = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build", "-j", "2",
+               "-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
+               "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--top-module", "soc", "-Mdir", str(bdir),
+               "-CFLAGS", "-O2", "-o", "Vsoc", str(bdir / "soc.v"), str(HARNESS)]
+        res = subprocess.run(cmd, cwd=bdir, capture_output=quiet, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"Verilator build of the SoC model failed:\n{res.stdout}\n{res.stderr}")
+    return exe

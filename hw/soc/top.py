@@ -1,0 +1,82 @@
+"""SoC: host link + mpGEMM core, with a byte-stream host side (UART on the board)."""
+
+from amaranth import Module
+from amaranth.lib import wiring, stream, fifo
+from amaranth.lib.wiring import In, Out
+
+from hw.systolic.core import MpGemmCore
+from .link import Link
+
+__all__ = ["SoC", "UARTSoC"]
+
+
+class SoC(wiring.Component):
+    """The device as the host sees it: frames in, replies out (see docs/protocol.md).
+
+    Parameters
+    ----------
+    rows, cols, a_depth, w_depth, out_words :
+        Core size (see :class:`~hw.systolic.core.MpGemmCore`).
+    timeout : int
+        Link inter-byte timeout in cycles.
+
+    Members
+    -------
+    i_stream : In(stream.Signature(8))
+        Request bytes from the host.
+    o_stream : Out(stream.Signature(8))
+        Reply bytes to the host.
+    quiet : Out(1)
+        The device waits for host bytes and has nothing to say: a simulation harness may
+        stop the clock until the host writes (so host latency never looks like a timeout).
+    """
+
+    def __init__(self, *, rows, cols, a_depth, w_depth, out_words, timeout=Link.DEFAULT_TIMEOUT):
+        self.core = MpGemmCore(rows=rows, cols=cols, a_depth=a_depth, w_depth=w_depth,
+                               out_words=out_words)
+        self.link = Link.for_core(self.core, timeout=timeout)
+        super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
+                          "quiet": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.submodules.link = link = self.link
+        link.connect_core(m, core)
+        wiring.connect(m, wiring.flipped(self.i_stream), link.i_stream)
+        wiring.connect(m, link.o_stream, wiring.flipped(self.o_stream))
+        m.d.comb += self.quiet.eq(link.i_stream.ready & ~link.o_stream.valid & ~core.busy)
+        return m
+
+
+class UARTSoC(wiring.Component):
+    """:class:`SoC` behind a UART (8N1) with a small receive FIFO.
+
+    Members
+    -------
+    rx : In(1)
+    tx : Out(1)
+    """
+
+    RX_FIFO_DEPTH = 64
+
+    def __init__(self, *, clk_freq: float, baud: int, **size):
+        from .uart import UARTRx, UARTTx
+        self.soc = SoC(**size)
+        self.uart_rx = UARTRx(clk_freq=clk_freq, baud=baud)
+        self.uart_tx = UARTTx(clk_freq=clk_freq, baud=baud)
+        self.baud_error = self.uart_rx.baud_error
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.soc = soc = self.soc
+        m.submodules.uart_rx = urx = self.uart_rx
+        m.submodules.uart_tx = utx = self.uart_tx
+        # the link stops reading while it replies; the FIFO keeps bytes that arrive meanwhile
+        m.submodules.rx_fifo = rxf = fifo.SyncFIFOBuffered(width=8, depth=self.RX_FIFO_DEPTH)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+        wiring.connect(m, urx.o_stream, rxf.w_stream)
+        wiring.connect(m, rxf.r_stream, soc.i_stream)
+        wiring.connect(m, soc.o_stream, utx.i_stream)
+        return m
