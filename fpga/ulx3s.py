@@ -7,7 +7,7 @@ from dataclasses import dataclass, asdict
 from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["DEVICES", "CoreSize", "pll_params", "PLL", "SelfTestTop", "platform_for"]
+__all__ = ["DEVICES", "CoreSize", "pll_params", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
 
 
 @dataclass(frozen=True)
@@ -131,4 +131,44 @@ class SelfTestTop(Elaboratable):
             m.d.sync += [beat.eq(0), blink.eq(~blink)]
         m.d.comb += [leds[0].o.eq(st.passed), leds[1].o.eq(st.done & ~st.passed),
                      leds[2].o.eq(st.done), leds[7].o.eq(blink)]
+        return m
+
+
+class SoCTop(Elaboratable):
+    """Board top: PLL -> :class:`~hw.soc.top.UARTSoC` on the FT231X USB-serial pins.
+
+    LEDs: 0 a request byte arrived (stretched), 1 a reply byte left (stretched),
+    7 heartbeat.
+    """
+
+    def __init__(self, *, size: CoreSize, freq: float, baud: int):
+        from hw.soc.top import UARTSoC
+        self.pll_params = pll_params(25e6, freq)
+        self.soc = UARTSoC(clk_freq=self.pll_params["f_out"], baud=baud, **asdict(size))
+        self.freq, self.baud = freq, baud
+
+    def elaborate(self, platform):
+        m = Module()
+        clk25 = platform.request("clk25", 0)
+        m.submodules.pll = pll = PLL(f_in=25e6, f_out=self.freq, clk_in=clk25.i)
+        m.submodules.soc = soc = self.soc
+        uart = platform.request("uart", 0)
+        m.d.comb += [soc.rx.eq(uart.rx.i), uart.tx.o.eq(soc.tx)]
+        # the FT231X's TX line is only driven when enabled (ULX3S schematic)
+        m.d.comb += platform.request("uart_tx_enable", 0).o.eq(1)
+        leds = [platform.request("led", i) for i in range(8)]
+        f = int(pll.params["f_out"])
+        beat = Signal(range(f // 2 + 1))
+        blink = Signal()
+        m.d.sync += beat.eq(beat + 1)
+        with m.If(beat == f // 2):
+            m.d.sync += [beat.eq(0), blink.eq(~blink)]
+        for led, line in ((leds[0], soc.rx), (leds[1], soc.tx)):
+            stretch = Signal(range(f // 20 + 1))
+            with m.If(~line):
+                m.d.sync += stretch.eq(f // 20)
+            with m.Elif(stretch != 0):
+                m.d.sync += stretch.eq(stretch - 1)
+            m.d.comb += led.o.eq(stretch != 0)
+        m.d.comb += leds[7].o.eq(blink)
         return m

@@ -67,20 +67,33 @@ def parse_nextpnr_report(path: Path) -> tuple[dict, dict]:
     return util, fmax
 
 
-def build_ulx3s(device: str = "85F", freq_mhz: float = 100.0, *, seed: int = 1,
-                program: bool = False, out_dir: Path | None = None, quiet: bool = False) -> dict:
-    """Build the ULX3S bitstream; returns (and writes) the report dictionary."""
-    from fpga.ulx3s import DEVICES, DEVICE_RESOURCES, SelfTestTop, platform_for
+def build_ulx3s(device: str = "85F", freq_mhz: float = 100.0, *, baud: int = 3_000_000,
+                top: str = "soc", seed: int = 1, program: bool = False,
+                out_dir: Path | None = None, quiet: bool = False) -> dict:
+    """Build the ULX3S bitstream; returns (and writes) the report dictionary.
+
+    ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
+    checked at reset, result on the LEDs).
+    """
+    from fpga.ulx3s import DEVICES, DEVICE_RESOURCES, SelfTestTop, SoCTop, platform_for
 
     tool_env()
     platform = platform_for(device)
     size = DEVICES[device][1]
     out_dir = Path(out_dir or BUILD / f"ulx3s-{device}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    top = SelfTestTop(size=size, freq=freq_mhz * 1e6)
+    if top == "soc":
+        top_obj = SoCTop(size=size, freq=freq_mhz * 1e6, baud=baud)
+        uart = {"baud": baud, "actual_baud": round(top_obj.soc.uart_rx.actual_baud, 3),
+                "baud_error_ppm": round(top_obj.soc.baud_error * 1e6, 3)}
+    elif top == "selftest":
+        top_obj = SelfTestTop(size=size, freq=freq_mhz * 1e6)
+        uart = None
+    else:
+        raise ValueError(f"top must be 'soc' or 'selftest', not {top!r}")
     t0 = time.monotonic()
     try:
-        platform.build(top, name="top", build_dir=str(out_dir), do_program=False,
+        platform.build(top_obj, name="top", build_dir=str(out_dir), do_program=False,
                        nextpnr_opts=f"--timing-allow-fail --report nextpnr_report.json --seed {seed}",
                        verbose=not quiet)
     except subprocess.CalledProcessError as e:
@@ -101,7 +114,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float = 100.0, *, seed: int = 1,
     timing_ok = bool(fmax) and all(v["achieved_mhz"] >= v["constraint_mhz"] for v in fmax.values())
     report = {
         "target": "ulx3s", "device": f"LFE5U-{device}", "package": "CABGA381", "speed": 6,
-        "core": asdict(size), "freq_requested_mhz": freq_mhz,
+        "top": top, "core": asdict(size), "freq_requested_mhz": freq_mhz, "uart": uart,
         "pll": {k: (round(v / 1e6, 4) if k.startswith("f_") else v)
                 for k, v in top_pll_params(freq_mhz).items()},
         "utilization": summary, "nextpnr_utilization": util, "fmax": fmax,
@@ -135,6 +148,10 @@ def print_report(r: dict) -> None:
     for clk, v in r["fmax"].items():
         ok = "PASS" if v["achieved_mhz"] >= v["constraint_mhz"] else "FAIL"
         print(f"  Fmax {clk}: {v['achieved_mhz']} MHz (constraint {v['constraint_mhz']} MHz) {ok}")
+    if r.get("uart"):
+        u = r["uart"]
+        print(f"  UART {u['baud']} baud requested, {u['actual_baud']} generated "
+              f"(error {u['baud_error_ppm']} ppm)")
     print(f"  build time {r['build_seconds']} s; bitstream {r['bitstream']}")
 
 
@@ -170,13 +187,17 @@ def main(argv=None) -> int:
                     help="ULX3S FPGA size (default 85F)")
     ap.add_argument("--freq", type=float, default=100.0, help="core clock in MHz (default 100)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    ap.add_argument("--baud", type=int, default=3_000_000, help="UART baud rate (default 3000000)")
+    ap.add_argument("--top", choices=["soc", "selftest"], default="soc",
+                    help="soc: host link on the USB UART (default); selftest: LED self-test")
     ap.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     ap.add_argument("--blocks", default="arith", help="report target: which blocks (arith)")
     ap.add_argument("--out", type=Path, default=None, help="output directory")
     args = ap.parse_args(argv)
     try:
         if args.target == "ulx3s":
-            build_ulx3s(args.device, args.freq, seed=args.seed, program=args.program, out_dir=args.out)
+            build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
+                        program=args.program, out_dir=args.out)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out)
         elif args.target == "report":

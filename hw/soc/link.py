@@ -94,6 +94,8 @@ class Link(wiring.Component):
         Bytes from the host.
     o_stream : Out(stream.Signature(8))
         Reply bytes to the host.
+    idle : Out(1)
+        Between frames (hunting for SYNC), nothing half-received.
     bus_*, cfg_*, start, busy, done, error, cnt_* :
         The core's command interface, directions flipped (see :data:`CORE_PORTS` and
         :meth:`connect_core`).
@@ -127,6 +129,7 @@ class Link(wiring.Component):
         super().__init__({
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
+            "idle": Out(1),
             "bus_sel": Out(Buffer), "bus_addr": Out(addr_bits), "bus_wdata": Out(8),
             "bus_we": Out(1), "bus_re": Out(1), "bus_rdata": In(8),
             "cfg_m": Out(16), "cfg_k": Out(16), "cfg_n": Out(16), "cfg_out_mode": Out(OutMode),
@@ -229,7 +232,7 @@ class Link(wiring.Component):
 
         with m.FSM(name="link"):
             with m.State("HUNT"):
-                m.d.comb += rx.ready.eq(1)
+                m.d.comb += [rx.ready.eq(1), self.idle.eq(1)]
                 m.d.sync += [opcode.eq(0), tmo.eq(0), crc.eq(0xFFFF), idx.eq(0)]
                 with m.If(take & (byte == SYNC)):
                     m.next = "OPC"

@@ -26,9 +26,11 @@ class SoC(wiring.Component):
         Request bytes from the host.
     o_stream : Out(stream.Signature(8))
         Reply bytes to the host.
-    quiet : Out(1)
-        The device waits for host bytes and has nothing to say: a simulation harness may
-        stop the clock until the host writes (so host latency never looks like a timeout).
+    idle : Out(1)
+        Between frames with nothing to say and the core stopped: a simulation harness may
+        stop the clock until the host writes.
+    waiting : Out(1)
+        The link waits for host bytes (between frames or inside one) and has nothing to say.
     """
 
     def __init__(self, *, rows, cols, a_depth, w_depth, out_words, timeout=Link.DEFAULT_TIMEOUT):
@@ -36,7 +38,7 @@ class SoC(wiring.Component):
                                out_words=out_words)
         self.link = Link.for_core(self.core, timeout=timeout)
         super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
-                          "quiet": Out(1)})
+                          "idle": Out(1), "waiting": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -45,7 +47,8 @@ class SoC(wiring.Component):
         link.connect_core(m, core)
         wiring.connect(m, wiring.flipped(self.i_stream), link.i_stream)
         wiring.connect(m, link.o_stream, wiring.flipped(self.o_stream))
-        m.d.comb += self.quiet.eq(link.i_stream.ready & ~link.o_stream.valid & ~core.busy)
+        waiting = link.i_stream.ready & ~link.o_stream.valid & ~core.busy
+        m.d.comb += [self.waiting.eq(waiting), self.idle.eq(waiting & link.idle)]
         return m
 
 

@@ -1,10 +1,12 @@
 // (Verilator mangles the double underscore of Amaranth port names into ___05F.)
 // Verilator harness for the SoC: moves bytes between stdin/stdout and the SoC's byte streams.
 //
-// The clock runs while the device has work (receiving, computing, replying). When the SoC
-// reports `quiet` (waiting for the host, nothing to send) for a few cycles, the harness flushes
-// stdout and blocks on stdin without advancing simulated time, so a slow host never looks like
-// an inter-byte timeout to the link. EOF on stdin ends the simulation. On exit the harness
+// The clock runs while the device has work (receiving, computing, replying). When the SoC is
+// `idle` (between frames, nothing to send, core stopped) for a few cycles, the harness flushes
+// stdout and blocks on stdin without advancing simulated time. When the link `waits` inside a
+// frame and stdin is empty, the harness gives the host a few milliseconds and then lets the
+// clock run, so a truncated frame meets the link's inter-byte timeout as it would on the
+// board. EOF on stdin ends the simulation. On exit the harness
 // prints the number of simulated cycles and the time spent simulating (not waiting) to stderr.
 #include <chrono>
 #include <cstdio>
@@ -50,22 +52,25 @@ int main(int argc, char **argv) {
     static uint8_t inbuf[1 << 16];
     size_t in_len = 0, in_pos = 0;
     std::vector<uint8_t> out;
-    int quiet_cycles = 0;
+    int quiet_cycles = 0, wait_cycles = 0;
+    bool gave_grace = false;   // the host had its grace period in this silent stretch
     bool eof = false;
     double waited = 0;   // seconds blocked on the host (excluded from the speed figure)
     for (;;) {
         if (in_pos == in_len && !eof) {
             // Block only when the device is quiet; otherwise just peek.
             bool block = quiet_cycles >= 16;
-            if (block && !out.empty()) {
+            bool grace = !block && wait_cycles >= 16 && !gave_grace;
+            if ((block || grace) && !out.empty()) {
                 if (!write_all(out)) break;
                 out.clear();
             }
             struct pollfd p = {0, POLLIN, 0};
-            if (block || (cycles & 1023) == 0) {
+            if (block || grace || (cycles & 1023) == 0) {
                 auto w0 = std::chrono::steady_clock::now();
-                int r = poll(&p, 1, block ? -1 : 0);
-                if (block) waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+                if (grace) gave_grace = true;
+                int r = poll(&p, 1, block ? -1 : (grace ? 5 : 0));
+                if (block || grace) waited += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
                 if (r > 0) {
                     ssize_t n = read(0, inbuf, sizeof inbuf);
                     if (n <= 0) eof = true;
@@ -88,7 +93,9 @@ int main(int argc, char **argv) {
         cycles++;
         if (took) in_pos++;
         if (gave) out.push_back(byte);
-        quiet_cycles = (top->quiet && !took && !gave) ? quiet_cycles + 1 : 0;
+        quiet_cycles = (top->idle && !took && !gave) ? quiet_cycles + 1 : 0;
+        wait_cycles = (top->waiting && !took && !gave) ? wait_cycles + 1 : 0;
+        if (took || gave) gave_grace = false;
         if (out.size() >= 4096) {
             if (!write_all(out)) break;
             out.clear();
