@@ -1,0 +1,596 @@
+"""Host driver for the mpGEMM accelerator (board over UART, or the Verilator model).
+
+:class:`Accelerator` speaks :mod:`sw.protocol` over any :class:`sw.transport.Transport`:
+it identifies the device (and refuses one that does not match), validates operands before
+anything is sent, tiles GEMMs of any size onto the on-chip buffers, and returns results that
+are bit-identical to :func:`sw.numerics.mpgemm`. NumPy only; never imports Amaranth.
+
+Example::
+
+    from sw.driver import Accelerator
+    from sw.transport import SerialTransport
+
+    with Accelerator(SerialTransport("/dev/ttyUSB0"), expect={"rows": 4, "cols": 4}) as acc:
+        y = acc.gemm(a, w)                        # int32, == sw.numerics.mpgemm(a, w)
+        print(acc.last.efficiency, acc.last.utilization(acc.info.rows, acc.info.cols))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import layout
+from . import protocol as P
+from .numerics import OutMode, Requant, check_int, int_range, requantize
+from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescriptor, Opcode
+from .transport import Transport, TransportError, TransportTimeout
+
+__all__ = ["Accelerator", "DeviceMismatch", "DeviceTimeout", "GemmPlan", "Stats",
+           "DeviceError", "TransportError"]
+
+_U16 = 0xFFFF
+
+
+class DeviceMismatch(Exception):
+    """IDENTIFY does not match what the driver (or the caller's ``expect``) requires."""
+
+
+class DeviceTimeout(TransportTimeout, TimeoutError):
+    """The device did not answer a request in time (after the retries)."""
+
+
+@dataclass
+class Stats:
+    """Bookkeeping of one :meth:`Accelerator.gemm` call (``acc.last``) or of the session
+    (``acc.total``).
+
+    ``wire_*`` count whole frames (both directions; bytes dropped as garbage are not
+    counted), ``payload_*`` only matrix bytes (WRITE data sent, READ data received).
+    ``cycles``/``busy``/``stall``/``macs`` sum the device counters read after each RUN.
+    """
+
+    requests: int = 0
+    wire_sent: int = 0
+    wire_received: int = 0
+    payload_sent: int = 0
+    payload_received: int = 0
+    runs: int = 0
+    cycles: int = 0
+    busy: int = 0
+    stall: int = 0
+    macs: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.wire_sent + self.wire_received
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.payload_sent + self.payload_received
+
+    @property
+    def efficiency(self) -> float:
+        """Payload bytes / wire bytes (both directions); 0 when nothing was sent."""
+        return self.payload_bytes / self.wire_bytes if self.wire_bytes else 0.0
+
+    def utilization(self, rows: int, cols: int) -> float:
+        """MACs done / (array PEs x cycles of the runs): how busy the array was."""
+        return self.macs / (self.cycles * rows * cols) if self.cycles else 0.0
+
+    def add(self, other: "Stats") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """How :meth:`Accelerator.gemm` maps an ``M x K x N`` GEMM onto the device.
+
+    The GEMM is cut into ``k_chunks`` chunks of at most ``kc`` along K, blocks of at most
+    ``mb`` rows of A and ``nb`` columns of W; each (K chunk, N block, M block) is one RUN.
+    ``mode`` is the device's output mode; ``host_requant`` is True when the requantization
+    runs on the host (K split, or the device lacks INT8 output).
+    """
+
+    m: int
+    k: int
+    n: int
+    mb: int
+    kc: int
+    nb: int
+    mode: OutMode
+    host_requant: bool
+
+    @property
+    def k_chunks(self) -> int:
+        return -(-self.k // self.kc)
+
+    @property
+    def m_blocks(self) -> int:
+        return -(-self.m // self.mb)
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n // self.nb)
+
+    @property
+    def runs(self) -> int:
+        return self.k_chunks * self.m_blocks * self.n_blocks
+
+
+_EXPECT_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceInfo))
+#: Device error codes after which the request was not executed, so it may simply be sent again.
+_RETRYABLE = (ErrorCode.BAD_CRC, ErrorCode.TIMEOUT)
+
+
+class Accelerator:
+    """The mpGEMM device behind ``transport``.
+
+    Opening sends IDENTIFY, checks the protocol version and, when ``expect`` is given, the
+    configuration: a mismatched bitstream is refused with :class:`DeviceMismatch` listing
+    every differing field.
+
+    Parameters
+    ----------
+    transport : sw.transport.Transport
+        Owned by the accelerator from now on (closed by :meth:`close`).
+    expect : dict or DeviceInfo, optional
+        Required IDENTIFY fields, e.g. ``{"rows": 4, "cols": 4, "config_hash": 0x1234abcd}``
+        (any :class:`~sw.protocol.DeviceInfo` field name), or a whole ``DeviceInfo``.
+    timeout : float, optional
+        Seconds to wait for each reply (default: the transport's ``timeout``). RUN gets
+        ``timeout`` plus the estimated run time at ``run_rate``.
+    retries : int
+        How often a request is sent again after a reply timeout, a device BAD_CRC/TIMEOUT
+        reply or a stray reply (the input is drained first, see docs/protocol.md).
+    run_rate : float
+        Slowest device clock assumed for RUN timeouts, cycles per second (the Verilator
+        model is far slower than the board).
+    resync_quiet : float
+        Quiet time (s) :meth:`Transport.drain` waits for before a retry; longer than the
+        device's inter-byte timeout (84 ms at 50 MHz) so a half-received frame is flushed.
+    counters_per_run : bool
+        Read COUNTERS after each RUN (one small exchange) so ``last``/``total`` report
+        device cycles, MACs and utilization.
+
+    Attributes
+    ----------
+    info : DeviceInfo
+    last : Stats
+        Bookkeeping of the latest :meth:`gemm`.
+    total : Stats
+        Bookkeeping since opening.
+    """
+
+    def __init__(self, transport: Transport, *, expect=None, timeout: float | None = None,
+                 retries: int = 2, run_rate: float = 1e5, resync_quiet: float = 0.1,
+                 counters_per_run: bool = True):
+        if not isinstance(transport, Transport):
+            raise TypeError(f"transport must be a sw.transport.Transport, not {transport!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+        if not (isinstance(run_rate, (int, float)) and run_rate > 0):
+            raise ValueError(f"run_rate must be a positive number, not {run_rate!r}")
+        self.transport = transport
+        self.timeout = float(timeout if timeout is not None else transport.timeout)
+        self.retries = retries
+        self.run_rate = float(run_rate)
+        self.resync_quiet = float(resync_quiet)
+        self.counters_per_run = bool(counters_per_run)
+        self.last = Stats()
+        self.total = Stats()
+        self._stats = [self.total]
+        self._resident: dict[Buffer, bytes] = {}   # what the A / W buffers hold
+        self._layer: LayerDescriptor | None = None
+        self._closed = False
+        self._expect = self._normalize_expect(expect)
+        try:
+            self.info = self.identify()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- session ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _normalize_expect(expect) -> dict:
+        if expect is None:
+            return {}
+        if isinstance(expect, DeviceInfo):
+            return dataclasses.asdict(expect)
+        if not isinstance(expect, dict):
+            raise TypeError(f"expect must be a dict or a DeviceInfo, not {expect!r}")
+        unknown = sorted(set(expect) - set(_EXPECT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown expect field(s) {unknown}; DeviceInfo fields are "
+                             f"{list(_EXPECT_FIELDS)}")
+        return dict(expect)
+
+    def identify(self) -> DeviceInfo:
+        """Send IDENTIFY, check the reply (protocol version, ``expect``) and return it."""
+        data = self._call(P.identify(), Opcode.IDENTIFY)
+        try:
+            info = DeviceInfo.unpack(data)
+        except (P.ProtocolError, ValueError) as e:
+            raise DeviceMismatch(f"IDENTIFY reply is not a DeviceInfo ({e}): is this an "
+                                 f"mpGEMM device speaking protocol {P.PROTOCOL_VERSION}?") from e
+        if info.version != P.PROTOCOL_VERSION:
+            raise DeviceMismatch(f"device speaks protocol version {info.version}, this driver "
+                                 f"version {P.PROTOCOL_VERSION}: rebuild the bitstream or "
+                                 f"update the host software")
+        bad = [f"{name}: expected {self._fmt(name, want)}, device has "
+               f"{self._fmt(name, getattr(info, name))}"
+               for name, want in self._expect.items() if getattr(info, name) != want]
+        if bad:
+            raise DeviceMismatch("device does not match the expected configuration ("
+                                 + "; ".join(bad) + "): wrong bitstream?")
+        problems = [f"{n}={getattr(info, n)}" for n in ("rows", "cols", "a_bytes", "w_bytes",
+                                                        "out_bytes", "out_words", "max_k",
+                                                        "max_data")
+                    if getattr(info, n) < 1]
+        if info.a_bytes < info.rows or info.w_bytes < info.cols:
+            problems.append("A/W buffers smaller than one array row/column")
+        if not info.out_modes & 3:
+            problems.append(f"out_modes=0x{info.out_modes:02x} (neither RAW32 nor INT8)")
+        if problems:
+            raise DeviceMismatch(f"device reports an unusable configuration: "
+                                 f"{', '.join(problems)}")
+        self.info = info
+        return info
+
+    @staticmethod
+    def _fmt(name, value):
+        return f"0x{value:08x}" if name == "config_hash" and isinstance(value, int) else repr(value)
+
+    def close(self) -> None:
+        """Close the transport (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        info = getattr(self, "info", None)
+        shape = f"{info.rows}x{info.cols}" if info else "?"
+        return f"<Accelerator {shape} on {self.transport!r}>"
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _call(self, request: bytes, opcode: Opcode, *, timeout: float | None = None,
+              context: str = "") -> bytes:
+        """One request/reply with retries; returns the reply data or raises."""
+        if self._closed:
+            raise TransportError("accelerator is closed")
+        timeout = self.timeout if timeout is None else timeout
+        what = opcode.name + (f" ({context})" if context else "")
+        for attempt in range(self.retries + 1):
+            last_try = attempt == self.retries
+            try:
+                frame = self.transport.exchange(request, timeout=timeout)
+            except TransportTimeout as e:
+                self._count(len(request), 0)
+                self._forget()
+                if last_try:
+                    raise DeviceTimeout(
+                        f"no reply to {what} within {timeout:g} s "
+                        f"({self.retries + 1} attempt(s)): is the device powered, programmed "
+                        f"with the mpGEMM bitstream, and the baud rate right? [{e}]") from e
+                self._resync()
+                continue
+            self._count(len(request), P.FRAME_OVERHEAD + len(frame.payload))
+            if frame.request != int(opcode) or not frame.payload:
+                # a stray or late reply (e.g. to a request that timed out earlier)
+                self._forget()
+                if last_try:
+                    raise P.ProtocolError(f"expected a reply to {what}, got opcode "
+                                          f"0x{frame.opcode:02x} ({len(frame.payload)} bytes)")
+                self._resync()
+                continue
+            if frame.status in _RETRYABLE and not last_try:
+                self._forget()
+                self._resync()
+                continue
+            try:
+                return P.parse_reply(frame, opcode)
+            except DeviceError as e:
+                self._forget()
+                if context:
+                    e.args = (f"{e.args[0]} ({context})",)
+                raise
+        raise AssertionError("unreachable")
+
+    def _resync(self):
+        for s in self._stats:
+            s.retries += 1
+        self.transport.drain(self.resync_quiet)
+
+    def _forget(self):
+        """After an error the buffers/layer may be in any state: send everything again."""
+        self._resident.clear()
+        self._layer = None
+
+    def _count(self, sent: int, received: int, *, payload_sent: int = 0,
+               payload_received: int = 0):
+        for s in self._stats:
+            s.requests += 1
+            s.wire_sent += sent
+            s.wire_received += received
+            s.payload_sent += payload_sent
+            s.payload_received += payload_received
+
+    # -- low-level commands ----------------------------------------------------------------
+
+    @property
+    def _chunk(self) -> int:
+        return max(1, min(P.MAX_DATA, self.info.max_data))
+
+    def write_buffer(self, buffer, address: int, data: bytes) -> None:
+        """WRITE ``data`` to ``buffer`` at ``address`` in MAX_DATA chunks."""
+        buffer, data = Buffer(buffer), bytes(data)
+        self._check_range(buffer, address, len(data))
+        self._resident.pop(buffer, None)
+        for off in range(0, len(data), self._chunk):
+            part = data[off:off + self._chunk]
+            self._call(P.write(buffer, address + off, part), Opcode.WRITE,
+                       context=f"{buffer.name} @{address + off}+{len(part)}")
+            for s in self._stats:
+                s.payload_sent += len(part)
+
+    def read_buffer(self, buffer, address: int, count: int) -> bytes:
+        """READ ``count`` bytes of ``buffer`` from ``address`` in MAX_DATA chunks."""
+        buffer = Buffer(buffer)
+        self._check_range(buffer, address, count)
+        out = bytearray()
+        for off in range(0, count, self._chunk):
+            n = min(self._chunk, count - off)
+            data = self._call(P.read(buffer, address + off, n), Opcode.READ,
+                              context=f"{buffer.name} @{address + off}+{n}")
+            if len(data) != n:
+                self._forget()
+                raise P.ProtocolError(f"READ of {n} bytes returned {len(data)}")
+            out += data
+            for s in self._stats:
+                s.payload_received += n
+        return bytes(out)
+
+    def _check_range(self, buffer: Buffer, address: int, count: int):
+        size = self.info.buffer_size(buffer)
+        if isinstance(address, bool) or not isinstance(address, int) or address < 0:
+            raise ValueError(f"address must be a non-negative integer, not {address!r}")
+        if count < 1 or address + count > size:
+            raise ValueError(f"{buffer.name} access of {count} bytes at {address} outside the "
+                             f"buffer ({size} bytes)")
+
+    def load_layer(self, desc: LayerDescriptor) -> None:
+        """LOAD_LAYER (skipped when this descriptor is already loaded)."""
+        if desc == self._layer:
+            return
+        self._call(P.load_layer(desc), Opcode.LOAD_LAYER,
+                   context=f"M={desc.m} K={desc.k} N={desc.n}")
+        self._layer = desc
+
+    def run(self, *, timeout: float | None = None) -> P.Counters | None:
+        """RUN the loaded layer, wait for the result; returns the counters when
+        ``counters_per_run`` (else None)."""
+        d = self._layer
+        ctx = f"M={d.m} K={d.k} N={d.n}" if d else ""
+        if timeout is None:
+            timeout = self.timeout + (self._estimate_cycles(d) / self.run_rate if d else 0.0)
+        self._call(P.run(), Opcode.RUN, timeout=timeout, context=ctx)
+        for s in self._stats:
+            s.runs += 1
+        if not self.counters_per_run:
+            return None
+        c = self.counters()
+        for s in self._stats:
+            s.cycles += c.cycles
+            s.busy += c.busy
+            s.stall += c.stall
+            s.macs += c.macs
+        return c
+
+    def _estimate_cycles(self, d: LayerDescriptor) -> int:
+        R, C = self.info.rows, self.info.cols
+        tiles = -(-d.m // R) * -(-d.n // C)
+        period = R * C + R + C + 2
+        return tiles * max(d.k, period) + 2 * period + 64
+
+    def counters(self) -> P.Counters:
+        """The device's counters of the latest RUN (cycles, busy, stall, MACs)."""
+        return P.Counters.unpack(self._call(P.counters(), Opcode.COUNTERS))
+
+    def status(self) -> P.Status:
+        return P.Status.unpack(self._call(P.status(), Opcode.STATUS))
+
+    def reset(self) -> None:
+        """RESET the device: unloads the layer and clears its last error."""
+        self._call(P.reset(), Opcode.RESET)
+        self._layer = None
+
+    # -- GEMM ------------------------------------------------------------------------------
+
+    def plan(self, m: int, k: int, n: int, requant: Requant | None = None) -> GemmPlan:
+        """The tiling :meth:`gemm` uses for an ``m x k x n`` GEMM on this device."""
+        info = self.info
+        for name, v in (("M", m), ("K", k), ("N", n)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        m, k, n = int(m), int(k), int(n)
+        R, C = info.rows, info.cols
+        raw, int8 = info.supports(OutMode.RAW32), info.supports(OutMode.INT8)
+        kmax = min(info.max_k, info.a_bytes // R, info.w_bytes // C, _U16)
+        if k <= kmax:
+            kc = k
+        else:
+            chunks = -(-k // kmax)
+            kc = -(-k // chunks)       # balanced chunks
+        if requant is not None and kc == k and int8:
+            mode, host_requant = OutMode.INT8, False
+        else:
+            mode, host_requant = OutMode.RAW32, requant is not None
+            if not raw:
+                why = f"K={k} > {kmax} is split" if kc < k else "requant=None"
+                raise ValueError(f"this GEMM needs RAW32 output ({why}) but the device "
+                                 f"supports only INT8 output; pass a Requant and keep "
+                                 f"K <= {kmax}")
+        esize = 4 if mode == OutMode.RAW32 else 1
+        cap = info.out_bytes // esize
+        cap = min(cap, info.out_words * (4 // esize))
+        if cap < 1:
+            raise DeviceMismatch(f"OUT buffer too small for one {mode.name} result")
+        mt_max = info.a_bytes // (kc * R)
+        nt_max = info.w_bytes // (kc * C)
+        best = None
+        for nt in range(1, min(nt_max, -(-n // C)) + 1):
+            nb = min(n, nt * C, cap, _U16)
+            mb = min(m, mt_max * R, cap // nb, _U16)
+            if mb < 1:
+                break
+            nN, nM = -(-n // nb), -(-m // mb)
+            # wire bytes: W once, A once per N block unless one M block stays resident,
+            # results once, plus a per-RUN cost for the command round trips
+            cost = (k * n + m * k * (nN if nM > 1 else 1) + m * n * esize * (-(-k // kc))
+                    + 200 * nN * nM * -(-k // kc))
+            if best is None or cost < best[0]:
+                best = (cost, mb, nb)
+        if best is None:   # output buffer holds less than a row of one column tile
+            nb = min(n, cap, _U16)
+            best = (0, 1, nb)
+        return GemmPlan(m, k, n, best[1], kc, best[2], mode, host_requant)
+
+    def gemm(self, a, w, requant: Requant | None = None) -> np.ndarray:
+        """``sw.numerics.mpgemm(a, w, requant)`` computed on the device, bit-exactly.
+
+        Parameters
+        ----------
+        a : array_like, shape (M, K), integer dtype, values in [-128, 127]
+        w : array_like, shape (K, N), integer dtype, values in [-128, 127]
+        requant : sw.numerics.Requant, optional
+            None returns the raw accumulators.
+
+        Returns
+        -------
+        numpy.ndarray, shape (M, N)
+            int32 when ``requant`` is None, else int8.
+
+        Notes
+        -----
+        Everything is checked before a byte is sent (dtype: any integer dtype, floats are
+        refused; values: INT8 range; shapes: 2-D, matching K, nothing empty). The GEMM is
+        tiled onto the buffers (see :meth:`plan`): M and N are cut into blocks whose operands
+        and result fit the A, W and OUT buffers. When K exceeds ``max_k`` or what one array
+        row/column of the buffers holds, K is cut into chunks that run in RAW32 mode; the
+        int32 partial sums are added on the host (exact in int64), and with ``requant``
+        :func:`sw.numerics.requantize` is applied on the host. When K fits, the
+        requantization runs on the device (INT8 output mode). Operand images already in
+        a buffer (same bytes) are not sent again, so repeated calls with the same weights
+        only move activations and results.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Invalid operands (nothing was sent).
+        sw.protocol.DeviceError
+            The device answered with an error code (``.code``).
+        DeviceTimeout
+            No reply in time.
+        """
+        t0 = time.perf_counter()
+        self.last = Stats()
+        self._stats = [self.total, self.last]
+        try:
+            return self._gemm(a, w, requant)
+        finally:
+            dt = time.perf_counter() - t0
+            self.last.seconds = dt
+            self.total.seconds += dt
+            self._stats = [self.total]
+
+    @staticmethod
+    def _operands(a, w, requant):
+        if requant is not None and not isinstance(requant, Requant):
+            raise TypeError(f"requant must be a sw.numerics.Requant or None, not {requant!r}")
+        for name, x, dims in (("a", a, "(M, K)"), ("w", w, "(K, N)")):
+            arr = np.asarray(x)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"{name} must be an integer array (INT8 values), got dtype "
+                                f"{arr.dtype}; quantize it first (floats are never truncated)")
+            if arr.ndim != 2:
+                raise ValueError(f"{name} must be 2-D {dims}, got shape {arr.shape}")
+            if 0 in arr.shape:
+                raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+        a = check_int(a, 8, name="a")
+        w = check_int(w, 8, name="w")
+        if a.shape[1] != w.shape[0]:
+            raise ValueError(f"inner dimensions differ: a is {a.shape} (M, K) but w is "
+                             f"{w.shape} (K, N); need a.shape[1] == w.shape[0]")
+        return a, w
+
+    def _gemm(self, a, w, requant):
+        a, w = self._operands(a, w, requant)
+        M, K = a.shape
+        N = w.shape[1]
+        pl = self.plan(M, K, N, requant)
+        R, C = self.info.rows, self.info.cols
+        raw = pl.mode == OutMode.RAW32
+        acc = np.zeros((M, N), dtype=np.int64) if raw else None
+        out8 = None if raw else np.zeros((M, N), dtype=np.int8)
+        for k0 in range(0, K, pl.kc):
+            k1 = min(K, k0 + pl.kc)
+            for n0 in range(0, N, pl.nb):
+                n1 = min(N, n0 + pl.nb)
+                self._put(Buffer.W, layout.w_image(w[k0:k1, n0:n1], C))
+                for m0 in range(0, M, pl.mb):
+                    m1 = min(M, m0 + pl.mb)
+                    self._put(Buffer.A, layout.a_image(a[m0:m1, k0:k1], R))
+                    desc = LayerDescriptor.from_requant(
+                        m1 - m0, k1 - k0, n1 - n0, pl.mode, None if raw else requant)
+                    self.load_layer(desc)
+                    self.run()
+                    data = self.read_buffer(Buffer.OUT, 0,
+                                            layout.out_size(m1 - m0, n1 - n0, pl.mode))
+                    block = layout.decode_out(data, m1 - m0, n1 - n0, pl.mode)
+                    if raw:
+                        acc[m0:m1, n0:n1] += block
+                    else:
+                        out8[m0:m1, n0:n1] = block
+        if not raw:
+            return out8
+        if requant is not None:
+            return requantize(acc, requant)
+        lo, hi = int_range(32)
+        if acc.min() < lo or acc.max() > hi:
+            raise ValueError("accumulators exceed int32 (K too large for raw output); "
+                             "pass a Requant to get INT8 results")
+        return acc.astype(np.int32)
+
+    def _put(self, buffer: Buffer, image: bytes) -> None:
+        """Write an operand image unless the buffer already holds exactly these bytes."""
+        if self._resident.get(buffer) == image:
+            return
+        self.write_buffer(buffer, 0, image)
+        self._resident[buffer] = image
+
+    def linear(self, x, w, requant: Requant | None = None) -> np.ndarray:
+        """A fully connected layer ``x @ w``: ``x`` is (batch, in) or (in,), ``w`` (in, out).
+
+        Same checks, tiling and result as :meth:`gemm`; a 1-D ``x`` gives a 1-D result.
+        """
+        xa = np.asarray(x)
+        if xa.ndim == 1:
+            return self.gemm(xa[None, :], w, requant)[0]
+        return self.gemm(xa, w, requant)
