@@ -20,7 +20,7 @@ import itertools
 from amaranth.hdl import Cat, Const, Instance, Signal, Value, ClockSignal, ResetSignal
 
 __all__ = ["IMPLS", "check_bool", "check_int_param", "check_impl", "use_ecp5", "stage",
-           "fused_add", "mult18x18d"]
+           "fused_add", "lut4", "mult18x18d"]
 
 #: ``impl`` values: "auto" maps to ECP5 primitives when elaborated for an ECP5 platform.
 IMPLS = ("auto", "generic", "ecp5")
@@ -112,8 +112,28 @@ def fused_add(m, bits, *, cin=0, ecp5: bool, name: str) -> Signal:
         ports = {}
         params = {}
         for h, (ins, x, y) in enumerate(halves[k:k + 2]):
-            if len(ins) > 3:
-                raise ValueError(f"a fused adder bit takes at most 3 inputs, not {len(ins)}")
+            if len(ins) > 4:
+                raise ValueError(f"a fused adder bit takes at most 4 inputs, not {len(ins)}")
+            if len(ins) == 4:
+                # No input left to tie high: the generate is the propagate slice at C = D = 0,
+                # which is right only if it equals x wherever the propagate is 0.
+                init = 0
+                for idx in range(16):
+                    v = [(idx >> j) & 1 for j in range(4)]
+                    init |= (_bit(x(*v)) ^ _bit(y(*v))) << idx
+                for idx in range(16):
+                    v = [(idx >> j) & 1 for j in range(4)]
+                    if not (init >> idx) & 1 and (init >> (idx & 3)) & 1 != _bit(x(*v)):
+                        raise ValueError(f"{name}: bit {k + h - skip}: 4-input carry-generate "
+                                         f"does not match the propagate slice at C = D = 0")
+                sig = Signal(name=f"{name}_s{k + h}")
+                sums.append(sig)
+                for port, v in zip("ABCD", ins):
+                    ports[f"i_{port}{h}"] = v
+                ports[f"o_S{h}"] = sig
+                params[f"p_INIT{h}"] = Const(init, 16)
+                params[f"p_INJECT1_{h}"] = "NO"
+                continue
             init = 0
             gen = {}
             for idx in range(8):                  # (A, B, C) with D = 1
@@ -144,6 +164,28 @@ def fused_add(m, bits, *, cin=0, ecp5: bool, name: str) -> Signal:
             "CCU2C", i_CIN=carry_in, o_COUT=cout, **ports, **params)
         carry_in = cout
     m.d.comb += out.eq(Cat(*sums[skip:skip + n]))
+    return out
+
+
+def lut4(m, ins, fn, *, ecp5: bool, name: str) -> Signal:
+    """One LUT4 computing ``fn(*ins)`` (up to 4 one-bit inputs).
+
+    Instantiated as an ECP5 LUT4 so ABC keeps the structure we chose (left to itself it
+    re-maps small mux trees into wider PFUMX/L6MUX trees that cost more LUTs).
+    """
+    out = Signal(name=name)
+    if not ecp5:
+        v = fn(*ins)
+        m.d.comb += out.eq(Const(_bit(v), 1) if isinstance(v, int) else v)
+        return out
+    init = 0
+    for idx in range(1 << len(ins)):
+        init |= _bit(fn(*[(idx >> j) & 1 for j in range(len(ins))])) << idx
+    if len(ins) < 4:                                  # replicate over the unused inputs
+        init = sum(((init >> (idx % (1 << len(ins)))) & 1) << idx for idx in range(16))
+    padded = list(ins) + [Const(0, 1)] * (4 - len(ins))
+    m.submodules[name] = Instance("LUT4", p_INIT=Const(init, 16), o_Z=out,
+                                  **{f"i_{p}": v for p, v in zip("ABCD", padded)})
     return out
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from ._common import check_bool, check_impl, check_int_param, fused_add, mult18x18d, stage, use_ecp5
+from ._common import check_bool, check_impl, check_int_param, fused_add, lut4, mult18x18d, stage, use_ecp5
 
 __all__ = ["IntMul", "ShiftAddMul", "Pow2Mul", "TernaryMul"]
 
@@ -173,12 +173,12 @@ class ShiftAddMul(wiring.Component):
 
 
 class Pow2Mul(wiring.Component):
-    """INT8 x +-2**e (DenseShift / ShiftAddViT weights): a conditional negate, then a shift.
+    """INT8 x +-2**e (DenseShift / ShiftAddViT weights): a log shifter and a conditional negate.
 
     The weight code is ``sign << e_bits | e`` (zero-free, ``sw.numerics.pow2_decode``).
-    Negating the 8-bit activation before shifting keeps the negation chain short
-    (``a_width + 1`` bits instead of the full product width); on ECP5 its XOR sits in the
-    carry chain's LUTs.
+    ``-(a << e) = ~(a << e) + 1``: the inversion is folded into the first shift stage (ones
+    are shifted in when negative) and the last shift stage sits in the LUT4s of the carry
+    chain that adds the ``+1``, so on ECP5 the negation costs no LUTs of its own.
 
     Parameters
     ----------
@@ -223,10 +223,30 @@ class Pow2Mul(wiring.Component):
         a = stage(m, self.a, self.reg_in, "a_r")
         b = stage(m, self.b, self.reg_in, "b_r")
         s, e = b[self.e_bits], b[:self.e_bits]
-        # (a ^ s) + s over a_width + 1 bits: -(-2**(aw-1)) needs the extra bit.
-        bits = [([a[min(i, aw - 1)], s], lambda A, B: A ^ B, lambda A, B: 0) for i in range(aw + 1)]
-        n = fused_add(m, bits, cin=s, ecp5=use_ecp5(self.impl, platform), name="neg")
-        m.d.comb += self.p.eq(stage(m, n.as_signed() << e, self.reg_out, "p_r"))
+        ecp5 = use_ecp5(self.impl, platform)
+        mux = lambda S, X0, X1: (S & X1) | ((1 ^ S) & X0)          # noqa: E731
+        # -(a << e) = ~((a ^ S) << e, filling with s) + s: invert first (folded into the
+        # first shift stage's LUTs), shift in ones when negative, and let the last shift
+        # stage's LUTs feed a carry chain whose carry-in is s. No separate negation adder.
+        x = [lut4(m, [a[min(j, aw - 1)], a[j - 1] if j else s, e[0], s],
+                  (lambda A, B, E, S: mux(E, A, B) ^ S) if j else (lambda A, B, E, S: mux(E, A ^ S, B)),
+                  ecp5=ecp5, name=f"st0_{j}") for j in range(aw + 1)]
+        for k in range(1, self.e_bits - 1):
+            d = 1 << k
+            x = [lut4(m, [x[min(j, len(x) - 1)], x[j - d] if j >= d else s, e[k]],
+                      lambda X0, X1, E: mux(E, X0, X1), ecp5=ecp5, name=f"st{k}_{j}")
+                 for j in range(len(x) + d)]
+        w = len(self.p)
+        if self.e_bits == 1:
+            bits = [([x[min(j, len(x) - 1)]], lambda A: A, lambda A: 0) for j in range(w)]
+        else:
+            k = self.e_bits - 1
+            d = 1 << k
+            bits = [([e[k], Const(0, 1), x[min(j, len(x) - 1)], x[min(j - d, len(x) - 1)] if j >= d else s],
+                     lambda E, _, X0, X1: mux(E, X0, X1), lambda E, _, X0, X1: 0)
+                    for j in range(w)]
+        x = fused_add(m, bits, cin=s, ecp5=ecp5, name="neg").as_signed()
+        m.d.comb += self.p.eq(stage(m, x, self.reg_out, "p_r"))
         return m
 
 
