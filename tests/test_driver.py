@@ -438,3 +438,30 @@ def test_int8_only_device_requant_on_host_and_raw_refused():
     rq = requant_for(60)
     np.testing.assert_array_equal(acc.gemm(a[:, :60], w[:60], rq), mpgemm(a[:, :60], w[:60], rq),
                                   strict=True)
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [["info"], ["gemm", "--m", "9", "--k", "40", "--n", "7"],
+                                  ["gemm", "--m", "5", "--k", "70", "--n", "3", "--requant"]])
+def test_cli(monkeypatch, argv):
+    import io
+    import sw.__main__ as cli
+    devs = []
+    monkeypatch.setattr(cli, "open_transport", lambda args: devs.append(
+        FakeDevice(rows=2, cols=2, a_depth=32, w_depth=32, out_words=32)) or devs[-1])
+    out = io.StringIO()
+    assert cli.main(argv + ["--expect-rows", "2", "--expect-hash", hex(HASH)], out=out) == 0
+    text = out.getvalue()
+    assert devs[0].closed
+    if argv[0] == "info":
+        assert "2 x 2 PEs" in text and "0x1234abcd" in text
+    else:
+        assert "bit-exact" in text and "efficiency" in text and "utilization" in text
+
+
+def test_cli_mismatch_exit_code(monkeypatch, capsys):
+    import sw.__main__ as cli
+    monkeypatch.setattr(cli, "open_transport", lambda args: FakeDevice())
+    assert cli.main(["info", "--expect-cols", "8"]) == 2
+    assert "cols: expected 8, device has 4" in capsys.readouterr().err
