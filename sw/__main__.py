@@ -143,7 +143,8 @@ def cmd_gemm(args, out) -> int:
           f"via {acc.transport!r}", file=out)
     print(f"tiling            {plan.k_chunks} K chunk(s) of {plan.kc}, {plan.m_blocks} M "
           f"block(s) of {plan.mb}, {plan.n_blocks} N block(s) of {plan.nb}: {plan.runs} RUN(s), "
-          f"device mode {plan.mode.name}"
+          f"device mode {plan.mode.name}, "
+          f"{'A' if plan.m_outer else 'W'} blocks resident"
           + (", requantized on the host" if plan.host_requant else ""), file=out)
     print(f"result            {'bit-exact vs sw.numerics.mpgemm' if ok else 'MISMATCH'}",
           file=out)
@@ -158,6 +159,10 @@ def cmd_gemm(args, out) -> int:
     print(f"wire              sent {st.wire_sent} B, received {st.wire_received} B in "
           f"{st.requests} requests ({st.retries} retries); payload {st.payload_bytes} B; "
           f"efficiency {100 * st.efficiency:.2f} %", file=out)
+    unique = a.nbytes + w.nbytes + want.nbytes
+    print(f"offload           {unique} B of distinct operands + result / {st.wire_bytes} B on "
+          f"the wire = {100 * unique / st.wire_bytes:.2f} % (operand re-sends from tiling "
+          f"count as overhead here)", file=out)
     if wall > 0:
         print(f"link throughput   {st.wire_bytes / wall / 1e3:.1f} kB/s wire, "
               f"{st.payload_bytes / wall / 1e3:.1f} kB/s payload", file=out)

@@ -96,7 +96,9 @@ class GemmPlan:
     The GEMM is cut into ``k_chunks`` chunks of at most ``kc`` along K, blocks of at most
     ``mb`` rows of A and ``nb`` columns of W; each (K chunk, N block, M block) is one RUN.
     ``mode`` is the device's output mode; ``host_requant`` is True when the requantization
-    runs on the host (K split, or the device lacks INT8 output).
+    runs on the host (K split, or the device lacks INT8 output). ``m_outer`` says which
+    operand stays resident: with N blocks outer (False) each W block is sent once and A
+    blocks are re-sent per N block; with M blocks outer (True) the other way round.
     """
 
     m: int
@@ -107,6 +109,7 @@ class GemmPlan:
     nb: int
     mode: OutMode
     host_requant: bool
+    m_outer: bool = False
 
     @property
     def k_chunks(self) -> int:
@@ -460,17 +463,18 @@ class Accelerator:
             mb = min(m, mt_max * R, cap // nb, _U16)
             if mb < 1:
                 break
-            nN, nM = -(-n // nb), -(-m // mb)
-            # wire bytes: W once, A once per N block unless one M block stays resident,
-            # results once, plus a per-RUN cost for the command round trips
-            cost = (k * n + m * k * (nN if nM > 1 else 1) + m * n * esize * (-(-k // kc))
-                    + 200 * nN * nM * -(-k // kc))
-            if best is None or cost < best[0]:
-                best = (cost, mb, nb)
+            nN, nM, nK = -(-n // nb), -(-m // mb), -(-k // kc)
+            # wire bytes: the outer loop's operand once, the inner one once per outer block
+            # (unless a single block stays resident), results, and a per-RUN cost for the
+            # command round trips
+            fixed = m * n * esize * nK + 200 * nN * nM * nK
+            for m_outer, ops in ((False, k * n + m * k * (nN if nM > 1 else 1)),
+                                 (True, m * k + k * n * (nM if nN > 1 else 1))):
+                if best is None or fixed + ops < best[0]:
+                    best = (fixed + ops, mb, nb, m_outer)
         if best is None:   # output buffer holds less than a row of one column tile
-            nb = min(n, cap, _U16)
-            best = (0, 1, nb)
-        return GemmPlan(m, k, n, best[1], kc, best[2], mode, host_requant)
+            best = (0, 1, min(n, cap, _U16), False)
+        return GemmPlan(m, k, n, best[1], kc, best[2], mode, host_requant, best[3])
 
     def gemm(self, a, w, requant: Requant | None = None) -> np.ndarray:
         """``sw.numerics.mpgemm(a, w, requant)`` computed on the device, bit-exactly.
@@ -549,25 +553,29 @@ class Accelerator:
         raw = pl.mode == OutMode.RAW32
         acc = np.zeros((M, N), dtype=np.int64) if raw else None
         out8 = None if raw else np.zeros((M, N), dtype=np.int8)
+        m_blocks = [(m0, min(M, m0 + pl.mb)) for m0 in range(0, M, pl.mb)]
+        n_blocks = [(n0, min(N, n0 + pl.nb)) for n0 in range(0, N, pl.nb)]
+        if pl.m_outer:
+            order = [(mm, nn) for mm in m_blocks for nn in n_blocks]
+        else:
+            order = [(mm, nn) for nn in n_blocks for mm in m_blocks]
         for k0 in range(0, K, pl.kc):
             k1 = min(K, k0 + pl.kc)
-            for n0 in range(0, N, pl.nb):
-                n1 = min(N, n0 + pl.nb)
+            for (m0, m1), (n0, n1) in order:
+                # _put skips an image the buffer already holds (the outer operand)
                 self._put(Buffer.W, layout.w_image(w[k0:k1, n0:n1], C))
-                for m0 in range(0, M, pl.mb):
-                    m1 = min(M, m0 + pl.mb)
-                    self._put(Buffer.A, layout.a_image(a[m0:m1, k0:k1], R))
-                    desc = LayerDescriptor.from_requant(
-                        m1 - m0, k1 - k0, n1 - n0, pl.mode, None if raw else requant)
-                    self.load_layer(desc)
-                    self.run()
-                    data = self.read_buffer(Buffer.OUT, 0,
-                                            layout.out_size(m1 - m0, n1 - n0, pl.mode))
-                    block = layout.decode_out(data, m1 - m0, n1 - n0, pl.mode)
-                    if raw:
-                        acc[m0:m1, n0:n1] += block
-                    else:
-                        out8[m0:m1, n0:n1] = block
+                self._put(Buffer.A, layout.a_image(a[m0:m1, k0:k1], R))
+                desc = LayerDescriptor.from_requant(
+                    m1 - m0, k1 - k0, n1 - n0, pl.mode, None if raw else requant)
+                self.load_layer(desc)
+                self.run()
+                data = self.read_buffer(Buffer.OUT, 0,
+                                        layout.out_size(m1 - m0, n1 - n0, pl.mode))
+                block = layout.decode_out(data, m1 - m0, n1 - n0, pl.mode)
+                if raw:
+                    acc[m0:m1, n0:n1] += block
+                else:
+                    out8[m0:m1, n0:n1] = block
         if not raw:
             return out8
         if requant is not None:

@@ -262,6 +262,22 @@ def test_tiling_m_and_n_blocks():
     np.testing.assert_array_equal(acc.gemm(a, w), mpgemm(a, w), strict=True)
 
 
+@pytest.mark.parametrize("m, n, m_outer", [(12, 64, True), (64, 12, False)])
+def test_loop_order_keeps_the_larger_operand_resident(m, n, m_outer):
+    dev = FakeDevice(rows=4, cols=4, a_depth=16, w_depth=16, out_words=64)
+    acc = open_acc(dev)
+    k = 16
+    plan = acc.plan(m, k, n)
+    assert plan.m_outer == m_outer and plan.mb == 4 and plan.nb == 4
+    rng = np.random.default_rng(m)
+    a, w = rand(rng, m, k), rand(rng, k, n)
+    np.testing.assert_array_equal(acc.gemm(a, w), mpgemm(a, w), strict=True)
+    writes = {b: sum(f.payload[0] == b for f in dev.ops(Opcode.WRITE)) for b in Buffer}
+    outer, inner = (Buffer.A, Buffer.W) if m_outer else (Buffer.W, Buffer.A)
+    assert writes[outer] == (plan.m_blocks if m_outer else plan.n_blocks)
+    assert writes[inner] == plan.runs
+
+
 def test_chunked_writes_and_reads():
     dev = FakeDevice(rows=4, cols=4, a_depth=4096, w_depth=4096, out_words=8192)
     acc = open_acc(dev)
