@@ -237,7 +237,7 @@ def write_outputs(results: dict, notes: dict, out_dir: Path, seeds: int) -> dict
              "\"Total LUT4s\" before packing = logic LUT4s + carry LUT4s (a CCU2C is two); the "
              "TRELLIS_COMB count after packing is in the JSON (it adds slots for unpaired FFs). Transistors: the bare combinational block through "
              "Yosys `synth` + `stat -tech cmos` (portable implementation, no harness registers).", "",
-             "| block | LUT4 | (logic+carry) | FF | MULT18X18D | Fmax MHz (median) | seeds | transistors | latency | notes |",
+             "| block | LUT4 | (logic+carry) | FF | MULT18X18D | Fmax MHz (median) | seeds | transistors | internal stages | notes |",
              "|---|---:|---|---:|---:|---:|---|---:|---:|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['lut4']} | {r['lut4_logic']}+{r['lut4_carry']} | {r['ff']} | {r['mult18x18d']} | {r['fmax_mhz']} | "
@@ -248,7 +248,18 @@ def write_outputs(results: dict, notes: dict, out_dir: Path, seeds: int) -> dict
     for t in targets:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['block']} | {t['metric']} | {t['target']} | {t['value']} | {met} |")
-    lines.append("")
+    lines += ["", "## Reading the numbers", "",
+              "- \"internal stages\" is the block's own LATENCY with its optional I/O registers off; "
+              "the harness adds one register before and one after (the DSP block uses the "
+              "MULT18X18D's own input/output registers instead, plus the harness registers).",
+              "- intmul_8x8_dsp: the Fmax is nextpnr's figure; its ECP5 timing model has little or "
+              "no delay for the MULT18X18D's internal register-to-register arc, so treat it as "
+              "\"not limited by the fabric\", not as a silicon number.",
+              "- shiftadd / pow2 / ternary use hand-mapped CCU2C chains and LUT4s (impl=\"ecp5\"); "
+              "sim/test_arith_ecp5.py simulates exactly those netlists with Yosys' cell models. "
+              "booth / fpmul / lmul / bitserial are plain Amaranth mapped by Yosys.",
+              "- Transistors: Yosys' generic `synth` + `stat -tech cmos` of the portable, "
+              "unregistered block; a relative proxy only (no sizing, no wiring).", ""]
     (out_dir / "arith.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -268,6 +279,12 @@ def write_outputs(results: dict, notes: dict, out_dir: Path, seeds: int) -> dict
     fig.savefig(out_dir / "arith_cost.png", dpi=110)
     plt.close(fig)
     return doc
+
+
+def render(json_path: Path, out_dir: Path) -> dict:
+    """Re-write the markdown and PNG from a saved arith_report.json (no synthesis)."""
+    doc = json.loads(Path(json_path).read_text())
+    return write_outputs(doc["blocks"], doc["notes"], Path(out_dir), doc["seeds"])
 
 
 def main_report(blocks: str, out_dir: Path, seeds: int = 3, only: list[str] | None = None) -> dict:
