@@ -94,7 +94,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float = 100.0, *, baud: int = 3_0
     t0 = time.monotonic()
     try:
         platform.build(top_obj, name="top", build_dir=str(out_dir), do_program=False,
-                       nextpnr_opts=f"--timing-allow-fail --report nextpnr_report.json --seed {seed}",
+                       nextpnr_opts=f"--router router2 --timing-allow-fail --report nextpnr_report.json --seed {seed}",
                        verbose=not quiet)
     except subprocess.CalledProcessError as e:
         raise BuildError(f"toolchain failed (exit {e.returncode}); logs in {out_dir}") from None
