@@ -99,10 +99,10 @@ def arith_blocks() -> dict:
         "as above without the internal pipeline register", {})
     for bw in (4, 8):
         blocks[f"booth_8x{bw}"] = (
-            (lambda e, b, bw=bw: BoothMul(b_width=bw, reg_in=False, reg_out=False)),
-            "radix-4 Booth, 3:2 carry-save tree, final CPA", {})
+            (lambda e, b, bw=bw: BoothMul(b_width=bw, reg_in=False, reg_out=False, pipeline=not b)),
+            "radix-4 Booth, 3:2 carry-save tree, pipeline reg, final CPA", {})
     blocks["booth_mac_8x8_acc24"] = (
-        lambda e, b: BoothMul(b_width=8, mac=True, acc_width=24, reg_in=False),
+        lambda e, b: BoothMul(b_width=8, mac=True, acc_width=24, reg_in=False, pipeline=not b),
         "MAC, accumulator kept in carry-save form (+ output CPA)", {})
     for eb in (3, 2):
         blocks[f"pow2_e{eb}"] = (

@@ -71,27 +71,36 @@ class BitSerialMul(wiring.Component):
         acc = Signal(signed(aw + self.b_width))
         valid = Signal()
 
+        first = Signal()                        # processing the top digit: no accumulate
+        # d * a as (sel ^ neg) + neg: the "+ neg" rides in the accumulator adder's carry-in,
+        # so a step is ONE carry chain, not a negation chain followed by an adder.
+        w = len(acc)
         if nb == 1:
             top = breg[bw - 1]
-            # the first digit is the sign bit: weight -1
-            pp = Mux(top, Mux(step == 1, -areg, areg), 0)
+            sel = Mux(top, areg, 0)
+            neg = top & first                   # the sign bit's digit has weight -1
         else:
             hi, mid = breg[bw - 1], breg[bw - 2]
             lo = breg[bw - 3] if bw >= 3 else Const(0, 1)
             one = mid ^ lo
             two = (hi & ~mid & ~lo) | (~hi & mid & lo)
-            mag = Mux(two, areg << 1, Mux(one, areg, 0))
-            pp = Mux(hi, -mag, mag)
+            sel = Mux(two, areg << 1, Mux(one, areg, 0))
+            neg = hi                            # window 111: magnitude 0, ~0 + 1 = 0
+        inv = Signal(w)
+        m.d.comb += inv.eq(sel.as_signed() ^ neg.replicate(w))
+        base = Signal(w)
+        m.d.comb += base.eq(Mux(first, 0, acc << nb))
 
         m.d.sync += valid.eq(0)
         with m.If(step != 0):
             m.d.sync += [
-                acc.eq(Mux(step == 1, pp, (acc << nb) + pp)),
+                acc.eq(base + inv + neg),
                 breg.eq(breg << nb),
                 step.eq(Mux(step == cyc, 0, step + 1)),
+                first.eq(0),
                 valid.eq(step == cyc),
             ]
         with m.If(self.start):
-            m.d.sync += [areg.eq(self.a), breg.eq(self.b.as_signed()), step.eq(1)]
+            m.d.sync += [areg.eq(self.a), breg.eq(self.b.as_signed()), step.eq(1), first.eq(1)]
         m.d.comb += [self.p.eq(acc), self.valid.eq(valid), self.busy.eq(step != 0)]
         return m

@@ -65,6 +65,10 @@ class BoothMul(wiring.Component):
         Multiply only (``p``) or multiply-accumulate.
     acc_width : int
         Accumulator width (mac only), at least ``a_width + b_width``; it wraps.
+    pipeline : bool
+        Register the product's carry-save pair (sum, carry) after the tree: in multiplier mode
+        the carry-propagate add moves to the next cycle; in MAC mode the accumulator loop is
+        then only a 4:2 compression (product pair + accumulator pair), two 3:2 levels.
     reg_in, reg_out : bool
         Operand registers; product register (multiplier mode only: a MAC's accumulator is its
         register).
@@ -72,8 +76,8 @@ class BoothMul(wiring.Component):
     Attributes
     ----------
     LATENCY : int
-        Multiplier: ``reg_in + reg_out`` to ``p``. MAC: ``reg_in + 1`` from an operand pair to
-        the accumulator that includes it.
+        Multiplier: ``reg_in + pipeline + reg_out`` to ``p``. MAC: ``reg_in + pipeline + 1``
+        from an operand pair to the accumulator that includes it.
 
     Members
     -------
@@ -91,14 +95,16 @@ class BoothMul(wiring.Component):
     """
 
     def __init__(self, *, a_width: int = 8, b_width: int = 8, mac: bool = False,
-                 acc_width: int = 32, reg_in: bool = True, reg_out: bool = True):
+                 acc_width: int = 32, pipeline: bool = True, reg_in: bool = True,
+                 reg_out: bool = True):
         self.a_width = check_int_param("a_width", a_width, range(2, 17))
         self.b_width = check_int_param("b_width", b_width, range(2, 17))
         self.mac = check_bool("mac", mac)
         self.acc_width = check_int_param("acc_width", acc_width, range(a_width + b_width, 65))
+        self.pipeline = check_bool("pipeline", pipeline)
         self.reg_in = check_bool("reg_in", reg_in)
         self.reg_out = check_bool("reg_out", reg_out)
-        self.LATENCY = int(reg_in) + (1 if mac else int(reg_out))
+        self.LATENCY = int(reg_in) + int(pipeline) + (1 if mac else int(reg_out))
         ports = {"a": In(signed(a_width)), "b": In(signed(b_width))}
         if mac:
             ports.update(en=In(1), clr=In(1), acc_sum=Out(acc_width), acc_carry=Out(acc_width),
@@ -128,18 +134,20 @@ class BoothMul(wiring.Component):
         m.d.comb += corr.eq(Cat(*[Cat(n, Const(0, 1)) for n, _ in hot]))
         rows.append(corr)
 
+        ps, pc = csa_reduce(m, rows, width, "csa")
+        ps = stage(m, ps, self.pipeline, "ps_r")
+        pc = stage(m, pc, self.pipeline, "pc_r")
         if not self.mac:
-            s, c = csa_reduce(m, rows, width, "csa")
-            m.d.comb += self.p.eq(stage(m, (s + c)[:width], self.reg_out, "p_r"))
+            m.d.comb += self.p.eq(stage(m, (ps + pc)[:width], self.reg_out, "p_r"))
             return m
 
-        en = stage(m, self.en, self.reg_in, "en_r")
-        clr = stage(m, self.clr, self.reg_in, "clr_r")
+        en = stage(m, stage(m, self.en, self.reg_in, "en_r"), self.pipeline, "en_p")
+        clr = stage(m, stage(m, self.clr, self.reg_in, "clr_r"), self.pipeline, "clr_p")
         acc_s = Signal(width)
         acc_c = Signal(width)
         keep = ~clr
-        rows += [acc_s & keep.replicate(width), acc_c & keep.replicate(width)]
-        s, c = csa_reduce(m, rows, width, "csa")
+        s, c = csa_reduce(m, [ps, pc, acc_s & keep.replicate(width),
+                              acc_c & keep.replicate(width)], width, "acc")
         with m.If(en):
             m.d.sync += [acc_s.eq(s), acc_c.eq(c)]
         m.d.comb += [self.acc_sum.eq(acc_s), self.acc_carry.eq(acc_c),
