@@ -189,14 +189,31 @@ class LMul(wiring.Component):
             m.d.comb += t.eq(a[:em] + b[:em] + 1)
         else:
             m.d.comb += t.eq(a[:em] + b[:em] + off)
-        lo = (1 << f.m) + (f.bias << f.m)             # s < 2**m  <=>  t < lo
-        hi = f.max_code + (f.bias << f.m)             # s > max   <=>  t > hi
+        # Everything after the adder is a function of the exponent part t[m:] (e+1 bits) plus,
+        # at the saturation boundary, the mantissa bits: the "- bias", the underflow test
+        # (s < 2**m) and the overflow test (s > max code). Written as one truth table over
+        # t[m:] for small e, so Yosys builds LUT logic that ABC merges with the selection
+        # below, instead of a second carry chain and two comparator chains.
+        hi = f.max_code + (f.bias << f.m)             # s > max  <=>  t > hi
         res_e = Signal(f.e)
-        m.d.comb += res_e.eq(t[f.m:] - f.bias)
+        under = Signal()                              # s < 2**m
+        over_e = Signal()                             # exponent part alone says overflow
+        at_e = Signal()                               # exponent part equals hi's
+        if f.e <= 5:
+            with m.Switch(t[f.m:]):
+                for v in range(1 << (f.e + 1)):
+                    with m.Case(v):
+                        m.d.comb += [res_e.eq((v - f.bias) % (1 << f.e)),
+                                     under.eq(v < f.bias + 1),
+                                     over_e.eq(v > hi >> f.m), at_e.eq(v == hi >> f.m)]
+            over = over_e | (at_e & (t[:f.m] > (hi & ((1 << f.m) - 1))))
+        else:                                         # wide exponents (BF16): plain arithmetic
+            m.d.comb += [res_e.eq(t[f.m:] - f.bias), under.eq(t < (f.bias + 1) << f.m)]
+            over = t > hi
         mag = Signal(em)
-        with m.If(za | zb | (t < lo)):
+        with m.If(za | zb | under):
             m.d.comb += mag.eq(0)
-        with m.Elif(t > hi):
+        with m.Elif(over):
             m.d.comb += mag.eq(f.max_code)
         with m.Else():
             m.d.comb += mag.eq(Cat(t[:f.m], res_e))
