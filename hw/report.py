@@ -68,6 +68,9 @@ TARGETS = {
     "pow2_e2": [("lut4", 40, "<="), ("fmax_mhz", 150, ">=")],
     "intmul_8x8_dsp": [("fmax_mhz", 250, ">=")],
 }
+#: Comparison points rather than deliverables (baselines, unpipelined variants, BF16).
+INFO_ONLY = {"intmul_8x8_lut", "intmul_8x4_lut", "ternary_yosys", "shiftadd_8x8_nopipe",
+             "fpmul_bf16", "lmul_bf16"}
 #: L-Mul / exact pairs compared by ratio (target <= 40 % of LUT4 and transistors for E4M3).
 RATIOS = [("lmul_e4m3", "fpmul_e4m3"), ("lmul_e5m2", "fpmul_e5m2"), ("lmul_bf16", "fpmul_bf16")]
 
@@ -117,8 +120,8 @@ def arith_blocks() -> dict:
         blocks[name] = ((lambda e, b, fa=fa, fb=fb: FpMul(fmt_a=fa, fmt_b=fb, reg_in=False, reg_out=False)),
                         "exact product, unnormalised fields (sign, exp, significand product)", {})
     blocks["fpmul_e4m3_fixed"] = (
-        lambda e, b: FpMul(output="fixed", reg_in=False, reg_out=False),
-        "exact product as 37-bit fixed point (adds the alignment shifter)", {})
+        lambda e, b: FpMul(output="fixed", reg_in=False, reg_out=False, pipeline=not b),
+        "exact product as 37-bit fixed point: + alignment shifter and negation, 2 pipeline regs", {})
     for name, f in (("lmul_e4m3", F.E4M3), ("lmul_e5m2", F.E5M2), ("lmul_bf16", F.BF16)):
         blocks[name] = ((lambda e, b, f=f: LMul(fmt=f, reg_in=False, reg_out=False)),
                         "L-Mul: one adder + offset, zero/underflow/saturation/NaN", {})
@@ -213,11 +216,14 @@ def check_targets(results: dict) -> list[dict]:
                              "target": "<= 0.40" if lm == "lmul_e4m3" else "(info)",
                              "value": round(ratio, 3),
                              "met": ratio <= 0.40 if lm == "lmul_e4m3" else None})
-    # every registered block >= 150 MHz
+    # every registered block >= 150 MHz; Yosys-baseline and no-pipeline comparison variants,
+    # and BF16 (beyond the formats), are listed for information only
     for name, r in results.items():
-        if not any(name == t for t in TARGETS) and r["fmax_mhz"] < 150:
-            rows.append({"block": name, "metric": "fmax_mhz", "target": ">= 150",
-                         "value": r["fmax_mhz"], "met": False})
+        if name in TARGETS or r["fmax_mhz"] >= 150:
+            continue
+        info = name in INFO_ONLY
+        rows.append({"block": name, "metric": "fmax_mhz", "target": ">= 150" + (" (info)" if info else ""),
+                     "value": r["fmax_mhz"], "met": None if info else False})
     return rows
 
 

@@ -51,12 +51,15 @@ class FpMul(wiring.Component):
     fmt_a, fmt_b : sw.numerics.FpFormat or Minifloat
         Operand formats; ``fmt_b`` defaults to ``fmt_a`` (E4M3, E5M2, or E2M1 x E4M3 ...).
     output : "fields" | "fixed"
+    pipeline : bool or None
+        "fixed" only: register the fields before the alignment shifter and the shifted
+        magnitude before the negation (2 more cycles); default on for "fixed".
     reg_in, reg_out : bool
 
     Attributes
     ----------
     LATENCY : int
-        ``reg_in + reg_out``.
+        ``reg_in + reg_out`` (+ 2 for a pipelined "fixed" output).
     FRAC_BITS : int
         Fraction bits of ``p`` in fixed mode.
 
@@ -73,15 +76,20 @@ class FpMul(wiring.Component):
     """
 
     def __init__(self, *, fmt_a=FpFormat.E4M3, fmt_b=None, output: str = "fields",
-                 reg_in: bool = True, reg_out: bool = True):
+                 pipeline: bool | None = None, reg_in: bool = True, reg_out: bool = True):
         self.fmt_a = _fmt("fmt_a", fmt_a)
         self.fmt_b = self.fmt_a if fmt_b is None else _fmt("fmt_b", fmt_b)
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS!r}, not {output!r}")
         self.output = output
+        if pipeline is None:
+            pipeline = output == "fixed"
+        self.pipeline = check_bool("pipeline", pipeline)
+        if pipeline and output != "fixed":
+            raise ValueError(f"pipeline applies to output='fixed' only, not {output!r}")
         self.reg_in = check_bool("reg_in", reg_in)
         self.reg_out = check_bool("reg_out", reg_out)
-        self.LATENCY = int(reg_in) + int(reg_out)
+        self.LATENCY = int(reg_in) + int(reg_out) + 2 * int(pipeline)
         fa, fb = self.fmt_a, self.fmt_b
         self.FRAC_BITS = fp_mul_frac_bits(fa, fb)
         self._exp_w = max(fa.e, fb.e) + 1
@@ -120,6 +128,9 @@ class FpMul(wiring.Component):
             nan.eq(nana | nanb | (infa & zero_b) | (infb & zero_a)),
             inf.eq((infa | infb) & ~nan),
         ]
+        if self.pipeline:                 # the flags keep pace with the two extra stages
+            nan = stage(m, stage(m, nan, True, "nan_p1"), True, "nan_p2")
+            inf = stage(m, stage(m, inf, True, "inf_p1"), True, "inf_p2")
         m.d.comb += [self.nan.eq(stage(m, nan, self.reg_out, "nan_r")),
                      self.inf.eq(stage(m, inf, self.reg_out, "inf_r"))]
         if self.output == "fields":
@@ -127,10 +138,16 @@ class FpMul(wiring.Component):
                          self.exp.eq(stage(m, exp, self.reg_out, "exp_r")),
                          self.mant.eq(stage(m, mant, self.reg_out, "mant_r"))]
         else:
+            p = self.pipeline
+            sign, exp, mant = (stage(m, v, p, f"{n}_p1") for v, n in
+                               ((sign, "sign"), (exp, "exp"), (mant, "mant")))
             sh = Signal(self._exp_w)
             mag = Signal(len(self.p))
             m.d.comb += [sh.eq(exp - 2), mag.eq(mant << sh)]
-            m.d.comb += self.p.eq(stage(m, Mux(sign, -mag, mag), self.reg_out, "p_r"))
+            mag, sign = stage(m, mag, p, "mag_p2"), stage(m, sign, p, "sign_p2")
+            # conditional negate as (mag ^ S) + s: one carry chain, the +s as its carry-in
+            neg = (mag ^ sign.replicate(len(mag))) + sign
+            m.d.comb += self.p.eq(stage(m, neg[:len(self.p)].as_signed(), self.reg_out, "p_r"))
         return m
 
 
