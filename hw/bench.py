@@ -25,7 +25,7 @@ def utilization(device="85F", sizes=(16, 64, 256)):
         out = Path(td) / "util.json"
         t0 = time.monotonic()
         run_cocotb(core, name="core", test_module="bench_core",
-                   params=dict(asdict(size), read_latency=core.READ_LATENCY,
+                   params=dict(asdict(size), read_latency=core.READ_LATENCY, tile_period_min=core.TILE_PERIOD_MIN,
                                shapes=[[s, s, s] for s in sizes], out=str(out)))
         wall = time.monotonic() - t0
         rows = json.loads(out.read_text())

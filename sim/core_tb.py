@@ -90,7 +90,7 @@ class CoreTB:
         await FallingEdge(d.clk)
         d.start.value = 0
         tiles = -(-M // self.rows) * -(-N // self.cols)
-        period = max(K + 1, self.rows * self.cols + self.rows + self.cols + 2)
+        period = max(K + 1, self.cfg["tile_period_min"])
         limit = timeout or (tiles * period + 200 + 4 * (self.rows + self.cols) + self.rows * self.cols)
         # let the simulator run free until done (no Python work per cycle)
         await First(RisingEdge(d.done), ClockCycles(d.clk, limit))

@@ -23,7 +23,8 @@ def test_core(name):
     from hw.systolic.core import MpGemmCore
     cfg = CONFIGS[name]
     core = MpGemmCore(**cfg)
-    run_cocotb(core, name="core", test_module="test_core", params=dict(cfg, max_k=core.max_k, read_latency=core.READ_LATENCY))
+    run_cocotb(core, name="core", test_module="test_core", params=dict(cfg, max_k=core.max_k, read_latency=core.READ_LATENCY,
+                                                                           tile_period_min=core.TILE_PERIOD_MIN))
 
 
 def _fits(cfg, M, K, N, raw):

@@ -15,6 +15,7 @@ from sw.numerics import OutMode, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS, REQUANT_
 from sw.protocol import Buffer, ErrorCode
 
 from .array import SystolicArray
+from .pe import PE
 
 __all__ = ["MpGemmCore"]
 
@@ -109,7 +110,9 @@ class MpGemmCore(wiring.Component):
         self.out_bytes = 4 * out_words
         self.addr_bits = max(self.a_bytes, self.w_bytes, self.out_bytes).bit_length() - 1
         #: minimum cycles between tile starts: the drain chain must empty first
-        self.TILE_PERIOD_MIN = rows * cols + rows + cols + 2
+        # (the PE latency term keeps a tile's drain bookkeeping from being overwritten by
+        # the next tile's before its drain starts, which matters for tiny arrays)
+        self.TILE_PERIOD_MIN = rows * cols + rows + cols + 4 + PE.LATENCY
         self._a_init, self._w_init = a_init, w_init
         super().__init__({
             "bus_sel": In(Buffer), "bus_addr": In(unsigned(self.addr_bits)),

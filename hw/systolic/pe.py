@@ -4,6 +4,8 @@ from amaranth import Module, Signal, signed, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith.intmul import IntMul
+
 __all__ = ["PE"]
 
 
@@ -11,8 +13,10 @@ class PE(wiring.Component):
     """One multiply-accumulate cell of the output-stationary systolic array.
 
     Activations (with their control flags) move right, weights move down, one hop per cycle.
-    The product is registered before it is accumulated (a DSP-friendly two-stage MAC), so the
-    accumulator sees a tile's data ``LATENCY`` cycles after it entered the PE. When the last
+    The multiplier is an :class:`~hw.arith.intmul.IntMul` with input and output registers (on
+    ECP5 the MULT18X18D's own), and its product is registered once more in the fabric before
+    it is accumulated: with 128 PEs the DSP columns sit far from the PE's logic, and each of
+    these routes needs a cycle of its own to close 100 MHz. When the last
     product of a tile arrives, the finished sum is copied into the ``shadow`` register, which
     is part of the array's drain shift chain; the accumulator restarts at once, so tiles
     follow each other without a gap.
@@ -41,7 +45,7 @@ class PE(wiring.Component):
     """
 
     #: cycles from operands at the inputs to the sum being visible in ``shadow``
-    LATENCY = 2
+    LATENCY = 4
 
     def __init__(self, *, acc_width: int):
         if not isinstance(acc_width, int) or not 16 <= acc_width <= 48:
@@ -63,12 +67,17 @@ class PE(wiring.Component):
             self.valid_out.eq(self.valid), self.first_out.eq(self.first & self.valid),
             self.last_out.eq(self.last & self.valid),
         ]
-        # stage 1: registered product (maps onto a MULT18X18D with its output register)
+        # stages 1-2: the DSP's input and output registers; stage 3: fabric register
+        m.submodules.mul = mul = IntMul(a_width=8, b_width=8, reg_in=True, reg_out=True)
+        m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.w)]
         prod = Signal(signed(16))
-        p_valid, p_first, p_last = Signal(), Signal(), Signal()
-        m.d.sync += [prod.eq(self.a * self.w), p_valid.eq(self.valid),
-                     p_first.eq(self.first & self.valid), p_last.eq(self.last & self.valid)]
-        # stage 2: accumulate; a tile's first product restarts the sum
+        m.d.sync += prod.eq(mul.p)
+        p_valid, p_first, p_last = self.valid, self.first & self.valid, self.last & self.valid
+        for k in range(mul.LATENCY + 1):
+            nv, nf, nl = Signal(name=f"v{k}"), Signal(name=f"f{k}"), Signal(name=f"l{k}")
+            m.d.sync += [nv.eq(p_valid), nf.eq(p_first), nl.eq(p_last)]
+            p_valid, p_first, p_last = nv, nf, nl
+        # stage 4: accumulate; a tile's first product restarts the sum
         acc = Signal(signed(self.acc_width))
         total = Mux(p_first, 0, acc) + prod
         with m.If(p_valid):
