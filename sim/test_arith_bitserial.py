@@ -8,7 +8,7 @@ from hw.simulate import run_cocotb, tb_params
 from sw import numerics
 from arith_harness import Lanes, pack, run_cycles, start_clock, unpack
 
-LANES = 16
+LANES = 8
 CASES = [(1, 8), (1, 3), (1, 1), (2, 8), (2, 5), (2, 2)]   # (bits per cycle, weight width)
 
 

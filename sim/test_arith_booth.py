@@ -11,7 +11,7 @@ from hw.simulate import run_cocotb, tb_params
 from sw import numerics
 from arith_harness import Lanes, start_clock, sweep
 
-LANES = 16
+LANES = 8
 ACC = 20      # small on purpose: 256 x 16384 overflows it, so the wrap is exercised
 
 

@@ -15,7 +15,7 @@ from hw.simulate import tb_params
 from sw import numerics
 from arith_harness import Lanes, start_clock, sweep
 
-LANES = 4
+LANES = 2
 
 
 def _cell_models() -> dict:

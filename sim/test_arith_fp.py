@@ -9,7 +9,7 @@ from sw import numerics
 from sw.numerics import FpFormat as F
 from arith_harness import Lanes, start_clock, sweep
 
-LANES = 16
+LANES = 8
 
 FPMUL = {"fp_e4m3": (F.E4M3, F.E4M3, "fields"), "fp_e5m2": (F.E5M2, F.E5M2, "fields"),
          "fp_e2m1_e4m3": (F.E2M1, F.E4M3, "fields"), "fpx_e4m3": (F.E4M3, F.E4M3, "fixed"),
