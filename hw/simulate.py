@@ -93,16 +93,19 @@ def build(verilog_text: str, name: str, *, extra_sources: dict[str, str] | None 
 
 
 def run_cocotb(component, *, name: str, test_module: str, params: dict | None = None,
-               testcase: str | None = None) -> tuple[int, int]:
+               testcase: str | None = None,
+               extra_sources: dict[str, str] | None = None) -> tuple[int, int]:
     """Convert ``component``, build it (cached) and run the cocotb tests of ``test_module``.
 
     ``params`` (JSON-serialisable) reach the testbench as the ``TB_PARAMS`` environment
-    variable. Raises ``AssertionError`` unless at least one test ran and none failed.
+    variable. ``extra_sources`` (file name -> Verilog text) are compiled with the design,
+    e.g. simulation models of vendor cells. Raises ``AssertionError`` unless at least one
+    test ran and none failed.
     """
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
-    bdir = build(to_verilog(component, name), name)
+    bdir = build(to_verilog(component, name), name, extra_sources=extra_sources)
     params = params or {}
     tag = hashlib.sha256(json.dumps([test_module, params, testcase], sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]

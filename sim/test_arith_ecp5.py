@@ -3,9 +3,7 @@ ShiftAddMul, Pow2Mul and TernaryMul, simulated with Yosys' own ECP5 cell models,
 pair, bit-exact vs sw.numerics. This checks the INIT values and the carry-generate trick that
 the portable tests (test_arith_int.py) cannot see."""
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,30 +36,10 @@ def configs():
 
 
 def test_arith_ecp5_netlists():
-    from cocotb_tools.runner import get_runner
-    from cocotb_tools.check_results import get_results
-    from hw.simulate import ROOT, build, to_verilog
-    import json
-    import sys
-
+    from hw.simulate import run_cocotb
     h = Lanes(configs())
-    name = "arith_ecp5"
-    bdir = build(to_verilog(h, name), name, extra_sources=_cell_models())
-    tdir = bdir / f"run-{os.getpid()}"
-    shutil.rmtree(tdir, ignore_errors=True)
-    tdir.mkdir(parents=True)
-    env = {"TB_PARAMS": json.dumps(h.desc),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "sim")] + sys.path)}
-    results = tdir / "results.xml"
-    try:
-        get_runner("verilator").test(test_module="test_arith_ecp5", hdl_toplevel=name,
-                                     hdl_toplevel_lang="verilog", build_dir=bdir, test_dir=tdir,
-                                     extra_env=env, results_xml=str(results))
-    except SystemExit as e:
-        raise AssertionError(f"cocotb run failed (exit {e.code}); see {tdir}") from None
-    ntests, nfailed = get_results(results)
-    assert ntests > 0 and nfailed == 0, f"{nfailed} of {ntests} cocotb tests failed"
-    shutil.rmtree(tdir, ignore_errors=True)
+    run_cocotb(h, name="arith_ecp5", test_module="test_arith_ecp5", params=h.desc,
+               extra_sources=_cell_models())
 
 
 @cocotb.test()
