@@ -188,8 +188,10 @@ class MpGemmCore(wiring.Component):
         chk_bit = Signal(range(DIM_BITS + 1))
 
         # pending tile info handed to the drain unit when the tile's sums are captured
-        pend_row0 = Signal.like(row0); pend_col0 = Signal.like(col0)
+        # the drain starts at the tile's last element: (row0 + R-1, col0 + C-1)
+        pend_m = Signal.like(row0); pend_n = Signal.like(col0)
         pend_base = Signal.like(out_row_base); pend_final = Signal()
+        rn_minus_n = Signal.like(out_row_base)   # (R-1) * N, set at start
         final_drained = Signal()
 
         def rows_valid(r0):
@@ -200,14 +202,20 @@ class MpGemmCore(wiring.Component):
             rem = N - c0
             return Mux(rem >= C, C, rem)[:lc + 1]
 
-        def set_macs_per_feed(r0, c0):
-            # rv * cv by shift-add: keeps this tiny product off the DSP blocks
-            rv, cv = rows_valid(r0), cols_valid(c0)
-            terms = [Mux(rv[b], cv << b, 0) for b in range(lr + 1)]
-            total = terms[0]
-            for t in terms[1:]:
-                total = total + t
-            m.d.sync += macs_per_feed.eq(total)
+        # MACs per feed cycle = valid rows x valid columns of the current tile, computed in a
+        # two-stage pipeline from row0/col0 (constant within a tile) and added to the counter
+        # two cycles after the feed: off the sequencer's critical path and off the DSPs.
+        rv_q = Signal(range(R + 1)); cv_q = Signal(range(C + 1))
+        m.d.sync += [rv_q.eq(rows_valid(row0)), cv_q.eq(cols_valid(col0))]
+        terms = [Mux(rv_q[b], cv_q << b, 0) for b in range(lr + 1)]
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        m.d.sync += macs_per_feed.eq(total)
+        issue_d = Signal(); issue_dd = Signal()
+        m.d.sync += [issue_d.eq(issue), issue_dd.eq(issue_d)]
+        with m.If(issue_dd):
+            m.d.sync += self.cnt_macs.eq(self.cnt_macs + macs_per_feed)
 
         m.d.comb += self.busy.eq(0)
         m.d.sync += self.done.eq(0)
@@ -244,8 +252,8 @@ class MpGemmCore(wiring.Component):
                     with m.Else():
                         m.d.sync += [a_addr.eq(0), w_base.eq(0), w_addr.eq(0), k.eq(0),
                                      row0.eq(0), col0.eq(0), out_row_base.eq(0),
-                                     tile_fed.eq(0), tile_cyc.eq(0), final_drained.eq(0)]
-                        set_macs_per_feed(0, 0)
+                                     tile_fed.eq(0), tile_cyc.eq(0), final_drained.eq(0),
+                                     rn_minus_n.eq((N << lr) - N)]
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -255,12 +263,12 @@ class MpGemmCore(wiring.Component):
                 with m.If(~tile_fed):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [a_addr.eq(a_addr + 1), w_addr.eq(w_addr + 1), k.eq(k + 1),
-                                 self.cnt_busy.eq(self.cnt_busy + 1),
-                                 self.cnt_macs.eq(self.cnt_macs + macs_per_feed)]
+                                 self.cnt_busy.eq(self.cnt_busy + 1)]
                     with m.If(k == K - 1):
                         m.d.sync += [tile_fed.eq(1), k.eq(0),
-                                     pend_row0.eq(row0), pend_col0.eq(col0),
-                                     pend_base.eq(out_row_base), pend_final.eq(last_tile)]
+                                     pend_m.eq(row0 + (R - 1)), pend_n.eq(col0 + (C - 1)),
+                                     pend_base.eq(out_row_base + rn_minus_n),
+                                     pend_final.eq(last_tile)]
                 with m.Else():
                     m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
                     with m.If(tile_cyc >= self.TILE_PERIOD_MIN - 1):
@@ -272,11 +280,9 @@ class MpGemmCore(wiring.Component):
                             m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row_base.eq(0),
                                          a_addr.eq(0), w_base.eq(w_base + K),
                                          w_addr.eq(w_base + K)]
-                            set_macs_per_feed(0, col0 + C)
                         with m.Else():
                             m.d.sync += [row0.eq(row0 + R), out_row_base.eq(out_row_base + (N << lr)),
                                          w_addr.eq(w_base)]
-                            set_macs_per_feed(row0 + R, col0)
             with m.State("FLUSH"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(final_drained):
@@ -332,35 +338,36 @@ class MpGemmCore(wiring.Component):
         # -- drain: one element per cycle from the shift chain ------------------------------
         draining = Signal()
         d_i = Signal(range(R)); d_j = Signal(range(C))
-        d_row0 = Signal.like(row0); d_col0 = Signal.like(col0)
+        d_m = Signal.like(row0); d_n = Signal.like(col0)      # absolute row / column
         d_row_addr = Signal.like(out_row_base); d_final = Signal()
         go = Signal()
         m.d.comb += go.eq(array.drain_ready | draining)
         m.d.comb += array.shift_en.eq(go)
-        # element (i, j) of the tile currently at the chain's output
+        # element of the tile currently at the chain's output
         cur_i = Mux(draining, d_i, R - 1)
         cur_j = Mux(draining, d_j, C - 1)
-        cur_row0 = Mux(draining, d_row0, pend_row0)
-        cur_col0 = Mux(draining, d_col0, pend_col0)
-        cur_row_addr = Mux(draining, d_row_addr, pend_base + (N << lr) - N)
+        cur_m = Mux(draining, d_m, pend_m)
+        cur_n = Mux(draining, d_n, pend_n)
+        cur_row_addr = Mux(draining, d_row_addr, pend_base)
         cur_final = Mux(draining, d_final, pend_final)
         with m.If(go):
-            m.d.sync += [draining.eq(1), d_row0.eq(cur_row0), d_col0.eq(cur_col0),
-                         d_final.eq(cur_final)]
+            m.d.sync += [draining.eq(1), d_final.eq(cur_final)]
             with m.If(cur_j == 0):
-                m.d.sync += [d_j.eq(C - 1), d_i.eq(cur_i - 1), d_row_addr.eq(cur_row_addr - N)]
+                m.d.sync += [d_j.eq(C - 1), d_n.eq(cur_n + (C - 1)), d_i.eq(cur_i - 1),
+                             d_m.eq(cur_m - 1), d_row_addr.eq(cur_row_addr - N)]
                 with m.If(cur_i == 0):
                     m.d.sync += draining.eq(0)
             with m.Else():
-                m.d.sync += [d_j.eq(cur_j - 1), d_i.eq(cur_i), d_row_addr.eq(cur_row_addr)]
+                m.d.sync += [d_j.eq(cur_j - 1), d_n.eq(cur_n - 1), d_i.eq(cur_i),
+                             d_m.eq(cur_m), d_row_addr.eq(cur_row_addr)]
 
         # -- epilogue: requantize and write ----------------------------------------------
         e1_v = Signal(); e1_acc = Signal(signed(self.acc_width)); e1_idx = Signal(2 * DIM_BITS)
         e1_last = Signal()
         m.d.sync += [
-            e1_v.eq(go & (cur_row0 + cur_i < M) & (cur_col0 + cur_j < N)),
+            e1_v.eq(go & (cur_m < M) & (cur_n < N)),
             e1_acc.eq(array.drain_out),
-            e1_idx.eq(cur_row_addr + cur_col0 + cur_j),
+            e1_idx.eq(cur_row_addr + cur_n),
             e1_last.eq(go & cur_final & (cur_i == 0) & (cur_j == 0)),
         ]
         prod_w = self.acc_width + REQUANT_MULT_BITS + 1
