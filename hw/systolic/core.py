@@ -174,7 +174,13 @@ class MpGemmCore(wiring.Component):
         a_addr = Signal(range(self.a_depth + 1))
         w_base = Signal(range(self.w_depth + 1))
         w_addr = Signal(range(self.w_depth + 1))
-        k = Signal(DIM_BITS)
+        # Control decisions use registered flags only (row_last, col_last, k_left == 0,
+        # first): on the 85F the compare-then-decide paths were the slowest in the design.
+        k_left = Signal(DIM_BITS)               # feeds left in this tile, minus one
+        k_m1 = Signal(DIM_BITS)                 # K - 1
+        first = Signal()                        # next feed is the tile's first
+        row_last = Signal(); col_last = Signal()   # current tile is the last along M / N
+        bad = Signal()
         row0 = Signal(DIM_BITS + 1); col0 = Signal(DIM_BITS + 1)
         out_row_base = Signal(2 * DIM_BITS + 1)
         tile_fed = Signal()
@@ -244,28 +250,34 @@ class MpGemmCore(wiring.Component):
                 m.d.sync += chk_bit.eq(chk_bit + 1)
                 with m.If(chk_bit == DIM_BITS):
                     out_cap = Mux(mode == OutMode.INT8, 4 * self.out_words, self.out_words)
-                    bad = ((M == 0) | (K == 0) | (N == 0) | (K > self.max_k) |
-                           (p_a > self.a_depth) | (p_w > self.w_depth) | (p_o > out_cap))
-                    with m.If(bad):
-                        m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += [a_addr.eq(0), w_base.eq(0), w_addr.eq(0), k.eq(0),
-                                     row0.eq(0), col0.eq(0), out_row_base.eq(0),
-                                     tile_fed.eq(0), tile_cyc.eq(0), final_drained.eq(0),
-                                     rn_minus_n.eq((N << lr) - N)]
-                        m.next = "RUN"
+                    m.d.sync += bad.eq((M == 0) | (K == 0) | (N == 0) | (K > self.max_k) |
+                                       (p_a > self.a_depth) | (p_w > self.w_depth) | (p_o > out_cap))
+                    m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(bad):
+                    m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [a_addr.eq(0), w_base.eq(0), w_addr.eq(0),
+                                 k_m1.eq(K - 1), k_left.eq(K - 1), first.eq(1),
+                                 row0.eq(0), col0.eq(0), out_row_base.eq(0),
+                                 row_last.eq(M <= R), col_last.eq(N <= C),
+                                 tile_fed.eq(0), tile_cyc.eq(0), final_drained.eq(0),
+                                 rn_minus_n.eq((N << lr) - N)]
+                    m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
-                last_tile = (row0 + R >= M) & (col0 + C >= N)
+                last_tile = row_last & col_last
                 with m.If(tile_cyc != tile_cyc_max):
                     m.d.sync += tile_cyc.eq(tile_cyc + 1)
                 with m.If(~tile_fed):
                     m.d.comb += issue.eq(1)
-                    m.d.sync += [a_addr.eq(a_addr + 1), w_addr.eq(w_addr + 1), k.eq(k + 1),
+                    m.d.sync += [a_addr.eq(a_addr + 1), w_addr.eq(w_addr + 1),
+                                 k_left.eq(k_left - 1), first.eq(0),
                                  self.cnt_busy.eq(self.cnt_busy + 1)]
-                    with m.If(k == K - 1):
-                        m.d.sync += [tile_fed.eq(1), k.eq(0),
+                    with m.If(k_left == 0):
+                        m.d.sync += [tile_fed.eq(1), k_left.eq(k_m1),
                                      pend_m.eq(row0 + (R - 1)), pend_n.eq(col0 + (C - 1)),
                                      pend_base.eq(out_row_base + rn_minus_n),
                                      pend_final.eq(last_tile)]
@@ -273,16 +285,17 @@ class MpGemmCore(wiring.Component):
                     m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
                     with m.If(tile_cyc >= self.TILE_PERIOD_MIN - 1):
                         # advance to the next tile: M tiles inner, N tiles outer
-                        m.d.sync += [tile_fed.eq(0), tile_cyc.eq(0)]
+                        m.d.sync += [tile_fed.eq(0), tile_cyc.eq(0), first.eq(1)]
                         with m.If(last_tile):
                             m.next = "FLUSH"
-                        with m.Elif(row0 + R >= M):
+                        with m.Elif(row_last):
                             m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row_base.eq(0),
                                          a_addr.eq(0), w_base.eq(w_base + K),
-                                         w_addr.eq(w_base + K)]
+                                         w_addr.eq(w_base + K),
+                                         row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N)]
                         with m.Else():
                             m.d.sync += [row0.eq(row0 + R), out_row_base.eq(out_row_base + (N << lr)),
-                                         w_addr.eq(w_base)]
+                                         w_addr.eq(w_base), row_last.eq(row0 + 2 * R >= M)]
             with m.State("FLUSH"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(final_drained):
@@ -319,7 +332,7 @@ class MpGemmCore(wiring.Component):
         # registered in the fabric before it meets the DSPs, so flags are delayed two cycles.
         f_valid, f_first, f_last = Signal(), Signal(), Signal()
         f_rmask, f_cmask = Signal(R), Signal(C)
-        m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (k == 0)), f_last.eq(issue & (k == K - 1)),
+        m.d.sync += [f_valid.eq(issue), f_first.eq(issue & first), f_last.eq(issue & (k_left == 0)),
                      # all ones when idle: the host reads the banks through ga/gw too
                      f_rmask.eq(Mux(self.busy, Cat(row0 + i < M for i in range(R)), ~0)),
                      f_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
