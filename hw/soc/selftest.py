@@ -46,6 +46,7 @@ class SelfTest(wiring.Component):
         self.shape = (M, K, N)
         self.expected = numerics.mpgemm(self._a, self._w, self._rq)
         self.addr_bits = core.addr_bits
+        self.read_latency = core.READ_LATENCY
         super().__init__({
             "bus_sel": Out(Buffer), "bus_addr": Out(core.addr_bits), "bus_re": Out(1),
             "bus_rdata": In(8),
@@ -71,6 +72,7 @@ class SelfTest(wiring.Component):
                      self.cfg_shift.eq(rq.shift), self.cfg_zp.eq(rq.zero_point & 0xFF),
                      self.cfg_relu.eq(int(rq.relu)), self.bus_sel.eq(Buffer.OUT)]
         idx = Signal(range(len(exp) + 1))
+        wait = Signal(range(self.read_latency + 1))
         ok = Signal(init=1)
         m.d.comb += [rp.addr.eq(idx), self.bus_addr.eq(idx)]
         with m.FSM():
@@ -86,11 +88,12 @@ class SelfTest(wiring.Component):
                         m.next = "READ"
             with m.State("READ"):
                 m.d.comb += self.bus_re.eq(1)
+                m.d.sync += wait.eq(self.read_latency - 1)
                 m.next = "WAIT_DATA"
-            with m.State("WAIT_DATA"):   # READ_LATENCY = 3
-                m.next = "WAIT_DATA2"
-            with m.State("WAIT_DATA2"):
-                m.next = "CMP"
+            with m.State("WAIT_DATA"):
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 1):
+                    m.next = "CMP"
             with m.State("CMP"):
                 with m.If(self.bus_rdata != rp.data):
                     m.d.sync += ok.eq(0)

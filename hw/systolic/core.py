@@ -88,7 +88,7 @@ class MpGemmCore(wiring.Component):
     """
 
     #: cycles from ``bus_re`` (with ``bus_addr``) to ``bus_rdata``
-    READ_LATENCY = 3
+    READ_LATENCY = 4
     #: epilogue pipeline depth: capture, 2 x partial products, sum, round, shift, clamp+write
     EPILOGUE_LATENCY = 6
 
@@ -152,6 +152,13 @@ class MpGemmCore(wiring.Component):
         lr, lc = R.bit_length() - 1, C.bit_length() - 1
 
         m.submodules.array = array = SystolicArray(rows=R, cols=C, acc_width=self.acc_width)
+
+        # The host side (link) and the core sit far apart on a big device: every input from
+        # it is registered once here, so no path runs link logic -> core logic in one cycle.
+        bus_sel = Signal(Buffer); bus_addr = Signal(self.addr_bits); bus_wdata = Signal(8)
+        bus_we = Signal(); start = Signal()
+        m.d.sync += [bus_sel.eq(self.bus_sel), bus_addr.eq(self.bus_addr),
+                     bus_wdata.eq(self.bus_wdata), bus_we.eq(self.bus_we), start.eq(self.start)]
 
         # -- buffers -------------------------------------------------------------------
         a_mems = [Memory(shape=8, depth=self.a_depth,
@@ -230,7 +237,7 @@ class MpGemmCore(wiring.Component):
 
         with m.FSM(name="seq"):
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(start):
                     m.d.sync += [
                         M.eq(self.cfg_m), K.eq(self.cfg_k), N.eq(self.cfg_n),
                         mode.eq(self.cfg_out_mode), mult.eq(self.cfg_mult),
@@ -303,28 +310,28 @@ class MpGemmCore(wiring.Component):
                     m.next = "IDLE"
 
         # -- operand fetch: one cycle of memory latency, then mask padding rows/cols ---------
-        host_a = (self.bus_sel == Buffer.A)
-        host_w = (self.bus_sel == Buffer.W)
-        host_o = (self.bus_sel == Buffer.OUT)
-        lane_a = self.bus_addr[:lr] if lr else Const(0, 1)
-        lane_w = self.bus_addr[:lc] if lc else Const(0, 1)
-        idx_a = self.bus_addr[lr:]
-        idx_w = self.bus_addr[lc:]
+        host_a = (bus_sel == Buffer.A)
+        host_w = (bus_sel == Buffer.W)
+        host_o = (bus_sel == Buffer.OUT)
+        lane_a = bus_addr[:lr] if lr else Const(0, 1)
+        lane_w = bus_addr[:lc] if lc else Const(0, 1)
+        idx_a = bus_addr[lr:]
+        idx_w = bus_addr[lc:]
         a_rd, w_rd = [], []
         for i, mem in enumerate(a_mems):
             rp = mem.read_port()
             wp = mem.write_port()
             m.d.comb += [rp.addr.eq(Mux(self.busy, a_addr, idx_a)), rp.en.eq(1),
-                         wp.addr.eq(idx_a), wp.data.eq(self.bus_wdata),
-                         wp.en.eq(~self.busy & self.bus_we & host_a & (lane_a == i) &
+                         wp.addr.eq(idx_a), wp.data.eq(bus_wdata),
+                         wp.en.eq(~self.busy & bus_we & host_a & (lane_a == i) &
                                   (idx_a < self.a_depth))]
             a_rd.append(rp.data)
         for j, mem in enumerate(w_mems):
             rp = mem.read_port()
             wp = mem.write_port()
             m.d.comb += [rp.addr.eq(Mux(self.busy, w_addr, idx_w)), rp.en.eq(1),
-                         wp.addr.eq(idx_w), wp.data.eq(self.bus_wdata),
-                         wp.en.eq(~self.busy & self.bus_we & host_w & (lane_w == j) &
+                         wp.addr.eq(idx_w), wp.data.eq(bus_wdata),
+                         wp.en.eq(~self.busy & bus_we & host_w & (lane_w == j) &
                                   (idx_w < self.w_depth))]
             w_rd.append(rp.data)
 
@@ -429,15 +436,15 @@ class MpGemmCore(wiring.Component):
 
         # -- host reads --------------------------------------------------------------------
         orp = out_mem.read_port()
-        m.d.comb += [orp.addr.eq(self.bus_addr >> 2), orp.en.eq(1)]
-        # Host reads take three cycles: EBR -> register (ga/gw/o_q) -> byte mux -> register,
+        m.d.comb += [orp.addr.eq(bus_addr >> 2), orp.en.eq(1)]
+        # Host reads take four cycles: input register, EBR -> register (ga/gw/o_q) -> byte mux -> register,
         # so the EBR's slow clock-to-out never meets the muxes in the same cycle.
         r_sel = Signal(Buffer); r_lane_a = Signal.like(lane_a); r_lane_w = Signal.like(lane_w)
         r_byte = Signal(2)
         r_sel2 = Signal(Buffer); r_lane_a2 = Signal.like(lane_a); r_lane_w2 = Signal.like(lane_w)
         r_byte2 = Signal(2)
-        m.d.sync += [r_sel.eq(self.bus_sel), r_lane_a.eq(lane_a), r_lane_w.eq(lane_w),
-                     r_byte.eq(self.bus_addr[:2]),
+        m.d.sync += [r_sel.eq(bus_sel), r_lane_a.eq(lane_a), r_lane_w.eq(lane_w),
+                     r_byte.eq(bus_addr[:2]),
                      r_sel2.eq(r_sel), r_lane_a2.eq(r_lane_a), r_lane_w2.eq(r_lane_w),
                      r_byte2.eq(r_byte)]
         o_q = Signal(32)
