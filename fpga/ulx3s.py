@@ -86,7 +86,10 @@ class PLL(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        m.domains.sync = cd = ClockDomain("sync")
+        # asynchronous assertion, synchronous release (ResetSynchronizer): the reset net is
+        # then not a timed path (Amaranth's LPF says BLOCK RESETPATHS), which matters with
+        # thousands of flip-flops spread over the 85F
+        m.domains.sync = cd = ClockDomain("sync", async_reset=True)
         clk = Signal()
         m.submodules.pll = Instance(
             "EHXPLLL",

@@ -59,9 +59,9 @@ class SystolicArray(wiring.Component):
         })
 
     @staticmethod
-    def _delay(m, sig, n, name):
+    def _delay(m, sig, n, name, reset_less=False):
         for k in range(n):
-            r = Signal.like(sig, name=f"{name}_d{k}")
+            r = Signal.like(sig, name=f"{name}_d{k}", reset_less=reset_less)
             m.d.sync += r.eq(sig)
             sig = r
         return sig
@@ -76,7 +76,7 @@ class SystolicArray(wiring.Component):
         for i in range(R):
             left = pes[i][0]
             m.d.comb += [
-                left.a.eq(self._delay(m, self.a[i], i, f"a{i}")),
+                left.a.eq(self._delay(m, self.a[i], i, f"a{i}", reset_less=True)),
                 left.valid.eq(self._delay(m, self.valid, i, f"v{i}")),
                 left.first.eq(self._delay(m, self.first, i, f"f{i}")),
                 left.last.eq(self._delay(m, self.last, i, f"l{i}")),
@@ -86,7 +86,7 @@ class SystolicArray(wiring.Component):
                 m.d.comb += [dst.a.eq(src.a_out), dst.valid.eq(src.valid_out),
                              dst.first.eq(src.first_out), dst.last.eq(src.last_out)]
         for j in range(C):
-            m.d.comb += pes[0][j].w.eq(self._delay(m, self.w[j], j, f"w{j}"))
+            m.d.comb += pes[0][j].w.eq(self._delay(m, self.w[j], j, f"w{j}", reset_less=True))
             for i in range(1, R):
                 m.d.comb += pes[i][j].w.eq(pes[i - 1][j].w_out)
         chain = [pes[i][j] for i in range(R) for j in range(C)]

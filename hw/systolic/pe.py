@@ -62,15 +62,20 @@ class PE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        a_r = Signal(signed(8), reset_less=True)
+        w_r = Signal(signed(8), reset_less=True)
+        m.d.sync += [a_r.eq(self.a), w_r.eq(self.w)]
+        m.d.comb += [self.a_out.eq(a_r), self.w_out.eq(w_r)]
         m.d.sync += [
-            self.a_out.eq(self.a), self.w_out.eq(self.w),
             self.valid_out.eq(self.valid), self.first_out.eq(self.first & self.valid),
             self.last_out.eq(self.last & self.valid),
         ]
         # stages 1-2: the DSP's input and output registers; stage 3: fabric register
         m.submodules.mul = mul = IntMul(a_width=8, b_width=8, reg_in=True, reg_out=True)
         m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.w)]
-        prod = Signal(signed(16))
+        # data registers carry no reset: only the flags must be clean after reset, and a
+        # reset net reaching every datapath flip-flop was the 85F's slowest route
+        prod = Signal(signed(16), reset_less=True)
         m.d.sync += prod.eq(mul.p)
         p_valid, p_first, p_last = self.valid, self.first & self.valid, self.last & self.valid
         for k in range(mul.LATENCY + 1):
@@ -78,13 +83,15 @@ class PE(wiring.Component):
             m.d.sync += [nv.eq(p_valid), nf.eq(p_first), nl.eq(p_last)]
             p_valid, p_first, p_last = nv, nf, nl
         # stage 4: accumulate; a tile's first product restarts the sum
-        acc = Signal(signed(self.acc_width))
+        acc = Signal(signed(self.acc_width), reset_less=True)
+        shadow = Signal(signed(self.acc_width), reset_less=True)
+        m.d.comb += self.shadow.eq(shadow)
         total = Mux(p_first, 0, acc) + prod
         with m.If(p_valid):
             m.d.sync += acc.eq(total)
         m.d.sync += self.captured.eq(p_valid & p_last)
         with m.If(p_valid & p_last):
-            m.d.sync += self.shadow.eq(total)
+            m.d.sync += shadow.eq(total)
         with m.Elif(self.shift_en):
-            m.d.sync += self.shadow.eq(self.shift_in)
+            m.d.sync += shadow.eq(self.shift_in)
         return m
