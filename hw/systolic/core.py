@@ -16,6 +16,7 @@ from sw.protocol import Buffer, ErrorCode
 
 from .array import SystolicArray
 from .pe import PE
+from hw.arith.intmul import IntMul
 
 __all__ = ["MpGemmCore"]
 
@@ -89,8 +90,9 @@ class MpGemmCore(wiring.Component):
 
     #: cycles from ``bus_re`` (with ``bus_addr``) to ``bus_rdata``
     READ_LATENCY = 4
-    #: epilogue pipeline depth: capture, 2 x partial products, sum, round, shift, clamp+write
-    EPILOGUE_LATENCY = 6
+    #: epilogue pipeline depth: capture, partial products (DSP in/out regs + fabric), sum,
+    #: round, shift, clamp+write
+    EPILOGUE_LATENCY = 8
 
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 512, w_depth: int = 512,
                  out_words: int = 512, a_init=None, w_init=None):
@@ -394,15 +396,25 @@ class MpGemmCore(wiring.Component):
         # acc * mult as two partial products (each one MULT18X18D), summed a cycle later:
         # a single wide product plus its carry chain did not fit in 10 ns on ECP5.
         lo_w = 16
-        e2_v = Signal(); e2_acc = Signal.like(e1_acc); e2_idx = Signal.like(e1_idx)
-        e2_plo = Signal(lo_w + REQUANT_MULT_BITS)
-        e2_phi = Signal(signed(self.acc_width - lo_w + REQUANT_MULT_BITS + 1))
-        m.d.sync += [e2_v.eq(e1_v), e2_acc.eq(e1_acc), e2_idx.eq(e1_idx),
-                     e2_plo.eq(e1_acc[:lo_w] * mult),
-                     e2_phi.eq(e1_acc[lo_w:].as_signed() * mult.as_unsigned())]
+        # both partial products on DSPs with their own input/output registers, plus a fabric
+        # stage: the epilogue's DSPs, too, may be placed far from its logic
+        m.submodules.mul_lo = mul_lo = IntMul(a_width=lo_w, b_width=REQUANT_MULT_BITS,
+                                              a_signed=False, b_signed=False)
+        m.submodules.mul_hi = mul_hi = IntMul(a_width=self.acc_width - lo_w,
+                                              b_width=REQUANT_MULT_BITS, b_signed=False)
+        m.d.comb += [mul_lo.a.eq(e1_acc[:lo_w]), mul_lo.b.eq(mult),
+                     mul_hi.a.eq(e1_acc[lo_w:].as_signed()), mul_hi.b.eq(mult)]
+        side = (e1_v, e1_acc, e1_idx)
+        for k in range(mul_lo.LATENCY + 1):
+            nxt = tuple(Signal.like(x, name=f"{x.name}_m{k}") for x in side)
+            m.d.sync += [n.eq(x) for n, x in zip(nxt, side)]
+            side = nxt
+        e2_plo = Signal(lo_w + REQUANT_MULT_BITS, reset_less=True)
+        e2_phi = Signal(signed(self.acc_width - lo_w + REQUANT_MULT_BITS + 1), reset_less=True)
+        m.d.sync += [e2_plo.eq(mul_lo.p), e2_phi.eq(mul_hi.p)]
         e2b_v = Signal(); e2b_acc = Signal.like(e1_acc); e2b_idx = Signal.like(e1_idx)
         e2_prod = Signal(signed(prod_w))
-        m.d.sync += [e2b_v.eq(e2_v), e2b_acc.eq(e2_acc), e2b_idx.eq(e2_idx),
+        m.d.sync += [e2b_v.eq(side[0]), e2b_acc.eq(side[1]), e2b_idx.eq(side[2]),
                      e2_prod.eq((e2_phi << lo_w) + e2_plo)]
         rnd = (Const(1, 1) << shift)[1:prod_w]  # 2**(shift-1), or 0 for shift 0
         e3_v = Signal(); e3_acc = Signal.like(e1_acc); e3_idx = Signal.like(e1_idx)
