@@ -7,7 +7,7 @@ from dataclasses import dataclass, asdict
 from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["DEVICES", "CoreSize", "pll_params", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
+__all__ = ["DEVICES", "DEFAULT_FREQ_MHZ", "CoreSize", "pll_params", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ DEVICES = {
     "45F": ("ULX3S_45F_Platform", CoreSize(8, 8, 2048, 2048, 4096)),
     "85F": ("ULX3S_85F_Platform", CoreSize(16, 8, 4096, 8192, 16384)),
 }
+
+#: Default core clock per device (MHz): the highest round PLL frequency that closed timing
+#: with nextpnr's default seed in our measurements (docs/results.md); ``--freq`` overrides.
+DEFAULT_FREQ_MHZ = {"12F": 65.0, "25F": 65.0, "45F": 75.0, "85F": 75.0}
 
 #: EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
 DEVICE_RESOURCES = {

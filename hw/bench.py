@@ -41,15 +41,16 @@ def utilization(device="85F", sizes=(16, 64, 256)):
     return result
 
 
-def roofline(device="85F", freq_mhz=100.0, baud=3_000_000):
+def roofline(device="85F", freq_mhz=None, baud=3_000_000):
     """Bytes-per-MAC roofline of the UART link for GEMV and GEMM (written out, no simulation).
 
     Wire bytes come from ``sw.protocol.efficiency`` (the real frame format: 4 KiB chunks,
     headers, CRC, replies); a UART byte is 10 bits (8N1).
     """
-    from fpga.ulx3s import DEVICES
+    from fpga.ulx3s import DEVICES, DEFAULT_FREQ_MHZ
     from sw.protocol import efficiency
     size = DEVICES[device][1]
+    freq_mhz = freq_mhz or DEFAULT_FREQ_MHZ[device]
     peak = size.rows * size.cols * freq_mhz * 1e6          # MAC/s
     link = baud / 10                                        # bytes/s on the wire
     cases = []

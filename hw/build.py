@@ -67,7 +67,7 @@ def parse_nextpnr_report(path: Path) -> tuple[dict, dict]:
     return util, fmax
 
 
-def build_ulx3s(device: str = "85F", freq_mhz: float = 100.0, *, baud: int = 3_000_000,
+def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int = 3_000_000,
                 top: str = "soc", seed: int = 1, program: bool = False,
                 out_dir: Path | None = None, quiet: bool = False) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
@@ -75,8 +75,10 @@ def build_ulx3s(device: str = "85F", freq_mhz: float = 100.0, *, baud: int = 3_0
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
     """
-    from fpga.ulx3s import DEVICES, DEVICE_RESOURCES, SelfTestTop, SoCTop, platform_for
+    from fpga.ulx3s import DEVICES, DEVICE_RESOURCES, DEFAULT_FREQ_MHZ, SelfTestTop, SoCTop, platform_for
 
+    if freq_mhz is None:
+        freq_mhz = DEFAULT_FREQ_MHZ[device]
     tool_env()
     platform = platform_for(device)
     size = DEVICES[device][1]
@@ -185,7 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", choices=["ulx3s", "verilog", "sim", "report"], default="ulx3s")
     ap.add_argument("--device", choices=["12F", "25F", "45F", "85F"], default="85F",
                     help="ULX3S FPGA size (default 85F)")
-    ap.add_argument("--freq", type=float, default=100.0, help="core clock in MHz (default 100)")
+    ap.add_argument("--freq", type=float, default=None,
+                    help="core clock in MHz (default: the device's, see fpga/ulx3s.py DEFAULT_FREQ_MHZ)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     ap.add_argument("--baud", type=int, default=3_000_000, help="UART baud rate (default 3000000)")
     ap.add_argument("--top", choices=["soc", "selftest"], default="soc",
