@@ -31,7 +31,7 @@ DEVICES = {
 
 #: Default core clock per device (MHz): the highest round PLL frequency that closed timing
 #: with nextpnr's default seed in our measurements (docs/results.md); ``--freq`` overrides.
-DEFAULT_FREQ_MHZ = {"12F": 65.0, "25F": 65.0, "45F": 75.0, "85F": 75.0}
+DEFAULT_FREQ_MHZ = {"12F": 65.0, "25F": 65.0, "45F": 65.0, "85F": 65.0}
 
 #: EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
 DEVICE_RESOURCES = {
