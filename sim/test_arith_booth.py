@@ -65,7 +65,7 @@ async def booth_mac_carry_save(dut):
     lat = desc["latency"]
     act = en.astype(bool)
     for lane in range(lanes):
-        want = numerics.mac_wrap(a[act, lane] * b[act, lane], clr[act], ACC)
+        want = numerics.mac_wrap(numerics.int_mul(a[act, lane], b[act, lane]), clr[act], ACC)
         rows = [g for g, e in zip(got[lat:lat + steps], act) if e]
         acc = np.array([unpack(r["acc"], ACC, lanes, True)[lane] for r in rows], dtype=np.int64)
         s = np.array([unpack(r["acc_sum"], ACC, lanes, False)[lane] for r in rows], dtype=np.int64)

@@ -608,6 +608,16 @@ def int_mul(a, b, *, a_bits: int = 8, b_bits: int = 8, a_signed: bool = True,
             * check_int(b, b_bits, signed=b_signed, name="b"))
 
 
+def pow2_mul(a, codes, e_bits: int, *, a_bits: int = 8) -> np.ndarray:
+    """Golden model of Pow2Mul: ``a * (-1)**sign * 2**e`` for power-of-two weight codes."""
+    return check_int(a, a_bits, name="a") * pow2_decode(codes, e_bits)
+
+
+def ternary_mul(a, codes, *, a_bits: int = 8) -> np.ndarray:
+    """Golden model of TernaryMul: ``a * t`` for 2-bit ternary codes."""
+    return check_int(a, a_bits, name="a") * ternary_decode(codes)
+
+
 def wrap_int(x, bits: int, *, signed: bool = True) -> np.ndarray:
     """``x`` modulo ``2**bits``, as a signed (two's complement) or unsigned int64."""
     x = np.asarray(x).astype(np.int64) & ((1 << bits) - 1)

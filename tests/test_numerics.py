@@ -146,3 +146,15 @@ def test_layout_addresses(rows, cols):
     raw = np.arange(6, dtype="<i4").tobytes()
     np.testing.assert_array_equal(layout.decode_out(raw, 2, 3, OutMode.RAW32),
                                   np.arange(6, dtype=np.int32).reshape(2, 3), strict=True)
+
+
+def test_pow2_and_ternary_products_against_float():
+    a = np.arange(-128, 128)
+    for e_bits in (1, 2, 3):
+        codes = np.arange(1 << (e_bits + 1))
+        got = numerics.pow2_mul(a[:, None], codes[None, :], e_bits)
+        sign = np.where(codes >> e_bits, -1.0, 1.0)
+        ref = a[:, None].astype(float) * sign * np.exp2(codes & ((1 << e_bits) - 1))
+        np.testing.assert_array_equal(got, ref.astype(np.int64), strict=True)
+    got = numerics.ternary_mul(a[:, None], np.arange(4)[None, :])
+    np.testing.assert_array_equal(got, (a[:, None] * np.array([0, 1, 0, -1])).astype(np.int64), strict=True)
