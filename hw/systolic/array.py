@@ -4,6 +4,8 @@ from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith._common import check_impl
+
 from .pe import PE
 
 __all__ = ["SystolicArray"]
@@ -28,6 +30,8 @@ class SystolicArray(wiring.Component):
         Array shape.
     acc_width : int
         PE accumulator width.
+    impl : "auto" | "generic" | "ecp5"
+        Multiplier implementation of every PE (see :class:`~hw.systolic.pe.PE`).
 
     Members
     -------
@@ -46,11 +50,12 @@ class SystolicArray(wiring.Component):
     """
 
     #: cycles from the inputs to ``drain_ready`` for a tile whose last operands entered at 0
-    def __init__(self, *, rows: int, cols: int, acc_width: int):
+    def __init__(self, *, rows: int, cols: int, acc_width: int, impl: str = "auto"):
         for name, v in (("rows", rows), ("cols", cols)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, not {v!r}")
         self.rows, self.cols, self.acc_width = rows, cols, acc_width
+        self.impl = check_impl(impl)
         self.LATENCY = (rows - 1) + (cols - 1) + PE.LATENCY
         super().__init__({
             "a": In(signed(8)).array(rows), "w": In(signed(8)).array(cols),
@@ -69,7 +74,7 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.rows, self.cols
-        pes = [[PE(acc_width=self.acc_width) for _ in range(C)] for _ in range(R)]
+        pes = [[PE(acc_width=self.acc_width, impl=self.impl) for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]

@@ -16,6 +16,7 @@ from sw.protocol import Buffer, ErrorCode
 
 from .array import SystolicArray
 from .pe import PE
+from hw.arith._common import check_impl
 from hw.arith.intmul import IntMul
 
 __all__ = ["MpGemmCore"]
@@ -61,6 +62,10 @@ class MpGemmCore(wiring.Component):
         32-bit words in the output buffer.
     a_init, w_init : list of int, optional
         Initial contents of the A / W address spaces (bytes), e.g. for a self-test.
+    impl : "auto" | "generic" | "ecp5"
+        Multiplier implementation of the PEs and the epilogue (see
+        :class:`~hw.arith.intmul.IntMul`): "ecp5" instantiates MULT18X18D everywhere, so a
+        simulation with its behavioural model checks the primitive the board uses.
 
     Members
     -------
@@ -95,7 +100,7 @@ class MpGemmCore(wiring.Component):
     EPILOGUE_LATENCY = 8
 
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 512, w_depth: int = 512,
-                 out_words: int = 512, a_init=None, w_init=None):
+                 out_words: int = 512, a_init=None, w_init=None, impl: str = "auto"):
         for name, v in (("rows", rows), ("cols", cols)):
             if not _is_pow2(v) or v > 64:
                 raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
@@ -103,10 +108,13 @@ class MpGemmCore(wiring.Component):
             if not _is_pow2(v) or not 16 <= v <= (1 << 17):
                 raise ValueError(f"{name} must be a power of two in [16, 131072], not {v!r}")
         self.rows, self.cols = rows, cols
+        self.impl = check_impl(impl)
         self.a_depth, self.w_depth, self.out_words = a_depth, w_depth, out_words
         self.max_k = min(a_depth, w_depth, (1 << DIM_BITS) - 1)
         self.acc_width = numerics.acc_bits(self.max_k)
         assert self.acc_width <= 32, "RAW32 output needs the accumulator to fit 32 bits"
+        # width of acc * mult (signed x unsigned); < 64, so a 6-bit shift can express it
+        self._prod_w = self.acc_width + REQUANT_MULT_BITS + 1
         self.a_bytes = rows * a_depth
         self.w_bytes = cols * w_depth
         self.out_bytes = 4 * out_words
@@ -153,7 +161,8 @@ class MpGemmCore(wiring.Component):
         R, C = self.rows, self.cols
         lr, lc = R.bit_length() - 1, C.bit_length() - 1
 
-        m.submodules.array = array = SystolicArray(rows=R, cols=C, acc_width=self.acc_width)
+        m.submodules.array = array = SystolicArray(rows=R, cols=C, acc_width=self.acc_width,
+                                                     impl=self.impl)
 
         # The host side (link) and the core sit far apart on a big device: every input from
         # it is registered once here, so no path runs link logic -> core logic in one cycle.
@@ -243,7 +252,10 @@ class MpGemmCore(wiring.Component):
                     m.d.sync += [
                         M.eq(self.cfg_m), K.eq(self.cfg_k), N.eq(self.cfg_n),
                         mode.eq(self.cfg_out_mode), mult.eq(self.cfg_mult),
-                        shift.eq(self.cfg_shift), zp.eq(self.cfg_zp), relu.eq(self.cfg_relu),
+                        # a shift beyond the product width gives 0 for every product; clamped
+                        # here so the rounding constant 2**(shift-1) always fits the adder
+                        shift.eq(Mux(self.cfg_shift > self._prod_w, self._prod_w, self.cfg_shift)),
+                        zp.eq(self.cfg_zp), relu.eq(self.cfg_relu),
                         mt_cnt.eq((self.cfg_m + R - 1) >> lr), nt_cnt.eq((self.cfg_n + C - 1) >> lc),
                         p_a.eq(0), p_w.eq(0), p_o.eq(0), chk_bit.eq(0),
                         self.error.eq(ErrorCode.OK),
@@ -392,16 +404,17 @@ class MpGemmCore(wiring.Component):
             e1_idx.eq(cur_row_addr + cur_n),
             e1_last.eq(go & cur_final & (cur_i == 0) & (cur_j == 0)),
         ]
-        prod_w = self.acc_width + REQUANT_MULT_BITS + 1
+        prod_w = self._prod_w
         # acc * mult as two partial products (each one MULT18X18D), summed a cycle later:
         # a single wide product plus its carry chain did not fit in 10 ns on ECP5.
         lo_w = 16
         # both partial products on DSPs with their own input/output registers, plus a fabric
         # stage: the epilogue's DSPs, too, may be placed far from its logic
         m.submodules.mul_lo = mul_lo = IntMul(a_width=lo_w, b_width=REQUANT_MULT_BITS,
-                                              a_signed=False, b_signed=False)
+                                              a_signed=False, b_signed=False, impl=self.impl)
         m.submodules.mul_hi = mul_hi = IntMul(a_width=self.acc_width - lo_w,
-                                              b_width=REQUANT_MULT_BITS, b_signed=False)
+                                              b_width=REQUANT_MULT_BITS, b_signed=False,
+                                              impl=self.impl)
         m.d.comb += [mul_lo.a.eq(e1_acc[:lo_w]), mul_lo.b.eq(mult),
                      mul_hi.a.eq(e1_acc[lo_w:].as_signed()), mul_hi.b.eq(mult)]
         side = (e1_v, e1_acc, e1_idx)
@@ -416,7 +429,10 @@ class MpGemmCore(wiring.Component):
         e2_prod = Signal(signed(prod_w))
         m.d.sync += [e2b_v.eq(side[0]), e2b_acc.eq(side[1]), e2b_idx.eq(side[2]),
                      e2_prod.eq((e2_phi << lo_w) + e2_plo)]
-        rnd = (Const(1, 1) << shift)[1:prod_w]  # 2**(shift-1), or 0 for shift 0
+        # 2**(shift-1), or 0 for shift 0; shift <= prod_w (clamped at start), so it never
+        # falls off the top (it did when it was cut to prod_w - 1 bits: negative products
+        # then rounded towards -inf at shifts >= prod_w)
+        rnd = (Const(1, 1) << shift)[1:prod_w + 1]
         e3_v = Signal(); e3_acc = Signal.like(e1_acc); e3_idx = Signal.like(e1_idx)
         e3_sum = Signal(signed(prod_w + 1))
         m.d.sync += [e3_v.eq(e2b_v), e3_acc.eq(e2b_acc), e3_idx.eq(e2b_idx),

@@ -4,6 +4,7 @@ from amaranth import Module, Signal, signed, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith._common import check_impl
 from hw.arith.intmul import IntMul
 
 __all__ = ["PE"]
@@ -25,6 +26,9 @@ class PE(wiring.Component):
     ----------
     acc_width : int
         Accumulator width in bits (see :func:`sw.numerics.acc_bits`).
+    impl : "auto" | "generic" | "ecp5"
+        Multiplier implementation (see :class:`~hw.arith.intmul.IntMul`); "ecp5" instantiates
+        MULT18X18D even outside an ECP5 build, for simulation with its behavioural model.
 
     Members
     -------
@@ -47,10 +51,11 @@ class PE(wiring.Component):
     #: cycles from operands at the inputs to the sum being visible in ``shadow``
     LATENCY = 4
 
-    def __init__(self, *, acc_width: int):
+    def __init__(self, *, acc_width: int, impl: str = "auto"):
         if not isinstance(acc_width, int) or not 16 <= acc_width <= 48:
             raise ValueError(f"acc_width must be an int in [16, 48], not {acc_width!r}")
         self.acc_width = acc_width
+        self.impl = check_impl(impl)
         super().__init__({
             "a": In(signed(8)), "w": In(signed(8)),
             "valid": In(1), "first": In(1), "last": In(1),
@@ -71,7 +76,8 @@ class PE(wiring.Component):
             self.last_out.eq(self.last & self.valid),
         ]
         # stages 1-2: the DSP's input and output registers; stage 3: fabric register
-        m.submodules.mul = mul = IntMul(a_width=8, b_width=8, reg_in=True, reg_out=True)
+        m.submodules.mul = mul = IntMul(a_width=8, b_width=8, reg_in=True, reg_out=True,
+                                         impl=self.impl)
         m.d.comb += [mul.a.eq(self.a), mul.b.eq(self.w)]
         # data registers carry no reset: only the flags must be clean after reset, and a
         # reset net reaching every datapath flip-flop was the 85F's slowest route
