@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, asdict
 
 from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal
+from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["DEVICES", "DEFAULT_FREQ_MHZ", "CoreSize", "pll_params", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
+__all__ = ["DEVICES", "DEFAULT_FREQ_MHZ", "CoreSize", "pll_params", "sync_domain", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
 
 
 @dataclass(frozen=True)
@@ -79,21 +80,32 @@ def pll_params(f_in: float, f_out: float) -> dict:
             "CLKOP_CPHASE": clkop - 1, "f_out": fout, "f_vco": vco}
 
 
-class PLL(Elaboratable):
-    """EHXPLLL from the 25 MHz oscillator to the ``sync`` domain, reset held until lock."""
+def sync_domain() -> ClockDomain:
+    """The ``sync`` domain of a board top, driven by :class:`PLL`.
 
-    def __init__(self, *, f_in: float, f_out: float, clk_in):
+    Asynchronous assertion, synchronous release (the PLL's ResetSynchronizer): the reset net
+    is then not a timed path (Amaranth's LPF says BLOCK RESETPATHS), which matters with
+    thousands of flip-flops spread over the 85F. The domain is defined in the top module
+    that uses it (Amaranth 0.6 no longer propagates domains up from a submodule).
+    """
+    return ClockDomain("sync", async_reset=True)
+
+
+class PLL(Elaboratable):
+    """EHXPLLL from the 25 MHz oscillator to the ``domain`` clock, reset held until lock.
+
+    Drives the clock and reset of ``domain``, which a parent module defines (see
+    :func:`sync_domain`).
+    """
+
+    def __init__(self, *, f_in: float, f_out: float, clk_in, domain: str = "sync"):
         self.params = pll_params(f_in, f_out)
-        self.f_in, self.clk_in = f_in, clk_in
+        self.f_in, self.clk_in, self.domain = f_in, clk_in, domain
         self.locked = Signal()
 
     def elaborate(self, platform):
         m = Module()
         p = self.params
-        # asynchronous assertion, synchronous release (ResetSynchronizer): the reset net is
-        # then not a timed path (Amaranth's LPF says BLOCK RESETPATHS), which matters with
-        # thousands of flip-flops spread over the 85F
-        m.domains.sync = cd = ClockDomain("sync", async_reset=True)
         clk = Signal()
         m.submodules.pll = Instance(
             "EHXPLLL",
@@ -110,11 +122,20 @@ class PLL(Elaboratable):
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
             i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=self.locked,
         )
-        m.d.comb += cd.clk.eq(clk)
-        m.submodules.rst_sync = ResetSynchronizer(~self.locked, domain="sync")
+        m.d.comb += ClockSignal(self.domain).eq(clk)
+        m.submodules.rst_sync = ResetSynchronizer(~self.locked, domain=self.domain)
         if platform is not None:
             platform.add_clock_constraint(clk, p["f_out"])
         return m
+
+
+def _led_buffers(m, platform):
+    """Output buffers on the eight user LEDs (their ``o`` drives the LED)."""
+    leds = []
+    for i in range(8):
+        m.submodules[f"led{i}"] = buf = io.Buffer("o", platform.request("led", i, dir="-"))
+        leds.append(buf)
+    return leds
 
 
 class SelfTestTop(Elaboratable):
@@ -127,10 +148,11 @@ class SelfTestTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk25 = platform.request("clk25", 0)
+        m.domains.sync = sync_domain()
+        m.submodules.clk25 = clk25 = io.Buffer("i", platform.request("clk25", 0, dir="-"))
         m.submodules.pll = pll = PLL(f_in=25e6, f_out=self.freq, clk_in=clk25.i)
         m.submodules.system = st = self.system
-        leds = [platform.request("led", i) for i in range(8)]
+        leds = _led_buffers(m, platform)
         beat = Signal(range(int(pll.params["f_out"]) // 2 + 1))
         blink = Signal()
         m.d.sync += beat.eq(beat + 1)
@@ -156,14 +178,21 @@ class SoCTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk25 = platform.request("clk25", 0)
+        m.domains.sync = sync_domain()
+        m.submodules.clk25 = clk25 = io.Buffer("i", platform.request("clk25", 0, dir="-"))
         m.submodules.pll = pll = PLL(f_in=25e6, f_out=self.freq, clk_in=clk25.i)
         m.submodules.soc = soc = self.soc
-        uart = platform.request("uart", 0)
-        m.d.comb += [soc.rx.eq(uart.rx.i), uart.tx.o.eq(soc.tx)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = uart_rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = uart_tx = io.Buffer("o", uart.tx)
+        # RTS/DTR stay inputs (unused), as they were when the whole resource was requested
+        m.submodules.uart_rts = io.Buffer("i", uart.rts)
+        m.submodules.uart_dtr = io.Buffer("i", uart.dtr)
+        m.d.comb += [soc.rx.eq(uart_rx.i), uart_tx.o.eq(soc.tx)]
         # the FT231X's TX line is only driven when enabled (ULX3S schematic)
-        m.d.comb += platform.request("uart_tx_enable", 0).o.eq(1)
-        leds = [platform.request("led", i) for i in range(8)]
+        m.submodules.uart_tx_en = tx_en = io.Buffer("o", platform.request("uart_tx_enable", 0, dir="-"))
+        m.d.comb += tx_en.o.eq(1)
+        leds = _led_buffers(m, platform)
         f = int(pll.params["f_out"])
         beat = Signal(range(f // 2 + 1))
         blink = Signal()

@@ -119,9 +119,10 @@ class SelfTestSystem(wiring.Component):
     def __init__(self, *, rows, cols, a_depth, w_depth, out_words, seed: int = 7):
         from hw.systolic.core import MpGemmCore
         size = dict(rows=rows, cols=cols, a_depth=a_depth, w_depth=w_depth, out_words=out_words)
-        self.selftest = SelfTest(MpGemmCore(**size), seed=seed)
-        a_img, w_img = self.selftest.images(rows, cols)
-        self.core = MpGemmCore(**size, a_init=a_img, w_init=w_img)
+        a, w, _ = selftest_operands(rows, cols, seed)
+        self.core = MpGemmCore(**size, a_init=layout.a_image(a, rows),
+                               w_init=layout.w_image(w, cols))
+        self.selftest = SelfTest(self.core, seed=seed)
         super().__init__({"done": Out(1), "passed": Out(1)})
 
     def elaborate(self, platform):
