@@ -94,20 +94,28 @@ def build(verilog_text: str, name: str, *, extra_sources: dict[str, str] | None 
 
 def run_cocotb(component, *, name: str, test_module: str, params: dict | None = None,
                testcase: str | None = None,
-               extra_sources: dict[str, str] | None = None) -> tuple[int, int]:
+               extra_sources: dict[str, str] | None = None,
+               build_args: list[str] | None = None,
+               plusargs: list[str] | None = None) -> tuple[int, int]:
     """Convert ``component``, build it (cached) and run the cocotb tests of ``test_module``.
 
+    ``component`` may also be the Verilog text of the design (top module ``name``).
     ``params`` (JSON-serialisable) reach the testbench as the ``TB_PARAMS`` environment
     variable. ``extra_sources`` (file name -> Verilog text) are compiled with the design,
-    e.g. simulation models of vendor cells. Raises ``AssertionError`` unless at least one
-    test ran and none failed.
+    e.g. simulation models of vendor cells. ``build_args`` are extra Verilator options (after
+    :data:`VERILATOR_ARGS`, so they override them; part of the build's cache key), e.g.
+    ``["--x-assign", "unique", "--x-initial", "unique"]``; ``plusargs`` go to the simulation
+    run, e.g. ``["+verilator+seed+3", "+verilator+rand+reset+2"]``. Raises
+    ``AssertionError`` unless at least one test ran and none failed.
     """
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
-    bdir = build(to_verilog(component, name), name, extra_sources=extra_sources)
+    text = component if isinstance(component, str) else to_verilog(component, name)
+    bdir = build(text, name, extra_sources=extra_sources, build_args=build_args)
     params = params or {}
-    tag = hashlib.sha256(json.dumps([test_module, params, testcase], sort_keys=True,
+    plusargs = list(plusargs or [])
+    tag = hashlib.sha256(json.dumps([test_module, params, testcase, plusargs], sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]
     tdir = bdir / f"run-{test_module.rsplit('.', 1)[-1]}-{tag}-{os.getpid()}"
     if tdir.exists():
@@ -119,7 +127,8 @@ def run_cocotb(component, *, name: str, test_module: str, params: dict | None = 
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "sim")] + sys.path)}
     try:
         runner.test(test_module=test_module, hdl_toplevel=name, hdl_toplevel_lang="verilog", build_dir=bdir, test_dir=tdir,
-                    extra_env=env, results_xml=str(results), testcase=testcase)
+                    extra_env=env, results_xml=str(results), testcase=testcase,
+                    plusargs=plusargs)
     except SystemExit as e:
         raise AssertionError(f"cocotb run of {test_module} on {name} failed (exit {e.code}); "
                              f"see the log above and {tdir}") from None
