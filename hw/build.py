@@ -196,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     ap.add_argument("--blocks", default="arith", help="report target: which blocks (arith)")
     ap.add_argument("--out", type=Path, default=None, help="output directory")
+    ap.add_argument("--x-init", choices=["fast", "unique"], default="fast",
+                    help="sim target: registers without reset start at 0 (fast) or random, "
+                         "chosen by the model's +verilator+seed+N argument (unique)")
     args = ap.parse_args(argv)
     try:
         if args.target == "ulx3s":
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
             main_report(args.blocks, args.out or ROOT / "docs")
         elif args.target == "sim":
             from hw.soc.simbuild import build_sim_model
-            print(build_sim_model(args.device))
+            print(build_sim_model(args.device, x_init=args.x_init))
     except (BuildError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

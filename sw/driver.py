@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 import time
 from dataclasses import dataclass
 
@@ -34,6 +34,7 @@ __all__ = ["Accelerator", "DeviceMismatch", "DeviceTimeout", "GemmPlan", "Stats"
            "DeviceError", "TransportError"]
 
 _U16 = 0xFFFF
+log = logging.getLogger(__name__)
 
 
 class DeviceMismatch(Exception):
@@ -129,8 +130,6 @@ class GemmPlan:
 
 
 _EXPECT_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceInfo))
-#: Device error codes after which the request was not executed, so it may simply be sent again.
-_RETRYABLE = (ErrorCode.BAD_CRC, ErrorCode.TIMEOUT)
 
 
 class Accelerator:
@@ -148,17 +147,16 @@ class Accelerator:
         Required IDENTIFY fields, e.g. ``{"rows": 4, "cols": 4, "config_hash": 0x1234abcd}``
         (any :class:`~sw.protocol.DeviceInfo` field name), or a whole ``DeviceInfo``.
     timeout : float, optional
-        Seconds to wait for each reply (default: the transport's ``timeout``). RUN gets
-        ``timeout`` plus the estimated run time at ``run_rate``.
+        Seconds to wait for the reply to the first IDENTIFY (default: the transport's
+        ``timeout``). Later timeouts follow from what IDENTIFY reports: the wire time of
+        request and reply, the device's inter-byte timeout and, for RUN, the estimated run
+        time (all converted to seconds by the transport).
     retries : int
-        How often a request is sent again after a reply timeout, a device BAD_CRC/TIMEOUT
-        reply or a stray reply (the input is drained first, see docs/protocol.md).
-    run_rate : float
-        Slowest device clock assumed for RUN timeouts, cycles per second (the Verilator
-        model is far slower than the board).
-    resync_quiet : float
-        Quiet time (s) :meth:`Transport.drain` waits for before a retry; longer than the
-        device's inter-byte timeout (84 ms at 50 MHz) so a half-received frame is flushed.
+        How often a request is sent again after a reply timeout or a reply saying the frame
+        was damaged (BAD_CRC, BAD_LENGTH, TIMEOUT). Before a retry the driver waits until
+        the device's inter-byte timeout has passed since its last byte (so the device is
+        hunting again) and drains the input (see docs/protocol.md). A BUSY reply is not a
+        failure: the driver polls STATUS until the core is idle and sends the request again.
     counters_per_run : bool
         Read COUNTERS after each RUN (one small exchange) so ``last``/``total`` report
         device cycles, MACs and utilization.
@@ -173,22 +171,19 @@ class Accelerator:
     """
 
     def __init__(self, transport: Transport, *, expect=None, timeout: float | None = None,
-                 retries: int = 2, run_rate: float = 1e5, resync_quiet: float = 0.1,
-                 counters_per_run: bool = True):
+                 retries: int = 3, counters_per_run: bool = True):
         if not isinstance(transport, Transport):
             raise TypeError(f"transport must be a sw.transport.Transport, not {transport!r}")
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-        if not (isinstance(run_rate, (int, float)) and run_rate > 0):
-            raise ValueError(f"run_rate must be a positive number, not {run_rate!r}")
         self.transport = transport
         self.timeout = float(timeout if timeout is not None else transport.timeout)
         self.retries = retries
-        self.run_rate = float(run_rate)
-        self.resync_quiet = float(resync_quiet)
         self.counters_per_run = bool(counters_per_run)
+        self.info: DeviceInfo | None = None
+        self._seq = 0
         self.last = Stats()
         self.total = Stats()
         self._stats = [self.total]
@@ -220,7 +215,11 @@ class Accelerator:
 
     def identify(self) -> DeviceInfo:
         """Send IDENTIFY, check the reply (protocol version, ``expect``) and return it."""
-        data = self._call(P.identify(), Opcode.IDENTIFY)
+        data = self._call(P.identify, Opcode.IDENTIFY)
+        if data and data[0] != P.PROTOCOL_VERSION:
+            raise DeviceMismatch(f"device speaks protocol version {data[0]}, this driver "
+                                 f"version {P.PROTOCOL_VERSION}: rebuild the bitstream or "
+                                 f"update the host software")
         try:
             info = DeviceInfo.unpack(data)
         except (P.ProtocolError, ValueError) as e:
@@ -238,7 +237,8 @@ class Accelerator:
                                  + "; ".join(bad) + "): wrong bitstream?")
         problems = [f"{n}={getattr(info, n)}" for n in ("rows", "cols", "a_bytes", "w_bytes",
                                                         "out_bytes", "out_words", "max_k",
-                                                        "max_data")
+                                                        "max_data", "timeout_cycles",
+                                                        "watchdog_cycles", "tile_period")
                     if getattr(info, n) < 1]
         if info.a_bytes < info.rows or info.w_bytes < info.cols:
             problems.append("A/W buffers smaller than one array row/column")
@@ -273,53 +273,112 @@ class Accelerator:
 
     # -- one request -----------------------------------------------------------------------
 
-    def _call(self, request: bytes, opcode: Opcode, *, timeout: float | None = None,
+    def _next_seq(self) -> int:
+        # tags 1..255; 0 is what the device answers when a frame's tag never arrived
+        self._seq = self._seq % 255 + 1
+        return self._seq
+
+    def _device_seconds(self, cycles: int) -> float:
+        info = self.info
+        return self.transport.seconds(cycles, info.clock_hz if info else 0)
+
+    @property
+    def _link_timeout(self) -> float:
+        """Wall time after which the device drops a frame it stopped receiving."""
+        if self.info is None:
+            return 0.1
+        return self._device_seconds(self.info.timeout_cycles)
+
+    def _reply_timeout(self, sent: int, expect: int, cycles: int = 0) -> float:
+        """Reply timeout for a request of ``sent`` bytes answered by ``expect`` bytes after
+        ``cycles`` device cycles of work."""
+        if self.info is None:
+            return self.timeout
+        return (self.transport.wire_seconds(sent + expect) + self._link_timeout
+                + self._device_seconds(cycles + 64))
+
+    def _call(self, build, opcode: Opcode, *, expect: int = 0, cycles: int = 0,
               context: str = "") -> bytes:
-        """One request/reply with retries; returns the reply data or raises."""
+        """One request/reply with retries; returns the reply data or raises.
+
+        ``build(seq=...)`` makes the request frame (a ``sw.protocol`` builder); every
+        attempt gets a new tag, so a late reply to an earlier attempt is never taken for
+        this one's. ``expect`` is the reply's data size, ``cycles`` the device work.
+        """
         if self._closed:
             raise TransportError("accelerator is closed")
-        timeout = self.timeout if timeout is None else timeout
         what = opcode.name + (f" ({context})" if context else "")
-        for attempt in range(self.retries + 1):
-            last_try = attempt == self.retries
+        failures = 0
+        while True:
+            seq = self._next_seq()
+            request = build(seq=seq)
+            timeout = self._reply_timeout(len(request), P.FRAME_OVERHEAD + 1 + expect, cycles)
+            sent_at = time.monotonic()
             try:
-                frame = self.transport.exchange(request, timeout=timeout)
+                frame = self.transport.exchange(request, seq=seq, timeout=timeout)
             except TransportTimeout as e:
                 self._count(len(request), 0)
-                self._forget()
-                if last_try:
-                    raise DeviceTimeout(
-                        f"no reply to {what} within {timeout:g} s "
-                        f"({self.retries + 1} attempt(s)): is the device powered, programmed "
-                        f"with the mpGEMM bitstream, and the baud rate right? [{e}]") from e
-                self._resync()
-                continue
-            self._count(len(request), P.FRAME_OVERHEAD + len(frame.payload))
-            if frame.request != int(opcode) or not frame.payload:
-                # a stray or late reply (e.g. to a request that timed out earlier)
-                self._forget()
-                if last_try:
-                    raise P.ProtocolError(f"expected a reply to {what}, got opcode "
-                                          f"0x{frame.opcode:02x} ({len(frame.payload)} bytes)")
-                self._resync()
-                continue
-            if frame.status in _RETRYABLE and not last_try:
-                self._forget()
-                self._resync()
-                continue
-            try:
-                return P.parse_reply(frame, opcode)
-            except DeviceError as e:
-                self._forget()
-                if context:
-                    e.args = (f"{e.args[0]} ({context})",)
-                raise
-        raise AssertionError("unreachable")
+                why = f"no reply within {timeout:.3g} s [{e}]"
+            else:
+                self._count(len(request), P.FRAME_OVERHEAD + len(frame.payload))
+                if frame.is_v1_reply:
+                    raise DeviceMismatch(
+                        f"the device answered {what} in protocol version 1 (a reply without "
+                        f"a status byte): its bitstream predates this driver (protocol "
+                        f"{P.PROTOCOL_VERSION}); rebuild and load it (python -m hw.build "
+                        f"--target ulx3s --program)")
+                if frame.seq == seq and frame.request == int(opcode):
+                    if frame.status == ErrorCode.BUSY:
+                        self._wait_idle(what)
+                        continue
+                    if frame.status not in P.LINK_ERRORS:
+                        try:
+                            return P.parse_reply(frame, opcode)
+                        except DeviceError as e:
+                            self._forget()
+                            if context:
+                                e.args = (f"{e.args[0]} ({context})",)
+                            raise
+                name = (ErrorCode(frame.status).name
+                        if frame.payload and frame.status in ErrorCode._value2member_map_
+                        else f"status {frame.payload[:1].hex()}")
+                why = (f"reply {name} to opcode 0x{frame.request:02x} tag {frame.seq} "
+                       f"(sent tag {seq})")
+            # the request (or its reply) was damaged: the device did all of it (a reply was
+            # lost) or none of it (WRITE data is staged and committed only after the CRC),
+            # so sending it again is safe; what the buffers hold is no longer vouched for
+            # until a request succeeds, so forget the resident operands and the layer
+            self._forget()
+            failures += 1
+            for s in self._stats:
+                s.retries += 1
+            if failures > self.retries:
+                raise DeviceTimeout(
+                    f"{what} failed {failures} times, last: {why}: is the device powered, "
+                    f"programmed with the mpGEMM bitstream, and the baud rate right?")
+            log.info("%s: %s; resynchronising and sending it again", what, why)
+            self._resync(sent_at + self.transport.wire_seconds(len(request)))
 
-    def _resync(self):
-        for s in self._stats:
-            s.retries += 1
-        self.transport.drain(self.resync_quiet)
+    def _resync(self, last_byte_at: float) -> None:
+        """Wait until the device has dropped any frame it was still receiving (its
+        inter-byte timeout after our last byte, plus the TIMEOUT reply that follows) and
+        throw away everything that arrived meanwhile."""
+        until = last_byte_at + 1.2 * self._link_timeout + self.transport.wire_seconds(16)
+        self.transport.drain(min(0.02, self._link_timeout), until=until)
+
+    def _wait_idle(self, what: str) -> None:
+        """Poll STATUS until the core is idle (a GEMM started earlier is still running)."""
+        info = self.info
+        limit = self._device_seconds(info.watchdog_cycles if info else 1 << 24) + 1.0
+        deadline = time.monotonic() + limit
+        while True:
+            st = P.Status.unpack(self._call(P.status, Opcode.STATUS, expect=P.Status.SIZE))
+            if not st.busy:
+                return
+            if time.monotonic() > deadline:
+                raise DeviceTimeout(f"{what}: the device stayed busy for {limit:.3g} s, longer "
+                                    f"than its watchdog allows: send RESET (acc.reset())")
+            time.sleep(0.001)
 
     def _forget(self):
         """After an error the buffers/layer may be in any state: send everything again."""
@@ -348,7 +407,8 @@ class Accelerator:
         self._resident.pop(buffer, None)
         for off in range(0, len(data), self._chunk):
             part = data[off:off + self._chunk]
-            self._call(P.write(buffer, address + off, part), Opcode.WRITE,
+            self._call(lambda seq, a=address + off, d=part: P.write(buffer, a, d, seq=seq),
+                       Opcode.WRITE, cycles=len(part),
                        context=f"{buffer.name} @{address + off}+{len(part)}")
             for s in self._stats:
                 s.payload_sent += len(part)
@@ -360,7 +420,8 @@ class Accelerator:
         out = bytearray()
         for off in range(0, count, self._chunk):
             n = min(self._chunk, count - off)
-            data = self._call(P.read(buffer, address + off, n), Opcode.READ,
+            data = self._call(lambda seq, a=address + off, n=n: P.read(buffer, a, n, seq=seq),
+                              Opcode.READ, expect=n, cycles=8 * n,
                               context=f"{buffer.name} @{address + off}+{n}")
             if len(data) != n:
                 self._forget()
@@ -382,18 +443,17 @@ class Accelerator:
         """LOAD_LAYER (skipped when this descriptor is already loaded)."""
         if desc == self._layer:
             return
-        self._call(P.load_layer(desc), Opcode.LOAD_LAYER,
+        self._call(lambda seq: P.load_layer(desc, seq=seq), Opcode.LOAD_LAYER,
                    context=f"M={desc.m} K={desc.k} N={desc.n}")
         self._layer = desc
 
-    def run(self, *, timeout: float | None = None) -> P.Counters | None:
+    def run(self) -> P.Counters | None:
         """RUN the loaded layer, wait for the result; returns the counters when
         ``counters_per_run`` (else None)."""
         d = self._layer
         ctx = f"M={d.m} K={d.k} N={d.n}" if d else ""
-        if timeout is None:
-            timeout = self.timeout + (self._estimate_cycles(d) / self.run_rate if d else 0.0)
-        self._call(P.run(), Opcode.RUN, timeout=timeout, context=ctx)
+        cycles = self._estimate_cycles(d) if d else self.info.watchdog_cycles
+        self._call(P.run, Opcode.RUN, cycles=cycles, context=ctx)
         for s in self._stats:
             s.runs += 1
         if not self.counters_per_run:
@@ -407,21 +467,24 @@ class Accelerator:
         return c
 
     def _estimate_cycles(self, d: LayerDescriptor) -> int:
-        R, C = self.info.rows, self.info.cols
-        tiles = -(-d.m // R) * -(-d.n // C)
-        period = R * C + R + C + 2
-        return tiles * max(d.k, period) + 2 * period + 64
+        """Busy cycles of a GEMM (an upper bound: each tile takes ``max(K, tile_period)``
+        cycles, plus the shape check and the last tile's drain)."""
+        info = self.info
+        tiles = -(-d.m // info.rows) * -(-d.n // info.cols)
+        return tiles * max(d.k, info.tile_period) + 2 * info.tile_period + 64
 
     def counters(self) -> P.Counters:
         """The device's counters of the latest RUN (cycles, busy, stall, MACs)."""
-        return P.Counters.unpack(self._call(P.counters(), Opcode.COUNTERS))
+        return P.Counters.unpack(self._call(P.counters, Opcode.COUNTERS,
+                                            expect=P.Counters.SIZE))
 
     def status(self) -> P.Status:
-        return P.Status.unpack(self._call(P.status(), Opcode.STATUS))
+        """STATUS: busy / loaded flags, the last error and the link's error counters."""
+        return P.Status.unpack(self._call(P.status, Opcode.STATUS, expect=P.Status.SIZE))
 
     def reset(self) -> None:
-        """RESET the device: unloads the layer and clears its last error."""
-        self._call(P.reset(), Opcode.RESET)
+        """RESET the device: stops a running GEMM, unloads the layer, clears its last error."""
+        self._call(P.reset, Opcode.RESET, cycles=self.info.tile_period * 2 if self.info else 0)
         self._layer = None
 
     # -- GEMM ------------------------------------------------------------------------------

@@ -4,25 +4,33 @@ The gateware (``hw.soc.link``) reads the enums and constants below directly (a p
 ``enum.Enum`` is an Amaranth shape), so host and device cannot disagree. ``docs/protocol.md``
 describes the format byte by byte; this module is its executable form. No Amaranth here.
 
-Frame (requests and replies alike)::
+Frame, protocol version 2 (requests and replies alike)::
 
-    SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | PAYLOAD (LENGTH bytes) | CRC u16 BE
+    SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | SEQ u8 | BODY (LENGTH - 1 bytes) | CRC u16 BE
 
-The CRC is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected, no final xor; check
-value 0x29B1 over ``b"123456789"``) computed over OPCODE, LENGTH and PAYLOAD. It is sent most
-significant byte first, so the CRC register run over OPCODE..CRC ends at zero (what the
-gateware checks). Replies carry ``opcode | REPLY_FLAG`` and start their payload with a status
-byte (an :class:`ErrorCode`); an error reply has no further payload.
+``LENGTH`` counts the sequence tag and the body (so it is at least 1). A reply echoes the
+request's ``SEQ``, so a late reply is never taken for the answer to a later request. The CRC
+is CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, not reflected, no final xor; check value
+0x29B1 over ``b"123456789"``; the standard library's ``binascii.crc_hqx(data, 0xFFFF)``)
+over OPCODE, LENGTH, SEQ and BODY, sent most significant byte first, so the CRC register run
+over OPCODE..CRC ends at zero (what the gateware checks). Replies carry
+``opcode | REPLY_FLAG`` and start their body with a status byte (an :class:`ErrorCode`); an
+error reply has no further body.
+
+A protocol-1 device answers a protocol-2 request with a frame of LENGTH 1 (its status byte
+where version 2 has the tag, and no body): :class:`Frame` ``.is_v1_reply`` recognises it, so
+the driver refuses an old bitstream with a clear message instead of timing out.
 """
 
 from __future__ import annotations
 
+import binascii
 import enum
 import struct
 from dataclasses import dataclass
 
 __all__ = [
-    "Buffer", "ErrorCode", "Opcode", "SYNC", "REPLY_FLAG", "PROTOCOL_VERSION", "MAX_DATA",
+    "Buffer", "ErrorCode", "Opcode", "PeKind", "SYNC", "LINK_ERRORS", "UNKNOWN_SEQ", "REPLY_FLAG", "PROTOCOL_VERSION", "MAX_DATA",
     "WRITE_HEADER", "MAX_PAYLOAD", "FRAME_OVERHEAD", "READ_PAYLOAD", "LAYER_PAYLOAD",
     "RUN_NOWAIT", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
     "pack_frame", "unpack_frame", "pack_reply", "FrameParser", "DeviceInfo",
@@ -46,12 +54,25 @@ class ErrorCode(enum.IntEnum):
     BAD_SHAPE = 1          #: M, K or N is zero or exceeds the buffers (reported by the core)
     NOT_LOADED = 2         #: RUN before LOAD_LAYER (or after RESET)
     BUSY = 3               #: command refused while the core runs
-    BAD_CRC = 4            #: CRC mismatch; the command was not executed (see WRITE caveat)
+    BAD_CRC = 4            #: CRC mismatch; the command was not executed (nothing was written)
     UNKNOWN_OPCODE = 5     #: opcode not in :class:`Opcode` (CRC was good)
     BAD_LENGTH = 6         #: LENGTH > MAX_PAYLOAD, or wrong for the opcode
     BAD_ADDRESS = 7        #: buffer index invalid or address range outside the buffer
     TIMEOUT = 8            #: a frame stayed incomplete for longer than the inter-byte timeout
     BAD_PARAM = 9          #: LOAD_LAYER field out of range (out mode, shift, relu), bad RUN flags
+    WATCHDOG = 10          #: the GEMM ran longer than the watchdog allows and was stopped
+    ABORTED = 11           #: the GEMM was stopped by RESET (the core's result; RESET clears it)
+
+
+#: Statuses by which the device says a request was damaged on the way and not executed: the
+#: request may be sent again as it is.
+LINK_ERRORS = (ErrorCode.BAD_CRC, ErrorCode.BAD_LENGTH, ErrorCode.TIMEOUT)
+
+
+class PeKind(enum.IntEnum):
+    """Processing element of the systolic array (IDENTIFY ``pe_kind``)."""
+
+    INT8_DSP = 0           #: INT8 x INT8 on one MULT18X18D per PE
 
 
 class Opcode(enum.IntEnum):
@@ -64,7 +85,7 @@ class Opcode(enum.IntEnum):
     RUN = 0x05          #: [] = run and reply when done; [RUN_NOWAIT] = reply once started
     STATUS = 0x06       #: -> flags u8 (bit0 busy, bit1 loaded), last_error u8
     COUNTERS = 0x07     #: -> cycles, busy, stall, macs: u48 LE each
-    RESET = 0x08        #: forget the loaded layer and the last error
+    RESET = 0x08        #: stop a running GEMM, forget the loaded layer and the last error
 
 
 #: First byte of every frame; the decoders hunt for it after garbage or an error.
@@ -72,18 +93,21 @@ SYNC = 0xA5
 #: Set in the opcode byte of replies (never in a valid request).
 REPLY_FLAG = 0x80
 #: Bumped on any incompatible change of this module.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: Sequence tag the device puts in a reply to a frame whose tag it never received (a frame
+#: refused at its LENGTH, or cut off before the tag); the driver tags requests 1..255.
+UNKNOWN_SEQ = 0
 #: Largest data block of one WRITE or READ.
 MAX_DATA = 4096
-#: WRITE payload before the data: buffer u8 + address u32.
+#: WRITE body before the data: buffer u8 + address u32.
 WRITE_HEADER = 5
-#: Largest LENGTH the device accepts (a WRITE of MAX_DATA bytes); larger -> BAD_LENGTH.
-MAX_PAYLOAD = MAX_DATA + WRITE_HEADER
-#: Bytes of a frame besides its payload: SYNC, OPCODE, LENGTH(2), CRC(2).
-FRAME_OVERHEAD = 6
-#: READ request payload: buffer u8, address u32, count u16.
+#: Largest LENGTH the device accepts (tag + a WRITE of MAX_DATA bytes); larger -> BAD_LENGTH.
+MAX_PAYLOAD = 1 + WRITE_HEADER + MAX_DATA
+#: Bytes of a frame besides its body: SYNC, OPCODE, LENGTH(2), SEQ, CRC(2).
+FRAME_OVERHEAD = 7
+#: READ request body: buffer u8, address u32, count u16.
 READ_PAYLOAD = 7
-#: LOAD_LAYER payload length (see :class:`LayerDescriptor`).
+#: LOAD_LAYER body length (see :class:`LayerDescriptor`).
 LAYER_PAYLOAD = 12
 #: RUN flag: reply as soon as the core started (poll STATUS for the result).
 RUN_NOWAIT = 0x01
@@ -91,31 +115,18 @@ RUN_NOWAIT = 0x01
 
 # -- CRC -------------------------------------------------------------------------------------
 
-def _make_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_CRC_TABLE = _make_table()
 CRC_INIT = 0xFFFF
 CRC_POLY = 0x1021
 
 
 def crc16_update(crc: int, data: bytes) -> int:
-    """Continue a CRC-16/CCITT-FALSE computation over ``data``."""
-    for b in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC_TABLE[((crc >> 8) ^ b) & 0xFF]
-    return crc
+    """Continue a CRC-16/CCITT-FALSE computation over ``data`` (``binascii.crc_hqx``)."""
+    return binascii.crc_hqx(bytes(data), crc)
 
 
 def crc16(data: bytes) -> int:
     """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
-    return crc16_update(CRC_INIT, data)
+    return binascii.crc_hqx(bytes(data), CRC_INIT)
 
 
 # -- frames ----------------------------------------------------------------------------------
@@ -141,14 +152,22 @@ class DeviceError(Exception):
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded frame: the opcode byte as sent and the payload."""
+    """One decoded frame: the opcode byte as sent, the body and the sequence tag."""
 
     opcode: int
     payload: bytes = b""
+    seq: int = 0
+    #: the frame had LENGTH 1 and no body: a protocol-1 reply (see the module docstring)
+    bare: bool = False
 
     @property
     def is_reply(self) -> bool:
         return bool(self.opcode & REPLY_FLAG)
+
+    @property
+    def is_v1_reply(self) -> bool:
+        """A reply without a status byte: what a protocol-1 device sends back."""
+        return self.is_reply and self.bare
 
     @property
     def request(self) -> int:
@@ -164,27 +183,35 @@ class Frame:
 
     @property
     def data(self) -> bytes:
-        """Reply payload after the status byte."""
+        """Reply body after the status byte."""
         return self.payload[1:]
 
     def to_bytes(self) -> bytes:
-        return pack_frame(self.opcode, self.payload)
+        return pack_frame(self.opcode, self.payload, seq=self.seq)
 
 
-def pack_frame(opcode: int, payload: bytes = b"") -> bytes:
-    """SYNC, opcode, LE length, payload, BE CRC-16 over opcode..payload."""
+def _check_seq(seq) -> int:
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= 0xFF:
+        raise ValueError(f"seq must be an integer in [0, 255], not {seq!r}")
+    return seq
+
+
+def pack_frame(opcode: int, payload: bytes = b"", *, seq: int = 0) -> bytes:
+    """SYNC, opcode, LE length, tag, body, BE CRC-16 over opcode..body."""
     if not 0 <= int(opcode) <= 0xFF:
         raise ValueError(f"opcode must be a byte, not {opcode!r}")
     payload = bytes(payload)
-    if len(payload) > 0xFFFF:
-        raise ValueError(f"payload of {len(payload)} bytes does not fit a 16-bit length")
-    body = bytes([int(opcode)]) + struct.pack("<H", len(payload)) + payload
+    if len(payload) + 1 > 0xFFFF:
+        raise ValueError(f"body of {len(payload)} bytes does not fit a 16-bit length")
+    body = (bytes([int(opcode)]) + struct.pack("<H", len(payload) + 1)
+            + bytes([_check_seq(seq)]) + payload)
     return bytes([SYNC]) + body + struct.pack(">H", crc16(body))
 
 
-def pack_reply(opcode: int, status: int, data: bytes = b"") -> bytes:
+def pack_reply(opcode: int, status: int, data: bytes = b"", *, seq: int = 0) -> bytes:
     """A reply to request ``opcode``: what the device sends (used by tests and fakes)."""
-    return pack_frame((int(opcode) | REPLY_FLAG) & 0xFF, bytes([int(status)]) + bytes(data))
+    return pack_frame((int(opcode) | REPLY_FLAG) & 0xFF, bytes([int(status)]) + bytes(data),
+                      seq=seq)
 
 
 def unpack_frame(data: bytes) -> Frame:
@@ -195,28 +222,30 @@ def unpack_frame(data: bytes) -> Frame:
     if data[0] != SYNC:
         raise ProtocolError(f"frame starts with 0x{data[0]:02x}, not SYNC 0x{SYNC:02x}")
     (length,) = struct.unpack_from("<H", data, 2)
-    if len(data) != FRAME_OVERHEAD + length:
-        raise ProtocolError(f"length field says {length} payload bytes, frame has "
-                            f"{len(data) - FRAME_OVERHEAD}")
+    if length < 1:
+        raise ProtocolError("length field 0: a frame carries at least its sequence tag")
+    if len(data) != FRAME_OVERHEAD - 1 + length:
+        raise ProtocolError(f"length field says {length} bytes after it, frame has "
+                            f"{len(data) - FRAME_OVERHEAD + 1}")
     if crc16(data[1:]) != 0:
         raise ProtocolError("CRC mismatch")
-    return Frame(data[1], data[4:4 + length])
+    return Frame(data[1], data[5:4 + length], data[4], bare=length == 1)
 
 
 class FrameParser:
     """Streaming decoder: :meth:`feed` bytes in any pieces, get complete frames out.
 
-    Bytes before a SYNC are skipped. A candidate frame whose length exceeds ``max_payload``
-    or whose CRC is wrong is rejected and the hunt restarts at the byte after its SYNC, so a
-    SYNC value inside garbage or a payload never costs more than that one candidate.
+    Bytes before a SYNC are skipped. A candidate frame whose length is 0 or exceeds
+    ``max_payload`` or whose CRC is wrong is rejected and the hunt restarts at the byte after
+    its SYNC, so a SYNC value inside garbage or a body never costs more than that candidate.
 
     Attributes ``skipped`` (bytes dropped while hunting) and ``bad_frames`` (rejected
     candidates) count what was thrown away.
     """
 
     def __init__(self, *, max_payload: int = MAX_PAYLOAD):
-        if not isinstance(max_payload, int) or not 0 <= max_payload <= 0xFFFF:
-            raise ValueError(f"max_payload must be an int in [0, 65535], not {max_payload!r}")
+        if not isinstance(max_payload, int) or not 1 <= max_payload <= 0xFFFF:
+            raise ValueError(f"max_payload must be an int in [1, 65535], not {max_payload!r}")
         self.max_payload = max_payload
         self._buf = bytearray()
         self.skipped = 0
@@ -237,7 +266,7 @@ class FrameParser:
         if len(buf) < 4:
             return max(1, 4 - len(buf)) if buf else 1
         length = buf[2] | buf[3] << 8
-        return max(1, FRAME_OVERHEAD + length - len(buf))
+        return max(1, FRAME_OVERHEAD - 1 + length - len(buf))
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
@@ -255,12 +284,12 @@ class FrameParser:
             if len(buf) < 4:
                 break
             length = buf[2] | buf[3] << 8
-            if length > self.max_payload:
+            if not 1 <= length <= self.max_payload:
                 self.bad_frames += 1
                 self.skipped += 1
                 del buf[:1]
                 continue
-            end = FRAME_OVERHEAD + length
+            end = FRAME_OVERHEAD - 1 + length
             if len(buf) < end:
                 break
             if crc16(bytes(buf[1:end])) != 0:
@@ -268,7 +297,7 @@ class FrameParser:
                 self.skipped += 1
                 del buf[:1]
                 continue
-            frames.append(Frame(buf[1], bytes(buf[4:4 + length])))
+            frames.append(Frame(buf[1], bytes(buf[5:end - 2]), buf[4], bare=length == 1))
             del buf[:end]
         return frames
 
@@ -283,11 +312,16 @@ def _check_uint(name: str, value, bits: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """IDENTIFY reply data (30 bytes, little-endian).
+    """IDENTIFY reply data (45 bytes, little-endian).
 
     ``out_modes`` is a bit mask: bit ``i`` set when ``OutMode(i)`` is supported.
     ``a_bytes``/``w_bytes``/``out_bytes`` are the sizes of the host address spaces of the
     three buffers; ``out_words`` the number of output words; ``max_data`` is MAX_DATA.
+    ``clock_hz`` is the core clock the bitstream was built for; ``timeout_cycles`` how long
+    the link waits for the next byte of a started frame before it answers TIMEOUT;
+    ``watchdog_cycles`` how long a GEMM may run before it is stopped (WATCHDOG);
+    ``tile_period`` the minimum cycles per output tile (``TILE_PERIOD_MIN``: a tile with a
+    shorter K still takes this long); ``pe_kind`` a :class:`PeKind`.
     """
 
     version: int
@@ -301,27 +335,37 @@ class DeviceInfo:
     max_k: int
     out_modes: int
     max_data: int = MAX_DATA
+    clock_hz: int = 0
+    timeout_cycles: int = 0
+    watchdog_cycles: int = 0
+    tile_period: int = 0
+    pe_kind: int = PeKind.INT8_DSP
 
-    FORMAT = "<BIHHIIIIHBH"
+    FORMAT = "<BIHHIIIIHBHIIIHB"
     SIZE = struct.calcsize(FORMAT)
+    _BITS = (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
+             ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32), ("out_words", 32),
+             ("max_k", 16), ("out_modes", 8), ("max_data", 16), ("clock_hz", 32),
+             ("timeout_cycles", 32), ("watchdog_cycles", 32), ("tile_period", 16),
+             ("pe_kind", 8))
 
     def __post_init__(self):
-        for name, bits in (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
-                           ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32),
-                           ("out_words", 32), ("max_k", 16), ("out_modes", 8),
-                           ("max_data", 16)):
-            _check_uint(f"DeviceInfo.{name}", getattr(self, name), bits)
+        for name, bits in self._BITS:
+            _check_uint(f"DeviceInfo.{name}", int(getattr(self, name)), bits)
 
     def pack(self) -> bytes:
-        return struct.pack(self.FORMAT, self.version, self.config_hash, self.rows, self.cols,
-                           self.a_bytes, self.w_bytes, self.out_bytes, self.out_words,
-                           self.max_k, self.out_modes, self.max_data)
+        return struct.pack(self.FORMAT, *(int(getattr(self, n)) for n, _ in self._BITS))
 
     @classmethod
     def unpack(cls, data: bytes) -> "DeviceInfo":
         if len(data) != cls.SIZE:
             raise ProtocolError(f"DeviceInfo needs {cls.SIZE} bytes, got {len(data)}")
         return cls(*struct.unpack(cls.FORMAT, data))
+
+    @property
+    def pe(self):
+        """``pe_kind`` as a :class:`PeKind` (the raw number when this host does not know it)."""
+        return PeKind(self.pe_kind) if self.pe_kind in PeKind._value2member_map_ else self.pe_kind
 
     def buffer_size(self, buffer: Buffer) -> int:
         """Host address space size of ``buffer`` in bytes."""
@@ -383,24 +427,33 @@ class LayerDescriptor:
 
 @dataclass(frozen=True)
 class Status:
-    """STATUS reply data: flags u8 (bit0 busy, bit1 loaded), last_error u8."""
+    """STATUS reply data (8 bytes): flags u8 (bit0 busy, bit1 loaded), last_error u8, then
+    u16 LE counters since power-up (they wrap): ``frame_errors`` (UART bytes with a low stop
+    bit), ``overruns`` (UART bytes lost because the receive FIFO was full) and
+    ``link_errors`` (frames answered BAD_CRC, BAD_LENGTH or TIMEOUT)."""
 
     busy: bool
     loaded: bool
     last_error: int
+    frame_errors: int = 0
+    overruns: int = 0
+    link_errors: int = 0
 
-    SIZE = 2
+    FORMAT = "<BBHHH"
+    SIZE = struct.calcsize(FORMAT)
 
     def pack(self) -> bytes:
-        return bytes([int(self.busy) | int(self.loaded) << 1, int(self.last_error)])
+        return struct.pack(self.FORMAT, int(self.busy) | int(self.loaded) << 1,
+                           int(self.last_error), self.frame_errors, self.overruns,
+                           self.link_errors)
 
     @classmethod
     def unpack(cls, data: bytes) -> "Status":
         if len(data) != cls.SIZE:
             raise ProtocolError(f"Status needs {cls.SIZE} bytes, got {len(data)}")
-        err = data[1]
-        return cls(bool(data[0] & 1), bool(data[0] & 2),
-                   ErrorCode(err) if err in ErrorCode._value2member_map_ else err)
+        flags, err, fe, ov, le = struct.unpack(cls.FORMAT, data)
+        return cls(bool(flags & 1), bool(flags & 2),
+                   ErrorCode(err) if err in ErrorCode._value2member_map_ else err, fe, ov, le)
 
 
 @dataclass(frozen=True)
@@ -426,46 +479,49 @@ class Counters:
 
 
 # -- request builders ------------------------------------------------------------------------
+# Each takes the sequence tag as ``seq`` (the driver numbers its requests 1..255).
 
-def identify() -> bytes:
-    return pack_frame(Opcode.IDENTIFY)
+def identify(*, seq: int = 0) -> bytes:
+    return pack_frame(Opcode.IDENTIFY, seq=seq)
 
 
-def write(buffer, address: int, data: bytes) -> bytes:
+def write(buffer, address: int, data: bytes, *, seq: int = 0) -> bytes:
     """WRITE request; ``1 <= len(data) <= MAX_DATA``."""
     data = bytes(data)
     if not 1 <= len(data) <= MAX_DATA:
         raise ValueError(f"WRITE carries 1..{MAX_DATA} bytes, not {len(data)}")
     _check_uint("address", address, 32)
-    return pack_frame(Opcode.WRITE, struct.pack("<BI", int(Buffer(buffer)), address) + data)
+    return pack_frame(Opcode.WRITE, struct.pack("<BI", int(Buffer(buffer)), address) + data,
+                      seq=seq)
 
 
-def read(buffer, address: int, count: int) -> bytes:
+def read(buffer, address: int, count: int, *, seq: int = 0) -> bytes:
     """READ request for ``1 <= count <= MAX_DATA`` bytes."""
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DATA:
         raise ValueError(f"READ count must be in [1, {MAX_DATA}], not {count!r}")
     _check_uint("address", address, 32)
-    return pack_frame(Opcode.READ, struct.pack("<BIH", int(Buffer(buffer)), address, count))
+    return pack_frame(Opcode.READ, struct.pack("<BIH", int(Buffer(buffer)), address, count),
+                      seq=seq)
 
 
-def load_layer(desc: LayerDescriptor) -> bytes:
-    return pack_frame(Opcode.LOAD_LAYER, desc.pack())
+def load_layer(desc: LayerDescriptor, *, seq: int = 0) -> bytes:
+    return pack_frame(Opcode.LOAD_LAYER, desc.pack(), seq=seq)
 
 
-def run(*, wait: bool = True) -> bytes:
-    return pack_frame(Opcode.RUN, b"" if wait else bytes([RUN_NOWAIT]))
+def run(*, wait: bool = True, seq: int = 0) -> bytes:
+    return pack_frame(Opcode.RUN, b"" if wait else bytes([RUN_NOWAIT]), seq=seq)
 
 
-def status() -> bytes:
-    return pack_frame(Opcode.STATUS)
+def status(*, seq: int = 0) -> bytes:
+    return pack_frame(Opcode.STATUS, seq=seq)
 
 
-def counters() -> bytes:
-    return pack_frame(Opcode.COUNTERS)
+def counters(*, seq: int = 0) -> bytes:
+    return pack_frame(Opcode.COUNTERS, seq=seq)
 
 
-def reset() -> bytes:
-    return pack_frame(Opcode.RESET)
+def reset(*, seq: int = 0) -> bytes:
+    return pack_frame(Opcode.RESET, seq=seq)
 
 
 def parse_reply(frame: Frame, opcode: int) -> bytes:
@@ -477,6 +533,9 @@ def parse_reply(frame: Frame, opcode: int) -> bytes:
     if not frame.is_reply or frame.request != int(opcode):
         raise ProtocolError(f"expected a reply to {Opcode(opcode).name}, got opcode "
                             f"0x{frame.opcode:02x}")
+    if frame.bare:
+        raise ProtocolError(f"reply to {Opcode(opcode).name} has no status byte: the device "
+                            f"speaks protocol version 1, this host version {PROTOCOL_VERSION}")
     if frame.status != ErrorCode.OK:
         raise DeviceError(frame.status, int(opcode))
     return frame.data
@@ -486,8 +545,9 @@ def efficiency(write_bytes: int, read_bytes: int, *, commands: int = 0) -> float
     """Payload / wire bytes (both directions) to WRITE ``write_bytes`` and READ ``read_bytes``
     in MAX_DATA chunks, plus ``commands`` small request/reply pairs (LOAD_LAYER, RUN, ...).
 
-    Each WRITE chunk costs a request of FRAME_OVERHEAD + WRITE_HEADER + data and a 7-byte
-    reply; each READ chunk a 13-byte request and a reply of FRAME_OVERHEAD + 1 + data.
+    Each WRITE chunk costs a request of FRAME_OVERHEAD + WRITE_HEADER + data and a reply of
+    FRAME_OVERHEAD + 1 bytes; each READ chunk a request of FRAME_OVERHEAD + READ_PAYLOAD and
+    a reply of FRAME_OVERHEAD + 1 + data.
     """
     def chunks(n):
         full, rest = divmod(n, MAX_DATA)

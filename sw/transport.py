@@ -29,7 +29,9 @@ class Transport(abc.ABC):
     """A bidirectional byte stream to one device.
 
     Subclasses implement :meth:`write`, :meth:`read` and :meth:`close`; :meth:`exchange`
-    (one request frame, one reply frame) is built on them.
+    (one request frame, one reply frame) is built on them. :meth:`seconds` and
+    :meth:`wire_seconds` turn device cycles and bytes on the wire into wall time, so the
+    driver derives its timeouts from what the device reports instead of guessing.
     """
 
     #: Seconds :meth:`exchange` waits for a reply when not told otherwise.
@@ -37,6 +39,8 @@ class Transport(abc.ABC):
 
     def __init__(self):
         self._parser = P.FrameParser()
+        #: replies dropped because their tag belonged to an earlier request
+        self.stale_replies = 0
 
     @abc.abstractmethod
     def write(self, data: bytes) -> None:
@@ -51,10 +55,22 @@ class Transport(abc.ABC):
     def close(self) -> None:
         """Release the link (idempotent)."""
 
-    def drain(self, quiet: float = 0.05) -> int:
-        """Discard input until the line has been quiet for ``quiet`` seconds; returns the
-        number of bytes thrown away (stale replies, noise). Also resets the frame parser."""
+    def seconds(self, cycles: int, clock_hz: int) -> float:
+        """Wall time the device takes for ``cycles`` clock cycles (an upper bound)."""
+        return cycles / clock_hz if clock_hz else cycles / 1e6
+
+    def wire_seconds(self, nbytes: int) -> float:
+        """Wall time ``nbytes`` take on the link (an upper bound)."""
+        return 0.0
+
+    def drain(self, quiet: float = 0.05, *, until: float | None = None) -> int:
+        """Discard input until ``until`` (a ``time.monotonic()`` instant, if given) has
+        passed and the line has then been quiet for ``quiet`` seconds; returns the number of
+        bytes thrown away (stale replies, noise). Also resets the frame parser."""
         dropped = 0
+        if until is not None:
+            while (left := until - time.monotonic()) > 0:
+                dropped += len(self.read(4096, left))
         while True:
             data = self.read(4096, quiet)
             if not data:
@@ -63,12 +79,18 @@ class Transport(abc.ABC):
         self._parser.reset()
         return dropped
 
-    def exchange(self, request: bytes, *, timeout: float | None = None) -> P.Frame:
-        """Send one request frame and return the next reply frame.
+    def exchange(self, request: bytes, *, seq: int | None = None,
+                 timeout: float | None = None) -> P.Frame:
+        """Send one request frame and return its reply frame.
 
-        Frames that are not replies (a loopback echo, noise that happens to be a valid
-        frame) are skipped. The deadline covers the whole reply, so a large READ reply is
-        given ``timeout`` in total. Raises :class:`TransportTimeout` when it passes.
+        With ``seq`` (the request's tag) the reply must carry the same tag: replies with
+        another tag are late answers to earlier requests and are dropped (counted in
+        ``stale_replies``), except link errors (``sw.protocol.LINK_ERRORS``), which are
+        returned whatever their tag: they mean a frame was damaged on the way, most likely
+        this request (its tag may be what was damaged). A reply without a status byte (a
+        protocol-1 device) is returned too. Frames that are not replies (a loopback echo,
+        noise that happens to be a valid frame) are skipped. The deadline covers the whole
+        reply. Raises :class:`TransportTimeout` when it passes.
         """
         timeout = self.timeout if timeout is None else timeout
         self.write(request)
@@ -81,8 +103,12 @@ class Transport(abc.ABC):
                     f"({self._parser.pending} bytes of a partial frame received)")
             data = self.read(self._parser.needed(), left)
             for frame in self._parser.feed(data):
-                if frame.is_reply:
+                if not frame.is_reply:
+                    continue
+                if (seq is None or frame.seq == seq or frame.bare
+                        or frame.status in P.LINK_ERRORS):
                     return frame
+                self.stale_replies += 1
 
     def __enter__(self):
         return self
@@ -146,6 +172,11 @@ class SerialTransport(Transport):
                     f"group (or fix the udev rule)")
         return f"cannot open serial port {port!r}: {text}"
 
+    def wire_seconds(self, nbytes: int) -> float:
+        # 8N1: ten bit times per byte, plus USB latency (the FT231X's timer is ~16 ms at
+        # worst when not lowered) for each direction
+        return nbytes * 10 / self.baud + 0.04
+
     def _check_open(self):
         if self._port is None:
             raise TransportError(f"serial port {self.port_name!r} is closed")
@@ -202,18 +233,37 @@ class SimTransport(Transport):
         A prebuilt model; skips the build.
     timeout : float
         Default reply timeout of :meth:`exchange`, seconds of wall time.
+    x_init : "fast" | "unique"
+        "unique" builds a model whose registers without a reset start with random values,
+        drawn from ``seed`` (to show that no result depends on them).
+    seed : int
+        Seed of the random initial state (``x_init="unique"`` only).
     """
 
-    def __init__(self, device: str = "85F", *, executable=None, timeout: float = 60.0):
+    #: Slowest simulated clock assumed for timeouts (cycles per wall-clock second): the 85F
+    #: model runs at ~0.36 M cycles/s alone on a core, the 12F one at ~1.75 M.
+    RATE_MIN = 1e5
+    #: Wall time the harness gives the host inside a frame before it lets the clock run on
+    #: (so a slow host is not mistaken for a truncated frame), see sim_main.cpp.
+    GRACE = 0.005
+
+    def __init__(self, device: str = "85F", *, executable=None, timeout: float = 60.0,
+                 x_init: str = "fast", seed: int = 1):
         import subprocess
         import sys
         import tempfile
         super().__init__()
+        if x_init not in ("fast", "unique"):
+            raise ValueError(f"x_init must be 'fast' or 'unique', not {x_init!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed < (1 << 31):
+            raise ValueError(f"seed must be an int in [1, 2**31), not {seed!r}")
         self.device = device
         self.timeout = timeout
+        self.x_init, self.seed = x_init, seed
         if executable is None:
             res = subprocess.run([sys.executable, "-m", "hw.build", "--target", "sim",
-                                  "--device", device], capture_output=True, text=True)
+                                  "--device", device, "--x-init", x_init],
+                                 capture_output=True, text=True)
             if res.returncode != 0:
                 raise TransportError(f"could not build the simulation model for {device!r}:\n"
                                      f"{res.stdout[-2000:]}{res.stderr[-2000:]}")
@@ -221,11 +271,21 @@ class SimTransport(Transport):
         self.executable = str(executable)
         self._log = tempfile.TemporaryFile()
         try:
-            self._proc = subprocess.Popen([self.executable], stdin=subprocess.PIPE,
+            args = ([f"+verilator+seed+{seed}", "+verilator+rand+reset+2"]
+                    if x_init == "unique" else [])
+            self._proc = subprocess.Popen([self.executable, *args], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=self._log, bufsize=0)
         except OSError as e:
             raise TransportError(f"cannot start the simulation model {self.executable!r}: {e}") from e
         self.sim_stats = None
+
+    def seconds(self, cycles: int, clock_hz: int) -> float:
+        # simulated cycles, not the board's: bounded by the model's slowest speed
+        return self.GRACE + cycles / self.RATE_MIN
+
+    def wire_seconds(self, nbytes: int) -> float:
+        # the link takes one byte per cycle; pipes and the harness add a little
+        return 0.005 + nbytes / self.RATE_MIN
 
     def write(self, data: bytes) -> None:
         if self._proc is None:

@@ -1,4 +1,4 @@
-"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol`.
+"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 2).
 
 The link consumes the host's byte stream (UART RX, or the simulation harness), checks each
 frame, executes it against the mpGEMM core's command interface and emits the reply frame.
@@ -8,30 +8,36 @@ each reply before sending the next request, which the driver does anyway).
 Robustness rules (see ``docs/protocol.md``):
 
 - bytes other than SYNC are skipped while hunting;
-- ``LENGTH > MAX_PAYLOAD`` is answered with BAD_LENGTH at once and the hunt restarts;
+- ``LENGTH`` of 0 or above ``MAX_PAYLOAD`` is answered with BAD_LENGTH at once and the hunt
+  restarts;
 - a frame that stays incomplete for ``timeout`` cycles without a new byte is answered with
   TIMEOUT and dropped, so a truncated frame never hangs the decoder;
-- a frame with a bad CRC is answered with BAD_CRC and not executed; the one exception is the
-  data of a WRITE, which streams straight into the buffer as it arrives (the payload is not
-  stored), so a WRITE answered with BAD_CRC may already have modified the addressed range
-  (never anything outside it: the range is checked before the first data byte). The host
-  retries the WRITE.
+- a frame with a bad CRC is answered with BAD_CRC and has no effect at all: a WRITE's data is
+  staged in a buffer of its own and copied to the core's buffer only after the CRC (which
+  covers the buffer index and address too) and the range checks passed, so no corrupted
+  byte, and no good byte at a corrupted address, ever reaches the operands;
+- every reply carries the request's sequence tag (``UNKNOWN_SEQ`` when the frame was refused
+  before its tag arrived);
+- RUN replies when the GEMM is done, but the link keeps hunting meanwhile: a host that sends
+  a new frame has given up on that reply (e.g. after a reply timeout), which is then dropped,
+  so STATUS and RESET (which stops the GEMM) still work while the core runs.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import stream, wiring
+from amaranth.lib import crc, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sw.numerics import OutMode
 from sw.protocol import (
-    FRAME_OVERHEAD, LAYER_PAYLOAD, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
-    REPLY_FLAG, RUN_NOWAIT, SYNC, WRITE_HEADER, Buffer, Counters, DeviceInfo, ErrorCode,
-    Opcode, Status, CRC_POLY,
+    LAYER_PAYLOAD, LINK_ERRORS, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
+    REPLY_FLAG, RUN_NOWAIT, SYNC, UNKNOWN_SEQ, WRITE_HEADER, Buffer, Counters, DeviceInfo,
+    ErrorCode, Opcode, Status,
 )
 
-__all__ = ["Link", "crc16_next", "CORE_PORTS"]
+__all__ = ["Link", "CORE_PORTS", "CRC_PARAMETERS"]
 
 #: Ports shared with ``hw.systolic.core.MpGemmCore``, as (name, direction seen from the core).
 CORE_PORTS = (
@@ -39,36 +45,12 @@ CORE_PORTS = (
     ("bus_re", "in"), ("bus_rdata", "out"),
     ("cfg_m", "in"), ("cfg_k", "in"), ("cfg_n", "in"), ("cfg_out_mode", "in"),
     ("cfg_mult", "in"), ("cfg_shift", "in"), ("cfg_zp", "in"), ("cfg_relu", "in"),
-    ("start", "in"), ("busy", "out"), ("done", "out"), ("error", "out"),
+    ("start", "in"), ("abort", "in"), ("busy", "out"), ("done", "out"), ("error", "out"),
     ("cnt_cycles", "out"), ("cnt_busy", "out"), ("cnt_stall", "out"), ("cnt_macs", "out"),
 )
 
-
-def _crc_matrix():
-    """Which (crc bit, data bit) inputs each output bit of one CRC byte step XORs."""
-    c = [{("c", i)} for i in range(16)]
-    for i in range(8):
-        fb = c[15] ^ {("d", 7 - i)}
-        n = [set(fb)] + [set(x) for x in c[:15]]
-        for j in range(1, 16):
-            if CRC_POLY >> j & 1:
-                n[j] ^= fb
-        c = n
-    return c
-
-
-_CRC_MATRIX = _crc_matrix()
-
-
-def crc16_next(crc, byte):
-    """CRC-16/CCITT-FALSE register after one byte, as a flat XOR network (Amaranth value)."""
-    bits = []
-    for terms in _CRC_MATRIX:
-        x = Const(0, 1)
-        for kind, i in sorted(terms):
-            x = x ^ (crc[i] if kind == "c" else byte[i])
-        bits.append(x)
-    return Cat(*bits)
+#: CRC-16/CCITT-FALSE (alias CRC-16/IBM-3740) over bytes: the frame check of sw.protocol
+CRC_PARAMETERS = crc.catalog.CRC16_IBM_3740(data_width=8)
 
 
 class Link(wiring.Component):
@@ -77,13 +59,13 @@ class Link(wiring.Component):
     Parameters
     ----------
     info : sw.protocol.DeviceInfo
-        What IDENTIFY returns; also gives the buffer sizes used for address checks.
+        What IDENTIFY returns; also gives the buffer sizes used for address checks and the
+        inter-byte timeout (``info.timeout_cycles``: cycles without a byte after which a
+        partial frame is dropped and answered TIMEOUT).
     addr_bits : int
         Width of the core's ``bus_addr``.
     read_latency : int
         Cycles from ``bus_re`` to valid ``bus_rdata`` (the core's ``READ_LATENCY``).
-    timeout : int
-        Cycles without a byte after which a partial frame is dropped (answered TIMEOUT).
     dim_bits : int
         Width of the core's ``cfg_m/k/n``; LOAD_LAYER with a larger M, K or N is answered
         BAD_SHAPE (instead of letting the core see a truncated value).
@@ -95,8 +77,11 @@ class Link(wiring.Component):
     o_stream : Out(stream.Signature(8))
         Reply bytes to the host.
     idle : Out(1)
-        Between frames (hunting for SYNC), nothing half-received.
-    bus_*, cfg_*, start, busy, done, error, cnt_* :
+        Between frames (hunting for SYNC), nothing half-received, no RUN reply owed.
+    uart_frame_error, uart_overrun : In(1)
+        Pulses from the UART (a byte with a low stop bit; a byte lost to a full FIFO),
+        counted for STATUS.
+    bus_*, cfg_*, start, abort, busy, done, error, cnt_* :
         The core's command interface, directions flipped (see :data:`CORE_PORTS` and
         :meth:`connect_core`).
     """
@@ -104,7 +89,7 @@ class Link(wiring.Component):
     DEFAULT_TIMEOUT = 1 << 22
 
     def __init__(self, *, info: DeviceInfo, addr_bits: int, read_latency: int = 1,
-                 timeout: int = DEFAULT_TIMEOUT, dim_bits: int = 16):
+                 dim_bits: int = 16):
         if not isinstance(info, DeviceInfo):
             raise TypeError(f"info must be a sw.protocol.DeviceInfo, not {info!r}")
         if not isinstance(addr_bits, int) or not 1 <= addr_bits <= 32:
@@ -115,43 +100,52 @@ class Link(wiring.Component):
                                  f"{addr_bits}-bit bus address space")
         if info.max_data != MAX_DATA:
             raise ValueError(f"info.max_data must be MAX_DATA={MAX_DATA}, not {info.max_data!r}")
+        if info.version != PROTOCOL_VERSION:
+            raise ValueError(f"info.version must be PROTOCOL_VERSION={PROTOCOL_VERSION}, "
+                             f"not {info.version!r}")
+        if info.timeout_cycles < 4:
+            raise ValueError(f"info.timeout_cycles must be >= 4 (cycles), not "
+                             f"{info.timeout_cycles!r}")
         if not isinstance(read_latency, int) or not 1 <= read_latency <= 8:
             raise ValueError(f"read_latency must be an int in [1, 8], not {read_latency!r}")
-        if not isinstance(timeout, int) or timeout < 4:
-            raise ValueError(f"timeout must be an int >= 4 (cycles), not {timeout!r}")
         if not isinstance(dim_bits, int) or not 1 <= dim_bits <= 16:
             raise ValueError(f"dim_bits must be an int in [1, 16], not {dim_bits!r}")
         self.dim_bits = dim_bits
         self.info = info
         self.addr_bits = addr_bits
         self.read_latency = read_latency
-        self.timeout = timeout
+        self.timeout = info.timeout_cycles
         super().__init__({
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
             "idle": Out(1),
+            "uart_frame_error": In(1), "uart_overrun": In(1),
             "bus_sel": Out(Buffer), "bus_addr": Out(addr_bits), "bus_wdata": Out(8),
             "bus_we": Out(1), "bus_re": Out(1), "bus_rdata": In(8),
             "cfg_m": Out(16), "cfg_k": Out(16), "cfg_n": Out(16), "cfg_out_mode": Out(OutMode),
             "cfg_mult": Out(16), "cfg_shift": Out(6), "cfg_zp": Out(signed(8)),
             "cfg_relu": Out(1),
-            "start": Out(1), "busy": In(1), "done": In(1), "error": In(ErrorCode),
+            "start": Out(1), "abort": Out(1), "busy": In(1), "done": In(1),
+            "error": In(ErrorCode),
             "cnt_cycles": In(48), "cnt_busy": In(48), "cnt_stall": In(48), "cnt_macs": In(48),
         })
 
     @classmethod
-    def for_core(cls, core, *, timeout: int = DEFAULT_TIMEOUT, out_modes: int | None = None):
-        """A link for ``core`` (an ``MpGemmCore``-like object with the IDENTIFY attributes)."""
+    def for_core(cls, core, *, timeout: int = DEFAULT_TIMEOUT, clock_hz: int = 0,
+                 out_modes: int | None = None):
+        """A link for ``core`` (an ``MpGemmCore``-like object with the IDENTIFY attributes:
+        sizes, ``config_hash()``, ``READ_LATENCY``, ``WATCHDOG``, ``TILE_PERIOD_MIN``,
+        ``PE_KIND``)."""
         if out_modes is None:
             out_modes = getattr(core, "out_modes", None)
             if out_modes is None:
                 out_modes = sum(1 << int(m) for m in OutMode)
         info = DeviceInfo(PROTOCOL_VERSION, core.config_hash() & 0xFFFFFFFF, core.rows,
                           core.cols, core.a_bytes, core.w_bytes, core.out_bytes,
-                          core.out_words, core.max_k, out_modes)
+                          core.out_words, core.max_k, out_modes, MAX_DATA, int(round(clock_hz)),
+                          timeout, core.WATCHDOG, core.TILE_PERIOD_MIN, int(core.PE_KIND))
         return cls(info=info, addr_bits=core.addr_bits,
-                   read_latency=getattr(core, "READ_LATENCY", 1), timeout=timeout,
-                   dim_bits=len(core.cfg_m))
+                   read_latency=getattr(core, "READ_LATENCY", 1), dim_bits=len(core.cfg_m))
 
     def connect_core(self, m: Module, core) -> None:
         """Join this link to ``core`` (combinational assignments in ``m``)."""
@@ -172,19 +166,32 @@ class Link(wiring.Component):
         m.d.comb += take.eq(rx.valid & rx.ready)
         byte = rx.payload
 
+        m.submodules.rx_crc = rx_crc = CRC_PARAMETERS.create()
+        m.submodules.tx_crc = tx_crc = CRC_PARAMETERS.create()
+        m.d.comb += [rx_crc.data.eq(byte)]
+
+        # WRITE data is staged here and committed only after the whole frame checked out
+        m.submodules.stage = stage = Memory(shape=8, depth=MAX_DATA, init=[])
+        s_wp = stage.write_port()
+        s_rp = stage.read_port()
+
         # -- receive-side registers ------------------------------------------------------
         opcode = Signal(8)
-        length = Signal(16)
-        idx = Signal(16)                      # payload byte index
-        crc = Signal(16)
+        length = Signal(16)                   # tag + body bytes
+        seq = Signal(8)
+        idx = Signal(16)                      # body byte index
         hdr = [Signal(8, name=f"hdr{i}") for i in range(LAYER_PAYLOAD)]
         tmo = Signal(range(self.timeout + 1))
-        werr = Signal(ErrorCode)              # verdict on a WRITE's header (before its data)
         baddr = Signal(33)                    # bus address counter (read and write)
+        cidx = Signal(16)                     # commit: next staged byte to read
+        c_v = Signal()                        # commit: staged byte on s_rp.data is valid
 
         p_buf = hdr[0]
         p_addr = Cat(*hdr[1:5])
         p_count = Cat(hdr[5], hdr[6])
+        body_len = length - 1
+        w_count = Signal(16)
+        m.d.comb += w_count.eq(body_len - WRITE_HEADER)
 
         def range_ok(count):
             size = Mux(p_buf == Buffer.A, info.a_bytes,
@@ -194,15 +201,25 @@ class Link(wiring.Component):
         # -- core-side state -------------------------------------------------------------
         loaded = Signal()
         running = Signal()
+        run_pending = Signal()                # a RUN waits for its reply
+        run_seq = Signal(8)
         last_error = Signal(ErrorCode)
         core_busy = Signal()
         m.d.comb += core_busy.eq(self.busy | running)
         with m.If(self.done):
             m.d.sync += [last_error.eq(self.error), running.eq(0)]
 
+        # -- link health counters (STATUS) -----------------------------------------------
+        n_frame_err = Signal(16); n_overrun = Signal(16); n_link_err = Signal(16)
+        with m.If(self.uart_frame_error):
+            m.d.sync += n_frame_err.eq(n_frame_err + 1)
+        with m.If(self.uart_overrun):
+            m.d.sync += n_overrun.eq(n_overrun + 1)
+
         # -- reply registers -------------------------------------------------------------
         SNAP_BYTES = max(DeviceInfo.SIZE, Counters.SIZE, Status.SIZE)
         r_op = Signal(8)
+        r_seq = Signal(8)
         r_status = Signal(8)
         r_count = Signal(16)                  # data bytes after the status byte
         r_bus = Signal()                      # data comes from the bus (READ)
@@ -210,38 +227,45 @@ class Link(wiring.Component):
         tidx = Signal(16)
         rbyte = Signal(8)
         rlat = Signal(range(self.read_latency + 1))
-        tcrc = Signal(16)
         ident = Const(int.from_bytes(info.pack(), "little"), 8 * DeviceInfo.SIZE)
+        err_w = len(last_error)
 
         m.d.comb += [
             self.bus_sel.eq(p_buf[:2]),
             self.bus_addr.eq(baddr[:self.addr_bits]),
-            self.bus_wdata.eq(byte),
+            self.bus_wdata.eq(s_rp.data),
         ]
 
         def reply(status, count=0, bus=False):
-            return [r_op.eq(opcode | REPLY_FLAG), r_status.eq(status), r_count.eq(count),
-                    r_bus.eq(bus), tidx.eq(0)]
+            return [r_op.eq(opcode | REPLY_FLAG), r_seq.eq(seq), r_status.eq(status),
+                    r_count.eq(count), r_bus.eq(bus), tidx.eq(0)]
 
         def send(value):
             """Present ``value`` on o_stream; returns the handshake condition."""
             m.d.comb += [tx.valid.eq(1), tx.payload.eq(value)]
             return tx.ready
 
-        rx_states = ("OPC", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
+        rx_states = ("OPC", "LEN0", "LEN1", "SEQ", "BODY", "CRC0", "CRC1")
 
         with m.FSM(name="link"):
             with m.State("HUNT"):
-                m.d.comb += [rx.ready.eq(1), self.idle.eq(1)]
-                m.d.sync += [opcode.eq(0), tmo.eq(0), crc.eq(0xFFFF), idx.eq(0)]
+                m.d.comb += [rx.ready.eq(1), self.idle.eq(~run_pending), rx_crc.start.eq(1)]
+                m.d.sync += [opcode.eq(0), seq.eq(UNKNOWN_SEQ), tmo.eq(0), idx.eq(0)]
                 with m.If(take & (byte == SYNC)):
+                    # a new request: the host no longer waits for a RUN reply
+                    m.d.sync += run_pending.eq(0)
                     m.next = "OPC"
+                with m.Elif(run_pending & ~core_busy):
+                    m.d.sync += [run_pending.eq(0), r_op.eq(Opcode.RUN | REPLY_FLAG),
+                                 r_seq.eq(run_seq), r_status.eq(last_error), r_count.eq(0),
+                                 r_bus.eq(0), tidx.eq(0)]
+                    m.next = "TX_SYNC"
 
             for name in rx_states:
                 with m.State(name):
-                    m.d.comb += rx.ready.eq(1)
+                    m.d.comb += [rx.ready.eq(1), rx_crc.valid.eq(take)]
                     with m.If(take):
-                        m.d.sync += [tmo.eq(0), crc.eq(crc16_next(crc, byte))]
+                        m.d.sync += tmo.eq(0)
                     with m.Elif(tmo == self.timeout - 1):
                         m.d.sync += reply(ErrorCode.TIMEOUT)
                         m.next = "TX_SYNC"
@@ -257,62 +281,56 @@ class Link(wiring.Component):
                         elif name == "LEN1":
                             m.d.sync += length[8:].eq(byte)
                             full = Cat(length[:8], byte)
-                            with m.If(full > MAX_PAYLOAD):
+                            with m.If((full > MAX_PAYLOAD) | (full == 0)):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                                 m.next = "TX_SYNC"
-                            with m.Elif(full == 0):
+                            with m.Else():
+                                m.next = "SEQ"
+                        elif name == "SEQ":
+                            m.d.sync += seq.eq(byte)
+                            with m.If(length == 1):
                                 m.next = "CRC0"
                             with m.Else():
-                                m.next = "PAYLOAD"
-                        elif name == "PAYLOAD":
+                                m.next = "BODY"
+                        elif name == "BODY":
                             for i, h in enumerate(hdr):
                                 with m.If(idx == i):
                                     m.d.sync += h.eq(byte)
                             m.d.sync += idx.eq(idx + 1)
-                            is_data = (opcode == Opcode.WRITE) & (idx >= WRITE_HEADER)
-                            with m.If(is_data & (werr == ErrorCode.OK)):
-                                m.d.comb += self.bus_we.eq(1)
-                                m.d.sync += baddr.eq(baddr + 1)
-                            with m.If(idx == length - 1):
+                            m.d.comb += [s_wp.addr.eq(idx - WRITE_HEADER), s_wp.data.eq(byte),
+                                         s_wp.en.eq((opcode == Opcode.WRITE)
+                                                    & (idx >= WRITE_HEADER))]
+                            with m.If(idx == length - 2):
                                 m.next = "CRC0"
-                            with m.Elif((opcode == Opcode.WRITE) & (idx == WRITE_HEADER - 1)):
-                                m.next = "WCHECK"
                         elif name == "CRC0":
                             m.next = "CRC1"
                         else:
                             m.next = "EXEC"
 
-            with m.State("WCHECK"):
-                # header of a WRITE complete, data not yet: decide before any bus write
-                count = length - WRITE_HEADER
-                m.d.sync += baddr.eq(p_addr)
-                with m.If(~range_ok(count)):
-                    m.d.sync += werr.eq(ErrorCode.BAD_ADDRESS)
-                with m.Elif(core_busy):
-                    m.d.sync += werr.eq(ErrorCode.BUSY)
-                with m.Else():
-                    m.d.sync += werr.eq(ErrorCode.OK)
-                m.next = "PAYLOAD"
-
             with m.State("EXEC"):
-                m.d.sync += werr.eq(ErrorCode.OK)
                 m.next = "TX_SYNC"
-                with m.If(crc != 0):
+                with m.If(~rx_crc.match_detected):
                     m.d.sync += reply(ErrorCode.BAD_CRC)
                 with m.Else():
                     with m.Switch(opcode):
                         with m.Case(Opcode.IDENTIFY):
-                            with m.If(length != 0):
+                            with m.If(length != 1):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Else():
                                 m.d.sync += [reply(ErrorCode.OK, DeviceInfo.SIZE), snap.eq(ident)]
                         with m.Case(Opcode.WRITE):
-                            with m.If(length <= WRITE_HEADER):
+                            with m.If(body_len <= WRITE_HEADER):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                            with m.Elif(~range_ok(w_count)):
+                                m.d.sync += reply(ErrorCode.BAD_ADDRESS)
+                            with m.Elif(core_busy):
+                                m.d.sync += reply(ErrorCode.BUSY)
                             with m.Else():
-                                m.d.sync += reply(werr)
+                                m.d.sync += [reply(ErrorCode.OK), baddr.eq(p_addr),
+                                             cidx.eq(0), c_v.eq(0)]
+                                m.next = "COMMIT"
                         with m.Case(Opcode.READ):
-                            with m.If((length != READ_PAYLOAD) | (p_count == 0) |
+                            with m.If((length != 1 + READ_PAYLOAD) | (p_count == 0) |
                                       (p_count > MAX_DATA)):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Elif(~range_ok(p_count)):
@@ -326,7 +344,7 @@ class Link(wiring.Component):
                             mode_ok = 0
                             for mode in OutMode:
                                 mode_ok = mode_ok | (hdr[6] == mode)
-                            with m.If(length != LAYER_PAYLOAD):
+                            with m.If(length != 1 + LAYER_PAYLOAD):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)
@@ -349,10 +367,10 @@ class Link(wiring.Component):
                                     self.cfg_relu.eq(hdr[11][0]),
                                 ]
                         with m.Case(Opcode.RUN):
-                            nowait = (length == 1) & (hdr[0] == RUN_NOWAIT)
-                            with m.If(length > 1):
+                            nowait = (length == 2) & (hdr[0] == RUN_NOWAIT)
+                            with m.If(length > 2):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
-                            with m.Elif((length == 1) & (hdr[0] & ~RUN_NOWAIT & 0xFF).any()):
+                            with m.Elif((length == 2) & (hdr[0] & ~RUN_NOWAIT & 0xFF).any()):
                                 m.d.sync += reply(ErrorCode.BAD_PARAM)
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)
@@ -362,47 +380,68 @@ class Link(wiring.Component):
                                 m.d.comb += self.start.eq(1)
                                 m.d.sync += [running.eq(1), reply(ErrorCode.OK)]
                                 with m.If(~nowait):
-                                    m.next = "RUNWAIT"
+                                    # reply when done; hunt meanwhile (see module docstring)
+                                    m.d.sync += [run_pending.eq(1), run_seq.eq(seq)]
+                                    m.next = "HUNT"
                         with m.Case(Opcode.STATUS):
-                            with m.If(length != 0):
+                            with m.If(length != 1):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Else():
                                 m.d.sync += [reply(ErrorCode.OK, Status.SIZE),
                                              snap.eq(Cat(core_busy, loaded, Const(0, 6),
-                                                         last_error))]
+                                                         last_error, Const(0, 8 - err_w),
+                                                         n_frame_err, n_overrun, n_link_err))]
                         with m.Case(Opcode.COUNTERS):
-                            with m.If(length != 0):
+                            with m.If(length != 1):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Else():
                                 m.d.sync += [reply(ErrorCode.OK, Counters.SIZE),
                                              snap.eq(Cat(self.cnt_cycles, self.cnt_busy,
                                                          self.cnt_stall, self.cnt_macs))]
                         with m.Case(Opcode.RESET):
-                            with m.If(length != 0):
+                            with m.If(length != 1):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Else():
-                                m.d.sync += [reply(ErrorCode.OK), loaded.eq(0),
-                                             last_error.eq(ErrorCode.OK)]
+                                m.d.sync += [reply(ErrorCode.OK), loaded.eq(0)]
+                                m.next = "RESETWAIT"
                         with m.Default():
                             m.d.sync += reply(ErrorCode.UNKNOWN_OPCODE)
 
-            with m.State("RUNWAIT"):
-                with m.If(~running):
-                    m.d.sync += r_status.eq(last_error)
+            with m.State("COMMIT"):
+                # staged WRITE data -> the core's buffer, one byte per cycle (s_rp has one
+                # cycle of latency, so c_v marks the cycle its data is there)
+                m.d.comb += s_rp.addr.eq(cidx)
+                m.d.sync += c_v.eq(cidx < w_count)
+                with m.If(cidx < w_count):
+                    m.d.sync += cidx.eq(cidx + 1)
+                with m.If(c_v):
+                    m.d.comb += self.bus_we.eq(1)
+                    m.d.sync += baddr.eq(baddr + 1)
+                with m.Elif(cidx == w_count):
+                    m.next = "TX_SYNC"
+
+            with m.State("RESETWAIT"):
+                # stop a running GEMM; reply once the core is idle, with its error cleared
+                m.d.comb += self.abort.eq(1)
+                with m.If(~core_busy):
+                    m.d.sync += last_error.eq(ErrorCode.OK)
                     m.next = "TX_SYNC"
 
             # -- reply encoder --------------------------------------------------------------
             with m.State("TX_SYNC"):
-                m.d.sync += tcrc.eq(0xFFFF)
+                m.d.comb += tx_crc.start.eq(1)
                 with m.If(send(SYNC)):
+                    with m.If(Cat(*[r_status == code for code in LINK_ERRORS]).any()):
+                        m.d.sync += n_link_err.eq(n_link_err + 1)
                     m.next = "TX_OP"
             for name, value, nxt in (("TX_OP", r_op, "TX_LEN0"),
-                                     ("TX_LEN0", (r_count + 1)[:8], "TX_LEN1"),
-                                     ("TX_LEN1", (r_count + 1)[8:16], "TX_STATUS"),
+                                     ("TX_LEN0", (r_count + 2)[:8], "TX_LEN1"),
+                                     ("TX_LEN1", (r_count + 2)[8:16], "TX_SEQ"),
+                                     ("TX_SEQ", r_seq, "TX_STATUS"),
                                      ("TX_STATUS", r_status, None)):
                 with m.State(name):
                     with m.If(send(value)):
-                        m.d.sync += tcrc.eq(crc16_next(tcrc, value))
+                        m.d.comb += [tx_crc.valid.eq(1), tx_crc.data.eq(value)]
                         if nxt is not None:
                             m.next = nxt
                         else:
@@ -422,18 +461,19 @@ class Link(wiring.Component):
                     m.d.sync += [rbyte.eq(self.bus_rdata), baddr.eq(baddr + 1)]
                     m.next = "TX_DATA"
             with m.State("TX_DATA"):
-                value = Mux(r_bus, rbyte, snap.word_select(tidx[:5], 8))
+                value = Mux(r_bus, rbyte, snap.word_select(tidx[:6], 8))
                 with m.If(send(value)):
-                    m.d.sync += [tcrc.eq(crc16_next(tcrc, value)), tidx.eq(tidx + 1)]
+                    m.d.comb += [tx_crc.valid.eq(1), tx_crc.data.eq(value)]
+                    m.d.sync += tidx.eq(tidx + 1)
                     with m.If(tidx == r_count - 1):
                         m.next = "TX_CRC0"
                     with m.Elif(r_bus):
                         m.next = "TX_RDREQ"
             with m.State("TX_CRC0"):
-                with m.If(send(tcrc[8:])):
+                with m.If(send(tx_crc.crc[8:])):
                     m.next = "TX_CRC1"
             with m.State("TX_CRC1"):
-                with m.If(send(tcrc[:8])):
+                with m.If(send(tx_crc.crc[:8])):
                     m.next = "HUNT"
 
         return m

@@ -25,19 +25,37 @@ HARNESS = Path(__file__).resolve().parent / "harness" / "sim_main.cpp"
 SIM_TIMEOUT = 1 << 12
 
 
-def build_sim_model(device: str = "12F", *, quiet: bool = True) -> Path:
-    """Build (once) and return the path of the simulator executable for ``device``'s core."""
-    from fpga.ulx3s import DEVICES
+#: ``x_init`` values: "fast" gives every register without a reset value 0; "unique" gives
+#: each one a random value chosen at start-up from the seed passed to the model as
+#: ``+verilator+seed+N +verilator+rand+reset+2`` (``sw.transport.SimTransport`` does that)
+X_INIT = ("fast", "unique")
+
+
+def sim_soc(device: str):
+    """The SoC the model of ``device`` simulates: the board's, with a shorter link timeout."""
+    from fpga.ulx3s import DEVICES, DEFAULT_FREQ_MHZ
     from hw.soc.top import SoC
-    from hw.simulate import verilator_bin_dir
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
-    size = DEVICES[device][1]
-    verilog = to_verilog(SoC(**asdict(size), timeout=SIM_TIMEOUT), "soc")
+    return SoC(**asdict(DEVICES[device][1]), timeout=SIM_TIMEOUT,
+               clk_freq=DEFAULT_FREQ_MHZ[device] * 1e6)
+
+
+def build_sim_model(device: str = "12F", *, quiet: bool = True, x_init: str = "fast") -> Path:
+    """Build (once) and return the path of the simulator executable for ``device``'s core.
+
+    ``x_init="unique"`` builds a model whose uninitialised registers start random (see
+    :data:`X_INIT`), to show that nothing depends on a register without a reset.
+    """
+    from hw.simulate import verilator_bin_dir
+
+    if x_init not in X_INIT:
+        raise ValueError(f"x_init must be one of {X_INIT!r}, not {x_init!r}")
+    verilog = to_verilog(sim_soc(device), "soc")
     harness = HARNESS.read_text()
-    key = hashlib.sha256((verilog + harness).encode()).hexdigest()[:16]
-    bdir = ROOT / "fpga" / "build" / f"sim-{device}-{key}"
+    key = hashlib.sha256((verilog + harness + x_init).encode()).hexdigest()[:16]
+    bdir = ROOT / "fpga" / "build" / f"sim-{device}-{x_init}-{key}"
     exe = bdir / "Vsoc"
     bdir.mkdir(parents=True, exist_ok=True)
     with open(bdir / ".lock", "w") as lock:
@@ -47,7 +65,7 @@ def build_sim_model(device: str = "12F", *, quiet: bool = True) -> Path:
         _tool_env()
         (bdir / "soc.v").write_text(verilog)
         cmd = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build", "-j", "2",
-               "-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
+               "-O3", "--x-assign", x_init, "--x-initial", x_init, "-Wno-fatal",
                "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--top-module", "soc", "-Mdir", str(bdir),
                "-CFLAGS", "-O2", "-o", "Vsoc", str(bdir / "soc.v"), str(HARNESS)]
         res = subprocess.run(cmd, cwd=bdir, capture_output=quiet, text=True)

@@ -19,6 +19,13 @@ class SoC(wiring.Component):
         Core size (see :class:`~hw.systolic.core.MpGemmCore`).
     timeout : int
         Link inter-byte timeout in cycles.
+    clk_freq : float
+        Core clock in Hz, reported by IDENTIFY (the driver turns cycle counts into seconds
+        with it); 0 when unknown.
+    watchdog : int, optional
+        Core watchdog in cycles (see :class:`~hw.systolic.core.MpGemmCore`).
+    uart_frame_error, uart_overrun : In(1)
+        Error pulses of the UART in front of the SoC (0 when there is none), counted in STATUS.
 
     Members
     -------
@@ -33,18 +40,22 @@ class SoC(wiring.Component):
         The link waits for host bytes (between frames or inside one) and has nothing to say.
     """
 
-    def __init__(self, *, rows, cols, a_depth, w_depth, out_words, timeout=Link.DEFAULT_TIMEOUT):
+    def __init__(self, *, rows, cols, a_depth, w_depth, out_words, timeout=Link.DEFAULT_TIMEOUT,
+                 clk_freq: float = 0, watchdog: int | None = None, impl: str = "auto"):
         self.core = MpGemmCore(rows=rows, cols=cols, a_depth=a_depth, w_depth=w_depth,
-                               out_words=out_words)
-        self.link = Link.for_core(self.core, timeout=timeout)
+                               out_words=out_words, watchdog=watchdog, impl=impl)
+        self.link = Link.for_core(self.core, timeout=timeout, clock_hz=clk_freq)
         super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
-                          "idle": Out(1), "waiting": Out(1)})
+                          "idle": Out(1), "waiting": Out(1),
+                          "uart_frame_error": In(1), "uart_overrun": In(1)})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.core = core = self.core
         m.submodules.link = link = self.link
         link.connect_core(m, core)
+        m.d.comb += [link.uart_frame_error.eq(self.uart_frame_error),
+                     link.uart_overrun.eq(self.uart_overrun)]
         wiring.connect(m, wiring.flipped(self.i_stream), link.i_stream)
         wiring.connect(m, link.o_stream, wiring.flipped(self.o_stream))
         waiting = link.i_stream.ready & ~link.o_stream.valid & ~core.busy
@@ -65,7 +76,7 @@ class UARTSoC(wiring.Component):
 
     def __init__(self, *, clk_freq: float, baud: int, **size):
         from .uart import UARTRx, UARTTx
-        self.soc = SoC(**size)
+        self.soc = SoC(clk_freq=clk_freq, **size)
         self.uart_rx = UARTRx(clk_freq=clk_freq, baud=baud)
         self.uart_tx = UARTTx(clk_freq=clk_freq, baud=baud)
         self.baud_error = self.uart_rx.baud_error
@@ -82,4 +93,7 @@ class UARTSoC(wiring.Component):
         wiring.connect(m, urx.o_stream, rxf.w_stream)
         wiring.connect(m, rxf.r_stream, soc.i_stream)
         wiring.connect(m, soc.o_stream, utx.i_stream)
+        # the receiver holds one byte while the FIFO is full; the next one is lost (overrun)
+        m.d.comb += [soc.uart_frame_error.eq(urx.frame_error),
+                     soc.uart_overrun.eq(urx.overrun)]
         return m

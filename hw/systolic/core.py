@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw import numerics
 from sw.numerics import OutMode, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS, REQUANT_ZP_BITS
-from sw.protocol import Buffer, ErrorCode
+from sw.protocol import Buffer, ErrorCode, PeKind
 
 from .array import SystolicArray
 from .pe import PE
@@ -62,6 +62,10 @@ class MpGemmCore(wiring.Component):
         32-bit words in the output buffer.
     a_init, w_init : list of int, optional
         Initial contents of the A / W address spaces (bytes), e.g. for a self-test.
+    watchdog : int, optional
+        Cycles a GEMM may stay busy before it is stopped with ``WATCHDOG`` (default: twice
+        the longest GEMM the buffers can hold, :meth:`max_run_cycles`, so only a stuck
+        sequencer ever meets it).
     impl : "auto" | "generic" | "ecp5"
         Multiplier implementation of the PEs and the epilogue (see
         :class:`~hw.arith.intmul.IntMul`): "ecp5" instantiates MULT18X18D everywhere, so a
@@ -83,11 +87,15 @@ class MpGemmCore(wiring.Component):
         Layer configuration; sampled at ``start``.
     start : In(1)
         Begin a GEMM.
+    abort : In(1)
+        Stop a running GEMM: feeding stops at once, the core stays busy until the pipeline
+        has drained (``ABORT_CYCLES``), then ``done`` pulses with ``error = ABORTED``.
     busy : Out(1)
     done : Out(1)
         Pulses once when a GEMM (or a refused start) has finished.
     error : Out(ErrorCode)
-        ``OK``, or ``BAD_SHAPE`` when the shape does not fit (nothing is computed).
+        ``OK``; ``BAD_SHAPE`` when the shape does not fit (nothing is computed);
+        ``ABORTED`` after ``abort``; ``WATCHDOG`` when the run exceeded ``watchdog`` cycles.
     cnt_cycles, cnt_busy, cnt_stall, cnt_macs : Out(48)
         Cycles from start to done; cycles feeding the array; stall cycles inside the run;
         multiply-accumulates issued on real (not padding) operands.
@@ -98,9 +106,12 @@ class MpGemmCore(wiring.Component):
     #: epilogue pipeline depth: capture, partial products (DSP in/out regs + fabric), sum,
     #: round, shift, clamp+write
     EPILOGUE_LATENCY = 8
+    #: processing element of the array (IDENTIFY reports it)
+    PE_KIND = PeKind.INT8_DSP
 
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 512, w_depth: int = 512,
-                 out_words: int = 512, a_init=None, w_init=None, impl: str = "auto"):
+                 out_words: int = 512, a_init=None, w_init=None, watchdog: int | None = None,
+                 impl: str = "auto"):
         for name, v in (("rows", rows), ("cols", cols)):
             if not _is_pow2(v) or v > 64:
                 raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
@@ -123,6 +134,16 @@ class MpGemmCore(wiring.Component):
         # (the PE latency term keeps a tile's drain bookkeeping from being overwritten by
         # the next tile's before its drain starts, which matters for tiny arrays)
         self.TILE_PERIOD_MIN = rows * cols + rows + cols + 4 + PE.LATENCY
+        #: cycles an aborted GEMM stays busy: a tile already fed drains through the array,
+        # the drain chain and the epilogue, so nothing of it is written after ``done``
+        self.ABORT_CYCLES = self.TILE_PERIOD_MIN + self.EPILOGUE_LATENCY + 8
+        if watchdog is None:
+            watchdog = 2 * self.max_run_cycles()
+        if isinstance(watchdog, bool) or not isinstance(watchdog, int) or not \
+                64 <= watchdog < (1 << 32):
+            raise ValueError(f"watchdog must be an int in [64, 2**32) cycles, not {watchdog!r}")
+        #: cycles a GEMM may be busy before it is stopped with WATCHDOG
+        self.WATCHDOG = watchdog
         self._a_init, self._w_init = a_init, w_init
         super().__init__({
             "bus_sel": In(Buffer), "bus_addr": In(unsigned(self.addr_bits)),
@@ -131,10 +152,21 @@ class MpGemmCore(wiring.Component):
             "cfg_out_mode": In(OutMode), "cfg_mult": In(REQUANT_MULT_BITS),
             "cfg_shift": In(REQUANT_SHIFT_BITS), "cfg_zp": In(signed(REQUANT_ZP_BITS)),
             "cfg_relu": In(1),
-            "start": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
+            "start": In(1), "abort": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
             "cnt_cycles": Out(COUNTER_BITS), "cnt_busy": Out(COUNTER_BITS),
             "cnt_stall": Out(COUNTER_BITS), "cnt_macs": Out(COUNTER_BITS),
         })
+
+    def max_run_cycles(self) -> int:
+        """An upper bound of the busy cycles of any GEMM the buffers accept.
+
+        A tile takes ``max(K, TILE_PERIOD_MIN)`` cycles. With ``K >= TILE_PERIOD_MIN`` the
+        operands of all tiles fit A and W, so ``tiles * K**2 <= a_depth * w_depth``; with a
+        shorter K each tile writes at least one output, so ``tiles <= 4 * out_words``.
+        """
+        p = self.TILE_PERIOD_MIN
+        tiles_k = max(self.a_depth * self.w_depth // p, 4 * self.out_words * p)
+        return tiles_k + 2 * p + 2 * DIM_BITS + 64
 
     def config(self) -> dict:
         """The parameters that define this core (reported by the build and IDENTIFY)."""
@@ -167,9 +199,10 @@ class MpGemmCore(wiring.Component):
         # The host side (link) and the core sit far apart on a big device: every input from
         # it is registered once here, so no path runs link logic -> core logic in one cycle.
         bus_sel = Signal(Buffer); bus_addr = Signal(self.addr_bits); bus_wdata = Signal(8)
-        bus_we = Signal(); start = Signal()
+        bus_we = Signal(); start = Signal(); abort = Signal()
         m.d.sync += [bus_sel.eq(self.bus_sel), bus_addr.eq(self.bus_addr),
-                     bus_wdata.eq(self.bus_wdata), bus_we.eq(self.bus_we), start.eq(self.start)]
+                     bus_wdata.eq(self.bus_wdata), bus_we.eq(self.bus_we), start.eq(self.start),
+                     abort.eq(self.abort)]
 
         # -- buffers -------------------------------------------------------------------
         a_mems = [Memory(shape=8, depth=self.a_depth,
@@ -246,6 +279,19 @@ class MpGemmCore(wiring.Component):
         with m.If(self.busy):
             m.d.sync += self.cnt_cycles.eq(self.cnt_cycles + 1)
 
+        # watchdog: a down-counter loaded at start; its zero flag is registered, so the
+        # sequencer decides from a flip-flop, not from a 32-bit compare
+        wd = Signal(32); wd_hit = Signal()
+        m.d.sync += [wd.eq(wd - 1), wd_hit.eq(self.busy & (wd == 0))]
+        ab_cnt = Signal(range(self.ABORT_CYCLES + 1))
+
+        def abortable():
+            # placed last in a busy state, so it overrides that state's own transition
+            with m.If(abort | wd_hit):
+                m.d.sync += [self.error.eq(Mux(abort, ErrorCode.ABORTED, ErrorCode.WATCHDOG)),
+                             ab_cnt.eq(self.ABORT_CYCLES)]
+                m.next = "ABORT"
+
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 with m.If(start):
@@ -258,7 +304,7 @@ class MpGemmCore(wiring.Component):
                         zp.eq(self.cfg_zp), relu.eq(self.cfg_relu),
                         mt_cnt.eq((self.cfg_m + R - 1) >> lr), nt_cnt.eq((self.cfg_n + C - 1) >> lc),
                         p_a.eq(0), p_w.eq(0), p_o.eq(0), chk_bit.eq(0),
-                        self.error.eq(ErrorCode.OK),
+                        self.error.eq(ErrorCode.OK), wd.eq(self.WATCHDOG - 1),
                         self.cnt_cycles.eq(0), self.cnt_busy.eq(0),
                         self.cnt_stall.eq(0), self.cnt_macs.eq(0),
                     ]
@@ -274,6 +320,7 @@ class MpGemmCore(wiring.Component):
                     m.d.sync += bad.eq((M == 0) | (K == 0) | (N == 0) | (K > self.max_k) |
                                        (p_a > self.a_depth) | (p_w > self.w_depth) | (p_o > out_cap))
                     m.next = "DECIDE"
+                abortable()
             with m.State("DECIDE"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(bad):
@@ -287,6 +334,7 @@ class MpGemmCore(wiring.Component):
                                  tile_fed.eq(0), tile_cyc.eq(0), final_drained.eq(0),
                                  rn_minus_n.eq((N << lr) - N)]
                     m.next = "RUN"
+                abortable()
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
                 last_tile = row_last & col_last
@@ -317,9 +365,18 @@ class MpGemmCore(wiring.Component):
                         with m.Else():
                             m.d.sync += [row0.eq(row0 + R), out_row_base.eq(out_row_base + (N << lr)),
                                          w_addr.eq(w_base), row_last.eq(row0 + 2 * R >= M)]
+                abortable()
             with m.State("FLUSH"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(final_drained):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+                abortable()
+            with m.State("ABORT"):
+                # nothing more is fed; what is in the array drains out before done
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += ab_cnt.eq(ab_cnt - 1)
+                with m.If(ab_cnt == 0):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
 
