@@ -24,7 +24,8 @@ class CoreTB:
         d = self.dut
         cocotb.start_soon(Clock(d.clk, 10, unit="ns").start())
         for s in ("bus_sel", "bus_addr", "bus_wdata", "bus_we", "bus_re", "start", "cfg_m",
-                  "cfg_k", "cfg_n", "cfg_out_mode", "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu"):
+                  "cfg_k", "cfg_n", "cfg_out_mode", "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu",
+                  "abort"):
             getattr(d, s).value = 0
         d.rst.value = 1
         await ClockCycles(d.clk, 2)
@@ -104,12 +105,19 @@ class CoreTB:
         assert not int(d.busy.value), "busy still high after done"
         return err, cnt
 
-    async def gemm(self, a, w, rq: Requant | None = None):
-        """Load a and w, run, read back the result matrix; checks each output written once."""
-        M, K = a.shape
-        N = w.shape[1]
+    async def load(self, a, w):
+        """Write ``a`` (M x K) and ``w`` (K x N) into the A and W buffers."""
         await self.write(Buffer.A, layout.a_image(a, self.rows))
         await self.write(Buffer.W, layout.w_image(w, self.cols))
+
+    async def gemm(self, a, w, rq: Requant | None = None):
+        """Load a and w, run, read back the result matrix; checks each output written once."""
+        await self.load(a, w)
+        return await self.compute(a.shape[0], a.shape[1], w.shape[1], rq)
+
+    async def compute(self, M, K, N, rq: Requant | None = None):
+        """Run on the operands already loaded, read back the result matrix; checks each
+        output written once. Returns (result, counters)."""
         err, cnt = await self.run(M, K, N, rq)
         assert err == ErrorCode.OK, f"core refused {M}x{K}x{N}: {err!r}"
         mode = OutMode.RAW32 if rq is None else OutMode.INT8
