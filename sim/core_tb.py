@@ -24,7 +24,8 @@ class CoreTB:
         d = self.dut
         cocotb.start_soon(Clock(d.clk, 10, unit="ns").start())
         for s in ("bus_sel", "bus_addr", "bus_wdata", "bus_we", "bus_re", "start", "cfg_m",
-                  "cfg_k", "cfg_n", "cfg_out_mode", "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu"):
+                  "cfg_k", "cfg_n", "cfg_out_mode", "cfg_mult", "cfg_shift", "cfg_zp", "cfg_relu",
+                  "abort"):
             getattr(d, s).value = 0
         d.rst.value = 1
         await ClockCycles(d.clk, 2)

@@ -2,10 +2,12 @@
 
 The core is a small Amaranth stub with the ports and memories of ``MpGemmCore``: three
 byte memories (read latency 1), a run that stays busy for ``(k % 32) * 16 + 2`` cycles, BAD_SHAPE
-for a zero or too large dimension, and counters (``macs`` adds m*k*n per run, ``stall``
-counts runs) that let the tests see the configuration the link held.
+for a zero or too large dimension, ``abort`` ending a run at once with ABORTED, and counters
+(``macs`` adds m*k*n per run, ``stall`` counts runs, ``busy`` counts busy cycles) that let the
+tests see the configuration the link held.
 """
 
+import dataclasses
 import random
 
 import cocotb
@@ -22,6 +24,7 @@ from sw.numerics import OutMode
 from sw.protocol import Buffer, ErrorCode, Opcode
 
 TIMEOUT = 200
+CLOCK_HZ = 50_000_000
 SIZES = {"a_bytes": 300, "w_bytes": 200, "out_bytes": 400}
 
 
@@ -29,6 +32,9 @@ class StubCore(wiring.Component):
     """Same ports/attributes as ``hw.systolic.core.MpGemmCore``, trivial behaviour."""
 
     READ_LATENCY = 1
+    WATCHDOG = 123456
+    TILE_PERIOD_MIN = 29
+    PE_KIND = P.PeKind.INT8_DSP
 
     def __init__(self):
         self.rows, self.cols, self.max_k, self.addr_bits = 4, 4, 64, 9
@@ -40,7 +46,8 @@ class StubCore(wiring.Component):
             "bus_we": In(1), "bus_re": In(1), "bus_rdata": Out(8),
             "cfg_m": In(16), "cfg_k": In(16), "cfg_n": In(16), "cfg_out_mode": In(OutMode),
             "cfg_mult": In(16), "cfg_shift": In(6), "cfg_zp": In(signed(8)), "cfg_relu": In(1),
-            "start": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
+            "start": In(1), "abort": In(1), "busy": Out(1), "done": Out(1),
+            "error": Out(ErrorCode),
             "cnt_cycles": Out(48), "cnt_busy": Out(48), "cnt_stall": Out(48), "cnt_macs": Out(48),
         })
 
@@ -68,7 +75,9 @@ class StubCore(wiring.Component):
         m.d.sync += [self.done.eq(0), self.cnt_cycles.eq(self.cnt_cycles + 1)]
         with m.If(self.busy):
             m.d.sync += [self.cnt_busy.eq(self.cnt_busy + 1), left.eq(left - 1)]
-            with m.If(left == 1):
+            with m.If(self.abort):
+                m.d.sync += [self.busy.eq(0), self.done.eq(1), self.error.eq(ErrorCode.ABORTED)]
+            with m.Elif(left == 1):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
         with m.If(self.start):
             bad = ((self.cfg_m == 0) | (self.cfg_k == 0) | (self.cfg_n == 0)
@@ -86,13 +95,17 @@ class StubCore(wiring.Component):
 class LinkTop(wiring.Component):
     i_stream: In(stream.Signature(8))
     o_stream: Out(stream.Signature(8))
+    uart_frame_error: In(1)
+    uart_overrun: In(1)
 
     def elaborate(self, platform):
         from hw.soc.link import Link
         m = Module()
         m.submodules.core = core = StubCore()
-        m.submodules.link = link = Link.for_core(core, timeout=TIMEOUT)
+        m.submodules.link = link = Link.for_core(core, timeout=TIMEOUT, clock_hz=CLOCK_HZ)
         link.connect_core(m, core)
+        m.d.comb += [link.uart_frame_error.eq(self.uart_frame_error),
+                     link.uart_overrun.eq(self.uart_overrun)]
         wiring.connect(m, wiring.flipped(self.i_stream), link.i_stream)
         wiring.connect(m, link.o_stream, wiring.flipped(self.o_stream))
         return m
@@ -100,7 +113,8 @@ class LinkTop(wiring.Component):
 
 def expected_info():
     return P.DeviceInfo(P.PROTOCOL_VERSION, 0x1234ABCD, 4, 4, *SIZES.values(),
-                        SIZES["out_bytes"] // 4, 64, 0b11)
+                        SIZES["out_bytes"] // 4, 64, 0b11, P.MAX_DATA, CLOCK_HZ, TIMEOUT,
+                        StubCore.WATCHDOG, StubCore.TILE_PERIOD_MIN, P.PeKind.INT8_DSP)
 
 
 def test_link():
@@ -116,28 +130,45 @@ def test_link_params():
     with pytest.raises(ValueError, match="exceeds"):
         Link(info=info, addr_bits=8)
     with pytest.raises(ValueError, match="timeout"):
-        Link(info=info, addr_bits=9, timeout=1)
+        Link(info=dataclasses.replace(info, timeout_cycles=1), addr_bits=9)
+    with pytest.raises(ValueError, match="version"):
+        Link(info=dataclasses.replace(info, version=1), addr_bits=9)
     with pytest.raises(TypeError):
         Link(info=None, addr_bits=9)
     Link(info=info, addr_bits=9)._MustUse__silence = True   # constructs; nothing to elaborate
 
 
-def test_crc_network_matches_software():
+def test_crc_processor_matches_host_crc():
+    """amaranth.lib.crc with the link's parameters computes the host's CRC (binascii),
+    and its match flag fires exactly on a frame body followed by its CRC (MSB first)."""
     from amaranth.sim import Simulator
-    from hw.soc.link import crc16_next
-    crc, byte, out = Signal(16), Signal(8), Signal(16)
+    from hw.soc.link import CRC_PARAMETERS
     m = Module()
-    m.d.comb += out.eq(crc16_next(crc, byte))
+    m.submodules.crc = crc = CRC_PARAMETERS.create()
     rng = random.Random(1)
-    cases = [(rng.randrange(1 << 16), rng.randrange(256)) for _ in range(200)]
+    cases = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) for _ in range(50)]
+    cases += [b"123456789"]
 
     async def bench(ctx):
-        for c, b in cases:
-            ctx.set(crc, c)
-            ctx.set(byte, b)
-            assert ctx.get(out) == P.crc16_update(c, bytes([b]))
+        for data in cases:
+            ctx.set(crc.start, 1)
+            await ctx.tick()
+            ctx.set(crc.start, 0)
+            for b in data:
+                ctx.set(crc.data, b)
+                ctx.set(crc.valid, 1)
+                await ctx.tick()
+            ctx.set(crc.valid, 0)
+            assert ctx.get(crc.crc) == P.crc16(data), data
+            for b in P.crc16(data).to_bytes(2, "big"):
+                ctx.set(crc.data, b)
+                ctx.set(crc.valid, 1)
+                await ctx.tick()
+            ctx.set(crc.valid, 0)
+            assert ctx.get(crc.match_detected), data
 
     sim = Simulator(m)
+    sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
 
@@ -220,6 +251,8 @@ async def _start(dut, seed=0):
     dut.i_stream__valid.value = 0
     dut.i_stream__payload.value = 0
     dut.o_stream__ready.value = 1
+    dut.uart_frame_error.value = 0
+    dut.uart_overrun.value = 0
     dut.rst.value = 1
     await RisingEdge(dut.clk)
     await RisingEdge(dut.clk)
@@ -233,7 +266,22 @@ async def identify_status_counters(dut):
     info = P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY))
     assert info == expected_info(), info
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
-    assert st == P.Status(False, False, ErrorCode.OK), st
+    assert st == P.Status(False, False, ErrorCode.OK, 0, 0, 0), st
+    # UART error pulses are counted (16-bit counters)
+    for sig, n in ((dut.uart_frame_error, 3), (dut.uart_overrun, 5)):
+        for _ in range(n):
+            await FallingEdge(dut.clk)
+            sig.value = 1
+            await FallingEdge(dut.clk)
+            sig.value = 0
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert (st.frame_errors, st.overruns, st.link_errors) == (3, 5, 0), st
+    # every reply carries its request's tag
+    for tag in (1, 77, 255, 0):
+        for frame in (P.identify(seq=tag), P.status(seq=tag), P.counters(seq=tag),
+                      P.read(Buffer.A, 0, 1, seq=tag), P.pack_frame(0x33, b"", seq=tag)):
+            rep = await h.cmd(frame)
+            assert rep.seq == tag, (frame.hex(), rep)
     c1 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
     c2 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
     assert c2.cycles > c1.cycles > 0 and c2.macs == c1.macs == 0
@@ -300,7 +348,7 @@ async def layer_run(dut):
     await h.ok(P.load_layer(P.LayerDescriptor(3, 5, 7, OutMode.INT8, 1234, 12, -5, 1)),
                Opcode.LOAD_LAYER)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
-    assert st == P.Status(False, True, ErrorCode.OK), st
+    assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.OK), st
     t0 = h.cycle
     await h.ok(P.run(), Opcode.RUN)
     c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
@@ -313,7 +361,7 @@ async def layer_run(dut):
     await h.ok(P.load_layer(P.LayerDescriptor(3, 0, 7)), Opcode.LOAD_LAYER)
     await h.err(P.run(), ErrorCode.BAD_SHAPE, Opcode.RUN)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
-    assert st == P.Status(False, True, ErrorCode.BAD_SHAPE), st
+    assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.BAD_SHAPE), st
     # RUN without waiting: everything touching the core is refused while it runs
     await h.ok(P.load_layer(P.LayerDescriptor(1, 31, 1)), Opcode.LOAD_LAYER)   # 498 busy cycles
     h.txq += P.run(wait=False) + P.status() + P.write(Buffer.A, 0, b"\x01")
@@ -327,7 +375,7 @@ async def layer_run(dut):
     assert [f.status for f in h.frames[-3:]] == [ErrorCode.BUSY] * 3, h.frames[-3:]
     await h.wait(500)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
-    assert st == P.Status(False, True, ErrorCode.OK), st
+    assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.OK), st
     await h.err(P.pack_frame(Opcode.RUN, b"\x02"), ErrorCode.BAD_PARAM)
     await h.err(P.pack_frame(Opcode.RUN, b"\x01\x00"), ErrorCode.BAD_LENGTH)
     # RESET forgets the layer and the last error
@@ -335,10 +383,47 @@ async def layer_run(dut):
     await h.err(P.run(), ErrorCode.BAD_SHAPE)
     await h.ok(P.reset(), Opcode.RESET)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
-    assert st == P.Status(False, False, ErrorCode.OK), st
+    assert (st.busy, st.loaded, st.last_error) == (False, False, ErrorCode.OK), st
     await h.err(P.run(), ErrorCode.NOT_LOADED)
     for op in (Opcode.IDENTIFY, Opcode.STATUS, Opcode.COUNTERS, Opcode.RESET):
         await h.err(P.pack_frame(op, b"\x00"), ErrorCode.BAD_LENGTH, op)
+    # malformed requests are not line damage: no link error counted
+    assert P.Status.unpack(await h.ok(P.status(), Opcode.STATUS)).link_errors == 0
+    assert not h.parser.bad_frames and not h.parser.skipped
+
+
+@cocotb.test()
+async def run_reply_and_reset_abort(dut):
+    """RUN replies when the core is done, with its tag; a host that speaks first gives up on
+    that reply (STATUS works while the core runs); RESET stops a running core."""
+    h = await _start(dut, 8)
+    await h.ok(P.load_layer(P.LayerDescriptor(1, 31, 1)), Opcode.LOAD_LAYER)   # 498 busy cycles
+    t0 = h.cycle
+    rep = await h.cmd(P.run(seq=42))
+    assert (rep.request, rep.seq, rep.status) == (Opcode.RUN, 42, ErrorCode.OK), rep
+    assert h.cycle - t0 >= 31 * 16, h.cycle - t0       # the reply came after the run
+    # a new request while the RUN reply is owed: STATUS answers at once, the RUN reply is
+    # dropped (the host gave up on it), nothing else arrives
+    n = len(h.frames)
+    h.txq += P.run(seq=43)
+    await h.wait(60)
+    assert len(h.frames) == n, h.frames[n:]
+    st = P.Status.unpack(await h.ok(P.status(seq=44), Opcode.STATUS))
+    assert st.busy, st
+    await h.wait(600)
+    assert [f.seq for f in h.frames[n:]] == [44], h.frames[n:]
+    # RESET aborts a running core; the reply comes once the core is idle
+    busy0 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS)).busy
+    h.txq += P.run(wait=False, seq=45)
+    await h.idle(3)
+    assert (h.frames[-1].seq, h.frames[-1].status) == (45, ErrorCode.OK)
+    rep = await h.cmd(P.reset(seq=46))
+    assert (rep.seq, rep.status) == (46, ErrorCode.OK), rep
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert (st.busy, st.loaded, st.last_error) == (False, False, ErrorCode.OK), st
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert c.busy - busy0 < 31 * 16, (busy0, c)         # stopped early (stub counts on)
+    await h.err(P.run(), ErrorCode.NOT_LOADED)
     assert not h.parser.bad_frames and not h.parser.skipped
 
 
@@ -356,24 +441,37 @@ async def corrupt_frames(dut):
             rep = await h.cmd(bytes(bad))
             assert rep.status in (ErrorCode.BAD_CRC,), (i, bit, rep)
     await h.ok(P.read(Buffer.W, 0, 1), Opcode.READ)
-    # a WRITE with a bad CRC reports BAD_CRC (its data may already be in the buffer)
-    bad = bytearray(P.write(Buffer.A, 0, b"\x11\x22"))
-    bad[-1] ^= 0xFF
-    await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.WRITE)
+    # nothing of a damaged WRITE reaches a buffer: not its data, not at its address, not at
+    # a corrupted address (every bit of the body flipped in turn)
+    before = {b: await h.ok(P.read(b, 0, SIZES[k]), Opcode.READ) for b, k in zip(Buffer, SIZES)}
+    good = P.write(Buffer.A, 3, b"\x11\x22\x33")
+    for i in range(5, len(good)):
+        for bit in range(8):
+            bad = bytearray(good)
+            bad[i] ^= 1 << bit
+            await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.WRITE)
+    for b, k in zip(Buffer, SIZES):
+        assert await h.ok(P.read(b, 0, SIZES[k]), Opcode.READ) == before[b], b
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st.link_errors == 2 * (len(P.write(Buffer.W, 10, b"\xAA\xBB")) - 3) + 8 * (len(good) - 5), st
     # unknown opcodes (including a reply opcode echoed back)
     for op in (0x00, 0x09, 0x7F, 0x81, 0xFF):
         await h.err(P.pack_frame(op, b"xyz"), ErrorCode.UNKNOWN_OPCODE, op & 0x7F)
     # a length beyond MAX_PAYLOAD is refused at once, the rest is skipped as garbage
     junk = bytes([P.SYNC, Opcode.WRITE]) + (P.MAX_PAYLOAD + 1).to_bytes(2, "little")
-    await h.err(junk, ErrorCode.BAD_LENGTH, Opcode.WRITE)
+    rep = await h.err(junk, ErrorCode.BAD_LENGTH, Opcode.WRITE)
+    assert rep.seq == P.UNKNOWN_SEQ, rep
     await h.err(junk + b"\x00\x01\x02", ErrorCode.BAD_LENGTH)
+    # LENGTH 0 (no room for the tag) likewise
+    await h.err(bytes([P.SYNC, Opcode.IDENTIFY, 0, 0]), ErrorCode.BAD_LENGTH, Opcode.IDENTIFY)
     await h.idle(5)
     # truncated frame: TIMEOUT after `timeout` quiet cycles, then the next frame is fine
-    for cut in (1, 2, 3, 4, 7):
+    for cut in (1, 2, 3, 4, 5, 7, 13):
         t0 = h.cycle
-        rep = await h.cmd(P.write(Buffer.A, 0, b"\x01\x02\x03")[:cut])
+        rep = await h.cmd(P.write(Buffer.A, 0, b"\x01\x02\x03", seq=9)[:cut])
         assert rep.status == ErrorCode.TIMEOUT and TIMEOUT <= h.cycle - t0 <= TIMEOUT + 40, \
             (cut, rep, h.cycle - t0)
+        assert rep.seq == (9 if cut >= 5 else P.UNKNOWN_SEQ), (cut, rep)
         assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == expected_info()
     # garbage between frames (no SYNC in it) is skipped without a reply
     rng = random.Random(5)

@@ -331,7 +331,8 @@ class Accelerator:
                     if frame.status == ErrorCode.BUSY:
                         self._wait_idle(what)
                         continue
-                    if frame.status not in P.LINK_ERRORS:
+                    # BAD_LENGTH with this request's tag passed the CRC: a malformed request
+                    if frame.status not in (ErrorCode.BAD_CRC, ErrorCode.TIMEOUT):
                         try:
                             return P.parse_reply(frame, opcode)
                         except DeviceError as e:

@@ -64,8 +64,10 @@ class ErrorCode(enum.IntEnum):
     ABORTED = 11           #: the GEMM was stopped by RESET (the core's result; RESET clears it)
 
 
-#: Statuses by which the device says a request was damaged on the way and not executed: the
-#: request may be sent again as it is.
+#: Statuses by which the device says a frame was damaged on the way and not executed: BAD_CRC,
+#: TIMEOUT (cut off), and BAD_LENGTH when the tag is ``UNKNOWN_SEQ`` (the LENGTH field itself
+#: was impossible). The request may be sent again as it is. (A BAD_LENGTH that carries the
+#: request's tag passed the CRC: the request itself is malformed.)
 LINK_ERRORS = (ErrorCode.BAD_CRC, ErrorCode.BAD_LENGTH, ErrorCode.TIMEOUT)
 
 
@@ -430,7 +432,8 @@ class Status:
     """STATUS reply data (8 bytes): flags u8 (bit0 busy, bit1 loaded), last_error u8, then
     u16 LE counters since power-up (they wrap): ``frame_errors`` (UART bytes with a low stop
     bit), ``overruns`` (UART bytes lost because the receive FIFO was full) and
-    ``link_errors`` (frames answered BAD_CRC, BAD_LENGTH or TIMEOUT)."""
+    ``link_errors`` (frames answered BAD_CRC or TIMEOUT, or refused for an impossible
+    LENGTH: damage on the line, not malformed requests)."""
 
     busy: bool
     loaded: bool

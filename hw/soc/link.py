@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.numerics import OutMode
 from sw.protocol import (
-    LAYER_PAYLOAD, LINK_ERRORS, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
+    LAYER_PAYLOAD, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
     REPLY_FLAG, RUN_NOWAIT, SYNC, UNKNOWN_SEQ, WRITE_HEADER, Buffer, Counters, DeviceInfo,
     ErrorCode, Opcode, Status,
 )
@@ -267,7 +267,7 @@ class Link(wiring.Component):
                     with m.If(take):
                         m.d.sync += tmo.eq(0)
                     with m.Elif(tmo == self.timeout - 1):
-                        m.d.sync += reply(ErrorCode.TIMEOUT)
+                        m.d.sync += [reply(ErrorCode.TIMEOUT), n_link_err.eq(n_link_err + 1)]
                         m.next = "TX_SYNC"
                     with m.Else():
                         m.d.sync += tmo.eq(tmo + 1)
@@ -282,7 +282,8 @@ class Link(wiring.Component):
                             m.d.sync += length[8:].eq(byte)
                             full = Cat(length[:8], byte)
                             with m.If((full > MAX_PAYLOAD) | (full == 0)):
-                                m.d.sync += reply(ErrorCode.BAD_LENGTH)
+                                m.d.sync += [reply(ErrorCode.BAD_LENGTH),
+                                             n_link_err.eq(n_link_err + 1)]
                                 m.next = "TX_SYNC"
                             with m.Else():
                                 m.next = "SEQ"
@@ -310,7 +311,7 @@ class Link(wiring.Component):
             with m.State("EXEC"):
                 m.next = "TX_SYNC"
                 with m.If(~rx_crc.match_detected):
-                    m.d.sync += reply(ErrorCode.BAD_CRC)
+                    m.d.sync += [reply(ErrorCode.BAD_CRC), n_link_err.eq(n_link_err + 1)]
                 with m.Else():
                     with m.Switch(opcode):
                         with m.Case(Opcode.IDENTIFY):
@@ -431,8 +432,6 @@ class Link(wiring.Component):
             with m.State("TX_SYNC"):
                 m.d.comb += tx_crc.start.eq(1)
                 with m.If(send(SYNC)):
-                    with m.If(Cat(*[r_status == code for code in LINK_ERRORS]).any()):
-                        m.d.sync += n_link_err.eq(n_link_err + 1)
                     m.next = "TX_OP"
             for name, value, nxt in (("TX_OP", r_op, "TX_LEN0"),
                                      ("TX_LEN0", (r_count + 2)[:8], "TX_LEN1"),
