@@ -1,7 +1,10 @@
-"""Benchmarks (kept out of the pass/fail tests): ``python -m hw.bench utilization|roofline``.
+"""Benchmarks (kept out of the pass/fail tests): ``python -m hw.bench utilization|roofline|faults``.
 
-Runs the 85F-sized core in Verilator, reads its cycle/MAC counters and writes the table to
-``docs/results_utilization.json`` and the markdown block printed at the end.
+``utilization`` runs the 85F-sized core in Verilator, reads its cycle/MAC counters and writes
+the table to ``docs/results_utilization.json`` and the markdown block printed at the end.
+``faults`` runs GEMMs through a :class:`sw.transport.FaultInjector` (SimTransport, or the real
+``SerialTransport`` through a pseudo-terminal to the same model) and counts exact / raised /
+wrong results and the recovery time (:func:`fault_campaign`, also used by the tests).
 """
 
 import argparse
@@ -80,15 +83,165 @@ def roofline(device="85F", freq_mhz=None, baud=3_000_000):
     return text
 
 
+class _GEMM_ERRORS:
+    """What a GEMM through a damaged link may raise (anything else is a bug)."""
+
+    @staticmethod
+    def types():
+        from sw.driver import DeviceError, DeviceTimeout, TransportError
+        from sw.protocol import ProtocolError
+        return (DeviceError, DeviceTimeout, TransportError, ProtocolError)
+
+
+def fault_campaign(transport, *, gemms: int, seed: int = 0, tx_rate: float = 0.05,
+                   rx_rate: float = 0.02, max_bits: int = 3, progress=None) -> dict:
+    """Run ``gemms`` small random GEMMs (RAW32 and INT8 requant) through ``transport``
+    wrapped in a :class:`~sw.transport.FaultInjector`; compare every result with
+    :func:`sw.numerics.mpgemm`.
+
+    Returns a dict: ``exact``, ``raised``, ``wrong`` (GEMM counts), ``tx_faults``,
+    ``rx_faults``, ``retries``, ``stale_replies``, the wall time of the GEMMs without and with
+    one fault (``clean_median_s``, ``one_fault_max_s``), the slowest recovery from one
+    damaged frame (``recovery_max_s`` = slowest one-fault GEMM minus the median clean one)
+    and the device's inter-byte timeout in wall time as the driver computes it
+    (``link_timeout_s``). A GEMM that raises something other than the driver's documented
+    errors propagates (that is a bug, not a fault outcome).
+    """
+    import numpy as np
+    from sw import numerics
+    from sw.driver import Accelerator
+    from sw.numerics import Requant
+    from sw.transport import FaultInjector
+
+    ft = FaultInjector(transport, tx_rate=0.0, rx_rate=0.0, max_bits=max_bits, seed=seed)
+    acc = Accelerator(ft)                 # identify on a clean link
+    ft.tx_rate, ft.rx_rate = tx_rate, rx_rate
+    rng = np.random.default_rng(seed)
+    info = acc.info
+    R, C = info.rows, info.cols
+    counts = {"exact": 0, "raised": 0, "wrong": 0}
+    times = {}                            # faults during the GEMM -> wall times
+    errors = {}
+    t_start = time.monotonic()
+    try:
+        for i in range(gemms):
+            M = int(rng.integers(1, 3 * R + 1))
+            K = int(rng.integers(1, 48))
+            N = int(rng.integers(1, 3 * C + 1))
+            a = rng.integers(-128, 128, (M, K)).astype(np.int8)
+            w = rng.integers(-128, 128, (K, N)).astype(np.int8)
+            rq = None
+            if rng.integers(0, 2):
+                rq = Requant(int(rng.integers(1, 1 << 16)), int(rng.integers(8, 30)),
+                             int(rng.integers(-20, 20)), bool(rng.integers(0, 2)))
+            f0 = ft.tx_faults + ft.rx_faults
+            t0 = time.monotonic()
+            try:
+                got = acc.gemm(a, w, requant=rq)
+            except _GEMM_ERRORS.types() as e:
+                counts["raised"] += 1
+                errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                continue
+            finally:
+                times.setdefault(ft.tx_faults + ft.rx_faults - f0, []).append(
+                    time.monotonic() - t0)
+            if np.array_equal(got, numerics.mpgemm(a, w, rq)) and got.dtype == (
+                    np.int32 if rq is None else np.int8):
+                counts["exact"] += 1
+            else:
+                counts["wrong"] += 1
+            if progress:
+                progress(i + 1, gemms)
+        clean = sorted(times.get(0, [0.0]))
+        one = times.get(1, [])
+        result = dict(counts, gemms=gemms, tx_faults=ft.tx_faults, rx_faults=ft.rx_faults,
+                      retries=acc.total.retries, stale_replies=ft.stale_replies,
+                      errors=errors, wall_s=round(time.monotonic() - t_start, 2),
+                      clean_median_s=round(clean[len(clean) // 2], 4),
+                      one_fault_gemms=len(one),
+                      one_fault_max_s=round(max(one), 4) if one else None,
+                      recovery_max_s=round(max(one) - clean[len(clean) // 2], 4) if one else None,
+                      link_timeout_s=round(acc._link_timeout, 4),
+                      device_timeout_cycles=info.timeout_cycles)
+    finally:
+        acc.close()
+    return result
+
+
+def pty_sim_serial(device: str = "12F", **kw):
+    """The real :class:`sw.transport.SerialTransport` (pyserial) on a pseudo-terminal whose
+    other end is the Verilator model of ``device``'s SoC: the board's serial path without a
+    board. Timeouts follow the model's speed (as :class:`~sw.transport.SimTransport`'s do).
+    """
+    import os
+    import subprocess
+    from hw.soc.simbuild import build_sim_model
+    from sw.transport import SerialTransport, SimTransport
+
+    exe = build_sim_model(device)
+    master, slave = os.openpty()
+    proc = subprocess.Popen([str(exe)], stdin=master, stdout=master,
+                            stderr=subprocess.DEVNULL, close_fds=True)
+    os.close(master)
+    name = os.ttyname(slave)
+
+    class PtySimSerial(SerialTransport):
+        RATE_MIN, GRACE = SimTransport.RATE_MIN, SimTransport.GRACE
+        seconds = SimTransport.seconds
+        wire_seconds = SimTransport.wire_seconds
+
+        def close(self):
+            super().close()
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+    try:
+        t = PtySimSerial(name, **kw)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        os.close(slave)
+    return t
+
+
+def faults(device="12F", gemms=2000, seed=1):
+    """Fault campaign through SimTransport and through the pty serial path (docs/results.md)."""
+    from sw.transport import SimTransport
+    rows = []
+    for name, make in (("SimTransport", lambda: SimTransport(device)),
+                       ("SerialTransport over a pty", lambda: pty_sim_serial(device))):
+        r = fault_campaign(make(), gemms=gemms, seed=seed)
+        r["path"] = name
+        rows.append(r)
+        print(json.dumps(r))
+    (ROOT / "docs" / "results_faults.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"\n`python -m hw.bench faults --device {device} --gemms {gemms}`\n")
+    print("| path | GEMMs | frames damaged sent / received | exact | raised | wrong | retries "
+          "| clean GEMM (median) | slowest recovery from one fault | driver's device-timeout "
+          "estimate |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['path']} | {r['gemms']} | {r['tx_faults']} / {r['rx_faults']} | "
+              f"{r['exact']} | {r['raised']} | {r['wrong']} | {r['retries']} | "
+              f"{1e3 * r['clean_median_s']:.1f} ms | {1e3 * (r['recovery_max_s'] or 0):.1f} ms "
+              f"| {1e3 * r['link_timeout_s']:.1f} ms |")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m hw.bench")
-    ap.add_argument("what", choices=["utilization", "roofline"])
-    ap.add_argument("--device", default="85F")
+    ap.add_argument("what", choices=["utilization", "roofline", "faults"])
+    ap.add_argument("--device", default=None, help="default: 85F (faults: 12F)")
+    ap.add_argument("--gemms", type=int, default=2000, help="faults: GEMMs per path")
     args = ap.parse_args(argv)
     if args.what == "utilization":
-        utilization(args.device)
+        utilization(args.device or "85F")
+    elif args.what == "faults":
+        faults(args.device or "12F", gemms=args.gemms)
     else:
-        roofline(args.device)
+        roofline(args.device or "85F")
     return 0
 
 

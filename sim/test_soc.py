@@ -1,10 +1,13 @@
-"""End to end: the real driver through SimTransport (Verilator model of the SoC), and a fuzz
-of random / corrupted frames after which a correct GEMM still comes back bit-exact."""
+"""End to end: the real driver through SimTransport (Verilator model of the SoC) and through
+the real SerialTransport on a pseudo-terminal; a fuzz of random / corrupted frames after which
+a correct GEMM still comes back bit-exact; fault campaigns (random bit flips in both
+directions during real GEMMs: every GEMM exact or raising, never wrong); BUSY waited out;
+RESET stopping a GEMM; the same with randomised initial register values."""
 
 import numpy as np
 import pytest
 
-from sw import numerics, protocol as P
+from sw import layout, numerics, protocol as P
 from sw.numerics import Requant
 
 DEVICE = "12F"     # the smallest core: quickest to build; the gateware is the same generator
@@ -29,13 +32,15 @@ def _rand(rng, shape):
 
 
 def test_identify_matches_core(acc):
-    from fpga.ulx3s import DEVICES
-    from hw.systolic.core import MpGemmCore
-    from dataclasses import asdict
-    core = MpGemmCore(**asdict(DEVICES[DEVICE][1]))
+    from fpga.ulx3s import DEFAULT_FREQ_MHZ
+    from hw.soc.simbuild import SIM_TIMEOUT, sim_soc
+    core = sim_soc(DEVICE).core
     info = acc.identify()
     assert (info.rows, info.cols, info.max_k) == (core.rows, core.cols, core.max_k)
     assert info.config_hash == core.config_hash()
+    assert (info.timeout_cycles, info.watchdog_cycles, info.tile_period, info.pe_kind,
+            info.clock_hz) == (SIM_TIMEOUT, core.WATCHDOG, core.TILE_PERIOD_MIN,
+                               core.PE_KIND, DEFAULT_FREQ_MHZ[DEVICE] * 1e6)
 
 
 def test_random_shapes_bit_exact(acc):
@@ -100,3 +105,81 @@ def test_fuzz_then_gemm(transport, acc):
     rq = Requant(40000, 20, 3, True)
     acc.reset()
     np.testing.assert_array_equal(acc.gemm(a, w, requant=rq), numerics.mpgemm(a, w, rq), strict=True)
+
+
+def test_busy_waited_out_and_reset_stops_a_gemm(acc):
+    """A request that meets a running GEMM is sent again once the core is idle (no error);
+    RESET stops a running GEMM, after which everything works."""
+    rng = np.random.default_rng(14)
+    info = acc.identify()
+    # a long GEMM: as many tiles as the INT8 output holds, K twice the tile period
+    K = 2 * info.tile_period
+    M = N = int((4 * info.out_words) ** 0.5)
+    assert M * K <= info.a_bytes and K * N <= info.w_bytes
+    a, w = _rand(rng, (M, K)), _rand(rng, (K, N))
+    big = Requant(1000, 16)
+    for stop in (False, True):
+        acc.write_buffer(P.Buffer.A, 0, layout.a_image(a, info.rows))
+        acc.write_buffer(P.Buffer.W, 0, layout.w_image(w, info.cols))
+        acc.load_layer(P.LayerDescriptor.from_requant(M, K, N, numerics.OutMode.INT8, big))
+        acc._call(lambda seq: P.run(wait=False, seq=seq), P.Opcode.RUN)
+        assert acc.status().busy
+        if stop:
+            acc.reset()
+            st = acc.status()
+            assert (st.busy, st.loaded, st.last_error) == (False, False, P.ErrorCode.OK), st
+            assert acc.counters().busy < -(-M // info.rows) * -(-N // info.cols) * K
+        # the next GEMM's first request meets a busy core (stop=False) or not: exact either way
+        a2, w2 = _rand(rng, (5, 30)), _rand(rng, (30, 6))
+        rq = Requant(30000, 18, -4)
+        np.testing.assert_array_equal(acc.gemm(a2, w2, requant=rq),
+                                      numerics.mpgemm(a2, w2, rq), strict=True)
+
+
+def _campaign_ok(r, gemms):
+    assert r["wrong"] == 0, r
+    assert r["tx_faults"] > gemms // 10 and r["rx_faults"] > gemms // 10, r
+    assert r["exact"] >= 0.95 * gemms, r
+    assert r["exact"] + r["raised"] == gemms, r
+
+
+def test_fault_campaign_sim():
+    """Bit flips in the frames sent and received during 1500 real GEMMs (raw and requant):
+    each GEMM is bit-exact or raises; recovery stays near the device's timeout."""
+    from hw.bench import fault_campaign
+    from sw.transport import SimTransport
+    gemms = 1500
+    r = fault_campaign(SimTransport(DEVICE), gemms=gemms, seed=21)
+    _campaign_ok(r, gemms)
+    assert r["recovery_max_s"] < 3 * r["link_timeout_s"] + 0.05, r
+
+
+def test_serial_path_over_pty():
+    """The real SerialTransport (pyserial) through a pseudo-terminal to the simulated SoC:
+    IDENTIFY, GEMMs, and a fault campaign."""
+    from hw.bench import fault_campaign, pty_sim_serial
+    from sw.driver import Accelerator
+    with Accelerator(pty_sim_serial(DEVICE)) as acc:
+        assert acc.info.version == P.PROTOCOL_VERSION
+        rng = np.random.default_rng(15)
+        for M, K, N, rq in ((7, 33, 5, None), (20, 300, 9, Requant(50000, 26, 2, True))):
+            a, w = _rand(rng, (M, K)), _rand(rng, (K, N))
+            np.testing.assert_array_equal(acc.gemm(a, w, requant=rq),
+                                          numerics.mpgemm(a, w, rq), strict=True)
+    gemms = 300
+    _campaign_ok(fault_campaign(pty_sim_serial(DEVICE), gemms=gemms, seed=22), gemms)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_initial_state(seed):
+    """Registers without a reset start random (Verilator --x-initial unique, per seed):
+    identify, GEMMs raw and requantized, still bit-exact."""
+    from sw.driver import Accelerator
+    from sw.transport import SimTransport
+    rng = np.random.default_rng(100 + seed)
+    with Accelerator(SimTransport(DEVICE, x_init="unique", seed=seed)) as acc:
+        for M, K, N, rq in ((1, 1, 1, None), (9, 40, 7, Requant(40000, 22, -3)),
+                            (17, 120, 13, None), (6, 5, 18, Requant(65535, 40, 0, True))):
+            a, w = _rand(rng, (M, K)), _rand(rng, (K, N))
+            np.testing.assert_array_equal(acc.gemm(a, w, requant=rq),
+                                          numerics.mpgemm(a, w, rq), strict=True)

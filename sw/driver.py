@@ -28,7 +28,7 @@ from . import layout
 from . import protocol as P
 from .numerics import OutMode, Requant, check_int, int_range, requantize
 from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescriptor, Opcode
-from .transport import Transport, TransportError, TransportTimeout
+from .transport import ReplyDamaged, Transport, TransportError, TransportTimeout
 
 __all__ = ["Accelerator", "DeviceMismatch", "DeviceTimeout", "GemmPlan", "Stats",
            "DeviceError", "TransportError"]
@@ -314,11 +314,14 @@ class Accelerator:
             request = build(seq=seq)
             timeout = self._reply_timeout(len(request), P.FRAME_OVERHEAD + 1 + expect, cycles)
             sent_at = time.monotonic()
+            in_sync = False          # the device is known to be hunting again
             try:
                 frame = self.transport.exchange(request, seq=seq, timeout=timeout)
             except TransportTimeout as e:
                 self._count(len(request), 0)
                 why = f"no reply within {timeout:.3g} s [{e}]"
+                # a damaged reply: the device has finished this request and hunts again
+                in_sync = isinstance(e, ReplyDamaged)
             else:
                 self._count(len(request), P.FRAME_OVERHEAD + len(frame.payload))
                 if frame.is_v1_reply:
@@ -345,6 +348,10 @@ class Accelerator:
                         else f"status {frame.payload[:1].hex()}")
                 why = (f"reply {name} to opcode 0x{frame.request:02x} tag {frame.seq} "
                        f"(sent tag {seq})")
+                # BAD_CRC or TIMEOUT for this very request: the device took this frame as
+                # one frame and is hunting again (bytes it did not take, after a LENGTH
+                # made shorter, are a rare exception that costs one more retry)
+                in_sync = frame.seq == seq
             # the request (or its reply) was damaged: the device did all of it (a reply was
             # lost) or none of it (WRITE data is staged and committed only after the CRC),
             # so sending it again is safe; what the buffers hold is no longer vouched for
@@ -358,14 +365,19 @@ class Accelerator:
                     f"{what} failed {failures} times, last: {why}: is the device powered, "
                     f"programmed with the mpGEMM bitstream, and the baud rate right?")
             log.info("%s: %s; resynchronising and sending it again", what, why)
-            self._resync(sent_at + self.transport.wire_seconds(len(request)))
+            self._resync(None if in_sync else
+                         sent_at + self.transport.wire_seconds(len(request)))
 
-    def _resync(self, last_byte_at: float) -> None:
-        """Wait until the device has dropped any frame it was still receiving (its
-        inter-byte timeout after our last byte, plus the TIMEOUT reply that follows) and
-        throw away everything that arrived meanwhile."""
-        until = last_byte_at + 1.2 * self._link_timeout + self.transport.wire_seconds(16)
-        self.transport.drain(min(0.02, self._link_timeout), until=until)
+    def _resync(self, last_byte_at: float | None) -> None:
+        """Throw away what arrives until the line is quiet. With ``last_byte_at`` (the device
+        may still be inside a frame: no reply, or a reply to something else), first wait
+        until it has dropped that frame: its inter-byte timeout after our last byte, plus
+        the TIMEOUT reply that follows."""
+        quiet = min(0.02, self._link_timeout, self.transport.wire_seconds(16))
+        until = None
+        if last_byte_at is not None:
+            until = last_byte_at + 1.2 * self._link_timeout + self.transport.wire_seconds(16)
+        self.transport.drain(max(quiet, 0.002), until=until)
 
     def _wait_idle(self, what: str) -> None:
         """Poll STATUS until the core is idle (a GEMM started earlier is still running)."""

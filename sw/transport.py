@@ -14,7 +14,9 @@ import time
 
 from . import protocol as P
 
-__all__ = ["Transport", "TransportError", "TransportTimeout", "SerialTransport", "SimTransport"]
+__all__ = ["Transport", "TransportError", "TransportTimeout", "ReplyDamaged", "SerialTransport",
+           "SimTransport",
+           "FaultInjector"]
 
 
 class TransportError(Exception):
@@ -23,6 +25,12 @@ class TransportError(Exception):
 
 class TransportTimeout(TransportError):
     """No (complete) reply arrived in time."""
+
+
+class ReplyDamaged(TransportTimeout):
+    """What arrived instead of the reply was a damaged frame (CRC or length wrong): the
+    reply will not come. Raised as soon as the line has nothing more pending, so the caller
+    need not wait out the whole reply timeout."""
 
 
 class Transport(abc.ABC):
@@ -90,9 +98,11 @@ class Transport(abc.ABC):
         this request (its tag may be what was damaged). A reply without a status byte (a
         protocol-1 device) is returned too. Frames that are not replies (a loopback echo,
         noise that happens to be a valid frame) are skipped. The deadline covers the whole
-        reply. Raises :class:`TransportTimeout` when it passes.
+        reply. Raises :class:`TransportTimeout` when it passes, :class:`ReplyDamaged` when a
+        damaged frame arrived and nothing else is pending.
         """
         timeout = self.timeout if timeout is None else timeout
+        bad0 = self._parser.bad_frames
         self.write(request)
         deadline = time.monotonic() + timeout
         while True:
@@ -109,12 +119,91 @@ class Transport(abc.ABC):
                         or frame.status in P.LINK_ERRORS):
                     return frame
                 self.stale_replies += 1
+            if self._parser.bad_frames > bad0 and not self._parser.pending:
+                raise ReplyDamaged(f"the reply to opcode 0x{request[1]:02x} arrived damaged "
+                                   f"({self._parser.bad_frames - bad0} bad frame(s))")
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+class FaultInjector(Transport):
+    """Wraps a transport and damages what crosses it: random bit flips in the frames sent
+    (each :meth:`write` is one frame when the driver sends) and in the bytes received.
+
+    For fault tests and for measuring recovery: the driver must return bit-exact results or
+    raise, never wrong numbers, whatever is flipped (SYNC, LENGTH, tag, data or CRC).
+
+    Parameters
+    ----------
+    inner : Transport
+        The real link (owned: closed with this one).
+    tx_rate : float
+        Probability that a written frame gets damaged.
+    rx_rate : float
+        Probability that a chunk of received bytes gets damaged.
+    max_bits : int
+        A damaged frame or chunk gets 1..max_bits flipped bits (at random positions).
+    seed : int
+        Seed of the fault pattern (``random.Random``).
+
+    Attributes
+    ----------
+    tx_faults, rx_faults : int
+        Frames / received chunks damaged so far.
+    """
+
+    def __init__(self, inner: Transport, *, tx_rate: float = 0.05, rx_rate: float = 0.0,
+                 max_bits: int = 3, seed: int = 0):
+        import random
+        super().__init__()
+        if not isinstance(inner, Transport):
+            raise TypeError(f"inner must be a Transport, not {inner!r}")
+        for name, v in (("tx_rate", tx_rate), ("rx_rate", rx_rate)):
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ValueError(f"{name} must be a probability in [0, 1], not {v!r}")
+        if isinstance(max_bits, bool) or not isinstance(max_bits, int) or max_bits < 1:
+            raise ValueError(f"max_bits must be a positive integer, not {max_bits!r}")
+        self.inner = inner
+        self.timeout = inner.timeout
+        self.tx_rate, self.rx_rate, self.max_bits = float(tx_rate), float(rx_rate), max_bits
+        self.rng = random.Random(seed)
+        self.tx_faults = 0
+        self.rx_faults = 0
+
+    def _damage(self, data: bytes) -> bytes:
+        buf = bytearray(data)
+        for _ in range(self.rng.randint(1, self.max_bits)):
+            buf[self.rng.randrange(len(buf))] ^= 1 << self.rng.randrange(8)
+        return bytes(buf)
+
+    def write(self, data: bytes) -> None:
+        if data and self.rng.random() < self.tx_rate:
+            self.tx_faults += 1
+            data = self._damage(data)
+        self.inner.write(data)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        data = self.inner.read(n, timeout)
+        if data and self.rng.random() < self.rx_rate:
+            self.rx_faults += 1
+            data = self._damage(data)
+        return data
+
+    def seconds(self, cycles: int, clock_hz: int) -> float:
+        return self.inner.seconds(cycles, clock_hz)
+
+    def wire_seconds(self, nbytes: int) -> float:
+        return self.inner.wire_seconds(nbytes)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __repr__(self):
+        return f"FaultInjector({self.inner!r}, tx_rate={self.tx_rate}, rx_rate={self.rx_rate})"
 
 
 class SerialTransport(Transport):

@@ -6,7 +6,9 @@
 // stdout and blocks on stdin without advancing simulated time. When the link `waits` inside a
 // frame and stdin is empty, the harness gives the host a few milliseconds and then lets the
 // clock run, so a truncated frame meets the link's inter-byte timeout as it would on the
-// board. EOF on stdin ends the simulation. On exit the harness
+// board. Reply bytes are flushed to stdout as soon as the link has stopped sending for a few
+// cycles, also while the core keeps running (a RUN_NOWAIT or STATUS reply must reach the host
+// before the GEMM ends). EOF on stdin ends the simulation. On exit the harness
 // prints the number of simulated cycles and the time spent simulating (not waiting) to stderr.
 #include <chrono>
 #include <cstdio>
@@ -52,7 +54,7 @@ int main(int argc, char **argv) {
     static uint8_t inbuf[1 << 16];
     size_t in_len = 0, in_pos = 0;
     std::vector<uint8_t> out;
-    int quiet_cycles = 0, wait_cycles = 0;
+    int quiet_cycles = 0, wait_cycles = 0, tx_quiet = 0;
     bool gave_grace = false;   // the host had its grace period in this silent stretch
     bool eof = false;
     double waited = 0;   // seconds blocked on the host (excluded from the speed figure)
@@ -96,7 +98,8 @@ int main(int argc, char **argv) {
         quiet_cycles = (top->idle && !took && !gave) ? quiet_cycles + 1 : 0;
         wait_cycles = (top->waiting && !took && !gave) ? wait_cycles + 1 : 0;
         if (took || gave) gave_grace = false;
-        if (out.size() >= 4096) {
+        tx_quiet = gave ? 0 : tx_quiet + 1;
+        if (out.size() >= 4096 || (!out.empty() && tx_quiet >= 16)) {
             if (!write_all(out)) break;
             out.clear();
         }
