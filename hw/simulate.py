@@ -12,11 +12,12 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["verilator_bin_dir", "to_verilog", "build", "run_cocotb"]
+__all__ = ["verilator_bin_dir", "to_verilog", "strip_init", "build", "run_cocotb"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_BUILD = Path(os.environ.get("MPGEMM_SIM_BUILD", ROOT / "sim_build"))
@@ -55,6 +56,34 @@ def _tool_env() -> None:
     flags = os.environ.get("MAKEFLAGS", "")
     if "CFG_CXXFLAGS_PCH_I" not in flags:
         os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+
+
+_REG_INIT = re.compile(r"^(\s*reg\b[^=;]*?)\s*=\s*[^;]+;[ \t]*$", re.M)
+_MEM_INIT = re.compile(r"^[ \t]*initial begin\n(?:[ \t]*\S+ ?\[\d+\] = [^;]+;\n)+[ \t]*end\n", re.M)
+
+
+def strip_init(verilog: str) -> tuple[str, int, int]:
+    """Remove register initializers and memory ``initial`` blocks from Amaranth's Verilog.
+
+    Amaranth gives every register an initializer (``reg [7:0] ga0 = 8'h00;``) and every
+    memory an ``initial`` block, so Verilator's ``--x-initial unique`` alone would change
+    nothing; without them, each register and memory word starts random (per the model's
+    ``+verilator+seed+N``) and only the reset may make the results right. Yosys' own
+    ``$auto$verilog_backend`` trigger register keeps its initializer. Returns
+    ``(text, registers stripped, memories stripped)``.
+    """
+    nreg = 0
+
+    def drop(m):
+        nonlocal nreg
+        if "verilog_backend" in m.group(1):
+            return m.group(0)
+        nreg += 1
+        return m.group(1) + " ;"
+
+    text = _REG_INIT.sub(drop, verilog)
+    text, nmem = _MEM_INIT.subn("", text)
+    return text, nreg, nmem
 
 
 def to_verilog(component, name: str) -> str:

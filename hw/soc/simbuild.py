@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from hw.simulate import _tool_env, to_verilog
+from hw.simulate import _tool_env, strip_init, to_verilog
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).resolve().parent / "harness" / "sim_main.cpp"
@@ -53,6 +53,10 @@ def build_sim_model(device: str = "12F", *, quiet: bool = True, x_init: str = "f
     if x_init not in X_INIT:
         raise ValueError(f"x_init must be one of {X_INIT!r}, not {x_init!r}")
     verilog = to_verilog(sim_soc(device), "soc")
+    if x_init == "unique":
+        # without Amaranth's initializers, or --x-initial unique would randomise nothing
+        verilog, nreg, nmem = strip_init(verilog)
+        assert nreg > 100 and nmem > 0, (nreg, nmem)
     harness = HARNESS.read_text()
     key = hashlib.sha256((verilog + harness + x_init).encode()).hexdigest()[:16]
     bdir = ROOT / "fpga" / "build" / f"sim-{device}-{x_init}-{key}"
