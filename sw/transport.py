@@ -105,13 +105,20 @@ class Transport(abc.ABC):
         bad0 = self._parser.bad_frames
         self.write(request)
         deadline = time.monotonic() + timeout
+        damaged = False
+        # after a damaged frame, wait only for a short gap: if nothing more comes, the reply
+        # was the damaged frame (noise with a SYNC in it may precede a good reply)
+        gap = max(0.002, self.wire_seconds(P.FRAME_OVERHEAD))
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TransportTimeout(
                     f"no reply to opcode 0x{request[1]:02x} within {timeout:g} s "
                     f"({self._parser.pending} bytes of a partial frame received)")
-            data = self.read(self._parser.needed(), left)
+            data = self.read(self._parser.needed(), min(left, gap) if damaged else left)
+            if damaged and not data:
+                raise ReplyDamaged(f"the reply to opcode 0x{request[1]:02x} arrived damaged "
+                                   f"({self._parser.bad_frames - bad0} bad frame(s))")
             for frame in self._parser.feed(data):
                 if not frame.is_reply:
                     continue
@@ -119,9 +126,7 @@ class Transport(abc.ABC):
                         or frame.status in P.LINK_ERRORS):
                     return frame
                 self.stale_replies += 1
-            if self._parser.bad_frames > bad0 and not self._parser.pending:
-                raise ReplyDamaged(f"the reply to opcode 0x{request[1]:02x} arrived damaged "
-                                   f"({self._parser.bad_frames - bad0} bad frame(s))")
+            damaged = self._parser.bad_frames > bad0 and not self._parser.pending
 
     def __enter__(self):
         return self
