@@ -185,6 +185,8 @@ class Link(wiring.Component):
         baddr = Signal(33)                    # bus address counter (read and write)
         cidx = Signal(16)                     # commit: next staged byte to read
         c_v = Signal()                        # commit: staged byte on s_rp.data is valid
+        c_we = Signal()                       # commit: c_data goes to the bus this cycle
+        c_data = Signal(8)
 
         p_buf = hdr[0]
         p_addr = Cat(*hdr[1:5])
@@ -233,8 +235,12 @@ class Link(wiring.Component):
         m.d.comb += [
             self.bus_sel.eq(p_buf[:2]),
             self.bus_addr.eq(baddr[:self.addr_bits]),
-            self.bus_wdata.eq(s_rp.data),
+            # the staging EBR's output is registered before it travels to the core's
+            # buffers (on the 85F they are far apart, and EBR clock-to-out is slow)
+            self.bus_wdata.eq(c_data),
+            self.bus_we.eq(c_we),
         ]
+        m.d.sync += [c_data.eq(s_rp.data), c_we.eq(0)]
 
         def reply(status, count=0, bus=False):
             return [r_op.eq(opcode | REPLY_FLAG), r_seq.eq(seq), r_status.eq(status),
@@ -327,7 +333,7 @@ class Link(wiring.Component):
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)
                             with m.Else():
-                                m.d.sync += [reply(ErrorCode.OK), baddr.eq(p_addr),
+                                m.d.sync += [reply(ErrorCode.OK), baddr.eq(p_addr - 1),
                                              cidx.eq(0), c_v.eq(0)]
                                 m.next = "COMMIT"
                         with m.Case(Opcode.READ):
@@ -409,16 +415,16 @@ class Link(wiring.Component):
                             m.d.sync += reply(ErrorCode.UNKNOWN_OPCODE)
 
             with m.State("COMMIT"):
-                # staged WRITE data -> the core's buffer, one byte per cycle (s_rp has one
-                # cycle of latency, so c_v marks the cycle its data is there)
+                # staged WRITE data -> the core's buffer, one byte per cycle: s_rp has one
+                # cycle of latency (c_v marks the cycle its data is there), then c_data /
+                # c_we / baddr hold it for the bus for one more
                 m.d.comb += s_rp.addr.eq(cidx)
                 m.d.sync += c_v.eq(cidx < w_count)
                 with m.If(cidx < w_count):
                     m.d.sync += cidx.eq(cidx + 1)
                 with m.If(c_v):
-                    m.d.comb += self.bus_we.eq(1)
-                    m.d.sync += baddr.eq(baddr + 1)
-                with m.Elif(cidx == w_count):
+                    m.d.sync += [c_we.eq(1), baddr.eq(baddr + 1)]
+                with m.Elif((cidx == w_count) & ~c_we):
                     m.next = "TX_SYNC"
 
             with m.State("RESETWAIT"):
