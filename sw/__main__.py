@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", choices=SIM_DEVICES, default=None,
                        help="ULX3S size whose SoC is simulated (sim backend)")
         p.add_argument("--timeout", type=float, default=None,
-                       help="reply timeout in seconds (default: the transport's)")
+                       help="timeout in seconds for the first IDENTIFY (default: the transport's); "
+                            "later timeouts follow from what the device reports")
         p.add_argument("--expect-rows", type=int, default=None,
                        help="refuse a device whose array does not have this many rows")
         p.add_argument("--expect-cols", type=int, default=None)
@@ -100,6 +101,11 @@ def format_info(info: P.DeviceInfo) -> str:
         f"max K             {info.max_k}",
         f"output modes      {modes}",
         f"max data/frame    {info.max_data} bytes",
+        f"PE kind           {getattr(info.pe, 'name', info.pe)}",
+        f"clock             {info.clock_hz / 1e6:g} MHz (as built)",
+        f"tile period       {info.tile_period} cycles",
+        f"request timeout   {info.timeout_cycles} cycles (inter-byte)",
+        f"watchdog          {info.watchdog_cycles} cycles",
     ])
 
 
