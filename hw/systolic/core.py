@@ -389,21 +389,28 @@ class MpGemmCore(wiring.Component):
         idx_a = bus_addr[lr:]
         idx_w = bus_addr[lc:]
         a_rd, w_rd = [], []
+
+        def host_write(wp, idx, sel, name):
+            # one register set per bank between the host bus and the bank's write port: the
+            # banks are spread over the die (24 EBR groups on the 85F), and a single register
+            # fanning out to all of them was the slowest route of the 85F build
+            addr = Signal.like(idx, name=f"{name}_waddr", reset_less=True)
+            data = Signal(8, name=f"{name}_wdata", reset_less=True)
+            en = Signal(name=f"{name}_we")
+            m.d.sync += [addr.eq(idx), data.eq(bus_wdata), en.eq(~self.busy & bus_we & sel)]
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
+
         for i, mem in enumerate(a_mems):
             rp = mem.read_port()
-            wp = mem.write_port()
-            m.d.comb += [rp.addr.eq(Mux(self.busy, a_addr, idx_a)), rp.en.eq(1),
-                         wp.addr.eq(idx_a), wp.data.eq(bus_wdata),
-                         wp.en.eq(~self.busy & bus_we & host_a & (lane_a == i) &
-                                  (idx_a < self.a_depth))]
+            m.d.comb += [rp.addr.eq(Mux(self.busy, a_addr, idx_a)), rp.en.eq(1)]
+            host_write(mem.write_port(), idx_a,
+                       host_a & (lane_a == i) & (idx_a < self.a_depth), f"a{i}")
             a_rd.append(rp.data)
         for j, mem in enumerate(w_mems):
             rp = mem.read_port()
-            wp = mem.write_port()
-            m.d.comb += [rp.addr.eq(Mux(self.busy, w_addr, idx_w)), rp.en.eq(1),
-                         wp.addr.eq(idx_w), wp.data.eq(bus_wdata),
-                         wp.en.eq(~self.busy & bus_we & host_w & (lane_w == j) &
-                                  (idx_w < self.w_depth))]
+            m.d.comb += [rp.addr.eq(Mux(self.busy, w_addr, idx_w)), rp.en.eq(1)]
+            host_write(mem.write_port(), idx_w,
+                       host_w & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
             w_rd.append(rp.data)
 
         # The EBR read data (clock-to-out ~5.6 ns on ECP5 without its output register) is
