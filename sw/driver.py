@@ -291,11 +291,13 @@ class Accelerator:
 
     def _reply_timeout(self, sent: int, expect: int, cycles: int = 0) -> float:
         """Reply timeout for a request of ``sent`` bytes answered by ``expect`` bytes after
-        ``cycles`` device cycles of work."""
+        ``cycles`` device cycles of work, plus a quarter of the device's inter-byte timeout
+        as margin. (A request damaged so that the device waits for more bytes is answered
+        TIMEOUT only after the full inter-byte timeout; :meth:`_resync` waits for that.)"""
         if self.info is None:
             return self.timeout
-        return (self.transport.wire_seconds(sent + expect) + self._link_timeout
-                + self._device_seconds(cycles + 64))
+        return (self.transport.wire_seconds(sent + expect) + self._device_seconds(cycles + 64)
+                + 0.25 * self._link_timeout)
 
     def _call(self, build, opcode: Opcode, *, expect: int = 0, cycles: int = 0,
               context: str = "") -> bytes:
@@ -376,7 +378,7 @@ class Accelerator:
         quiet = min(0.02, self._link_timeout, self.transport.wire_seconds(16))
         until = None
         if last_byte_at is not None:
-            until = last_byte_at + 1.2 * self._link_timeout + self.transport.wire_seconds(16)
+            until = last_byte_at + 1.1 * self._link_timeout
         self.transport.drain(max(quiet, 0.002), until=until)
 
     def _wait_idle(self, what: str) -> None:

@@ -267,9 +267,9 @@ class SerialTransport(Transport):
         return f"cannot open serial port {port!r}: {text}"
 
     def wire_seconds(self, nbytes: int) -> float:
-        # 8N1: ten bit times per byte, plus USB latency (the FT231X's timer is ~16 ms at
-        # worst when not lowered) for each direction
-        return nbytes * 10 / self.baud + 0.04
+        # 8N1: ten bit times per byte, plus the USB latency (the FT231X's latency timer
+        # holds received bytes up to 16 ms by default)
+        return nbytes * 10 / self.baud + 0.02
 
     def _check_open(self):
         if self._port is None:

@@ -178,8 +178,8 @@ def test_time_conversions():
     assert t.seconds(3000, 0) == 3000 / 1e6               # no clock reported: 1 MHz assumed
     assert t.wire_seconds(1000) == 0.0
     with SerialTransport("loop://", baud=3_000_000) as s:
-        # 8N1: 10 bit times a byte, plus 40 ms of USB latency
-        assert s.wire_seconds(3000) == pytest.approx(0.01 + 0.04)
+        # 8N1: 10 bit times a byte, plus 20 ms of USB latency
+        assert s.wire_seconds(3000) == pytest.approx(0.01 + 0.02)
         assert s.seconds(1 << 22, 50_000_000) == (1 << 22) / 50_000_000
 
 
