@@ -16,6 +16,7 @@ script and the Yosys version, like :mod:`hw.simulate` caches Verilator builds.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,12 +29,18 @@ from pathlib import Path
 
 from hw.simulate import SIM_BUILD
 
-__all__ = ["synth_script", "synthesize", "cell_models", "vpi_top_only",
-           "build_soc_netlist_model", "NetlistError"]
+__all__ = ["synth_script", "synthesize", "cell_models", "vpi_top_only", "port_names",
+           "cxx_opt", "build_soc_netlist_model", "NetlistError", "NETLIST_CXX_OPT"]
 
 #: the ULX3S device whose platform elaborates netlists (all ULX3S devices share the family,
 #: hence the same synth_ecp5 script and cell library; the core size is the caller's choice)
 DEFAULT_DEVICE = "12F"
+
+
+#: C++ optimisation of netlist models. A gate-level netlist is megabytes of straight-line C++;
+#: at the default -Os/-O2 the compiler takes about twice as long as at -O1, while the short
+#: simulations here gain little from the difference (measured in docs/results.md).
+NETLIST_CXX_OPT = "-O1"
 
 
 class NetlistError(RuntimeError):
@@ -213,7 +220,8 @@ def build_soc_netlist_model(device: str = DEFAULT_DEVICE, *, quiet: bool = True)
     orig = simbuild.to_verilog
     simbuild.to_verilog = netlist_verilog
     try:
-        exe = simbuild.build_sim_model(device, quiet=quiet)
+        with cxx_opt(NETLIST_CXX_OPT):
+            exe = simbuild.build_sim_model(device, quiet=quiet)
     finally:
         simbuild.to_verilog = orig
     if not info:
@@ -249,3 +257,27 @@ def port_names(component) -> list[str]:
     from amaranth.lib import wiring
     names = ["__".join(map(str, path)) for path, _, _ in component.signature.flatten(component)]
     return names + ["clk", "rst"]
+
+
+@contextlib.contextmanager
+def cxx_opt(level: str = NETLIST_CXX_OPT):
+    """Within the block, Verilator's generated makefiles compile the model at ``level``.
+
+    Sets ``OPT_FAST``/``OPT_GLOBAL`` (verilated.mk's optimisation flags, which come last on
+    the compiler's command line and so win over ``-CFLAGS``) through ``MAKEFLAGS`` for the
+    make processes started inside, and ``OPT_SLOW=-O0`` for the constructor/initialisation
+    code that runs once (at ``-CFLAGS -O2`` it was the longest compile of the SoC netlist);
+    the previous ``MAKEFLAGS`` is restored afterwards.
+    """
+    if not re.fullmatch(r"-O[0-3sg]", level):
+        raise ValueError(f"level must be a -O option, not {level!r}")
+    old = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join(x for x in (old, f"OPT_FAST={level}",
+                                                   f"OPT_GLOBAL={level}", "OPT_SLOW=-O0") if x)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = old
