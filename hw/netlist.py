@@ -261,19 +261,28 @@ def port_names(component) -> list[str]:
 
 @contextlib.contextmanager
 def cxx_opt(level: str = NETLIST_CXX_OPT):
-    """Within the block, Verilator's generated makefiles compile the model at ``level``.
+    """Within the block, C++ compiles of Verilator models run at ``level`` (``-O0`` for the
+    constructor/initialisation code, which runs once).
 
-    Sets ``OPT_FAST``/``OPT_GLOBAL`` (verilated.mk's optimisation flags, which come last on
-    the compiler's command line and so win over ``-CFLAGS``) through ``MAKEFLAGS`` for the
-    make processes started inside, and ``OPT_SLOW=-O0`` for the constructor/initialisation
-    code that runs once (at ``-CFLAGS -O2`` it was the longest compile of the SoC netlist);
-    the previous ``MAKEFLAGS`` is restored afterwards.
+    Whatever optimisation flags a build passes (``-CFLAGS -O2`` in the SoC model's build;
+    verilated.mk puts its own ``OPT_FAST``/``OPT_SLOW`` *before* the user's flags), the last
+    ``-O`` on a compiler command line wins: this sets verilated.mk's ``OBJCACHE`` (the
+    command prefix of every compile, meant for ccache) through ``MAKEFLAGS`` to a small
+    wrapper that appends the level, and restores ``MAKEFLAGS`` afterwards.
     """
     if not re.fullmatch(r"-O[0-3sg]", level):
         raise ValueError(f"level must be a -O option, not {level!r}")
+    wrapper = SIM_BUILD / f"cxx{level}.sh"
+    text = ("#!/bin/sh\n# written by hw.netlist.cxx_opt: the last -O on the command line wins\n"
+            f'case "$*" in *[Ss]low*) exec "$@" -O0 ;; *) exec "$@" {level} ;; esac\n')
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    if not wrapper.exists() or wrapper.read_text() != text:
+        tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(wrapper)
     old = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = " ".join(x for x in (old, f"OPT_FAST={level}",
-                                                   f"OPT_GLOBAL={level}", "OPT_SLOW=-O0") if x)
+    os.environ["MAKEFLAGS"] = " ".join(x for x in (old, f"OBJCACHE={wrapper}") if x)
     try:
         yield
     finally:
