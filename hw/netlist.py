@@ -38,8 +38,8 @@ DEFAULT_DEVICE = "12F"
 
 
 #: C++ optimisation of netlist models. A gate-level netlist is megabytes of straight-line C++;
-#: at the default -Os/-O2 the compiler takes about twice as long as at -O1, while the short
-#: simulations here gain little from the difference (measured in docs/results.md).
+#: at -Os/-O2 gcc takes about twice as long as at -O1 (the 12F SoC netlist: ~6 CPU minutes
+#: at the SoC build's -O2, ~2.3 at -O1), while the short simulations here gain little.
 NETLIST_CXX_OPT = "-O1"
 
 
