@@ -196,9 +196,9 @@ def cell_models() -> dict[str, str]:
 def build_soc_netlist_model(device: str = DEFAULT_DEVICE, *, quiet: bool = True) -> tuple[Path, dict]:
     """Verilator model of the SoC's gate-level netlist, for ``SimTransport(executable=...)``.
 
-    Built by :func:`hw.soc.simbuild.build_sim_model` itself, with its harness, flags, cache
-    and SoC constructor arguments as they are at call time; only the Verilog it compiles is
-    swapped: the netlist of that same SoC from :func:`synthesize` plus :func:`cell_models`.
+    The same SoC as :func:`hw.soc.simbuild.build_sim_model` builds (:func:`~hw.soc.simbuild.sim_soc`),
+    synthesized by :func:`synthesize`, plus :func:`cell_models`, compiled with the same
+    harness and flags by :func:`hw.soc.simbuild.build_harness_model`.
 
     Returns
     -------
@@ -206,29 +206,13 @@ def build_soc_netlist_model(device: str = DEFAULT_DEVICE, *, quiet: bool = True)
         The executable, and the synthesis figures (see :func:`synthesize`) plus
         ``"verilog_bytes"``.
     """
-    import hw.soc.simbuild as simbuild
+    from hw.soc.simbuild import build_harness_model, sim_soc
 
-    info: dict = {}
-
-    def netlist_verilog(component, name):
-        text, meta = synthesize(component, name, device=device)
-        info.update(meta)
-        models = "\n".join(cell_models().values())
-        info["verilog_bytes"] = len(text) + len(models)
-        return text + "\n" + models
-
-    orig = simbuild.to_verilog
-    simbuild.to_verilog = netlist_verilog
-    try:
-        with cxx_opt(NETLIST_CXX_OPT):
-            exe = simbuild.build_sim_model(device, quiet=quiet)
-    finally:
-        simbuild.to_verilog = orig
-    if not info:
-        # the RTL model would have been built (or returned) instead: never pass it off as
-        # the netlist
-        raise NetlistError("hw.soc.simbuild.build_sim_model no longer converts the SoC through "
-                           "its module-level to_verilog; update build_soc_netlist_model")
+    text, info = synthesize(sim_soc(device), "soc", device=device)
+    models = "\n".join(cell_models().values())
+    info = dict(info, verilog_bytes=len(text) + len(models))
+    with cxx_opt(NETLIST_CXX_OPT):
+        exe = build_harness_model(text + "\n" + models, f"netlist-{device}", quiet=quiet)
     return Path(exe), info
 
 
@@ -254,7 +238,6 @@ def vpi_top_only(top: str, names=None) -> tuple[dict[str, str], list[str]]:
 
 def port_names(component) -> list[str]:
     """Top-level port names of ``component`` as Amaranth emits them (plus ``clk``, ``rst``)."""
-    from amaranth.lib import wiring
     names = ["__".join(map(str, path)) for path, _, _ in component.signature.flatten(component)]
     return names + ["clk", "rst"]
 

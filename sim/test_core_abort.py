@@ -35,7 +35,7 @@ def test_watchdog_default_covers_every_gemm():
     from hw.systolic.core import MpGemmCore
     core = MpGemmCore(**CFG)
     core._MustUse__silence = True
-    R, C, P = core.rows, core.cols, core.TILE_PERIOD_MIN
+    P = core.TILE_PERIOD_MIN
     worst = 0
     for k in range(1, core.max_k + 1):          # every K, the most tiles the buffers hold
         mt, nt = core.a_depth // k, core.w_depth // k

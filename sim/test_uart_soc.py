@@ -7,7 +7,7 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge, Timer
+from cocotb.triggers import ClockCycles, Timer
 from cocotbext.uart import UartSink, UartSource
 
 from hw.simulate import run_cocotb, tb_params

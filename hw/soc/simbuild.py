@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -48,8 +47,6 @@ def build_sim_model(device: str = "12F", *, quiet: bool = True, x_init: str = "f
     ``x_init="unique"`` builds a model whose uninitialised registers start random (see
     :data:`X_INIT`), to show that nothing depends on a register without a reset.
     """
-    from hw.simulate import verilator_bin_dir
-
     if x_init not in X_INIT:
         raise ValueError(f"x_init must be one of {X_INIT!r}, not {x_init!r}")
     verilog = to_verilog(sim_soc(device), "soc")
@@ -57,9 +54,23 @@ def build_sim_model(device: str = "12F", *, quiet: bool = True, x_init: str = "f
         # without Amaranth's initializers, or --x-initial unique would randomise nothing
         verilog, nreg, nmem = strip_init(verilog)
         assert nreg > 100 and nmem > 0, (nreg, nmem)
+    return build_harness_model(verilog, f"sim-{device}", x_init=x_init, quiet=quiet)
+
+
+def build_harness_model(verilog: str, tag: str, *, x_init: str = "fast", quiet: bool = True) -> Path:
+    """Compile ``verilog`` (top module ``soc`` with the SoC's ports) with the C++ harness
+    into a SimTransport executable, cached under ``fpga/build/<tag>-<x_init>-<hash>/``.
+
+    :func:`build_sim_model` passes the SoC's Verilog; ``hw.netlist`` its gate-level
+    netlist plus cell models.
+    """
+    from hw.simulate import verilator_bin_dir
+
+    if x_init not in X_INIT:
+        raise ValueError(f"x_init must be one of {X_INIT!r}, not {x_init!r}")
     harness = HARNESS.read_text()
     key = hashlib.sha256((verilog + harness + x_init).encode()).hexdigest()[:16]
-    bdir = ROOT / "fpga" / "build" / f"sim-{device}-{x_init}-{key}"
+    bdir = ROOT / "fpga" / "build" / f"{tag}-{x_init}-{key}"
     exe = bdir / "Vsoc"
     bdir.mkdir(parents=True, exist_ok=True)
     with open(bdir / ".lock", "w") as lock:

@@ -383,7 +383,6 @@ class MpGemmCore(wiring.Component):
         # -- operand fetch: one cycle of memory latency, then mask padding rows/cols ---------
         host_a = (bus_sel == Buffer.A)
         host_w = (bus_sel == Buffer.W)
-        host_o = (bus_sel == Buffer.OUT)
         lane_a = bus_addr[:lr] if lr else Const(0, 1)
         lane_w = bus_addr[:lc] if lc else Const(0, 1)
         idx_a = bus_addr[lr:]
