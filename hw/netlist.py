@@ -39,8 +39,9 @@ DEFAULT_DEVICE = "12F"
 
 #: C++ optimisation of netlist models. A gate-level netlist is megabytes of straight-line C++;
 #: at -Os/-O2 gcc takes about twice as long as at -O1 (the 12F SoC netlist: ~6 CPU minutes
-#: at the SoC build's -O2, ~2.3 at -O1), while the short simulations here gain little.
-NETLIST_CXX_OPT = "-O1"
+#: at the SoC build's -O2, ~2.3 at -O1) and -O0 is quicker still, while the short
+#: simulations here (tens of thousands of cycles) hardly notice the slower code.
+NETLIST_CXX_OPT = "-O0"
 
 
 class NetlistError(RuntimeError):

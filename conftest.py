@@ -1,0 +1,33 @@
+"""Test ordering for ``pytest -n 2``: the modules that build big models run first.
+
+xdist hands tests to its two workers in collection order; a multi-minute build collected
+last (the 12F bitstream, a gate-level netlist) would run alone while the other worker idles.
+Modules keep their own test order (module fixtures such as the simulated SoC stay shared).
+"""
+
+#: approximate cold-cache cost in CPU seconds (measured on the development machine)
+MODULE_COST = {
+    "tests/test_build.py": 150,
+    "sim/test_netlist.py": 170,
+    "sim/test_soc.py": 160,
+    "sim/test_core.py": 150,
+    "sim/test_dsp_model.py": 80,
+    "sim/test_core_xinit.py": 80,
+    "sim/test_link.py": 70,
+    "sim/test_uart_soc.py": 60,
+    "sim/test_arith_int.py": 70,
+    "sim/test_arith_fp.py": 60,
+    "sim/test_arith_ecp5.py": 60,
+    "sim/test_core_abort.py": 45,
+    "sim/test_arith_booth.py": 45,
+    "sim/test_arith_bitserial.py": 40,
+    "sim/test_selftest.py": 40,
+    "sim/test_core_dsp.py": 30,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    def cost(item):
+        path = item.nodeid.split("::", 1)[0]
+        return -MODULE_COST.get(path, 0)
+    items.sort(key=cost)          # stable: each module's own order is kept
