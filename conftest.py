@@ -12,7 +12,7 @@ MODULE_COST = {
     "sim/test_soc.py": 160,
     "sim/test_core.py": 150,
     "sim/test_dsp_model.py": 80,
-    "sim/test_core_xinit.py": 80,
+    "sim/test_core_xinit.py": 100,
     "sim/test_link.py": 70,
     "sim/test_uart_soc.py": 60,
     "sim/test_arith_int.py": 70,

@@ -134,3 +134,14 @@ async def sweep(dut, name: str, desc: dict, inputs: dict, shared: dict | None = 
             vals += unpack(got[t + lat][p], w, lanes, sgn)
         out[p] = np.array(vals[:n], dtype=np.int64 if w <= 63 else object)
     return out
+
+
+def run_lanes(h, *, name: str, test_module: str, extra_sources=None, **kw):
+    """``run_cocotb`` for a :class:`Lanes` harness: the tests touch only its top-level ports,
+    so only those are made visible to cocotb (``--public-flat-rw`` on every signal of every
+    lane made the C++, and its compile, several times larger)."""
+    from hw.netlist import vpi_top_only
+    from hw.simulate import run_cocotb
+    vlt, args = vpi_top_only(name)
+    return run_cocotb(h, name=name, test_module=test_module, params=h.desc,
+                      extra_sources={**(extra_sources or {}), **vlt}, build_args=args, **kw)

@@ -4,9 +4,9 @@ back-to-back operations (one start every CYCLES clocks) and an abandoned operati
 import numpy as np
 import cocotb
 
-from hw.simulate import run_cocotb, tb_params
+from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, pack, run_cycles, start_clock, unpack
+from arith_harness import Lanes, pack, run_cycles, start_clock, unpack, run_lanes
 
 LANES = 8
 CASES = [(1, 8), (1, 3), (1, 1), (2, 8), (2, 5), (2, 2)]   # (bits per cycle, weight width)
@@ -20,7 +20,7 @@ def configs():
 
 def test_arith_bitserial():
     h = Lanes(configs())
-    run_cocotb(h, name="arith_bitserial", test_module="test_arith_bitserial", params=h.desc)
+    run_lanes(h, name="arith_bitserial", test_module="test_arith_bitserial")
 
 
 async def _ops(dut, name, desc, a, b):

@@ -7,9 +7,9 @@ The MAC check is the TPE paper's: the accumulator stays redundant, and
 import numpy as np
 import cocotb
 
-from hw.simulate import run_cocotb, tb_params
+from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, start_clock, sweep
+from arith_harness import Lanes, start_clock, sweep, run_lanes
 
 LANES = 8
 ACC = 20      # small on purpose: 256 x 16384 overflows it, so the wrap is exercised
@@ -27,7 +27,7 @@ def configs():
 
 def test_arith_booth():
     h = Lanes(configs())
-    run_cocotb(h, name="arith_booth", test_module="test_arith_booth", params=h.desc)
+    run_lanes(h, name="arith_booth", test_module="test_arith_booth")
 
 
 @cocotb.test()

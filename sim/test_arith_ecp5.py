@@ -11,7 +11,7 @@ import cocotb
 
 from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, start_clock, sweep
+from arith_harness import Lanes, run_lanes, start_clock, sweep
 
 LANES = 2
 
@@ -36,10 +36,8 @@ def configs():
 
 
 def test_arith_ecp5_netlists():
-    from hw.simulate import run_cocotb
     h = Lanes(configs())
-    run_cocotb(h, name="arith_ecp5", test_module="test_arith_ecp5", params=h.desc,
-               extra_sources=_cell_models())
+    run_lanes(h, name="arith_ecp5", test_module="test_arith_ecp5", extra_sources=_cell_models())
 
 
 @cocotb.test()

@@ -4,10 +4,10 @@ E3M2 / E2M1 / E2M1 x E4M3), random pairs for BF16; bit-exact against sw.numerics
 import numpy as np
 import cocotb
 
-from hw.simulate import run_cocotb, tb_params
+from hw.simulate import tb_params
 from sw import numerics
 from sw.numerics import FpFormat as F
-from arith_harness import Lanes, start_clock, sweep
+from arith_harness import Lanes, start_clock, sweep, run_lanes
 
 LANES = 8
 
@@ -28,7 +28,7 @@ def configs():
 
 def test_arith_fp():
     h = Lanes(configs())
-    run_cocotb(h, name="arith_fp", test_module="test_arith_fp", params=h.desc)
+    run_lanes(h, name="arith_fp", test_module="test_arith_fp")
 
 
 def _pairs(fa, fb):

@@ -7,9 +7,9 @@ ShiftAddMul b = 2, 4, 8, Pow2Mul, TernaryMul, all in one Verilator build (sim/ar
 import numpy as np
 import cocotb
 
-from hw.simulate import run_cocotb, tb_params
+from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, start_clock, sweep
+from arith_harness import Lanes, start_clock, sweep, run_lanes
 
 LANES = 8
 
@@ -31,7 +31,7 @@ def configs():
 
 def test_arith_int():
     h = Lanes(configs())
-    run_cocotb(h, name="arith_int", test_module="test_arith_int", params=h.desc)
+    run_lanes(h, name="arith_int", test_module="test_arith_int")
 
 
 def _all_pairs(b_bits, b_signed=True):

@@ -14,6 +14,7 @@ import json
 import re
 
 import cocotb
+import pytest
 from cocotb.triggers import Timer
 
 from hw.simulate import run_cocotb, strip_init, tb_params, to_verilog
@@ -25,26 +26,42 @@ CONFIG = "1x1"            # the smallest build; the SoC test runs a 4x4 core thi
 #: top-level registers without reset whose power-up value the probe reads
 PROBES = ("e2_plo", "e2_phi", "ga0", "gw0")
 
-def test_core_random_initial_state(tmp_path):
+def _xinit_core():
     core, params = core_and_params(CONFIG)
     text, nreg, nmem = strip_init(to_verilog(core, "core"))
     for p in PROBES:
         assert re.search(rf"^\s*reg\b[^;]*\b{p} ;$", text, re.M), f"probe register {p} not found"
     assert nreg > 100 and nmem > 0, (nreg, nmem)
+    return text, params
+
+
+def _plusargs(seed):
+    return [f"+verilator+seed+{seed}", "+verilator+rand+reset+2"]
+
+
+def test_power_up_state_is_random(tmp_path):
+    """The probe: with these options the power-up state really is random and seed-dependent
+    (so the runs below cannot pass vacuously)."""
+    text, _ = _xinit_core()
     seen = {}
     for seed in SEEDS:
-        plusargs = [f"+verilator+seed+{seed}", "+verilator+rand+reset+2"]
         out = tmp_path / f"probe{seed}.json"
         run_cocotb(text, name="core", test_module="test_core_xinit", build_args=XINIT_BUILD_ARGS,
-                   plusargs=plusargs, params={"out": str(out)})
+                   plusargs=_plusargs(seed), params={"out": str(out)})
         seen[seed] = json.loads(out.read_text())
-        run_cocotb(text, name="core", test_module="test_core", build_args=XINIT_BUILD_ARGS,
-                   plusargs=plusargs, params=params)
-    # the power-up state was random (a 32-bit register is 0 with probability 2**-32) and the
-    # seed changed it
+    # a 32-bit register is 0 with probability 2**-32, and the seed changes the state
     for seed, vals in seen.items():
         assert any(v != 0 for v in vals.values()), (seed, vals)
     assert len({json.dumps(v, sort_keys=True) for v in seen.values()}) == len(SEEDS), seen
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_core_random_initial_state(seed):
+    """Every cocotb test of test_core.py from a random power-up state (one seed per test, so
+    pytest -n spreads them)."""
+    text, params = _xinit_core()
+    run_cocotb(text, name="core", test_module="test_core", build_args=XINIT_BUILD_ARGS,
+               plusargs=_plusargs(seed), params=params)
 
 
 @cocotb.test()
