@@ -13,6 +13,7 @@ from sw import numerics
 from sw.numerics import Requant
 from sw.protocol import ErrorCode
 from core_tb import CoreTB
+from test_core import TOP_ONLY
 
 CFG = dict(rows=2, cols=2, a_depth=128, w_depth=128, out_words=128)
 #: small enough that a buffer-filling GEMM exceeds it, large enough for the small ones
@@ -25,7 +26,7 @@ def test_core_abort_and_watchdog():
     run_cocotb(core, name="core", test_module="test_core_abort",
                params=dict(CFG, max_k=core.max_k, read_latency=core.READ_LATENCY,
                            tile_period_min=core.TILE_PERIOD_MIN, watchdog=WATCHDOG,
-                           abort_cycles=core.ABORT_CYCLES))
+                           abort_cycles=core.ABORT_CYCLES), **TOP_ONLY)
 
 
 def test_watchdog_default_covers_every_gemm():

@@ -18,7 +18,7 @@ import pytest
 from cocotb.triggers import Timer
 
 from hw.simulate import run_cocotb, strip_init, tb_params, to_verilog
-from test_core import core_and_params
+from test_core import TOP_ONLY, core_and_params
 
 XINIT_BUILD_ARGS = ["--x-assign", "unique", "--x-initial", "unique"]
 SEEDS = (1, 2, 3)
@@ -46,7 +46,9 @@ def test_power_up_state_is_random(tmp_path):
     seen = {}
     for seed in SEEDS:
         out = tmp_path / f"probe{seed}.json"
-        run_cocotb(text, name="core", test_module="test_core_xinit", build_args=XINIT_BUILD_ARGS,
+        run_cocotb(text, name="core", test_module="test_core_xinit",
+                   build_args=XINIT_BUILD_ARGS + TOP_ONLY["build_args"],
+                   extra_sources=TOP_ONLY["extra_sources"],
                    plusargs=_plusargs(seed), params={"out": str(out)})
         seen[seed] = json.loads(out.read_text())
     # a 32-bit register is 0 with probability 2**-32, and the seed changes the state
@@ -60,8 +62,9 @@ def test_core_random_initial_state(seed):
     """Every cocotb test of test_core.py from a random power-up state (one seed per test, so
     pytest -n spreads them)."""
     text, params = _xinit_core()
-    run_cocotb(text, name="core", test_module="test_core", build_args=XINIT_BUILD_ARGS,
-               plusargs=_plusargs(seed), params=params)
+    run_cocotb(text, name="core", test_module="test_core",
+               build_args=XINIT_BUILD_ARGS + TOP_ONLY["build_args"],
+               extra_sources=TOP_ONLY["extra_sources"], plusargs=_plusargs(seed), params=params)
 
 
 @cocotb.test()
