@@ -49,8 +49,12 @@ class NetlistError(RuntimeError):
 
 
 def _platform(device: str):
-    from fpga.ulx3s import platform_for
-    return platform_for(device)
+    # amaranth-boards directly: hw/ does not import fpga/ (only hw/build.py may)
+    import amaranth_boards.ulx3s as boards
+    cls = getattr(boards, f"ULX3S_{device}_Platform", None)
+    if cls is None:
+        raise ValueError(f"unknown ULX3S device {device!r}; expected 12F, 25F, 45F or 85F")
+    return cls()
 
 
 def synth_script(name: str, *, device: str = DEFAULT_DEVICE) -> str:
