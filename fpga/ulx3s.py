@@ -1,54 +1,41 @@
-"""ULX3S (Lattice ECP5) board integration: platform, PLL, per-device core sizes, top level."""
+"""ULX3S (Lattice ECP5) board integration: platform, PLL, pins, top level.
+
+The per-device core sizes live in :mod:`hw.sizes` (the build, the simulation models and the
+benchmarks share them); they are re-exported here.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, asdict
 
 from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
-__all__ = ["DEVICES", "DEFAULT_FREQ_MHZ", "CoreSize", "pll_params", "sync_domain", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
+from hw.sizes import CoreSize, DEFAULT_FREQ_MHZ, DEVICE_RESOURCES
+from hw.sizes import DEVICES as SIZES
+
+__all__ = ["DEVICES", "PLATFORMS", "SIZES", "DEFAULT_FREQ_MHZ", "DEVICE_RESOURCES", "CoreSize",
+           "pll_params", "sync_domain", "PLL", "SelfTestTop", "SoCTop", "platform_for"]
 
 
-@dataclass(frozen=True)
-class CoreSize:
-    """Core parameters chosen per ECP5 device (MULT18X18D and EBR budgets)."""
-    rows: int
-    cols: int
-    a_depth: int
-    w_depth: int
-    out_words: int
-
-
-#: device -> (amaranth-boards platform class name, core size). Sizes use <= ~85% of the
-#: device's MULT18X18D (one per PE, plus the epilogue's) and well under half its EBR.
-DEVICES = {
-    "12F": ("ULX3S_12F_Platform", CoreSize(4, 4, 1024, 1024, 1024)),
-    "25F": ("ULX3S_25F_Platform", CoreSize(4, 4, 2048, 2048, 2048)),
-    "45F": ("ULX3S_45F_Platform", CoreSize(8, 8, 2048, 2048, 4096)),
-    "85F": ("ULX3S_85F_Platform", CoreSize(16, 8, 4096, 8192, 16384)),
+#: device -> amaranth-boards platform class name
+PLATFORMS = {
+    "12F": "ULX3S_12F_Platform",
+    "25F": "ULX3S_25F_Platform",
+    "45F": "ULX3S_45F_Platform",
+    "85F": "ULX3S_85F_Platform",
 }
 
-#: Default core clock per device (MHz): the highest round PLL frequency that closed timing
-#: with nextpnr's default seed in our measurements (docs/results.md); ``--freq`` overrides.
-DEFAULT_FREQ_MHZ = {"12F": 65.0, "25F": 65.0, "45F": 65.0, "85F": 65.0}
-
-#: EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
-DEVICE_RESOURCES = {
-    "12F": {"LUT4": 12288, "EBR": 32, "MULT18X18D": 28},
-    "25F": {"LUT4": 24288, "EBR": 56, "MULT18X18D": 28},
-    "45F": {"LUT4": 43848, "EBR": 108, "MULT18X18D": 72},
-    "85F": {"LUT4": 83640, "EBR": 208, "MULT18X18D": 156},
-}
+#: device -> (amaranth-boards platform class name, core size); the sizes alone are
+#: :data:`hw.sizes.DEVICES` (re-exported here as ``SIZES``)
+DEVICES = {device: (PLATFORMS[device], SIZES[device]) for device in PLATFORMS}
 
 
 def platform_for(device: str):
     """The amaranth-boards platform instance for a ULX3S ``device`` (12F/25F/45F/85F)."""
-    if device not in DEVICES:
-        raise ValueError(f"unknown ULX3S device {device!r}; expected one of {sorted(DEVICES)}")
+    if device not in PLATFORMS:
+        raise ValueError(f"unknown ULX3S device {device!r}; expected one of {sorted(PLATFORMS)}")
     import amaranth_boards.ulx3s as boards
-    return getattr(boards, DEVICES[device][0])()
+    return getattr(boards, PLATFORMS[device])()
 
 
 def pll_params(f_in: float, f_out: float) -> dict:
@@ -143,7 +130,7 @@ class SelfTestTop(Elaboratable):
 
     def __init__(self, *, size: CoreSize, freq: float):
         from hw.soc.selftest import SelfTestSystem
-        self.system = SelfTestSystem(**asdict(size))
+        self.system = SelfTestSystem(**size.geometry())
         self.freq = freq
 
     def elaborate(self, platform):
@@ -173,7 +160,7 @@ class SoCTop(Elaboratable):
     def __init__(self, *, size: CoreSize, freq: float, baud: int):
         from hw.soc.top import UARTSoC
         self.pll_params = pll_params(25e6, freq)
-        self.soc = UARTSoC(clk_freq=self.pll_params["f_out"], baud=baud, **asdict(size))
+        self.soc = UARTSoC(clk_freq=self.pll_params["f_out"], baud=baud, **size.geometry())
         self.freq, self.baud = freq, baud
 
     def elaborate(self, platform):

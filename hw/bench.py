@@ -19,16 +19,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def utilization(device="85F", sizes=(16, 64, 256)):
-    from fpga.ulx3s import DEVICES
     from hw.simulate import run_cocotb
+    from hw.sizes import DEVICES
     from hw.systolic.core import MpGemmCore
-    size = DEVICES[device][1]
-    core = MpGemmCore(**asdict(size))
+    size = DEVICES[device]
+    core = MpGemmCore(**size.geometry())
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "util.json"
         t0 = time.monotonic()
         run_cocotb(core, name="core", test_module="bench_core",
-                   params=dict(asdict(size), read_latency=core.READ_LATENCY, tile_period_min=core.TILE_PERIOD_MIN,
+                   params=dict(size.geometry(), read_latency=core.READ_LATENCY, tile_period_min=core.TILE_PERIOD_MIN,
                                shapes=[[s, s, s] for s in sizes], out=str(out)))
         wall = time.monotonic() - t0
         rows = json.loads(out.read_text())
@@ -50,9 +50,9 @@ def roofline(device="85F", freq_mhz=None, baud=3_000_000):
     Wire bytes come from ``sw.protocol.efficiency`` (the real frame format: 4 KiB chunks,
     headers, CRC, replies); a UART byte is 10 bits (8N1).
     """
-    from fpga.ulx3s import DEVICES, DEFAULT_FREQ_MHZ
+    from hw.sizes import DEVICES, DEFAULT_FREQ_MHZ
     from sw.protocol import efficiency
-    size = DEVICES[device][1]
+    size = DEVICES[device]
     freq_mhz = freq_mhz or DEFAULT_FREQ_MHZ[device]
     peak = size.rows * size.cols * freq_mhz * 1e6          # MAC/s
     link = baud / 10                                        # bytes/s on the wire

@@ -75,13 +75,14 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
     """
-    from fpga.ulx3s import DEVICES, DEVICE_RESOURCES, DEFAULT_FREQ_MHZ, SelfTestTop, SoCTop, platform_for
+    from fpga.ulx3s import SelfTestTop, SoCTop, platform_for
+    from hw.sizes import DEVICES, DEVICE_RESOURCES, DEFAULT_FREQ_MHZ
 
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
     tool_env()
     platform = platform_for(device)
-    size = DEVICES[device][1]
+    size = DEVICES[device]
     out_dir = Path(out_dir or BUILD / f"ulx3s-{device}")
     out_dir.mkdir(parents=True, exist_ok=True)
     if top == "soc":
@@ -170,10 +171,10 @@ def program_board(bitfile: Path) -> None:
 def emit_verilog(device: str, out_dir: Path | None = None) -> Path:
     """Write the mpGEMM core of ``device``'s size as Verilog."""
     from amaranth.back import verilog
-    from fpga.ulx3s import DEVICES
+    from hw.sizes import DEVICES
     from hw.systolic.core import MpGemmCore
-    size = DEVICES[device][1]
-    core = MpGemmCore(**asdict(size))
+    size = DEVICES[device]
+    core = MpGemmCore(**size.geometry())
     out_dir = Path(out_dir or BUILD / "verilog")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"mpgemm_core_{size.rows}x{size.cols}.v"
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["12F", "25F", "45F", "85F"], default="85F",
                     help="ULX3S FPGA size (default 85F)")
     ap.add_argument("--freq", type=float, default=None,
-                    help="core clock in MHz (default: the device's, see fpga/ulx3s.py DEFAULT_FREQ_MHZ)")
+                    help="core clock in MHz (default: the device's, see hw/sizes.py DEFAULT_FREQ_MHZ)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     ap.add_argument("--baud", type=int, default=3_000_000, help="UART baud rate (default 3000000)")
     ap.add_argument("--top", choices=["soc", "selftest"], default="soc",

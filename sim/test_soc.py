@@ -32,7 +32,7 @@ def _rand(rng, shape):
 
 
 def test_identify_matches_core(acc):
-    from fpga.ulx3s import DEFAULT_FREQ_MHZ
+    from hw.sizes import DEFAULT_FREQ_MHZ
     from hw.soc.simbuild import SIM_TIMEOUT, sim_soc
     core = sim_soc(DEVICE).core
     info = acc.identify()

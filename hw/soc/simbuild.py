@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
 
 from hw.simulate import _tool_env, strip_init, to_verilog
@@ -32,12 +31,12 @@ X_INIT = ("fast", "unique")
 
 def sim_soc(device: str):
     """The SoC the model of ``device`` simulates: the board's, with a shorter link timeout."""
-    from fpga.ulx3s import DEVICES, DEFAULT_FREQ_MHZ
+    from hw.sizes import DEVICES, DEFAULT_FREQ_MHZ
     from hw.soc.top import SoC
 
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
-    return SoC(**asdict(DEVICES[device][1]), timeout=SIM_TIMEOUT,
+    return SoC(**DEVICES[device].geometry(), timeout=SIM_TIMEOUT,
                clk_freq=DEFAULT_FREQ_MHZ[device] * 1e6)
 
 
