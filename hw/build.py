@@ -2,17 +2,24 @@
 
 Only pip-installed tools are used: Yosys and nextpnr-ecp5/ecppack as YoWASP WebAssembly
 wheels. The first call of each compiles its WebAssembly (about a minute, cached).
+
+The ULX3S build runs the commands of Amaranth's build plan (``build_top.json``) itself, so that
+it can print one line per stage (elaborate, synth, place, route, pack) and keep each tool's
+output in a log in the build folder (``-v`` streams it too).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -67,13 +74,228 @@ def parse_nextpnr_report(path: Path) -> tuple[dict, dict]:
     return util, fmax
 
 
+#: build stages, in order; "place" and "route" are one nextpnr run
+STAGES = ("elaborate", "synth", "place", "route", "pack")
+
+#: the tool of each toolchain command (Amaranth's name) -> (stage, log file in the build folder)
+TOOL_STAGES = {"yosys": ("synth", "yosys.log"), "nextpnr-ecp5": ("place", "nextpnr.log"),
+               "ecppack": ("pack", "ecppack.log")}
+
+#: lines of a failed tool's log shown in the error
+LOG_TAIL = 20
+
+_NEXTPNR_FMAX = re.compile(r"^Info: Max frequency for clock '([^']+)': ([\d.]+) MHz "
+                           r"\((?:PASS|FAIL) at ([\d.]+) MHz\)")
+#: the first line nextpnr prints once placement is done and routing starts
+_NEXTPNR_ROUTE = re.compile(r"^Info: (Routing globals|Running router[12]|Routing\.\.)")
+
+
+class Progress:
+    """Prints one line per build stage: its number, name, elapsed seconds and key figures."""
+
+    def __init__(self, *, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream
+
+    def stage(self, name: str, seconds: float, figures: str) -> None:
+        if self.quiet:
+            return
+        print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<9s} {seconds:6.1f} s  {figures}",
+              file=self.stream or sys.stdout, flush=True)
+
+
+def _fmax_text(fmax: dict) -> str:
+    """``{clock: (achieved, constraint)}`` as "Fmax clk 68.73 MHz (constraint 65.00) PASS"."""
+    if not fmax:
+        return "no constrained clock"
+    return ", ".join(f"Fmax {clk} {got:.2f} MHz (constraint {want:.2f}) "
+                     f"{'PASS' if got >= want else 'FAIL'}" for clk, (got, want) in fmax.items())
+
+
+def _cells_text(cells: dict) -> str:
+    return ", ".join(f"{label} {cells.get(cell, 0)}" for label, cell in (
+        ("LUT4", "LUT4"), ("FF", "TRELLIS_FF"), ("CCU2C", "CCU2C"),
+        ("MULT18X18D", "MULT18X18D"), ("DP16KD", "DP16KD")))
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL) -> str:
+    """The last ``lines`` lines of a log file."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
+             verbose: bool = False, on_line=None, tool_writes_log: bool = False) -> None:
+    """Run ``cmd`` with its output going to ``log_path``, line by line as it comes.
+
+    The log is the tool's stdout and stderr, or, with ``tool_writes_log``, the file the tool
+    writes itself (``cmd`` must name ``log_path``; it is followed while the tool runs). Yosys
+    needs that: YoWASP Yosys's stdout loses everything after its first ABC call.
+    ``verbose`` also copies the log to stdout; ``on_line(line)`` sees every line as it
+    arrives. A non-zero exit raises :class:`BuildError` naming ``stage`` (a name, or a function
+    that returns the stage running when the tool failed), with the log's last
+    :data:`LOG_TAIL` lines and its path.
+    """
+    log_path = Path(log_path)
+    stage_now = stage if callable(stage) else (lambda: stage)
+    console = collections.deque(maxlen=LOG_TAIL)    # the tool's own output, tool_writes_log
+
+    def emit(line):
+        if verbose:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        if on_line is not None:
+            on_line(line)
+
+    if tool_writes_log:
+        log_path.unlink(missing_ok=True)
+        log = None
+    else:
+        log = open(log_path, "w", encoding="utf-8")
+        log.write(f"# {shlex.join(cmd)}\n")
+        log.flush()
+    try:
+        try:
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
+        except OSError as e:
+            raise BuildError(f"{stage_now()} failed: cannot run {cmd[0]}: {e}") from None
+        try:
+            if tool_writes_log:
+                reader = threading.Thread(target=lambda: console.extend(proc.stdout), daemon=True)
+                reader.start()
+                follow, pending = None, ""
+                while True:
+                    finished = proc.poll() is not None
+                    if follow is None and log_path.exists():
+                        follow = open(log_path, encoding="utf-8", errors="replace")
+                    if follow is not None:
+                        pending += follow.read()
+                        *lines, pending = pending.split("\n")
+                        for line in lines:
+                            emit(line + "\n")
+                    if finished:
+                        break
+                    time.sleep(0.2)
+                if pending:
+                    emit(pending + "\n")
+                if follow is not None:
+                    follow.close()
+                reader.join()
+            else:
+                for line in proc.stdout:
+                    log.write(line)
+                    emit(line)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+    finally:
+        if log is not None:
+            log.close()
+    if rc != 0:
+        tail = log_tail(log_path)
+        if console and not tail.strip():
+            tail = "".join(console).rstrip("\n")
+        raise BuildError(f"{stage_now()} failed: {Path(cmd[0]).name} exited with code {rc}; "
+                         f"last {LOG_TAIL} lines of its log:\n{tail}\n"
+                         f"full log: {log_path}")
+
+
+def _tool_command(argv: list[str], name: str) -> list[str]:
+    """An Amaranth toolchain command with the tool resolved as the build script resolves it
+    (the env variable named after it, else the bare name), without the tool's own log file
+    option (:func:`run_toolchain` chooses the logs)."""
+    env_var = name.upper().replace("-", "_").replace("+", "X")   # as Amaranth names it
+    drop = {"yosys": "-l", "nextpnr-ecp5": "--log"}.get(name)
+    args, i = [], 1
+    while i < len(argv):
+        if argv[i] == drop:
+            i += 2
+            continue
+        args.append(argv[i])
+        i += 1
+    return [os.environ.get(env_var, name), *args]
+
+
+def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "top",
+                  progress: Progress | None = None, verbose: bool = False) -> dict:
+    """Run Amaranth's Yosys -> nextpnr-ecp5 -> ecppack ``commands`` (``build_<name>.json``)
+    in ``build_dir``, one log per tool there (:data:`TOOL_STAGES`), reporting each stage.
+
+    Returns ``{stage: seconds}``.
+    """
+    progress = progress or Progress(quiet=True)
+    build_dir = Path(build_dir)
+    times = {}
+    for argv in commands:
+        tool = argv[0]
+        if tool not in TOOL_STAGES:
+            raise BuildError(f"unexpected toolchain command {shlex.join(argv)!r}")
+        stage, log_name = TOOL_STAGES[tool]
+        cmd = _tool_command(argv, tool)
+        log_path = build_dir / log_name
+        t0 = time.monotonic()
+        if tool == "yosys":
+            cmd[1:1] = ["-q", "-l", log_name]
+            run_tool(cmd, log_path, stage=stage, cwd=build_dir, verbose=verbose,
+                     tool_writes_log=True)
+            times[stage] = time.monotonic() - t0
+            cells = parse_yosys_cells(log_path.read_text(errors="replace"))
+            progress.stage(stage, times[stage], _cells_text(cells))
+        elif tool == "nextpnr-ecp5":
+            place = {"fmax": {}, "done": None}
+
+            def watch(line):
+                if place["done"] is None:
+                    mm = _NEXTPNR_FMAX.match(line)
+                    if mm:
+                        place["fmax"][mm.group(1)] = (float(mm.group(2)), float(mm.group(3)))
+                    elif _NEXTPNR_ROUTE.match(line):
+                        place["done"] = time.monotonic()
+                        times["place"] = place["done"] - t0
+                        progress.stage("place", times["place"],
+                                       "estimated " + _fmax_text(place["fmax"]))
+
+            run_tool(cmd, log_path, cwd=build_dir, verbose=verbose, on_line=watch,
+                     stage=lambda: "place" if place["done"] is None else "route")
+            if place["done"] is None:     # the log never said routing started
+                times["place"] = time.monotonic() - t0
+                progress.stage("place", times["place"], "estimated " + _fmax_text(place["fmax"])
+                               + " (no routing start in the log: the time includes routing)")
+                place["done"] = time.monotonic()
+            times["route"] = time.monotonic() - place["done"]
+            report = build_dir / "nextpnr_report.json"
+            fmax = ({k: (v["achieved_mhz"], v["constraint_mhz"])
+                     for k, v in parse_nextpnr_report(report)[1].items()} if report.exists() else {})
+            progress.stage("route", times["route"], _fmax_text(fmax))
+        else:
+            run_tool(cmd, log_path, stage=stage, cwd=build_dir, verbose=verbose)
+            times[stage] = time.monotonic() - t0
+            bit = build_dir / f"{name}.bit"
+            size = bit.stat().st_size if bit.exists() else 0
+            progress.stage(stage, times[stage], f"bitstream {bit.name} {size} bytes "
+                                                f"({size / 1024:.0f} KiB)")
+    return times
+
+
 def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int = 3_000_000,
                 top: str = "soc", seed: int = 1, program: bool = False,
-                out_dir: Path | None = None, quiet: bool = False) -> dict:
+                out_dir: Path | None = None, quiet: bool = False, verbose: bool = False) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
 
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
+
+    Prints one line per stage (elaborate, synth, place, route, pack) and writes each tool's
+    output to its log in ``out_dir`` (yosys.log, nextpnr.log, ecppack.log); ``verbose`` streams
+    the tools' output as well, ``quiet`` prints nothing.
     """
     from fpga.ulx3s import SelfTestTop, SoCTop, platform_for
     from hw.sizes import DEVICES, DEVICE_RESOURCES, DEFAULT_FREQ_MHZ
@@ -85,6 +307,8 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     size = DEVICES[device]
     out_dir = Path(out_dir or BUILD / f"ulx3s-{device}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(quiet=quiet)
+    t0 = time.monotonic()
     if top == "soc":
         top_obj = SoCTop(size=size, freq=freq_mhz * 1e6, baud=baud)
         uart = {"baud": baud, "actual_baud": round(top_obj.soc.uart_rx.actual_baud, 3),
@@ -94,16 +318,20 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
         uart = None
     else:
         raise ValueError(f"top must be 'soc' or 'selftest', not {top!r}")
-    t0 = time.monotonic()
-    try:
-        platform.build(top_obj, name="top", build_dir=str(out_dir), do_program=False,
-                       nextpnr_opts=f"--router router2 --timing-allow-fail --report nextpnr_report.json --seed {seed}",
-                       verbose=not quiet)
-    except subprocess.CalledProcessError as e:
-        raise BuildError(f"toolchain failed (exit {e.returncode}); logs in {out_dir}") from None
+    plan = platform.prepare(top_obj, name="top", verbose=True,
+                            nextpnr_opts=f"--router router2 --timing-allow-fail "
+                                         f"--report nextpnr_report.json --seed {seed}")
+    for stale in ("nextpnr_report.json", "top.bit"):
+        (out_dir / stale).unlink(missing_ok=True)
+    plan.extract(out_dir)
+    progress.stage("elaborate", time.monotonic() - t0,
+                   f"{top} top, core {size.rows}x{size.cols} {size.pe}, "
+                   f"RTLIL {len(plan.files['top.il']) / 1e6:.1f} MB")
+    commands = json.loads(plan.files["build_top.json"])["commands"]
+    run_toolchain(commands, out_dir, name="top", progress=progress, verbose=verbose and not quiet)
     elapsed = time.monotonic() - t0
     util, fmax = parse_nextpnr_report(out_dir / "nextpnr_report.json")
-    cells = parse_yosys_cells((out_dir / "top.rpt").read_text(errors="replace"))
+    cells = parse_yosys_cells((out_dir / "yosys.log").read_text(errors="replace"))
     avail = DEVICE_RESOURCES[device]
     summary = {
         # LUT4 slots as nextpnr counts them: logic LUT4s plus two per CCU2C carry cell
@@ -126,7 +354,8 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
         else str(out_dir / "top.bit"),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_report(report)
+    if not quiet:
+        print_report(report)
     if not timing_ok:
         raise BuildError("timing FAILED: " + ", ".join(
             f"{k} {v['achieved_mhz']} MHz < {v['constraint_mhz']} MHz" for k, v in fmax.items()))
@@ -195,6 +424,9 @@ def main(argv=None) -> int:
     ap.add_argument("--top", choices=["soc", "selftest"], default="soc",
                     help="soc: host link on the USB UART (default); selftest: LED self-test")
     ap.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="ulx3s target: stream the tools' output (it always goes to the logs in "
+                         "the build folder)")
     ap.add_argument("--blocks", default="arith", help="report target: which blocks (arith)")
     ap.add_argument("--out", type=Path, default=None, help="output directory")
     ap.add_argument("--x-init", choices=["fast", "unique"], default="fast",
@@ -204,7 +436,7 @@ def main(argv=None) -> int:
     try:
         if args.target == "ulx3s":
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
-                        program=args.program, out_dir=args.out)
+                        program=args.program, out_dir=args.out, verbose=args.verbose)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out)
         elif args.target == "report":

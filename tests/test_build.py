@@ -65,9 +65,137 @@ def test_hw_imports_fpga_only_in_build():
     assert offenders == []
 
 
-def test_ulx3s_12f_bitstream(tmp_path):
+# --- stage runner: fake tools that write what the real ones write, in a fraction of a second
+
+_FAKE_TOOLS = {
+    "YOSYS": r"""
+import sys, time
+log = sys.argv[sys.argv.index("-l") + 1]
+with open(log, "w") as f:
+    f.write("2.50. Printing statistics.\n")
+    for n, cell in ((9, "LUT4"), (3, "CCU2C"), (7, "TRELLIS_FF"), (2, "MULT18X18D"), (1, "DP16KD")):
+        f.write(f"     {n}   {cell}\n")
+    f.write("End of script.\n")
+print("this stdout line is not the log")
+""",
+    "NEXTPNR_ECP5": r"""
+import json, os, sys
+print("Info: Running simulated annealing placer for refinement.", file=sys.stderr)
+print("Info: Max frequency for clock '$glbnet$clk': 80.50 MHz (PASS at 65.00 MHz)", file=sys.stderr)
+print("Info: Routing globals...", file=sys.stderr)
+if os.environ.get("FAKE_ROUTE_FAILS"):
+    for i in range(30):
+        print(f"Info: router line {i}", file=sys.stderr)
+    print("ERROR: failed to route", file=sys.stderr)
+    sys.exit(1)
+print("Info: Max frequency for clock '$glbnet$clk': 70.25 MHz (PASS at 65.00 MHz)", file=sys.stderr)
+json.dump({"utilization": {"TRELLIS_COMB": {"used": 15, "available": 24288}},
+           "fmax": {"$glbnet$clk": {"achieved": 70.25, "constraint": 65.0}}},
+          open(sys.argv[sys.argv.index("--report") + 1], "w"))
+open(sys.argv[sys.argv.index("--textcfg") + 1], "w").write("config")
+assert "--log" not in sys.argv      # the stage runner writes nextpnr.log
+""",
+    "ECPPACK": r"""
+import sys
+open(sys.argv[sys.argv.index("--bit") + 1], "wb").write(bytes(2048))
+print("packed")
+""",
+}
+
+_COMMANDS = [["yosys", "-l", "top.rpt", "top.ys"],
+             ["nextpnr-ecp5", "--seed", "1", "--report", "nextpnr_report.json", "--log", "top.tim",
+              "--textcfg", "top.config"],
+             ["ecppack", "--compress", "--input", "top.config", "--bit", "top.bit"]]
+
+
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch):
+    import sys
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for var, body in _FAKE_TOOLS.items():
+        tool = bindir / var.lower()
+        tool.write_text(f"#!{sys.executable}\n{body}")
+        tool.chmod(0o755)
+        monkeypatch.setenv(var, str(tool))
+    out = tmp_path / "out"
+    out.mkdir()
+    return out
+
+
+def _stage_lines(text):
+    return [line for line in text.splitlines() if line.startswith("[") and "/5] " in line]
+
+
+def test_stage_runner_prints_one_line_per_stage_and_writes_logs(fake_tools, capsys):
+    times = build.run_toolchain(_COMMANDS, fake_tools, progress=build.Progress())
+    lines = _stage_lines(capsys.readouterr().out)
+    assert [line.split()[1] for line in lines] == ["synth", "place", "route", "pack"]
+    assert "LUT4 9, FF 7, CCU2C 3, MULT18X18D 2, DP16KD 1" in lines[0]
+    assert "estimated Fmax $glbnet$clk 80.50 MHz (constraint 65.00) PASS" in lines[1]
+    assert "Fmax $glbnet$clk 70.25 MHz (constraint 65.00) PASS" in lines[2]
+    assert "top.bit 2048 bytes" in lines[3]
+    assert set(times) == {"synth", "place", "route", "pack"}
+    assert "LUT4" in (fake_tools / "yosys.log").read_text()
+    assert "Routing globals" in (fake_tools / "nextpnr.log").read_text()
+    assert "packed" in (fake_tools / "ecppack.log").read_text()
+    assert not (fake_tools / "top.rpt").exists() and not (fake_tools / "top.tim").exists()
+
+
+def test_stage_runner_verbose_streams_and_quiet_prints_nothing(fake_tools, capsys):
+    build.run_toolchain(_COMMANDS, fake_tools, progress=build.Progress(), verbose=True)
+    out = capsys.readouterr().out
+    assert "Info: Routing globals..." in out and "End of script." in out and len(_stage_lines(out)) == 4
+    build.run_toolchain(_COMMANDS, fake_tools, progress=build.Progress(quiet=True))
+    assert capsys.readouterr().out == ""
+
+
+def test_stage_runner_names_the_failed_stage_with_the_log_tail(fake_tools, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_ROUTE_FAILS", "1")
+    with pytest.raises(build.BuildError) as exc:
+        build.run_toolchain(_COMMANDS, fake_tools, progress=build.Progress())
+    msg = str(exc.value)
+    assert msg.startswith("route failed: nextpnr_ecp5 exited with code 1")
+    assert "ERROR: failed to route" in msg and "router line 11" in msg
+    assert "router line 10" not in msg                          # only the last 20 lines
+    assert str(fake_tools / "nextpnr.log") in msg
+    assert [line.split()[1] for line in _stage_lines(capsys.readouterr().out)] == ["synth", "place"]
+
+
+def test_run_tool_failure_without_stage_lines(tmp_path):
+    import sys
+    cmd = [sys.executable, "-c", "import sys; print('\\n'.join(f'line {i}' for i in range(40))); sys.exit(3)"]
+    with pytest.raises(build.BuildError, match=r"synth failed: .* exited with code 3") as exc:
+        build.run_tool(cmd, tmp_path / "yosys.log", stage="synth")
+    assert "line 39" in str(exc.value) and "line 19" not in str(exc.value)
+    assert "line 0\n" in (tmp_path / "yosys.log").read_text()
+
+
+def test_build_ulx3s_with_fake_tools(fake_tools, capsys):
+    """The whole build_ulx3s flow (real elaboration, fake tools): stage lines, the summary, the
+    report; quiet prints nothing."""
+    rep = build.build_ulx3s("12F", out_dir=fake_tools)
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in _stage_lines(out)] == list(build.STAGES)
+    assert "core 4x4 int8-dsp" in _stage_lines(out)[0]
+    assert "Fmax $glbnet$clk: 70.25 MHz (constraint 65.0 MHz) PASS" in out     # the summary
+    assert rep["timing_met"] and rep["utilization"]["LUT4"]["logic_lut4"] == 9
+    assert json.loads((fake_tools / "report.json").read_text()) == json.loads(json.dumps(rep))
+    build.build_ulx3s("12F", out_dir=fake_tools, quiet=True)
+    assert capsys.readouterr().out == ""
+
+
+def test_ulx3s_12f_bitstream(tmp_path, capsys):
     """The full flow on the smallest device at its default clock; fails if timing is not met."""
-    rep = build.build_ulx3s("12F", out_dir=tmp_path, quiet=True)
+    rep = build.build_ulx3s("12F", out_dir=tmp_path)
+    lines = _stage_lines(capsys.readouterr().out)
+    with capsys.disabled():                     # the stage lines are the build's figures
+        print("\n" + "\n".join(lines))
+    assert [line.split()[1] for line in lines] == list(build.STAGES)
+    assert "MULT18X18D" in lines[1] and "Fmax" in lines[2] and "Fmax" in lines[3]
+    assert "Max frequency" in (tmp_path / "nextpnr.log").read_text()
+    assert "End of script" in (tmp_path / "yosys.log").read_text()
+    assert (tmp_path / "ecppack.log").exists()
     assert (tmp_path / "top.bit").stat().st_size > 100_000
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["timing_met"] and saved == json.loads(json.dumps(rep))
