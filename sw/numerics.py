@@ -149,6 +149,8 @@ def requantize(acc, rq: Requant) -> np.ndarray:
     acc = np.asarray(acc)
     if acc.dtype.kind not in "iu":
         raise TypeError(f"acc must have an integer dtype, not {acc.dtype}")
+    if acc.size and acc.dtype.kind == "u" and int(acc.max()) >= (1 << 40):
+        raise ValueError("acc values must lie in [-2**40, 2**40)")
     acc = acc.astype(np.int64)
     if acc.size and (acc.min() < -(1 << 40) or acc.max() >= (1 << 40)):
         # keeps acc * multiplier + rounding inside int64 (40 + 16 bits)
@@ -640,3 +642,298 @@ def mac_wrap(products, clear, bits: int) -> np.ndarray:
         acc = ((acc + (1 << (bits - 1))) % (1 << bits)) - (1 << (bits - 1))
         out[i] = acc
     return out
+
+
+# =============================================================================================
+# Mixed-precision GEMM (MixPE core): run-time weight formats packed along K, per-group
+# dequantization after the integer group GEMM, per-output-channel requantization with bias.
+# =============================================================================================
+
+__all__ += [
+    "WeightFormat", "WEIGHT_BITS", "WEIGHT_LANES", "POW2_E_BITS", "weight_range",
+    "encode_weights", "decode_weights", "pack_weights", "unpack_weights",
+    "GROUP_SIZES", "GSCALE_BITS", "GZERO_BITS", "BIAS_BITS", "EDGE_ACC_BITS", "GroupQuant",
+    "group_sums", "group_dequant", "ChannelRequant", "requantize_channels", "mixgemm",
+]
+
+
+class WeightFormat(enum.IntEnum):
+    """Weight formats of the MixPE core (shared with the gateware and the wire protocol).
+
+    Codes are stored little-endian in the W buffer, ``WEIGHT_LANES[fmt]`` codes per byte,
+    consecutive along K, element 0 in the low bits. A MixPE processing element consumes one
+    byte per cycle, so it does ``WEIGHT_LANES[fmt]`` MACs per cycle.
+    """
+
+    #: two's complement int8, one per byte
+    INT8 = 0
+    #: two's complement int4, two per byte
+    INT4 = 1
+    #: two's complement int2 {-2..1}, four per byte
+    INT2 = 2
+    #: ternary {-1, 0, +1}, 2-bit codes of :func:`ternary_encode`, four per byte
+    TERNARY = 3
+    #: +-2**e, e in 0..7 (zero-free), 4-bit code ``sign << 3 | e`` in the low nibble of a byte
+    POW2 = 4
+
+
+#: bits of one weight code
+WEIGHT_BITS = {WeightFormat.INT8: 8, WeightFormat.INT4: 4, WeightFormat.INT2: 2,
+               WeightFormat.TERNARY: 2, WeightFormat.POW2: 4}
+#: weight codes per byte of the W buffer = MACs per MixPE element and cycle
+WEIGHT_LANES = {WeightFormat.INT8: 1, WeightFormat.INT4: 2, WeightFormat.INT2: 4,
+                WeightFormat.TERNARY: 4, WeightFormat.POW2: 1}
+#: exponent bits of a POW2 weight code
+POW2_E_BITS = 3
+
+
+def _wfmt(fmt) -> WeightFormat:
+    try:
+        return WeightFormat(fmt)
+    except ValueError:
+        raise ValueError(f"unknown weight format {fmt!r}; expected one of "
+                         f"{[f.name for f in WeightFormat]}") from None
+
+
+def weight_range(fmt) -> tuple[int, int]:
+    """Inclusive ``(min, max)`` of the weight values a format holds."""
+    fmt = _wfmt(fmt)
+    if fmt is WeightFormat.TERNARY:
+        return -1, 1
+    if fmt is WeightFormat.POW2:
+        return -(1 << 7), 1 << 7
+    return int_range(WEIGHT_BITS[fmt])
+
+
+def encode_weights(values, fmt) -> np.ndarray:
+    """Weight values -> codes (int64) of ``fmt``; values outside the format raise."""
+    fmt = _wfmt(fmt)
+    if fmt is WeightFormat.TERNARY:
+        return ternary_encode(values)
+    if fmt is WeightFormat.POW2:
+        return pow2_encode(values, POW2_E_BITS)
+    bits = WEIGHT_BITS[fmt]
+    return check_int(values, bits, name=f"{fmt.name} weights") & ((1 << bits) - 1)
+
+
+def decode_weights(codes, fmt) -> np.ndarray:
+    """Codes of ``fmt`` -> weight values (int64)."""
+    fmt = _wfmt(fmt)
+    if fmt is WeightFormat.TERNARY:
+        return ternary_decode(codes)
+    if fmt is WeightFormat.POW2:
+        return pow2_decode(codes, POW2_E_BITS)
+    bits = WEIGHT_BITS[fmt]
+    c = check_int(codes, bits, signed=False, name=f"{fmt.name} codes")
+    return np.where(c >= (1 << (bits - 1)), c - (1 << bits), c)
+
+
+def pack_weights(q, fmt) -> np.ndarray:
+    """Weight values ``q`` (K x N) -> packed bytes (ceil(K / lanes) x N, uint8).
+
+    Byte ``[kb, n]`` holds ``q[kb * lanes + j, n]`` in bits ``j*b .. j*b + b - 1``. K is padded
+    with zero weights (code 0) up to a multiple of the lanes; POW2 (zero-free) has one lane.
+    """
+    fmt = _wfmt(fmt)
+    q = np.asarray(q)
+    if q.ndim != 2:
+        raise ValueError(f"weights must be 2-D (K, N), got shape {q.shape}")
+    codes = encode_weights(q, fmt)
+    lanes, bits = WEIGHT_LANES[fmt], WEIGHT_BITS[fmt]
+    K, N = codes.shape
+    kb = -(-K // lanes)
+    pad = np.zeros((kb * lanes, N), dtype=np.int64)
+    pad[:K] = codes
+    pad = pad.reshape(kb, lanes, N)
+    out = np.zeros((kb, N), dtype=np.int64)
+    for j in range(lanes):
+        out |= pad[:, j] << (bits * j)
+    return out.astype(np.uint8)
+
+
+def unpack_weights(packed, fmt, k: int) -> np.ndarray:
+    """Inverse of :func:`pack_weights`: the first ``k`` weight values along K (int64)."""
+    fmt = _wfmt(fmt)
+    p = check_int(packed, 8, signed=False, name="packed weights")
+    if p.ndim != 2:
+        raise ValueError(f"packed weights must be 2-D, got shape {p.shape}")
+    lanes, bits = WEIGHT_LANES[fmt], WEIGHT_BITS[fmt]
+    if not 1 <= k <= p.shape[0] * lanes:
+        raise ValueError(f"k must be in [1, {p.shape[0] * lanes}] for {p.shape[0]} packed rows, not {k!r}")
+    if fmt is WeightFormat.POW2 and (p >> bits).any():
+        raise ValueError("POW2 bytes must have a zero high nibble")
+    codes = np.stack([(p >> (bits * j)) & ((1 << bits) - 1) for j in range(lanes)], axis=1)
+    return decode_weights(codes.reshape(-1, p.shape[1])[:k], fmt)
+
+
+#: group sizes along K the MixPE core supports (0 = no groups: one scale per channel)
+GROUP_SIZES = (32, 64, 128)
+#: unsigned per-group dyadic scale multiplier, signed per-group zero point, INT32 bias
+GSCALE_BITS = 16
+GZERO_BITS = 8
+BIAS_BITS = 32
+#: the epilogue's accumulator (sum over groups of the dequantized group sums, plus bias)
+EDGE_ACC_BITS = 48
+
+
+@dataclass(frozen=True)
+class GroupQuant:
+    """Per-group weight quantization along K: ``w[k, n] ~ s * gscale[g, n] * (q[k, n] - zero[g, n])``.
+
+    ``g = k // size``; the last group may be shorter (K not a multiple of the size). The
+    common factor ``s`` (a power of two times the activation scale) is folded into the
+    per-channel requantization, so the core computes the exact integer
+    ``acc[m, n] = sum_g gscale[g, n] * (P_g[m, n] - zero[g, n] * S_g[m])``.
+    """
+
+    size: int
+    scale: np.ndarray
+    zero: np.ndarray
+
+    def __post_init__(self):
+        if self.size not in GROUP_SIZES:
+            raise ValueError(f"group size must be one of {GROUP_SIZES}, not {self.size!r}")
+        sc = check_int(self.scale, GSCALE_BITS, signed=False, name="group scale")
+        zp = check_int(self.zero, GZERO_BITS, name="group zero point")
+        if sc.ndim != 2 or sc.shape != zp.shape:
+            raise ValueError(f"group scale and zero point must both be (groups, N); got "
+                             f"{sc.shape} and {zp.shape}")
+        object.__setattr__(self, "scale", sc)
+        object.__setattr__(self, "zero", zp)
+
+    def groups(self, k: int) -> int:
+        return -(-k // self.size)
+
+
+def group_sums(a, q, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``P`` (groups, M, N) integer group GEMMs and ``S`` (groups, M) activation sums."""
+    a = check_int(a, 8, name="a")
+    q = check_int(q, 9, name="weights")       # every format's values fit 9 bits (POW2: +128)
+    if a.ndim != 2 or q.ndim != 2 or a.shape[1] != q.shape[0]:
+        raise ValueError(f"need a (M, K) and q (K, N); got {a.shape} and {q.shape}")
+    K = a.shape[1]
+    starts = range(0, K, size)
+    P = np.stack([a[:, s:s + size] @ q[s:s + size] for s in starts])
+    S = np.stack([a[:, s:s + size].sum(axis=1) for s in starts])
+    return P, S
+
+
+def group_dequant(a, q, gq: GroupQuant) -> np.ndarray:
+    """``acc[m, n] = sum_g gscale[g, n] * (P_g[m, n] - zero[g, n] * S_g[m])`` (int64, exact)."""
+    P, S = group_sums(a, q, gq.size)
+    ng, N = P.shape[0], P.shape[2]
+    if gq.scale.shape != (ng, N):
+        raise ValueError(f"K = {np.shape(a)[1]} in groups of {gq.size} needs scale and zero "
+                         f"point tables of shape {(ng, N)}, not {gq.scale.shape}")
+    return (gq.scale[:, None, :] * (P - gq.zero[:, None, :] * S[:, :, None])).sum(axis=0)
+
+
+@dataclass(frozen=True)
+class ChannelRequant:
+    """Per-output-channel requantization with bias (TFLite / ONNX QDQ / HAWQ-V3 style).
+
+    ``y[m, n] = clamp(round_half_up(((acc[m, n] + bias[n]) * multiplier[n]) >> shift[n]) + zp)``;
+    the clamp's lower bound is ``zp`` with ``relu``, else -128. A per-layer :class:`Requant`
+    is the one-channel case (:meth:`from_requant`).
+    """
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+    bias: np.ndarray
+    zero_point: int = 0
+    relu: bool = False
+
+    def __post_init__(self):
+        mult = check_int(self.multiplier, REQUANT_MULT_BITS, signed=False, name="multiplier")
+        sh = check_int(self.shift, REQUANT_SHIFT_BITS, signed=False, name="shift")
+        bias = check_int(self.bias, BIAS_BITS, name="bias")
+        if mult.ndim != 1 or mult.shape != sh.shape or mult.shape != bias.shape:
+            raise ValueError(f"multiplier, shift and bias must be 1-D of one length (N); got "
+                             f"{mult.shape}, {sh.shape}, {bias.shape}")
+        lo, hi = int_range(REQUANT_ZP_BITS)
+        zp = self.zero_point
+        if isinstance(zp, bool) or not isinstance(zp, (int, np.integer)) or not lo <= zp <= hi:
+            raise ValueError(f"zero_point must be an integer in [{lo}, {hi}], not {zp!r}")
+        if not isinstance(self.relu, (bool, np.bool_)):
+            raise ValueError(f"relu must be a bool, not {self.relu!r}")
+        object.__setattr__(self, "multiplier", mult)
+        object.__setattr__(self, "shift", sh)
+        object.__setattr__(self, "bias", bias)
+        object.__setattr__(self, "zero_point", int(zp))
+        object.__setattr__(self, "relu", bool(self.relu))
+
+    @classmethod
+    def from_requant(cls, rq: Requant, n: int, bias=None) -> "ChannelRequant":
+        """The per-layer form ``rq`` for ``n`` channels (bias 0 unless given)."""
+        bias = np.zeros(n, dtype=np.int64) if bias is None else bias
+        return cls(np.full(n, rq.multiplier), np.full(n, rq.shift), bias, rq.zero_point, rq.relu)
+
+    @property
+    def channels(self) -> int:
+        return self.multiplier.shape[0]
+
+
+def _edge_acc(acc, bias=None) -> np.ndarray:
+    x = np.asarray(acc)
+    if x.size and x.dtype.kind == "u" and int(x.max()) >= (1 << (EDGE_ACC_BITS - 1)):
+        raise ValueError(f"accumulator exceeds the epilogue's {EDGE_ACC_BITS} bits")
+    x = x.astype(np.int64)
+    if bias is not None:
+        x = x + bias
+    lo, hi = int_range(EDGE_ACC_BITS)
+    if x.size and (x.min() < lo or x.max() > hi):
+        raise ValueError(f"accumulator (plus bias) exceeds the epilogue's {EDGE_ACC_BITS} bits: "
+                         f"[{int(x.min())}, {int(x.max())}]")
+    return x
+
+
+def requantize_channels(acc, crq: ChannelRequant) -> np.ndarray:
+    """Per-channel requantization of ``acc`` (M x N) to INT8, exactly as the core's epilogue.
+
+    ``(acc + bias) * multiplier`` is computed exactly (48 + 16 bits) and rounded half up at
+    every shift 0..63 (a shift at which ``|product| < 2**(shift-1)`` gives 0).
+    """
+    acc = np.asarray(acc)
+    if acc.dtype.kind not in "iu":
+        raise TypeError(f"acc must have an integer dtype, not {acc.dtype}")
+    if acc.ndim != 2 or acc.shape[1] != crq.channels:
+        raise ValueError(f"acc must be (M, {crq.channels}), not {acc.shape}")
+    x = _edge_acc(acc, crq.bias)
+    # Python ints: (acc + bias) * multiplier needs up to 64 bits plus the rounding constant
+    prod = x.astype(object) * crq.multiplier.astype(object)
+    sh = crq.shift.astype(object)
+    rnd = np.array([(1 << (int(s) - 1)) if s else 0 for s in crq.shift], dtype=object)
+    y = (prod + rnd) >> sh
+    y = y + crq.zero_point
+    lo = crq.zero_point if crq.relu else -128
+    return np.clip(y.astype(np.int64), lo, 127).astype(np.int8)
+
+
+def mixgemm(a, q, *, fmt=WeightFormat.INT8, group: GroupQuant | None = None,
+            requant: ChannelRequant | Requant | None = None) -> np.ndarray:
+    """Golden model of the MixPE core: INT8 activations ``a`` (M x K) x weight values ``q``
+    (K x N) in format ``fmt``, optional per-group dequantization, then the epilogue.
+
+    Returns the INT8 result with ``requant``; without it the raw accumulators as int32 (the
+    core's RAW32 mode), which must then fit 32 bits.
+    """
+    fmt = _wfmt(fmt)
+    a = check_int(a, 8, name="a")
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu":
+        raise TypeError(f"weights must have an integer dtype, not {q.dtype}")
+    encode_weights(q, fmt)                               # raises on values outside the format
+    if a.ndim != 2 or q.ndim != 2 or a.shape[1] != q.shape[0] or a.shape[1] == 0:
+        raise ValueError(f"mixgemm needs a (M, K) and q (K, N) with K >= 1; got {a.shape} and {q.shape}")
+    q = q.astype(np.int64)
+    acc = a @ q if group is None else group_dequant(a, q, group)
+    if requant is None:
+        ilo, ihi = int_range(32)
+        if acc.size and (acc.min() < ilo or acc.max() > ihi):
+            raise ValueError("accumulators exceed int32; RAW32 mode cannot return them")
+        return acc.astype(np.int32)
+    if isinstance(requant, Requant):
+        requant = ChannelRequant.from_requant(requant, q.shape[1])
+    if requant.channels != q.shape[1]:
+        raise ValueError(f"requantization has {requant.channels} channels, the layer {q.shape[1]}")
+    return requantize_channels(acc, requant)
