@@ -1,0 +1,592 @@
+"""MixCore: the mpGEMM core v2, split at its seams.
+
+::
+
+    buffers + address generators --operands--> engine --sums--> drain chains --> edge units
+    (A, W, channel / group tables)             (systolic,      (one per row)    (dequant,
+                                                any PE kind)                     requant, sink)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from amaranth import Module, Signal, signed, unsigned, Mux, Cat, Const
+from amaranth.lib import wiring, fifo
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw import numerics
+from sw.numerics import OutMode, WeightFormat
+from sw.protocol import ErrorCode
+
+from hw.arith._common import check_impl
+from hw.pe import pe_class
+from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
+from hw.systolic.engine import SystolicEngine
+
+from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS
+from .edge import EdgeUnit
+
+__all__ = ["MixCore", "CoreBuffer", "core_signature"]
+
+COUNTER_BITS = 48
+
+import enum
+
+
+class CoreBuffer(enum.IntEnum):
+    """Host-visible buffers of the core (the link's ``Buffer`` numbers)."""
+
+    A = 0       #: activations, 4 per 32-bit word, row banks
+    W = 1       #: packed weight bytes, column banks
+    OUT = 2     #: results, 32-bit words, row banks
+    CHAN = 3    #: per-channel table: 8 bytes per output channel (bias i32, mult u16, shift u8)
+    GROUP = 4   #: per-group table: 4 bytes per (group, channel) (scale u16, zero i8)
+
+
+def _is_pow2(v):
+    return isinstance(v, int) and v >= 1 and (v & (v - 1)) == 0
+
+
+def _serial_mul_step(m, acc, x, y, bit):
+    """One step of a bit-serial ``x * y`` (LSB first): shape checks need no DSP block."""
+    m.d.sync += acc.eq(acc + Mux(y.bit_select(bit, 1), x << bit, 0))
+
+
+def core_signature(*, addr_bits: int) -> wiring.Signature:
+    """The core's ports, defined once: host bus, layer descriptor, control, counters."""
+    return wiring.Signature({
+        "bus_sel": In(CoreBuffer), "bus_addr": In(unsigned(addr_bits)),
+        "bus_wdata": In(8), "bus_we": In(1), "bus_re": In(1), "bus_rdata": Out(8),
+        "cfg": In(LAYER_LAYOUT),
+        "start": In(1), "abort": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
+        "cnt_cycles": Out(COUNTER_BITS), "cnt_busy": Out(COUNTER_BITS),
+        "cnt_stall": Out(COUNTER_BITS), "cnt_macs": Out(COUNTER_BITS),
+        "cnt_dq_stall": Out(COUNTER_BITS),
+    })
+
+
+class MixCore(wiring.Component):
+    """Mixed-precision GEMM: ``OUT = epilogue(A @ dequant(W))`` for any shape that fits.
+
+    Output-stationary: output tiles of ``rows x cols`` (N tiles outer, M inner); each step
+    feeds every column one weight byte (1, 2 or 4 weights along K by the format) and every
+    row the matching activations. Group ends (every ``G / lanes`` steps, and every tile end)
+    drain the rows' sums to the edge units, which dequantize per group, accumulate, add the
+    bias and requantize per output channel. Consecutive group ends are kept at least
+    ``cols`` steps apart (the drain chains' period); stall cycles this costs inside a tile
+    are counted in ``cnt_dq_stall``.
+
+    Host address spaces (bytes; :mod:`sw.layout` builds and reads them):
+
+    * ``A``: byte ``L`` in row bank ``(L >> 2) % rows``, word ``(L >> 2) // rows``, byte
+      ``L & 3``; ``A[m, k]`` is byte ``k % 4`` of word ``(m // rows) * ceil(K / 4) + k // 4``
+      of bank ``m % rows``.
+    * ``W``: byte ``L`` in column bank ``L % cols`` at ``L // cols``; packed byte ``[kb, n]``
+      (``sw.numerics.pack_weights``) at ``(n // cols) * KB + kb`` of bank ``n % cols``.
+    * ``OUT``: like A; element ``(m, n)`` has index ``e = (m // rows) * N + n`` in bank
+      ``m % rows``: byte ``e`` (INT8) or word ``e`` (RAW32).
+    * ``CHAN``: 8 bytes per channel ``n``; ``GROUP``: 4 bytes per ``g * N + n``.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array shape (powers of two).
+    a_depth : int
+        32-bit words per activation bank.
+    w_depth : int
+        Bytes per weight bank.
+    out_depth : int
+        32-bit words per output bank.
+    chan_depth, group_depth : int
+        Entries of the per-channel and per-group tables.
+    pe : str
+        PE kind (``"mixpe"`` or ``"int8-dsp"``).
+    watchdog : int, optional
+        Cycles a run may stay busy before it is stopped with WATCHDOG.
+    impl : "auto" | "generic" | "ecp5"
+
+    Members
+    -------
+    See :func:`core_signature`. ``cfg`` (``LAYER_LAYOUT``) is sampled at ``start``.
+    """
+
+    #: cycles from ``bus_re`` to ``bus_rdata``
+    READ_LATENCY = 4
+
+    def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 256, w_depth: int = 1024,
+                 out_depth: int = 256, chan_depth: int = 256, group_depth: int = 1024,
+                 pe: str = "mixpe", watchdog: int | None = None, impl: str = "auto"):
+        for name, v in (("rows", rows), ("cols", cols)):
+            if not _is_pow2(v) or v > 64:
+                raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
+        for name, v in (("a_depth", a_depth), ("w_depth", w_depth), ("out_depth", out_depth),
+                        ("chan_depth", chan_depth), ("group_depth", group_depth)):
+            if not _is_pow2(v) or not 16 <= v <= (1 << 16):
+                raise ValueError(f"{name} must be a power of two in [16, 65536], not {v!r}")
+        self.rows, self.cols = rows, cols
+        self.pe = pe
+        self.pe_cls = pe_class(pe)
+        self.formats = self.pe_cls.FORMATS
+        self.groups = self.pe_cls is MixPE
+        self.impl = check_impl(impl)
+        self.a_depth, self.w_depth, self.out_depth = a_depth, w_depth, out_depth
+        self.chan_depth, self.group_depth = chan_depth, group_depth
+        #: largest K of any format (INT2 / ternary: four per weight byte)
+        self.max_k = min(4 * a_depth, max(numerics.WEIGHT_LANES[f] for f in self.formats) * w_depth,
+                         (1 << DIM_BITS) - 1)
+        # widest sum of a tile: INT8 (and POW2) weights, K <= w_depth
+        self.acc_width = max(numerics.acc_bits(min(w_depth, 4 * a_depth)), 17)
+        assert self.acc_width <= 32, "RAW32 output needs the tile sums to fit 32 bits"
+        self.a_bytes = 4 * rows * a_depth
+        self.w_bytes = cols * w_depth
+        self.out_bytes = 4 * rows * out_depth
+        self.chan_bytes = 8 * chan_depth
+        self.group_bytes = 4 * group_depth
+        self.addr_bits = max(self.a_bytes, self.w_bytes, self.out_bytes, self.chan_bytes,
+                             self.group_bytes).bit_length() - 1
+        self.engine_latency = (cols - 1) + self.pe_cls.latency()
+        #: minimum steps between group (and tile) ends (the drain chains' period)
+        self.MIN_PERIOD = cols
+        self.edge_latency = EdgeUnit.latency()
+        #: cycles an aborted run stays busy: everything fed drains out before ``done``
+        self.ABORT_CYCLES = (8 + self.engine_latency + rows + cols + self.edge_latency
+                             + 2 * self.MIN_PERIOD)
+        if watchdog is None:
+            watchdog = 2 * self.max_run_cycles()
+        if isinstance(watchdog, bool) or not isinstance(watchdog, int) or not \
+                64 <= watchdog < (1 << 32):
+            raise ValueError(f"watchdog must be an int in [64, 2**32) cycles, not {watchdog!r}")
+        self.WATCHDOG = watchdog
+        super().__init__(core_signature(addr_bits=self.addr_bits))
+
+    def _token_layout(self):
+        return TOKEN_LAYOUT(tg_bits=max(1, (self.group_depth - 1).bit_length()),
+                            out_bits=(4 * self.out_depth).bit_length(),
+                            rows=self.rows, cols=self.cols)
+
+    def max_run_cycles(self) -> int:
+        """An upper bound of the busy cycles of any run the buffers accept: every step
+        feeds at least one weight byte, and group ends are ``MIN_PERIOD`` apart."""
+        tiles = self.w_depth * (4 * self.a_depth) + 4 * self.out_depth * self.rows
+        return self.MIN_PERIOD * tiles + 4 * DIM_BITS + 256
+
+    def config(self) -> dict:
+        return {"rows": self.rows, "cols": self.cols, "a_depth": self.a_depth,
+                "w_depth": self.w_depth, "out_depth": self.out_depth,
+                "chan_depth": self.chan_depth, "group_depth": self.group_depth,
+                "max_k": self.max_k, "acc_width": self.acc_width, "pe": self.pe}
+
+    def config_hash(self) -> int:
+        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.rows, self.cols
+        lr, lc = R.bit_length() - 1, C.bit_length() - 1
+
+        m.submodules.engine = eng = SystolicEngine(
+            rows=R, cols=C, acc_width=self.acc_width, pe=self.pe, act_sums=self.groups,
+            impl=self.impl)
+
+        # host-side inputs registered once: the link sits far away on a big device
+        bus_sel = Signal(CoreBuffer); bus_addr = Signal(self.addr_bits); bus_wdata = Signal(8)
+        bus_we = Signal(); start = Signal(); abort = Signal()
+        m.d.sync += [bus_sel.eq(self.bus_sel), bus_addr.eq(self.bus_addr),
+                     bus_wdata.eq(self.bus_wdata), bus_we.eq(self.bus_we), start.eq(self.start),
+                     abort.eq(self.abort)]
+
+        # -- buffers ------------------------------------------------------------------------
+        a_mems = [Memory(shape=32, depth=self.a_depth, init=[]) for _ in range(R)]
+        w_mems = [Memory(shape=8, depth=self.w_depth, init=[]) for _ in range(C)]
+        o_mems = [Memory(shape=32, depth=self.out_depth, init=[]) for _ in range(R)]
+        chan_mem = Memory(shape=64, depth=self.chan_depth, init=[])
+        grp_mem = Memory(shape=32, depth=self.group_depth, init=[])
+        for i, mem in enumerate(a_mems):
+            m.submodules[f"a_bank{i}"] = mem
+        for j, mem in enumerate(w_mems):
+            m.submodules[f"w_bank{j}"] = mem
+        for i, mem in enumerate(o_mems):
+            m.submodules[f"o_bank{i}"] = mem
+        m.submodules.chan_mem = chan_mem
+        m.submodules.grp_mem = grp_mem
+
+        # -- layer configuration, latched at start --------------------------------------------
+        cfg = Signal(LAYER_LAYOUT)
+        M, K, N = cfg.m, cfg.k, cfg.n
+        lanes_log = Signal(2)               # log2 of weights per byte
+        kb = Signal(DIM_BITS)               # steps per tile
+        kw = Signal(DIM_BITS)               # A words per row of a tile
+        gsteps = Signal(DIM_BITS)           # steps per group (0: no groups)
+        glog = Signal(range(8))             # log2 of the group size
+        ngroups = Signal(DIM_BITS)
+        kmod = Signal(2)                    # valid lanes of the last step (0: all)
+        group_on = Signal()
+
+        # -- sequencer state ------------------------------------------------------------------
+        step = Signal(DIM_BITS)             # step within the tile
+        gstep = Signal(DIM_BITS)            # step within the group
+        row0 = Signal(DIM_BITS + 1); col0 = Signal(DIM_BITS + 1)
+        a_tile = Signal(range(self.a_depth + 1)); w_tile = Signal(range(self.w_depth + 1))
+        out_row = Signal((4 * self.out_depth).bit_length() + DIM_BITS)
+        gbase = Signal(2 * DIM_BITS)
+        tile_last = Signal()                # current tile is the run's last
+        row_last = Signal(); col_last = Signal()
+        since = Signal(range(self.MIN_PERIOD + 1))
+        bad = Signal()
+        mt_cnt = Signal(DIM_BITS); nt_cnt = Signal(DIM_BITS)
+        p_a = Signal(2 * DIM_BITS + 1); p_w = Signal(2 * DIM_BITS + 1)
+        p_o = Signal(2 * DIM_BITS + 1); p_g = Signal(2 * DIM_BITS + 1)
+        chk_bit = Signal(range(DIM_BITS + 1))
+        final_drained = Signal()
+        issue = Signal()
+
+        tok_layout = self._token_layout()
+        m.submodules.tokens = tokens = fifo.SyncFIFOBuffered(width=tok_layout.size, depth=4)
+
+        m.d.comb += self.busy.eq(0)
+        m.d.sync += self.done.eq(0)
+        with m.If(self.busy):
+            m.d.sync += self.cnt_cycles.eq(self.cnt_cycles + 1)
+        wd = Signal(32); wd_hit = Signal()
+        m.d.sync += [wd.eq(wd - 1), wd_hit.eq(self.busy & (wd == 0))]
+        ab_cnt = Signal(range(self.ABORT_CYCLES + 1))
+
+        def abortable():
+            with m.If(abort | wd_hit):
+                m.d.sync += [self.error.eq(Mux(abort, ErrorCode.ABORTED, ErrorCode.WATCHDOG)),
+                             ab_cnt.eq(self.ABORT_CYCLES)]
+                m.next = "ABORT"
+
+        fmt_ok = Signal()
+        m.d.comb += fmt_ok.eq(0)
+        with m.Switch(cfg.fmt):
+            for f in self.formats:
+                with m.Case(f):
+                    m.d.comb += fmt_ok.eq(1)
+
+        # valid rows / columns of the current tile, updated together with row0 / col0
+        rows_left = Signal(range(R + 1)); cols_left = Signal(range(C + 1))
+
+        def clip(v, lim):
+            return Mux(v >= lim, lim, v)
+
+        group_end = Signal()
+        tile_end = Signal()
+        m.d.comb += [tile_end.eq(step == kb - 1),
+                     group_end.eq(tile_end | (group_on & (gstep == gsteps - 1)))]
+        wait_drain = Signal()
+        m.d.comb += wait_drain.eq(group_end & (since != self.MIN_PERIOD))
+        with m.If(since != self.MIN_PERIOD):
+            m.d.sync += since.eq(since + 1)
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    c = self.cfg
+                    lanes = Signal(2)
+                    m.d.comb += lanes.eq(Mux(c.fmt == WeightFormat.INT4, 1,
+                                         Mux((c.fmt == WeightFormat.INT2) |
+                                             (c.fmt == WeightFormat.TERNARY), 2, 0)))
+                    m.d.sync += [
+                        cfg.eq(c), lanes_log.eq(lanes),
+                        kb.eq((c.k + (1 << lanes) - 1) >> lanes),
+                        kw.eq((c.k + 3) >> 2),
+                        kmod.eq(c.k & ((1 << lanes) - 1)),
+                        group_on.eq(c.group != 0),
+                        mt_cnt.eq((c.m + R - 1) >> lr), nt_cnt.eq((c.n + C - 1) >> lc),
+                        p_a.eq(0), p_w.eq(0), p_o.eq(0), p_g.eq(0), chk_bit.eq(0),
+                        self.error.eq(ErrorCode.OK), wd.eq(self.WATCHDOG - 1),
+                        self.cnt_cycles.eq(0), self.cnt_busy.eq(0), self.cnt_stall.eq(0),
+                        self.cnt_macs.eq(0), self.cnt_dq_stall.eq(0),
+                    ]
+                    with m.Switch(c.group):
+                        for code, size in GROUP_CODES.items():
+                            with m.Case(code):
+                                lg = max(size, 1).bit_length() - 1
+                                m.d.sync += [glog.eq(lg),
+                                             gsteps.eq(Const(size, DIM_BITS) >> lanes),
+                                             ngroups.eq((c.k + size - 1) >> lg if size else 1)]
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                _serial_mul_step(m, p_a, mt_cnt, kw, chk_bit)
+                _serial_mul_step(m, p_w, nt_cnt, kb, chk_bit)
+                _serial_mul_step(m, p_o, mt_cnt, N, chk_bit)
+                _serial_mul_step(m, p_g, ngroups, N, chk_bit)
+                m.d.sync += chk_bit.eq(chk_bit + 1)
+                with m.If(chk_bit == DIM_BITS):
+                    out_cap = Mux(cfg.out_mode == OutMode.INT8, 4 * self.out_depth, self.out_depth)
+                    m.d.sync += bad.eq(
+                        (M == 0) | (K == 0) | (N == 0) | (K > self.max_k) | ~fmt_ok |
+                        (group_on & (Const(int(self.groups), 1) == 0)) |
+                        (p_a > self.a_depth) | (p_w > self.w_depth) | (p_o > out_cap) |
+                        (cfg.chan & (N > self.chan_depth)) |
+                        (group_on & (p_g > self.group_depth)))
+                    m.next = "DECIDE"
+                abortable()
+            with m.State("DECIDE"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(bad):
+                    m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [step.eq(0), gstep.eq(0), row0.eq(0), col0.eq(0),
+                                 a_tile.eq(0), w_tile.eq(0), out_row.eq(0), gbase.eq(0),
+                                 row_last.eq(M <= R), col_last.eq(N <= C),
+                                 rows_left.eq(clip(M, R)), cols_left.eq(clip(N, C)),
+                                 since.eq(self.MIN_PERIOD), final_drained.eq(0)]
+                    m.next = "RUN"
+                abortable()
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(wait_drain):
+                    m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
+                    with m.If(~tile_end):
+                        m.d.sync += self.cnt_dq_stall.eq(self.cnt_dq_stall + 1)
+                with m.Else():
+                    m.d.comb += issue.eq(1)
+                    m.d.sync += [step.eq(step + 1), gstep.eq(gstep + 1),
+                                 self.cnt_busy.eq(self.cnt_busy + 1)]
+                    with m.If(group_end):
+                        m.d.sync += [gstep.eq(0), since.eq(1), gbase.eq(gbase + N)]
+                    with m.If(tile_end):
+                        m.d.sync += [step.eq(0), gbase.eq(0)]
+                        with m.If(row_last & col_last):
+                            m.next = "FLUSH"
+                        with m.Elif(row_last):
+                            m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
+                                         a_tile.eq(0), w_tile.eq(w_tile + kb),
+                                         row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N),
+                                         rows_left.eq(clip(M, R)),
+                                         cols_left.eq(clip(N - col0 - C, C))]
+                        with m.Else():
+                            m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + N),
+                                         a_tile.eq(a_tile + kw), row_last.eq(row0 + 2 * R >= M),
+                                         rows_left.eq(clip(M - row0 - R, R))]
+                abortable()
+            with m.State("FLUSH"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(final_drained):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+                abortable()
+            with m.State("ABORT"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += ab_cnt.eq(ab_cnt - 1)
+                with m.If(ab_cnt == 0):
+                    m.d.sync += [self.done.eq(1), final_drained.eq(0)]
+                    m.next = "IDLE"
+
+        # -- drain tokens: one per group end, consumed when row 0 starts draining it ---------
+        tok_w = Signal(tok_layout)
+        m.d.comb += [
+            tok_w.gbase.eq(gbase), tok_w.col0.eq(col0), tok_w.out_row.eq(out_row),
+            tok_w.rows_left.eq(rows_left), tok_w.cols_left.eq(cols_left),
+            # the tile's first group ends while gstep still counts from the tile's start
+            tok_w.first_g.eq(gstep == step),
+            tok_w.last_g.eq(tile_end), tok_w.final.eq(tile_end & row_last & col_last),
+            tokens.w_data.eq(tok_w), tokens.w_en.eq(issue & group_end),
+        ]
+
+        # -- operand fetch ---------------------------------------------------------------------
+        host = ~self.busy
+        sel_bits = Signal(2)                # which bytes of the A word this step uses
+        m.d.comb += sel_bits.eq(Mux(lanes_log == 0, step[:2], Mux(lanes_log == 1, step[:1] << 1, 0)))
+        a_word = Signal(DIM_BITS)
+        m.d.comb += a_word.eq(Mux(lanes_log == 0, step >> 2, Mux(lanes_log == 1, step >> 1, step)))
+        # lanes valid in this step (the last step of a ragged K has fewer)
+        nlanes = Signal(3)
+        m.d.comb += nlanes.eq(Mux(tile_end & (kmod != 0), kmod, 1 << lanes_log))
+        lane_mask = Signal(4)
+        m.d.comb += lane_mask.eq((Const(1, 5) << nlanes) - 1)
+
+        lane_a = (bus_addr >> 2)[:lr] if lr else Const(0, 1)
+        idx_a = bus_addr >> (2 + lr)
+        lane_o = lane_a
+        lane_w = bus_addr[:lc] if lc else Const(0, 1)
+        idx_w = bus_addr >> lc
+
+        def host_write(wp, idx, sel, name, gran_bytes=1, byte=None):
+            addr = Signal.like(idx, name=f"{name}_waddr", reset_less=True)
+            data = Signal(8 * gran_bytes, name=f"{name}_wdata", reset_less=True)
+            en = Signal(gran_bytes, name=f"{name}_we")
+            we = ~self.busy & bus_we & sel
+            m.d.sync += [addr.eq(idx), data.eq(bus_wdata.replicate(gran_bytes)),
+                         en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))]
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
+
+        a_rd = []
+        for i, mem in enumerate(a_mems):
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(Mux(self.busy, a_tile + a_word, idx_a)), rp.en.eq(1)]
+            host_write(mem.write_port(granularity=8), idx_a,
+                       (bus_sel == CoreBuffer.A) & (lane_a == i) & (idx_a < self.a_depth),
+                       f"a{i}", 4, bus_addr[:2])
+            a_rd.append(rp.data)
+        w_rd = []
+        for j, mem in enumerate(w_mems):
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(Mux(self.busy, w_tile + step, idx_w)), rp.en.eq(1)]
+            host_write(mem.write_port(), idx_w,
+                       (bus_sel == CoreBuffer.W) & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
+            w_rd.append(rp.data)
+        host_write(chan_mem.write_port(granularity=8), bus_addr >> 3,
+                   (bus_sel == CoreBuffer.CHAN) & ((bus_addr >> 3) < self.chan_depth), "tc", 8,
+                   bus_addr[:3])
+        host_write(grp_mem.write_port(granularity=8), bus_addr >> 2,
+                   (bus_sel == CoreBuffer.GROUP) & ((bus_addr >> 2) < self.group_depth), "tg", 4,
+                   bus_addr[:2])
+
+        # stage f: memory data arrives; stage g: registered (EBR clock-to-out is slow),
+        # stage h: arranged / decoded and registered into the engine
+        f_valid, f_first, f_last = Signal(), Signal(), Signal()
+        f_sel, f_mask = Signal(2), Signal(4)
+        f_rmask, f_cmask = Signal(R), Signal(C)
+        m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (gstep == 0)),
+                     f_last.eq(issue & group_end), f_sel.eq(sel_bits), f_mask.eq(lane_mask),
+                     f_rmask.eq(Mux(self.busy, Cat(row0 + i < M for i in range(R)), ~0)),
+                     f_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
+        g_valid, g_first, g_last = Signal(), Signal(), Signal()
+        g_sel, g_mask = Signal(2), Signal(4)
+        m.d.sync += [g_valid.eq(f_valid), g_first.eq(f_first), g_last.eq(f_last),
+                     g_sel.eq(f_sel), g_mask.eq(f_mask)]
+        ga = [Signal(32, name=f"ga{i}") for i in range(R)]
+        gw = [Signal(8, name=f"gw{j}") for j in range(C)]
+        for i in range(R):
+            m.d.sync += ga[i].eq(Mux(f_rmask[i], a_rd[i], 0))
+        for j in range(C):
+            m.d.sync += gw[j].eq(Mux(f_cmask[j], w_rd[j], 0))
+        h_valid, h_first, h_last = Signal(), Signal(), Signal()
+        m.d.sync += [h_valid.eq(g_valid), h_first.eq(g_first), h_last.eq(g_last)]
+        m.d.comb += [eng.valid.eq(h_valid), eng.first.eq(h_first), eng.last.eq(h_last)]
+        mode_r = None
+        for i in range(R):
+            word = (ga[i] >> (g_sel << 3))[:32]
+            if self.pe_cls.X_WIDTH == 32:
+                x = arrange_activations(m, cfg.fmt, word, g_mask, name=f"xarr{i}")
+            else:
+                x = Mux(g_mask[0], word[:8], 0)
+            xr = Signal(self.pe_cls.X_WIDTH, name=f"hx{i}", reset_less=True)
+            m.d.sync += xr.eq(x)
+            m.d.comb += eng.x[i].eq(xr)
+        for j in range(C):
+            chunks, sgn, mode = decode_weight_byte(m, cfg.fmt, gw[j], name=f"wdec{j}")
+            wr = Signal(8, name=f"hw{j}", reset_less=True)
+            sr = Signal(4, name=f"hs{j}", reset_less=True)
+            m.d.sync += [wr.eq(chunks), sr.eq(sgn)]
+            m.d.comb += [eng.wb[j].eq(wr), eng.wsgn[j].eq(sr)]
+            mode_r = mode
+        md = Signal(2, reset_less=True)
+        m.d.sync += md.eq(mode_r)
+        m.d.comb += eng.mode.eq(md)
+
+        # MACs: valid rows x valid columns x valid lanes per step, two cycles behind
+        rv_q = Signal(range(R + 1)); cv_q = Signal(range(C + 1)); nl_q = Signal(3)
+        rc = Signal(range(R * C + 1)); macs = Signal(range(4 * R * C + 1))
+        issue_d = Signal(); issue_dd = Signal()
+        m.d.sync += [rv_q.eq(rows_left), cv_q.eq(cols_left), nl_q.eq(nlanes),
+                     issue_d.eq(issue), issue_dd.eq(issue_d)]
+        terms = [Mux(rv_q[b], cv_q << b, 0) for b in range(lr + 1)]
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        m.d.sync += rc.eq(total)
+        nl_d = Signal(3)
+        m.d.sync += nl_d.eq(nl_q)
+        m.d.comb += macs.eq(Mux(nl_d[0], rc, 0) + Mux(nl_d[1], rc << 1, 0) + Mux(nl_d[2], rc << 2, 0))
+        with m.If(issue_dd):
+            m.d.sync += self.cnt_macs.eq(self.cnt_macs + macs)
+
+        # -- edge: table readers at row 0, one edge unit per row --------------------------------
+        tok_head = Signal(tok_layout)
+        m.d.comb += [tok_head.eq(tokens.r_data), tokens.r_en.eq(eng.sum_first[0])]
+        t_cnt = Signal(range(C))
+        with m.If(eng.sum_first[0]):
+            m.d.sync += t_cnt.eq(C - 2 if C > 1 else 0)
+        with m.Elif(eng.sum_valid[0] & (t_cnt != 0)):
+            m.d.sync += t_cnt.eq(t_cnt - 1)
+        t_j = Mux(eng.sum_first[0], C - 1, t_cnt)
+        t_col0 = Signal(DIM_BITS); t_gbase = Signal.like(tok_head.gbase)
+        with m.If(eng.sum_first[0]):
+            m.d.sync += [t_col0.eq(tok_head.col0), t_gbase.eq(tok_head.gbase)]
+        cur_col0 = Mux(eng.sum_first[0], tok_head.col0, t_col0)
+        cur_gbase = Mux(eng.sum_first[0], tok_head.gbase, t_gbase)
+        crp = chan_mem.read_port()
+        grp = grp_mem.read_port()
+        m.d.comb += [crp.addr.eq(Mux(self.busy, cur_col0 + t_j, bus_addr >> 3)), crp.en.eq(1),
+                     grp.addr.eq(Mux(self.busy, cur_gbase + cur_col0 + t_j, bus_addr >> 2)),
+                     grp.en.eq(1)]
+        tbl0 = Signal(TABLE_LAYOUT)
+        m.d.comb += [
+            tbl0.gscale.eq(grp.data[:16]), tbl0.gzero.eq(grp.data[16:24]),
+            tbl0.bias.eq(Mux(cfg.chan, crp.data[:32], 0)),
+            tbl0.mult.eq(Mux(cfg.chan, crp.data[32:48], cfg.mult)),
+            tbl0.shift.eq(Mux(cfg.chan, crp.data[48:54], cfg.shift)),
+        ]
+        tok_src, tbl_src = tok_head, tbl0
+        fin = Signal()
+        for i in range(R):
+            eu = EdgeUnit(row=i, cols=C, acc_width=self.acc_width, token_layout=tok_layout,
+                          out_depth=self.out_depth, groups=self.groups, impl=self.impl)
+            m.submodules[f"edge{i}"] = eu
+            m.d.comb += [
+                eu.sum.eq(eng.sum[i]), eu.sum_valid.eq(eng.sum_valid[i]),
+                eu.sum_first.eq(eng.sum_first[i]), eu.act_sum.eq(eng.act_sum[i]),
+                eu.tok_in.eq(tok_src), eu.tbl_in.eq(tbl_src),
+                eu.group.eq(group_on), eu.out_mode.eq(cfg.out_mode), eu.relu.eq(cfg.relu),
+                eu.zp.eq(cfg.zp),
+            ]
+            tok_src, tbl_src = eu.tok_out, eu.tbl_out
+            wp = o_mems[i].write_port(granularity=8)
+            # the edge writes while busy; the host only while idle (its writes are ignored)
+            m.d.comb += [wp.addr.eq(eu.wr_addr), wp.data.eq(eu.wr_data),
+                         wp.en.eq(Mux(self.busy, eu.wr_en, 0))]
+            if i == R - 1:
+                m.d.comb += fin.eq(eu.final)
+        with m.If(fin & self.busy):
+            m.d.sync += final_drained.eq(1)
+
+        # -- host reads ---------------------------------------------------------------------
+        o_rd = []
+        for i, mem in enumerate(o_mems):
+            rp = mem.read_port()
+            m.d.comb += [rp.addr.eq(idx_a), rp.en.eq(1)]
+            o_rd.append(rp.data)
+        r_sel = Signal(CoreBuffer); r_lane_a = Signal.like(lane_a); r_lane_w = Signal.like(lane_w)
+        r_byte = Signal(3)
+        m.d.sync += [r_sel.eq(bus_sel), r_lane_a.eq(lane_a), r_lane_w.eq(lane_w),
+                     r_byte.eq(bus_addr[:3])]
+        r_sel2 = Signal(CoreBuffer); r_lane_a2 = Signal.like(lane_a); r_lane_w2 = Signal.like(lane_w)
+        r_byte2 = Signal(3)
+        m.d.sync += [r_sel2.eq(r_sel), r_lane_a2.eq(r_lane_a), r_lane_w2.eq(r_lane_w),
+                     r_byte2.eq(r_byte)]
+        o_q = [Signal(32, name=f"o_q{i}") for i in range(R)]
+        for i in range(R):
+            m.d.sync += o_q[i].eq(o_rd[i])
+        c_q = Signal(64); g_q = Signal(32)
+        m.d.sync += [c_q.eq(crp.data), g_q.eq(grp.data)]
+        a_word_r = Signal(32); o_word_r = Signal(32); w_byte_r = Signal(8)
+        with m.Switch(r_lane_a2):
+            for i in range(R):
+                with m.Case(i):
+                    m.d.comb += [a_word_r.eq(ga[i]), o_word_r.eq(o_q[i])]
+        with m.Switch(r_lane_w2):
+            for j in range(C):
+                with m.Case(j):
+                    m.d.comb += w_byte_r.eq(gw[j])
+        with m.Switch(r_sel2):
+            with m.Case(CoreBuffer.A):
+                m.d.sync += self.bus_rdata.eq(a_word_r.word_select(r_byte2[:2], 8))
+            with m.Case(CoreBuffer.W):
+                m.d.sync += self.bus_rdata.eq(w_byte_r)
+            with m.Case(CoreBuffer.OUT):
+                m.d.sync += self.bus_rdata.eq(o_word_r.word_select(r_byte2[:2], 8))
+            with m.Case(CoreBuffer.CHAN):
+                m.d.sync += self.bus_rdata.eq(c_q.word_select(r_byte2, 8))
+            with m.Case(CoreBuffer.GROUP):
+                m.d.sync += self.bus_rdata.eq(g_q.word_select(r_byte2[:2], 8))
+        return m

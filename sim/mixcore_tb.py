@@ -1,0 +1,136 @@
+"""Testbench driver for :class:`hw.core.MixCore`: host bus, layer descriptor, runs, and a
+host-side image of the OUT space that checks every run writes its result and nothing else."""
+
+import numpy as np
+import cocotb
+from cocotb.clock import Clock
+from cocotb.triggers import RisingEdge, FallingEdge, ReadOnly, ClockCycles
+
+from sw import layout, numerics
+from sw.numerics import OutMode, WeightFormat
+from sw.protocol import ErrorCode
+
+#: LAYER_LAYOUT field -> (offset, width), passed in by the test (the testbench has no Amaranth)
+GROUP_CODE = {None: 0, 32: 1, 64: 2, 128: 3}
+
+
+class MixCoreTB:
+    def __init__(self, dut, params):
+        self.dut = dut
+        self.p = params
+        self.rows, self.cols = params["rows"], params["cols"]
+        self.out_image = bytearray(params["out_bytes"])    # what OUT must hold
+
+    async def reset(self):
+        d = self.dut
+        cocotb.start_soon(Clock(d.clk, 10, unit="ns").start())
+        for s in ("bus_sel", "bus_addr", "bus_wdata", "bus_we", "bus_re", "start", "cfg", "abort"):
+            getattr(d, s).value = 0
+        d.rst.value = 1
+        await ClockCycles(d.clk, 2)
+        d.rst.value = 0
+        await RisingEdge(d.clk)
+        # OUT keeps what earlier tests in this simulation wrote: start the image from it
+        self.out_image = bytearray(await self.read(2, self.p["checked_out_bytes"]))
+
+    async def write(self, buf, data: bytes, base: int = 0):
+        d = self.dut
+        for i, b in enumerate(data):
+            await FallingEdge(d.clk)
+            d.bus_sel.value = int(buf)
+            d.bus_we.value = 1
+            d.bus_addr.value = base + i
+            d.bus_wdata.value = int(b)
+        await FallingEdge(d.clk)
+        d.bus_we.value = 0
+
+    async def read(self, buf, n: int, base: int = 0) -> bytes:
+        d = self.dut
+        lat = self.p["read_latency"]
+        out = bytearray()
+        for i in range(n + lat - 1):
+            await FallingEdge(d.clk)
+            d.bus_sel.value = int(buf)
+            d.bus_re.value = int(i < n)
+            d.bus_addr.value = base + min(i, n - 1)
+            await RisingEdge(d.clk)
+            await ReadOnly()
+            if i >= lat - 1:
+                out.append(int(d.bus_rdata.value))
+        await FallingEdge(d.clk)
+        d.bus_re.value = 0
+        return bytes(out)
+
+    def pack_cfg(self, **fields) -> int:
+        word = 0
+        for name, (off, width) in self.p["cfg_fields"].items():
+            v = int(fields.get(name, 0))
+            word |= (v & ((1 << width) - 1)) << off
+        return word
+
+    async def start(self, **fields):
+        d = self.dut
+        await FallingEdge(d.clk)
+        d.cfg.value = self.pack_cfg(**fields)
+        d.start.value = 1
+        await FallingEdge(d.clk)
+        d.start.value = 0
+
+    async def wait_done(self, timeout: int):
+        d = self.dut
+        for _ in range(timeout):
+            await RisingEdge(d.clk)
+            await ReadOnly()
+            if int(d.done.value):
+                err = ErrorCode(int(d.error.value))
+                cnt = {k: int(getattr(d, f"cnt_{k}").value)
+                       for k in ("cycles", "busy", "stall", "macs", "dq_stall")}
+                await FallingEdge(d.clk)
+                return err, cnt
+        raise AssertionError(f"core not done after {timeout} cycles")
+
+    async def run_layer(self, a, q, *, fmt, group=None, requant=None, out_mode=None,
+                        timeout=None):
+        """Load operands and tables, run, read back; returns (result, counters).
+
+        ``group``: a ``numerics.GroupQuant`` or None; ``requant``: a ``ChannelRequant``
+        (per-channel tables), a ``Requant`` (the descriptor's scalar form) or None (RAW32).
+        """
+        R, C = self.rows, self.cols
+        M, K = a.shape
+        N = q.shape[1]
+        fmt = WeightFormat(fmt)
+        await self.write(0, layout.act_image(a, R))
+        await self.write(1, layout.weight_image(numerics.pack_weights(q, fmt), C))
+        fields = dict(m=M, k=K, n=N, fmt=int(fmt), group=GROUP_CODE[group.size if group else None])
+        if group is not None:
+            await self.write(4, layout.group_table_image(group))
+        mode = OutMode.RAW32 if requant is None else OutMode.INT8
+        if out_mode is not None:
+            mode = out_mode
+        fields["out_mode"] = int(mode)
+        if isinstance(requant, numerics.ChannelRequant):
+            await self.write(3, layout.chan_table_image(requant))
+            fields.update(chan=1, zp=requant.zero_point, relu=int(requant.relu))
+        elif isinstance(requant, numerics.Requant):
+            fields.update(chan=0, mult=requant.multiplier, shift=requant.shift,
+                          zp=requant.zero_point, relu=int(requant.relu))
+        await self.start(**fields)
+        err, cnt = await self.wait_done(timeout or self.p["watchdog"] + 1000)
+        assert err == ErrorCode.OK, f"run {M}x{K}x{N} {fmt.name} G={group and group.size}: {err!r}"
+        pos = layout.result_positions(M, N, R, mode)
+        used = max(self.p["checked_out_bytes"], int(pos.max()) + 1)
+        data = await self.read(2, used)
+        res = layout.decode_result(data, M, N, R, mode)
+        # every byte outside the result keeps what it held before
+        new = bytearray(self.out_image)
+        for p in np.ravel(pos):
+            new[p] = data[p]
+        assert bytes(new[:used]) == bytes(data[:used]), "the run wrote outside its result"
+        self.out_image = new
+        return res, cnt
+
+    async def run_expect_error(self, code, **fields):
+        await self.start(**fields)
+        err, _ = await self.wait_done(4000)
+        assert err == code, f"{fields}: expected {code!r}, got {err!r}"
