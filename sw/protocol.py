@@ -32,7 +32,7 @@ from dataclasses import dataclass
 __all__ = [
     "Buffer", "ErrorCode", "Opcode", "PeKind", "SYNC", "LINK_ERRORS", "UNKNOWN_SEQ", "REPLY_FLAG", "PROTOCOL_VERSION", "MAX_DATA",
     "WRITE_HEADER", "MAX_PAYLOAD", "FRAME_OVERHEAD", "READ_PAYLOAD", "LAYER_PAYLOAD",
-    "RUN_NOWAIT", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
+    "RUN_NOWAIT", "GROUP_SIZE_BITS", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
     "pack_frame", "unpack_frame", "pack_reply", "FrameParser", "DeviceInfo",
     "LayerDescriptor", "Status", "Counters", "identify", "write", "read", "load_layer",
     "run", "status", "counters", "reset", "efficiency", "parse_reply",
@@ -42,9 +42,11 @@ __all__ = [
 class Buffer(enum.IntEnum):
     """On-chip buffers addressable by the host."""
 
-    A = 0     #: activations, INT8, bank-interleaved (see sw.layout)
-    W = 1     #: weights, INT8, bank-interleaved (see sw.layout)
-    OUT = 2   #: results: INT8 row-major, or RAW32 little-endian words
+    A = 0       #: activations, INT8, 4 per 32-bit word, row banks (``sw.layout.act_image``)
+    W = 1       #: packed weight bytes, column banks (``sw.layout.weight_image``)
+    OUT = 2     #: results, INT8 or RAW32, row banks (``sw.layout.decode_result``)
+    CHAN = 3    #: per-channel table, 8 bytes per channel (``sw.layout.chan_table_image``)
+    GROUP = 4   #: per-group table, 4 bytes per (group, channel) (``sw.layout.group_table_image``)
 
 
 class ErrorCode(enum.IntEnum):
@@ -75,6 +77,7 @@ class PeKind(enum.IntEnum):
     """Processing element of the systolic array (IDENTIFY ``pe_kind``)."""
 
     INT8_DSP = 0           #: INT8 x INT8 on one MULT18X18D per PE
+    MIXPE = 1              #: MixPE: INT8 x INT8/INT4/INT2/ternary/pow2 by shift-add, 1/2/4 MACs
 
 
 class Opcode(enum.IntEnum):
@@ -83,10 +86,10 @@ class Opcode(enum.IntEnum):
     IDENTIFY = 0x01     #: -> DeviceInfo
     WRITE = 0x02        #: buffer u8, address u32, data[1..MAX_DATA]
     READ = 0x03         #: buffer u8, address u32, count u16 -> data[count]
-    LOAD_LAYER = 0x04   #: LayerDescriptor (12 bytes)
+    LOAD_LAYER = 0x04   #: LayerDescriptor (15 bytes)
     RUN = 0x05          #: [] = run and reply when done; [RUN_NOWAIT] = reply once started
     STATUS = 0x06       #: -> flags u8 (bit0 busy, bit1 loaded), last_error u8
-    COUNTERS = 0x07     #: -> cycles, busy, stall, macs: u48 LE each
+    COUNTERS = 0x07     #: -> cycles, busy, stall, macs, dq_stall: u48 LE each
     RESET = 0x08        #: stop a running GEMM, forget the loaded layer and the last error
 
 
@@ -95,7 +98,7 @@ SYNC = 0xA5
 #: Set in the opcode byte of replies (never in a valid request).
 REPLY_FLAG = 0x80
 #: Bumped on any incompatible change of this module.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 #: Sequence tag the device puts in a reply to a frame whose tag it never received (a frame
 #: refused at its LENGTH, or cut off before the tag); the driver tags requests 1..255.
 UNKNOWN_SEQ = 0
@@ -109,8 +112,10 @@ MAX_PAYLOAD = 1 + WRITE_HEADER + MAX_DATA
 FRAME_OVERHEAD = 7
 #: READ request body: buffer u8, address u32, count u16.
 READ_PAYLOAD = 7
+#: group size -> bit of ``DeviceInfo.group_sizes``
+GROUP_SIZE_BITS = {32: 0, 64: 1, 128: 2}
 #: LOAD_LAYER body length (see :class:`LayerDescriptor`).
-LAYER_PAYLOAD = 12
+LAYER_PAYLOAD = 15
 #: RUN flag: reply as soon as the core started (poll STATUS for the result).
 RUN_NOWAIT = 0x01
 
@@ -314,16 +319,18 @@ def _check_uint(name: str, value, bits: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """IDENTIFY reply data (45 bytes, little-endian).
+    """IDENTIFY reply data (55 bytes, little-endian).
 
     ``out_modes`` is a bit mask: bit ``i`` set when ``OutMode(i)`` is supported.
-    ``a_bytes``/``w_bytes``/``out_bytes`` are the sizes of the host address spaces of the
-    three buffers; ``out_words`` the number of output words; ``max_data`` is MAX_DATA.
-    ``clock_hz`` is the core clock the bitstream was built for; ``timeout_cycles`` how long
-    the link waits for the next byte of a started frame before it answers TIMEOUT;
-    ``watchdog_cycles`` how long a GEMM may run before it is stopped (WATCHDOG);
-    ``tile_period`` the minimum cycles per output tile (``TILE_PERIOD_MIN``: a tile with a
-    shorter K still takes this long); ``pe_kind`` a :class:`PeKind`.
+    ``a_bytes``/``w_bytes``/``out_bytes``/``chan_bytes``/``group_bytes`` are the sizes of the
+    host address spaces of the buffers; ``out_words`` the 32-bit words of one output bank;
+    ``max_data`` is MAX_DATA. ``clock_hz`` is the core clock the bitstream was built for;
+    ``timeout_cycles`` how long the link waits for the next byte of a started frame before it
+    answers TIMEOUT; ``watchdog_cycles`` how long a run may take before it is stopped
+    (WATCHDOG); ``tile_period`` the minimum cycles between two group (or tile) ends: a tile or
+    group with fewer feed steps still takes this long; ``pe_kind`` a :class:`PeKind`;
+    ``formats`` a bit mask of the ``sw.numerics.WeightFormat`` s the array computes;
+    ``group_sizes`` a bit mask of the supported group sizes (bit 0: 32, 1: 64, 2: 128).
     """
 
     version: int
@@ -342,14 +349,19 @@ class DeviceInfo:
     watchdog_cycles: int = 0
     tile_period: int = 0
     pe_kind: int = PeKind.INT8_DSP
+    formats: int = 1
+    group_sizes: int = 0
+    chan_bytes: int = 0
+    group_bytes: int = 0
 
-    FORMAT = "<BIHHIIIIHBHIIIHB"
+    FORMAT = "<BIHHIIIIHBHIIIHBBBII"
     SIZE = struct.calcsize(FORMAT)
     _BITS = (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
              ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32), ("out_words", 32),
              ("max_k", 16), ("out_modes", 8), ("max_data", 16), ("clock_hz", 32),
              ("timeout_cycles", 32), ("watchdog_cycles", 32), ("tile_period", 16),
-             ("pe_kind", 8))
+             ("pe_kind", 8), ("formats", 8), ("group_sizes", 8), ("chan_bytes", 32),
+             ("group_bytes", 32))
 
     def __post_init__(self):
         for name, bits in self._BITS:
@@ -369,10 +381,20 @@ class DeviceInfo:
         """``pe_kind`` as a :class:`PeKind` (the raw number when this host does not know it)."""
         return PeKind(self.pe_kind) if self.pe_kind in PeKind._value2member_map_ else self.pe_kind
 
+    def supports_format(self, fmt) -> bool:
+        """Whether the array computes weight format ``fmt`` (a ``WeightFormat`` or its number)."""
+        return bool(self.formats >> int(fmt) & 1)
+
+    def supports_group(self, size: int) -> bool:
+        """Whether group size ``size`` (0: no groups) is supported."""
+        if size == 0:
+            return True
+        return size in GROUP_SIZE_BITS and bool(self.group_sizes >> GROUP_SIZE_BITS[size] & 1)
+
     def buffer_size(self, buffer: Buffer) -> int:
         """Host address space size of ``buffer`` in bytes."""
-        return {Buffer.A: self.a_bytes, Buffer.W: self.w_bytes,
-                Buffer.OUT: self.out_bytes}[Buffer(buffer)]
+        return {Buffer.A: self.a_bytes, Buffer.W: self.w_bytes, Buffer.OUT: self.out_bytes,
+                Buffer.CHAN: self.chan_bytes, Buffer.GROUP: self.group_bytes}[Buffer(buffer)]
 
     def supports(self, out_mode) -> bool:
         return bool(self.out_modes >> int(out_mode) & 1)
@@ -380,11 +402,15 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class LayerDescriptor:
-    """LOAD_LAYER payload (12 bytes, little-endian).
+    """LOAD_LAYER payload (15 bytes, little-endian).
 
     ``m, k, n`` u16, ``out_mode`` u8 (``sw.numerics.OutMode``), ``mult`` u16, ``shift`` u8
-    (0..63), ``zp`` i8, ``relu`` u8 (0/1). The device rejects out-of-range ``out_mode``,
-    ``shift`` or ``relu`` with BAD_PARAM; the shape is checked by the core at RUN (BAD_SHAPE).
+    (0..63), ``zp`` i8, ``relu`` u8 (0/1) -- the scalar requantization, used when ``chan`` is 0
+    (bias 0) -- then ``fmt`` u8 (``sw.numerics.WeightFormat``), ``group`` u8 (group size along
+    K: 0 = none, 32, 64 or 128) and ``chan`` u8 (1: requantize per output channel with the
+    CHAN table's bias, multiplier and shift). The device answers BAD_PARAM for an
+    out-of-range field, a format or group size the bitstream does not support (see
+    IDENTIFY); the shape is checked by the core at RUN (BAD_SHAPE).
     """
 
     m: int
@@ -395,22 +421,25 @@ class LayerDescriptor:
     shift: int = 0
     zp: int = 0
     relu: int = 0
+    fmt: int = 0
+    group: int = 0
+    chan: int = 0
 
-    FORMAT = "<HHHBHBbB"
+    FORMAT = "<HHHBHBbBBBB"
     SIZE = struct.calcsize(FORMAT)
 
     def __post_init__(self):
         for name, bits in (("m", 16), ("k", 16), ("n", 16), ("out_mode", 8), ("mult", 16),
-                           ("shift", 8), ("relu", 8)):
-            _check_uint(f"LayerDescriptor.{name}", int(getattr(self, name))
-                        if isinstance(getattr(self, name), enum.Enum) else getattr(self, name),
-                        bits)
+                           ("shift", 8), ("relu", 8), ("fmt", 8), ("group", 8), ("chan", 8)):
+            v = getattr(self, name)
+            _check_uint(f"LayerDescriptor.{name}", int(v) if isinstance(v, enum.Enum) else v, bits)
         if isinstance(self.zp, bool) or not isinstance(self.zp, int) or not -128 <= self.zp <= 127:
             raise ValueError(f"LayerDescriptor.zp must be an integer in [-128, 127], not {self.zp!r}")
 
     def pack(self) -> bytes:
         return struct.pack(self.FORMAT, self.m, self.k, self.n, int(self.out_mode), self.mult,
-                           self.shift, self.zp, int(self.relu))
+                           self.shift, self.zp, int(self.relu), int(self.fmt), self.group,
+                           int(self.chan))
 
     @classmethod
     def unpack(cls, data: bytes) -> "LayerDescriptor":
@@ -419,12 +448,17 @@ class LayerDescriptor:
         return cls(*struct.unpack(cls.FORMAT, data))
 
     @classmethod
-    def from_requant(cls, m: int, k: int, n: int, out_mode, requant=None) -> "LayerDescriptor":
-        """Build from a ``sw.numerics.Requant`` (or None for raw output)."""
+    def from_requant(cls, m: int, k: int, n: int, out_mode, requant=None, *, fmt=0,
+                     group: int = 0) -> "LayerDescriptor":
+        """Build from a ``sw.numerics.Requant`` (scalar), a ``ChannelRequant`` (per-channel
+        tables: ``chan = 1``, zero point and ReLU from it) or None (raw output)."""
         if requant is None:
-            return cls(m, k, n, int(out_mode))
+            return cls(m, k, n, int(out_mode), fmt=int(fmt), group=group)
+        if hasattr(requant, "channels"):
+            return cls(m, k, n, int(out_mode), 0, 0, int(requant.zero_point),
+                       int(bool(requant.relu)), int(fmt), group, 1)
         return cls(m, k, n, int(out_mode), int(requant.multiplier), int(requant.shift),
-                   int(requant.zero_point), int(bool(requant.relu)))
+                   int(requant.zero_point), int(bool(requant.relu)), int(fmt), group, 0)
 
 
 @dataclass(frozen=True)
@@ -461,24 +495,27 @@ class Status:
 
 @dataclass(frozen=True)
 class Counters:
-    """COUNTERS reply data: four u48 LE (24 bytes)."""
+    """COUNTERS reply data: five u48 LE (30 bytes): cycles from start to done, cycles feeding
+    the array, stall cycles, MACs on real operands, and the stall cycles group ends cost
+    inside a tile (groups shorter than the drain period)."""
 
     cycles: int
     busy: int
     stall: int
     macs: int
+    dq_stall: int = 0
 
-    SIZE = 24
+    SIZE = 30
 
     def pack(self) -> bytes:
         return b"".join(v.to_bytes(6, "little") for v in
-                        (self.cycles, self.busy, self.stall, self.macs))
+                        (self.cycles, self.busy, self.stall, self.macs, self.dq_stall))
 
     @classmethod
     def unpack(cls, data: bytes) -> "Counters":
         if len(data) != cls.SIZE:
             raise ProtocolError(f"Counters needs {cls.SIZE} bytes, got {len(data)}")
-        return cls(*(int.from_bytes(data[i:i + 6], "little") for i in range(0, 24, 6)))
+        return cls(*(int.from_bytes(data[i:i + 6], "little") for i in range(0, cls.SIZE, 6)))
 
 
 # -- request builders ------------------------------------------------------------------------

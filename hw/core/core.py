@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw import numerics
 from sw.numerics import OutMode, WeightFormat
-from sw.protocol import ErrorCode
+from sw.protocol import Buffer, ErrorCode, PeKind
 
 from hw.arith._common import check_impl
 from hw.pe import pe_class
@@ -29,21 +29,12 @@ from hw.systolic.engine import SystolicEngine
 from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS
 from .edge import EdgeUnit
 
-__all__ = ["MixCore", "CoreBuffer", "core_signature"]
+__all__ = ["MixCore", "core_signature"]
 
 COUNTER_BITS = 48
 
-import enum
-
-
-class CoreBuffer(enum.IntEnum):
-    """Host-visible buffers of the core (the link's ``Buffer`` numbers)."""
-
-    A = 0       #: activations, 4 per 32-bit word, row banks
-    W = 1       #: packed weight bytes, column banks
-    OUT = 2     #: results, 32-bit words, row banks
-    CHAN = 3    #: per-channel table: 8 bytes per output channel (bias i32, mult u16, shift u8)
-    GROUP = 4   #: per-group table: 4 bytes per (group, channel) (scale u16, zero i8)
+#: the host-visible buffers are the wire protocol's (one definition, in sw)
+CoreBuffer = Buffer
 
 
 def _is_pow2(v):
