@@ -130,7 +130,8 @@ class SelfTestTop(Elaboratable):
 
     def __init__(self, *, size: CoreSize, freq: float):
         from hw.soc.selftest import SelfTestSystem
-        self.system = SelfTestSystem(**size.geometry())
+        from hw.sizes import SELFTEST_GEOMETRY
+        self.system = SelfTestSystem(**SELFTEST_GEOMETRY)
         self.freq = freq
 
     def elaborate(self, platform):

@@ -287,8 +287,11 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
 
 def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int = 3_000_000,
                 top: str = "soc", seed: int = 1, program: bool = False,
-                out_dir: Path | None = None, quiet: bool = False, verbose: bool = False) -> dict:
+                out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
+                pe: str | None = None) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
+
+    ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``).
 
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
@@ -298,13 +301,13 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     the tools' output as well, ``quiet`` prints nothing.
     """
     from fpga.ulx3s import SelfTestTop, SoCTop, platform_for
-    from hw.sizes import DEVICES, DEVICE_RESOURCES, DEFAULT_FREQ_MHZ
+    from hw.sizes import DEVICE_RESOURCES, DEFAULT_FREQ_MHZ, core_size
 
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
+    size = core_size(device, pe)
     tool_env()
     platform = platform_for(device)
-    size = DEVICES[device]
     out_dir = Path(out_dir or BUILD / f"ulx3s-{device}")
     out_dir.mkdir(parents=True, exist_ok=True)
     progress = Progress(quiet=quiet)
@@ -397,16 +400,16 @@ def program_board(bitfile: Path) -> None:
     subprocess.run([tool, "--board", "ulx3s", str(bitfile)], check=True)
 
 
-def emit_verilog(device: str, out_dir: Path | None = None) -> Path:
-    """Write the mpGEMM core of ``device``'s size as Verilog."""
+def emit_verilog(device: str, out_dir: Path | None = None, pe: str | None = None) -> Path:
+    """Write the mpGEMM core of ``device``'s size (and PE kind) as Verilog."""
     from amaranth.back import verilog
-    from hw.sizes import DEVICES
-    from hw.systolic.core import MpGemmCore
-    size = DEVICES[device]
-    core = MpGemmCore(**size.geometry())
+    from hw.sizes import core_size
+    from hw.core import MixCore
+    size = core_size(device, pe)
+    core = MixCore(**size.geometry())
     out_dir = Path(out_dir or BUILD / "verilog")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"mpgemm_core_{size.rows}x{size.cols}.v"
+    path = out_dir / f"mpgemm_core_{size.rows}x{size.cols}_{size.pe}.v"
     path.write_text(verilog.convert(core, name="mpgemm_core", emit_src=False))
     print(f"wrote {path}")
     return path
@@ -417,6 +420,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", choices=["ulx3s", "verilog", "sim", "report"], default="ulx3s")
     ap.add_argument("--device", choices=["12F", "25F", "45F", "85F"], default="85F",
                     help="ULX3S FPGA size (default 85F)")
+    ap.add_argument("--pe", choices=["mixpe", "int8-dsp"], default=None,
+                    help="processing element of the array (default: the device's, hw/sizes.py)")
     ap.add_argument("--freq", type=float, default=None,
                     help="core clock in MHz (default: the device's, see hw/sizes.py DEFAULT_FREQ_MHZ)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
@@ -436,15 +441,15 @@ def main(argv=None) -> int:
     try:
         if args.target == "ulx3s":
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
-                        program=args.program, out_dir=args.out, verbose=args.verbose)
+                        program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe)
         elif args.target == "verilog":
-            emit_verilog(args.device, args.out)
+            emit_verilog(args.device, args.out, args.pe)
         elif args.target == "report":
             from hw.report import main_report
             main_report(args.blocks, args.out or ROOT / "docs")
         elif args.target == "sim":
             from hw.soc.simbuild import build_sim_model
-            print(build_sim_model(args.device, x_init=args.x_init))
+            print(build_sim_model(args.device, x_init=args.x_init, pe=args.pe))
     except (BuildError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -8,34 +8,77 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CoreSize", "DEVICES", "DEFAULT_FREQ_MHZ", "DEVICE_RESOURCES"]
+__all__ = ["CoreSize", "DEVICES", "PE_SIZES", "core_size", "SELFTEST_GEOMETRY", "DEFAULT_FREQ_MHZ", "DEVICE_RESOURCES"]
 
 
 @dataclass(frozen=True)
 class CoreSize:
-    """Core parameters chosen per ECP5 device (MULT18X18D and EBR budgets)."""
+    """Core (``hw.core.MixCore``) parameters chosen per ECP5 device.
+
+    ``a_depth`` / ``out_depth``: 32-bit words per row bank of activations / results;
+    ``w_depth``: bytes per column bank of packed weights; ``chan_depth`` / ``group_depth``:
+    entries of the per-channel / per-group tables; ``pe``: processing-element kind.
+    """
     rows: int
     cols: int
     a_depth: int
     w_depth: int
-    out_words: int
-    #: processing-element kind of the array (only ``"int8-dsp"``, one MULT18X18D per PE, so far)
-    pe: str = "int8-dsp"
+    out_depth: int
+    chan_depth: int
+    group_depth: int
+    pe: str = "mixpe"
 
     def geometry(self) -> dict:
-        """The array and buffer sizes as keyword arguments of ``MpGemmCore`` / ``SoC``."""
-        return dict(rows=self.rows, cols=self.cols, a_depth=self.a_depth,
-                    w_depth=self.w_depth, out_words=self.out_words)
+        """Keyword arguments of ``hw.core.MixCore`` / ``hw.soc.top.SoC``."""
+        return dict(rows=self.rows, cols=self.cols, a_depth=self.a_depth, w_depth=self.w_depth,
+                    out_depth=self.out_depth, chan_depth=self.chan_depth,
+                    group_depth=self.group_depth, pe=self.pe)
 
 
-#: device -> core size. Sizes use <= ~85% of the device's MULT18X18D (one per PE, plus the
-#: epilogue's) and well under half its EBR.
-DEVICES = {
-    "12F": CoreSize(4, 4, 1024, 1024, 1024),
-    "25F": CoreSize(4, 4, 2048, 2048, 2048),
-    "45F": CoreSize(8, 8, 2048, 2048, 4096),
-    "85F": CoreSize(16, 8, 4096, 8192, 16384),
+#: device -> core size. MixPE costs about 335 LUT4 slots and 170 FF per PE plus about
+#: 1000 LUT4 / 1750 FF / 6 MULT18X18D per array row (the edge unit); INT8-DSP one MULT18X18D
+#: per PE plus 3 per row. The 85F default is the kind with the most MACs per second
+#: (MixPE: 1 / 2 / 4 MACs per PE and cycle at INT8 / INT4 / INT2); the small parts cannot hold
+#: a useful MixPE array and use the DSP kind.
+PE_SIZES = {
+    "mixpe": {
+        "45F": CoreSize(4, 8, 1024, 2048, 1024, 512, 2048, "mixpe"),
+        "85F": CoreSize(8, 16, 2048, 4096, 2048, 1024, 8192, "mixpe"),
+    },
+    "int8-dsp": {
+        "12F": CoreSize(4, 4, 256, 1024, 256, 256, 16, "int8-dsp"),
+        "25F": CoreSize(4, 4, 512, 2048, 512, 512, 16, "int8-dsp"),
+        "45F": CoreSize(8, 4, 512, 2048, 512, 512, 16, "int8-dsp"),
+        "85F": CoreSize(16, 8, 1024, 4096, 1024, 1024, 16, "int8-dsp"),
+    },
 }
+
+#: device -> default core size
+DEVICES = {
+    "12F": PE_SIZES["int8-dsp"]["12F"],
+    "25F": PE_SIZES["int8-dsp"]["25F"],
+    "45F": PE_SIZES["mixpe"]["45F"],
+    "85F": PE_SIZES["mixpe"]["85F"],
+}
+
+
+def core_size(device: str, pe: str | None = None) -> CoreSize:
+    """The core size of ``device`` for PE kind ``pe`` (default: the device's default kind)."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
+    if pe is None:
+        return DEVICES[device]
+    if pe not in PE_SIZES:
+        raise ValueError(f"unknown PE kind {pe!r}; expected one of {sorted(PE_SIZES)}")
+    if device not in PE_SIZES[pe]:
+        raise ValueError(f"no {pe} core size for the {device}; it has "
+                         f"{sorted(k for k, v in PE_SIZES.items() if device in v)}")
+    return PE_SIZES[pe][device]
+
+
+#: the LED self-test top (``--top selftest``) runs a stored GEMM on the INT8 core v1
+#: (``hw.systolic.core.MpGemmCore``): rows, cols, a_depth, w_depth, out_words
+SELFTEST_GEOMETRY = dict(rows=4, cols=4, a_depth=256, w_depth=256, out_words=256)
 
 #: Default core clock per device (MHz): the highest round PLL frequency that closed timing
 #: with nextpnr's default seed in our measurements (docs/results.md); ``--freq`` overrides.

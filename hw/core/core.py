@@ -122,6 +122,10 @@ class MixCore(wiring.Component):
         self.pe_cls = pe_class(pe)
         self.formats = self.pe_cls.FORMATS
         self.groups = self.pe_cls is MixPE
+        #: group sizes along K this core dequantizes (IDENTIFY)
+        self.group_sizes = tuple(g for g in GROUP_CODES.values() if g) if self.groups else ()
+        #: processing element kind (IDENTIFY)
+        self.PE_KIND = PeKind.MIXPE if pe == "mixpe" else PeKind.INT8_DSP
         self.impl = check_impl(impl)
         self.a_depth, self.w_depth, self.out_depth = a_depth, w_depth, out_depth
         self.chan_depth, self.group_depth = chan_depth, group_depth
@@ -159,10 +163,12 @@ class MixCore(wiring.Component):
                             rows=self.rows, cols=self.cols)
 
     def max_run_cycles(self) -> int:
-        """An upper bound of the busy cycles of any run the buffers accept: every step
-        feeds at least one weight byte, and group ends are ``MIN_PERIOD`` apart."""
-        tiles = self.w_depth * (4 * self.a_depth) + 4 * self.out_depth * self.rows
-        return self.MIN_PERIOD * tiles + 4 * DIM_BITS + 256
+        """An upper bound of the busy cycles of any run the buffers accept.
+
+        A run feeds ``tiles_m * tiles_n * KB`` steps with ``tiles_n * KB <= w_depth`` and
+        ``tiles_m <= a_depth``; a step takes at most ``MIN_PERIOD`` cycles (a group end
+        every step)."""
+        return self.MIN_PERIOD * self.a_depth * self.w_depth + 4 * DIM_BITS + 4096
 
     def config(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "a_depth": self.a_depth,

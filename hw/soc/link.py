@@ -33,21 +33,12 @@ from amaranth.lib.wiring import In, Out
 from sw.numerics import OutMode
 from sw.protocol import (
     LAYER_PAYLOAD, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
-    REPLY_FLAG, RUN_NOWAIT, SYNC, UNKNOWN_SEQ, WRITE_HEADER, Buffer, Counters, DeviceInfo,
+    REPLY_FLAG, RUN_NOWAIT, SYNC, UNKNOWN_SEQ, WRITE_HEADER, GROUP_SIZE_BITS, Buffer, Counters,
+    DeviceInfo,
     ErrorCode, Opcode, Status,
 )
 
-__all__ = ["Link", "CORE_PORTS", "CRC_PARAMETERS"]
-
-#: Ports shared with ``hw.systolic.core.MpGemmCore``, as (name, direction seen from the core).
-CORE_PORTS = (
-    ("bus_sel", "in"), ("bus_addr", "in"), ("bus_wdata", "in"), ("bus_we", "in"),
-    ("bus_re", "in"), ("bus_rdata", "out"),
-    ("cfg_m", "in"), ("cfg_k", "in"), ("cfg_n", "in"), ("cfg_out_mode", "in"),
-    ("cfg_mult", "in"), ("cfg_shift", "in"), ("cfg_zp", "in"), ("cfg_relu", "in"),
-    ("start", "in"), ("abort", "in"), ("busy", "out"), ("done", "out"), ("error", "out"),
-    ("cnt_cycles", "out"), ("cnt_busy", "out"), ("cnt_stall", "out"), ("cnt_macs", "out"),
-)
+__all__ = ["Link", "CRC_PARAMETERS"]
 
 #: CRC-16/CCITT-FALSE (alias CRC-16/IBM-3740) over bytes: the frame check of sw.protocol
 CRC_PARAMETERS = crc.catalog.CRC16_IBM_3740(data_width=8)
@@ -64,10 +55,12 @@ class Link(wiring.Component):
         partial frame is dropped and answered TIMEOUT).
     addr_bits : int
         Width of the core's ``bus_addr``.
+    core_signature : wiring.Signature
+        The core's ports (:func:`hw.core.core.core_signature`); the link has them flipped.
     read_latency : int
         Cycles from ``bus_re`` to valid ``bus_rdata`` (the core's ``READ_LATENCY``).
     dim_bits : int
-        Width of the core's ``cfg_m/k/n``; LOAD_LAYER with a larger M, K or N is answered
+        Width of the core's ``cfg.m/k/n``; LOAD_LAYER with a larger M, K or N is answered
         BAD_SHAPE (instead of letting the core see a truncated value).
 
     Members
@@ -81,20 +74,19 @@ class Link(wiring.Component):
     uart_frame_error, uart_overrun : In(1)
         Pulses from the UART (a byte with a low stop bit; a byte lost to a full FIFO),
         counted for STATUS.
-    bus_*, cfg_*, start, abort, busy, done, error, cnt_* :
-        The core's command interface, directions flipped (see :data:`CORE_PORTS` and
-        :meth:`connect_core`).
+    bus_*, cfg, start, abort, busy, done, error, cnt_* :
+        The core's ports, directions flipped (see :meth:`connect_core`).
     """
 
     DEFAULT_TIMEOUT = 1 << 22
 
-    def __init__(self, *, info: DeviceInfo, addr_bits: int, read_latency: int = 1,
-                 dim_bits: int = 16):
+    def __init__(self, *, info: DeviceInfo, addr_bits: int, core_signature: wiring.Signature,
+                 read_latency: int = 1, dim_bits: int = 16):
         if not isinstance(info, DeviceInfo):
             raise TypeError(f"info must be a sw.protocol.DeviceInfo, not {info!r}")
         if not isinstance(addr_bits, int) or not 1 <= addr_bits <= 32:
             raise ValueError(f"addr_bits must be an int in [1, 32], not {addr_bits!r}")
-        for name in ("a_bytes", "w_bytes", "out_bytes"):
+        for name in ("a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes"):
             if getattr(info, name) > (1 << addr_bits):
                 raise ValueError(f"info.{name}={getattr(info, name)!r} exceeds the "
                                  f"{addr_bits}-bit bus address space")
@@ -115,20 +107,15 @@ class Link(wiring.Component):
         self.addr_bits = addr_bits
         self.read_latency = read_latency
         self.timeout = info.timeout_cycles
-        super().__init__({
+        self.core_signature = core_signature
+        members = {
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
             "idle": Out(1),
             "uart_frame_error": In(1), "uart_overrun": In(1),
-            "bus_sel": Out(Buffer), "bus_addr": Out(addr_bits), "bus_wdata": Out(8),
-            "bus_we": Out(1), "bus_re": Out(1), "bus_rdata": In(8),
-            "cfg_m": Out(16), "cfg_k": Out(16), "cfg_n": Out(16), "cfg_out_mode": Out(OutMode),
-            "cfg_mult": Out(16), "cfg_shift": Out(6), "cfg_zp": Out(signed(8)),
-            "cfg_relu": Out(1),
-            "start": Out(1), "abort": Out(1), "busy": In(1), "done": In(1),
-            "error": In(ErrorCode),
-            "cnt_cycles": In(48), "cnt_busy": In(48), "cnt_stall": In(48), "cnt_macs": In(48),
-        })
+        }
+        members.update(core_signature.flip().members)
+        super().__init__(members)
 
     @classmethod
     def for_core(cls, core, *, timeout: int = DEFAULT_TIMEOUT, clock_hz: int = 0,
@@ -142,16 +129,19 @@ class Link(wiring.Component):
                 out_modes = sum(1 << int(m) for m in OutMode)
         info = DeviceInfo(PROTOCOL_VERSION, core.config_hash() & 0xFFFFFFFF, core.rows,
                           core.cols, core.a_bytes, core.w_bytes, core.out_bytes,
-                          core.out_words, core.max_k, out_modes, MAX_DATA, int(round(clock_hz)),
-                          timeout, core.WATCHDOG, core.TILE_PERIOD_MIN, int(core.PE_KIND))
-        return cls(info=info, addr_bits=core.addr_bits,
-                   read_latency=getattr(core, "READ_LATENCY", 1), dim_bits=len(core.cfg_m))
+                          core.out_depth, core.max_k, out_modes, MAX_DATA, int(round(clock_hz)),
+                          timeout, core.WATCHDOG, core.MIN_PERIOD, int(core.PE_KIND),
+                          sum(1 << int(f) for f in core.formats),
+                          sum(1 << GROUP_SIZE_BITS[g] for g in core.group_sizes),
+                          core.chan_bytes, core.group_bytes)
+        return cls(info=info, addr_bits=core.addr_bits, core_signature=core.signature,
+                   read_latency=core.READ_LATENCY, dim_bits=len(core.cfg.m))
 
     def connect_core(self, m: Module, core) -> None:
-        """Join this link to ``core`` (combinational assignments in ``m``)."""
-        for name, direction in CORE_PORTS:
+        """Join this link to ``core``: its signature is the flip of the link's core ports."""
+        for name, member in self.core_signature.members.items():
             mine, theirs = getattr(self, name), getattr(core, name)
-            if direction == "in":
+            if member.flow == In:
                 m.d.comb += theirs.eq(mine)
             else:
                 m.d.comb += mine.eq(theirs)
@@ -197,7 +187,9 @@ class Link(wiring.Component):
 
         def range_ok(count):
             size = Mux(p_buf == Buffer.A, info.a_bytes,
-                       Mux(p_buf == Buffer.W, info.w_bytes, info.out_bytes))
+                   Mux(p_buf == Buffer.W, info.w_bytes,
+                   Mux(p_buf == Buffer.OUT, info.out_bytes,
+                   Mux(p_buf == Buffer.CHAN, info.chan_bytes, info.group_bytes))))
             return (p_buf <= max(Buffer)) & (p_addr + count <= size)
 
         # -- core-side state -------------------------------------------------------------
@@ -355,7 +347,16 @@ class Link(wiring.Component):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)
-                            with m.Elif(~mode_ok | (hdr[9] >= 64) | (hdr[11] > 1)):
+                            fmt_ok = 0
+                            for f in range(8):
+                                if info.formats >> f & 1:
+                                    fmt_ok = fmt_ok | (hdr[12] == f)
+                            grp_ok = hdr[13] == 0
+                            for g, bit in GROUP_SIZE_BITS.items():
+                                if info.group_sizes >> bit & 1:
+                                    grp_ok = grp_ok | (hdr[13] == g)
+                            with m.Elif(~mode_ok | (hdr[9] >= 64) | (hdr[11] > 1) | ~fmt_ok |
+                                        ~grp_ok | (hdr[14] > 1)):
                                 m.d.sync += reply(ErrorCode.BAD_PARAM)
                             with m.Elif((Cat(hdr[0], hdr[1]) >> self.dim_bits).any() |
                                         (Cat(hdr[2], hdr[3]) >> self.dim_bits).any() |
@@ -364,14 +365,19 @@ class Link(wiring.Component):
                             with m.Else():
                                 m.d.sync += [
                                     reply(ErrorCode.OK), loaded.eq(1),
-                                    self.cfg_m.eq(Cat(hdr[0], hdr[1])),
-                                    self.cfg_k.eq(Cat(hdr[2], hdr[3])),
-                                    self.cfg_n.eq(Cat(hdr[4], hdr[5])),
-                                    self.cfg_out_mode.eq(hdr[6]),
-                                    self.cfg_mult.eq(Cat(hdr[7], hdr[8])),
-                                    self.cfg_shift.eq(hdr[9]),
-                                    self.cfg_zp.eq(hdr[10]),
-                                    self.cfg_relu.eq(hdr[11][0]),
+                                    self.cfg.m.eq(Cat(hdr[0], hdr[1])),
+                                    self.cfg.k.eq(Cat(hdr[2], hdr[3])),
+                                    self.cfg.n.eq(Cat(hdr[4], hdr[5])),
+                                    self.cfg.out_mode.eq(hdr[6]),
+                                    self.cfg.mult.eq(Cat(hdr[7], hdr[8])),
+                                    self.cfg.shift.eq(hdr[9]),
+                                    self.cfg.zp.eq(hdr[10]),
+                                    self.cfg.relu.eq(hdr[11][0]),
+                                    self.cfg.fmt.eq(hdr[12]),
+                                    # group size -> the descriptor's 2-bit code (32 -> 1, ...)
+                                    self.cfg.group.eq(Mux(hdr[13] == 0, 0, Mux(hdr[13] == 32, 1,
+                                                      Mux(hdr[13] == 64, 2, 3)))),
+                                    self.cfg.chan.eq(hdr[14][0]),
                                 ]
                         with m.Case(Opcode.RUN):
                             nowait = (length == 2) & (hdr[0] == RUN_NOWAIT)
@@ -404,7 +410,8 @@ class Link(wiring.Component):
                             with m.Else():
                                 m.d.sync += [reply(ErrorCode.OK, Counters.SIZE),
                                              snap.eq(Cat(self.cnt_cycles, self.cnt_busy,
-                                                         self.cnt_stall, self.cnt_macs))]
+                                                         self.cnt_stall, self.cnt_macs,
+                                                         self.cnt_dq_stall))]
                         with m.Case(Opcode.RESET):
                             with m.If(length != 1):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)

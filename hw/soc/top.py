@@ -4,7 +4,7 @@ from amaranth import Module
 from amaranth.lib import wiring, stream, fifo
 from amaranth.lib.wiring import In, Out
 
-from hw.systolic.core import MpGemmCore
+from hw.core import MixCore
 from .link import Link
 
 __all__ = ["SoC", "UARTSoC"]
@@ -15,15 +15,15 @@ class SoC(wiring.Component):
 
     Parameters
     ----------
-    rows, cols, a_depth, w_depth, out_words :
-        Core size (see :class:`~hw.systolic.core.MpGemmCore`).
+    **size :
+        Core size and PE kind (see :class:`~hw.core.MixCore`, ``hw.sizes.CoreSize``).
     timeout : int
         Link inter-byte timeout in cycles.
     clk_freq : float
         Core clock in Hz, reported by IDENTIFY (the driver turns cycle counts into seconds
         with it); 0 when unknown.
     watchdog : int, optional
-        Core watchdog in cycles (see :class:`~hw.systolic.core.MpGemmCore`).
+        Core watchdog in cycles (see :class:`~hw.core.MixCore`).
     uart_frame_error, uart_overrun : In(1)
         Error pulses of the UART in front of the SoC (0 when there is none), counted in STATUS.
 
@@ -40,10 +40,9 @@ class SoC(wiring.Component):
         The link waits for host bytes (between frames or inside one) and has nothing to say.
     """
 
-    def __init__(self, *, rows, cols, a_depth, w_depth, out_words, timeout=Link.DEFAULT_TIMEOUT,
-                 clk_freq: float = 0, watchdog: int | None = None, impl: str = "auto"):
-        self.core = MpGemmCore(rows=rows, cols=cols, a_depth=a_depth, w_depth=w_depth,
-                               out_words=out_words, watchdog=watchdog, impl=impl)
+    def __init__(self, *, timeout=Link.DEFAULT_TIMEOUT, clk_freq: float = 0,
+                 watchdog: int | None = None, impl: str = "auto", **size):
+        self.core = MixCore(**size, watchdog=watchdog, impl=impl)
         self.link = Link.for_core(self.core, timeout=timeout, clock_hz=clk_freq)
         super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
                           "idle": Out(1), "waiting": Out(1),
