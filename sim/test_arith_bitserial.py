@@ -6,7 +6,7 @@ import cocotb
 
 from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, pack, run_cycles, start_clock, unpack, run_lanes
+from arith_harness import pack, run_cycles, run_shared, start_clock, unpack
 
 LANES = 8
 CASES = [(1, 8), (1, 3), (1, 1), (2, 8), (2, 5), (2, 2)]   # (bits per cycle, weight width)
@@ -19,8 +19,7 @@ def configs():
 
 
 def test_arith_bitserial():
-    h = Lanes(configs())
-    run_lanes(h, name="arith_bitserial", test_module="test_arith_bitserial")
+    run_shared("test_arith_bitserial")
 
 
 async def _ops(dut, name, desc, a, b):

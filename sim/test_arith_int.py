@@ -1,7 +1,8 @@
 """hw.arith integer multipliers, exhaustive over every operand pair, bit-exact vs sw.numerics.
 
 IntMul (portable path; the MULT18X18D path is exercised by synthesis in hw.report),
-ShiftAddMul b = 2, 4, 8, Pow2Mul, TernaryMul, all in one Verilator build (sim/arith_harness).
+ShiftAddMul b = 2, 4, 8, Pow2Mul, TernaryMul, in the Verilator build that all the
+multiplier-library tests share (sim/arith_harness.py).
 """
 
 import numpy as np
@@ -9,7 +10,7 @@ import cocotb
 
 from hw.simulate import tb_params
 from sw import numerics
-from arith_harness import Lanes, start_clock, sweep, run_lanes
+from arith_harness import run_shared, start_clock, sweep
 
 LANES = 8
 
@@ -30,8 +31,7 @@ def configs():
 
 
 def test_arith_int():
-    h = Lanes(configs())
-    run_lanes(h, name="arith_int", test_module="test_arith_int")
+    run_shared("test_arith_int")
 
 
 def _all_pairs(b_bits, b_signed=True):

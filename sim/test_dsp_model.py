@@ -108,7 +108,8 @@ def test_dsp_model():
     vlt, args = vpi_top_only("dsp_model")
     # -O1: the harness is megabytes of C++ (one inlined model per DSP); -Os took 2 min
     with cxx_opt("-O1"):
-        run_cocotb(h, name="dsp_model", test_module="test_dsp_model", params=h.desc,
+        run_cocotb(h.verilog("dsp_model"), name="dsp_model", test_module="test_dsp_model",
+                   params=h.desc,
                    testcase="int8_all_pairs,epilogue_shapes,signs_follow_operands",
                    extra_sources={**mult18x18d_model(), **vlt},
                    build_args=args + ["-CFLAGS", "-O1"])
