@@ -5,10 +5,17 @@ Commands::
     python -m sw info --backend sim                     # DeviceInfo of the simulated SoC
     python -m sw info --backend serial --port /dev/ttyUSB0
     python -m sw gemm --backend sim --m 64 --k 128 --n 64 [--requant] [--seed 0]
+    python -m sw gemm --fmt INT4 --group 32 --requant    # a quantized layer's weights
 
-``gemm`` runs a random INT8 GEMM, checks it bit-exactly against ``sw.numerics.mpgemm`` (exit
+``gemm`` runs a random GEMM, checks it bit-exactly against ``sw.numerics.mixgemm`` (exit
 status 1 on a mismatch) and prints wall time, device counters, array utilization and wire
-efficiency (payload bytes / wire bytes, both directions).
+efficiency (payload bytes / wire bytes, both directions). With the defaults (``--fmt INT8``,
+no ``--group``) A and W are random INT8 matrices and ``--requant`` a scalar requantization
+(:meth:`sw.driver.Accelerator.gemm`, which splits a K beyond the device's ``max_k``). With
+another ``--fmt`` or a ``--group``, random Gaussian float weights and inputs are quantized as
+a linear layer (``sw.quant.quantize_linear``: weights of that format, per-group tables,
+per-channel requantization with folded bias) and run through
+:meth:`sw.driver.Accelerator.mixgemm`; without ``--requant`` the raw sums are compared.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import time
 import numpy as np
 
 from . import protocol as P
-from .numerics import OutMode, Requant, mpgemm, to_dyadic
+from .numerics import (GROUP_SIZES, WEIGHT_LANES, OutMode, Requant, WeightFormat, mixgemm,
+                       to_dyadic)
 
 SIM_DEVICES = ("12F", "25F", "45F", "85F")
 
@@ -59,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, default=64, help="columns of W (default 64)")
     g.add_argument("--requant", action="store_true",
                    help="INT8 output (requantized) instead of raw int32 accumulators")
+    g.add_argument("--fmt", type=str.upper, choices=[f.name for f in WeightFormat],
+                   default="INT8", help="weight format (default INT8); other than INT8 the "
+                   "weights come from quantizing a random float layer in that format")
+    g.add_argument("--group", type=int, choices=(0,) + GROUP_SIZES, default=0,
+                   help="group size along K for per-group dequantization (default 0: none)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return ap
 
@@ -90,20 +103,25 @@ def open_accelerator(args):
 
 
 def format_info(info: P.DeviceInfo) -> str:
+    from .driver import _format_names, _group_names
     modes = ", ".join(m.name for m in OutMode if info.supports(m)) or "none"
     return "\n".join([
         f"protocol version  {info.version}",
         f"config hash       0x{info.config_hash:08x}",
         f"array             {info.rows} x {info.cols} PEs",
+        f"PE kind           {getattr(info.pe, 'name', info.pe)}",
+        f"weight formats    {_format_names(info.formats)}",
+        f"group sizes       {_group_names(info.group_sizes)}",
         f"A buffer          {info.a_bytes} bytes",
         f"W buffer          {info.w_bytes} bytes",
-        f"OUT buffer        {info.out_bytes} bytes ({info.out_words} words)",
+        f"OUT buffer        {info.out_bytes} bytes ({info.out_words} words per row bank)",
+        f"CHAN table        {info.chan_bytes} bytes ({info.chan_bytes // 8} channels)",
+        f"GROUP table       {info.group_bytes} bytes ({info.group_bytes // 4} entries)",
         f"max K             {info.max_k}",
         f"output modes      {modes}",
         f"max data/frame    {info.max_data} bytes",
-        f"PE kind           {getattr(info.pe, 'name', info.pe)}",
         f"clock             {info.clock_hz / 1e6:g} MHz (as built)",
-        f"tile period       {info.tile_period} cycles",
+        f"tile period       {info.tile_period} cycles (between group ends)",
         f"request timeout   {info.timeout_cycles} cycles (inter-byte)",
         f"watchdog          {info.watchdog_cycles} cycles",
     ])
@@ -122,53 +140,87 @@ def cmd_info(args, out) -> int:
     return 0
 
 
+def quantized_layer(args, rng):
+    """Random Gaussian weights and inputs quantized as a linear layer in ``args.fmt`` with
+    groups of ``args.group``: (int8 activations, the layer)."""
+    from . import quant
+    x = rng.standard_normal((args.m, args.k))
+    w = rng.standard_normal((args.k, args.n)) / np.sqrt(args.k)
+    bias = 0.1 * rng.standard_normal(args.n)
+    x_scale, x_zero = quant.calibrate_act(x)
+    y_scale, y_zero = quant.calibrate_act(x @ w + bias)
+    layer = quant.quantize_linear(w, bias, fmt=WeightFormat[args.fmt], group=args.group or None,
+                                  x_scale=x_scale, x_zero=x_zero, y_scale=y_scale,
+                                  y_zero=y_zero)
+    return quant.quantize_act(x, x_scale, x_zero), layer
+
+
 def cmd_gemm(args, out) -> int:
     for name in ("m", "k", "n"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, not {getattr(args, name)}")
     rng = np.random.default_rng(args.seed)
-    a = rng.integers(-128, 128, size=(args.m, args.k), dtype=np.int8)
-    w = rng.integers(-128, 128, size=(args.k, args.n), dtype=np.int8)
-    rq = random_requant(args.k, rng) if args.requant else None
-    want = mpgemm(a, w, rq)
+    fmt = WeightFormat[args.fmt]
+    layered = fmt != WeightFormat.INT8 or args.group != 0
+    if layered:
+        a, layer = quantized_layer(args, rng)
+        w, gq = layer.q, layer.group
+        rq = layer.requant if args.requant else None
+        what = (f"{fmt.name} weights, " + (f"groups of {args.group}" if args.group else
+                                           "per-channel scales")
+                + (", INT8 (per-channel requant)" if rq else ", RAW32"))
+    else:
+        a = rng.integers(-128, 128, size=(args.m, args.k), dtype=np.int8)
+        w = rng.integers(-128, 128, size=(args.k, args.n), dtype=np.int8)
+        gq = None
+        rq = random_requant(args.k, rng) if args.requant else None
+        what = "INT8 (requant " + repr(rq) + ")" if rq else "RAW32"
+    want = mixgemm(a, w, fmt=fmt, group=gq, requant=rq)
     acc = open_accelerator(args)
     try:
         info = acc.info
-        plan = acc.plan(args.m, args.k, args.n, rq)
+        plan = acc.plan(args.m, args.k, args.n, rq, fmt=fmt, group=args.group,
+                        split_k=not layered)
         t0 = time.perf_counter()
-        got = acc.gemm(a, w, rq)
+        if layered:
+            got = acc.mixgemm(a, w, fmt=fmt, group=gq, requant=rq)
+        else:
+            got = acc.gemm(a, w, rq)
         wall = time.perf_counter() - t0
         st = acc.last
     finally:
         acc.close()
     ok = got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
     macs = args.m * args.k * args.n
-    print(f"GEMM {args.m} x {args.k} x {args.n}  "
-          f"{'INT8 (requant ' + repr(rq) + ')' if rq else 'RAW32'}  seed {args.seed}", file=out)
+    print(f"GEMM {args.m} x {args.k} x {args.n}  {what}  seed {args.seed}", file=out)
     print(f"device            {info.rows}x{info.cols} array, config 0x{info.config_hash:08x} "
           f"via {acc.transport!r}", file=out)
     print(f"tiling            {plan.k_chunks} K chunk(s) of {plan.kc}, {plan.m_blocks} M "
           f"block(s) of {plan.mb}, {plan.n_blocks} N block(s) of {plan.nb}: {plan.runs} RUN(s), "
           f"device mode {plan.mode.name}, "
           f"{'A' if plan.m_outer else 'W'} blocks resident"
+          + (", CHAN table" if plan.chan else "")
+          + (f", GROUP table (groups of {plan.group})" if plan.group else "")
           + (", requantized on the host" if plan.host_requant else ""), file=out)
-    print(f"result            {'bit-exact vs sw.numerics.mpgemm' if ok else 'MISMATCH'}",
+    print(f"result            {'bit-exact vs sw.numerics.mixgemm' if ok else 'MISMATCH'}",
           file=out)
     print(f"wall time         {wall * 1e3:.1f} ms  ({macs / wall / 1e6:.3f} MMAC/s end to end)",
           file=out)
-    print(f"device counters   cycles {st.cycles}, busy {st.busy}, stall {st.stall}, "
-          f"MACs {st.macs}", file=out)
+    print(f"device counters   cycles {st.cycles}, busy {st.busy}, stall {st.stall} "
+          f"(dequantization {st.dq_stall}), MACs {st.macs}", file=out)
     if st.cycles:
-        print(f"utilization       {100 * st.utilization(info.rows, info.cols):.1f} % of "
-              f"{info.rows * info.cols} PEs over the runs' cycles "
-              f"(busy {100 * st.busy / st.cycles:.1f} % of cycles)", file=out)
+        lanes = WEIGHT_LANES[fmt]
+        print(f"utilization       {100 * st.utilization(info.rows, info.cols, lanes):.1f} % of "
+              f"{info.rows * info.cols} PEs x {lanes} MAC(s) per cycle ({fmt.name}) over the "
+              f"runs' cycles (busy {100 * st.busy / st.cycles:.1f} % of cycles)", file=out)
     print(f"wire              sent {st.wire_sent} B, received {st.wire_received} B in "
           f"{st.requests} requests ({st.retries} retries); payload {st.payload_bytes} B; "
           f"efficiency {100 * st.efficiency:.2f} %", file=out)
-    unique = a.nbytes + w.nbytes + want.nbytes
+    from .numerics import pack_weights
+    unique = a.nbytes + pack_weights(w, fmt).nbytes + want.nbytes
     print(f"offload           {unique} B of distinct operands + result / {st.wire_bytes} B on "
           f"the wire = {100 * unique / st.wire_bytes:.2f} % (operand re-sends from tiling "
-          f"count as overhead here)", file=out)
+          f"and tables count as overhead here)", file=out)
     if wall > 0:
         print(f"link throughput   {st.wire_bytes / wall / 1e3:.1f} kB/s wire, "
               f"{st.payload_bytes / wall / 1e3:.1f} kB/s payload", file=out)

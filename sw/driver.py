@@ -1,9 +1,11 @@
 """Host driver for the mpGEMM accelerator (board over UART, or the Verilator model).
 
-:class:`Accelerator` speaks :mod:`sw.protocol` over any :class:`sw.transport.Transport`:
-it identifies the device (and refuses one that does not match), validates operands before
-anything is sent, tiles GEMMs of any size onto the on-chip buffers, and returns results that
-are bit-identical to :func:`sw.numerics.mpgemm`. NumPy only; never imports Amaranth.
+:class:`Accelerator` speaks :mod:`sw.protocol` (version 3, core v2 "MixCore") over any
+:class:`sw.transport.Transport`: it identifies the device (and refuses one that does not
+match), validates operands against what the device reports before anything is sent, tiles
+GEMMs of any M and N onto the on-chip buffers, and returns results that are bit-identical to
+:func:`sw.numerics.mixgemm` (and, for INT8 weights, :func:`sw.numerics.mpgemm`). NumPy only;
+never imports Amaranth.
 
 Example::
 
@@ -12,6 +14,8 @@ Example::
 
     with Accelerator(SerialTransport("/dev/ttyUSB0"), expect={"rows": 4, "cols": 4}) as acc:
         y = acc.gemm(a, w)                        # int32, == sw.numerics.mpgemm(a, w)
+        y4 = acc.mixgemm(a, q, fmt=WeightFormat.INT4, group=gq, requant=crq)   # int8
+        y_float = acc.linear(x_float, layer)      # a sw.quant.QuantLinear, == layer.forward(x)
         print(acc.last.efficiency, acc.last.utilization(acc.info.rows, acc.info.cols))
 """
 
@@ -24,9 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import layout
+from . import layout, quant
 from . import protocol as P
-from .numerics import OutMode, Requant, check_int, int_range, requantize
+from .numerics import (GROUP_SIZES, WEIGHT_LANES, ChannelRequant, GroupQuant, OutMode, Requant,
+                       WeightFormat, check_int, encode_weights, int_range, pack_weights,
+                       requantize, requantize_channels, weight_range)
 from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescriptor, Opcode
 from .transport import ReplyDamaged, Transport, TransportError, TransportTimeout
 
@@ -47,12 +53,14 @@ class DeviceTimeout(TransportTimeout, TimeoutError):
 
 @dataclass
 class Stats:
-    """Bookkeeping of one :meth:`Accelerator.gemm` call (``acc.last``) or of the session
-    (``acc.total``).
+    """Bookkeeping of one :meth:`Accelerator.gemm` / :meth:`~Accelerator.mixgemm` /
+    :meth:`~Accelerator.linear` call (``acc.last``) or of the session (``acc.total``).
 
     ``wire_*`` count whole frames (both directions; bytes dropped as garbage are not
     counted), ``payload_*`` only matrix bytes (WRITE data sent, READ data received).
-    ``cycles``/``busy``/``stall``/``macs`` sum the device counters read after each RUN.
+    ``cycles``/``busy``/``stall``/``macs``/``dq_stall`` sum the device counters read after
+    each RUN (``dq_stall``: stall cycles group ends cost inside a tile, groups shorter than the
+    drain period).
     """
 
     requests: int = 0
@@ -65,6 +73,7 @@ class Stats:
     busy: int = 0
     stall: int = 0
     macs: int = 0
+    dq_stall: int = 0
     seconds: float = 0.0
     retries: int = 0
 
@@ -81,9 +90,13 @@ class Stats:
         """Payload bytes / wire bytes (both directions); 0 when nothing was sent."""
         return self.payload_bytes / self.wire_bytes if self.wire_bytes else 0.0
 
-    def utilization(self, rows: int, cols: int) -> float:
-        """MACs done / (array PEs x cycles of the runs): how busy the array was."""
-        return self.macs / (self.cycles * rows * cols) if self.cycles else 0.0
+    def utilization(self, rows: int, cols: int, macs_per_pe: int = 1) -> float:
+        """MACs done / (array PEs x ``macs_per_pe`` x cycles of the runs): how busy the array
+        was. A MixPE does ``sw.numerics.WEIGHT_LANES[fmt]`` MACs per cycle (INT4: 2, INT2 and
+        TERNARY: 4); pass that to compare with the format's peak."""
+        if not self.cycles:
+            return 0.0
+        return self.macs / (self.cycles * rows * cols * macs_per_pe)
 
     def add(self, other: "Stats") -> None:
         for f in dataclasses.fields(self):
@@ -92,14 +105,20 @@ class Stats:
 
 @dataclass(frozen=True)
 class GemmPlan:
-    """How :meth:`Accelerator.gemm` maps an ``M x K x N`` GEMM onto the device.
+    """How :meth:`Accelerator.gemm` / :meth:`Accelerator.mixgemm` map an ``M x K x N`` GEMM
+    onto the device.
 
-    The GEMM is cut into ``k_chunks`` chunks of at most ``kc`` along K, blocks of at most
-    ``mb`` rows of A and ``nb`` columns of W; each (K chunk, N block, M block) is one RUN.
-    ``mode`` is the device's output mode; ``host_requant`` is True when the requantization
-    runs on the host (K split, or the device lacks INT8 output). ``m_outer`` says which
-    operand stays resident: with N blocks outer (False) each W block is sent once and A
-    blocks are re-sent per N block; with M blocks outer (True) the other way round.
+    The GEMM is cut into ``k_chunks`` chunks of at most ``kc`` along K (only
+    :meth:`~Accelerator.gemm` with INT8 weights, no groups, splits K), blocks of at most
+    ``mb`` rows of A and ``nb`` columns of W; each (K chunk, N block, M block) is one RUN
+    whose descriptor has ``m, k, n`` = the block's sizes (the OUT layout and the GROUP table
+    of a RUN follow its own N). ``mode`` is the device's output mode; ``host_requant`` is
+    True when the requantization runs on the host (K split, or the device lacks INT8 output
+    or the per-channel table). ``m_outer`` says which operand stays resident: with N blocks
+    outer (False) each W block (with its CHAN / GROUP tables) is sent once and A blocks are
+    re-sent per N block; with M blocks outer (True) the other way round. ``fmt`` is the
+    weight format, ``group`` the group size along K (0: none), ``chan`` whether the
+    per-channel table (CHAN) is used.
     """
 
     m: int
@@ -111,6 +130,9 @@ class GemmPlan:
     mode: OutMode
     host_requant: bool
     m_outer: bool = False
+    fmt: WeightFormat = WeightFormat.INT8
+    group: int = 0
+    chan: bool = False
 
     @property
     def k_chunks(self) -> int:
@@ -127,6 +149,27 @@ class GemmPlan:
     @property
     def runs(self) -> int:
         return self.k_chunks * self.m_blocks * self.n_blocks
+
+
+#: what a weight format holds, for messages
+_FORMAT_VALUES = {WeightFormat.INT8: "integers in [-128, 127]",
+                  WeightFormat.INT4: "integers in [-8, 7]",
+                  WeightFormat.INT2: "integers in [-2, 1]",
+                  WeightFormat.TERNARY: "values in {-1, 0, 1}",
+                  WeightFormat.POW2: "values +-2**e with e in 0..7 (no zero)"}
+
+
+def _format_names(mask: int) -> str:
+    names = [f.name for f in WeightFormat if mask >> int(f) & 1]
+    unknown = mask & ~sum(1 << int(f) for f in WeightFormat)
+    if unknown:
+        names.append(f"unknown bits 0x{unknown:02x}")
+    return ", ".join(names) or "none"
+
+
+def _group_names(mask: int) -> str:
+    sizes = [str(g) for g, bit in sorted(P.GROUP_SIZE_BITS.items()) if mask >> bit & 1]
+    return ", ".join(sizes) if sizes else "none (no per-group dequantization)"
 
 
 _EXPECT_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceInfo))
@@ -165,7 +208,7 @@ class Accelerator:
     ----------
     info : DeviceInfo
     last : Stats
-        Bookkeeping of the latest :meth:`gemm`.
+        Bookkeeping of the latest :meth:`gemm`, :meth:`mixgemm` or :meth:`linear`.
     total : Stats
         Bookkeeping since opening.
     """
@@ -217,18 +260,13 @@ class Accelerator:
         """Send IDENTIFY, check the reply (protocol version, ``expect``) and return it."""
         data = self._call(P.identify, Opcode.IDENTIFY)
         if data and data[0] != P.PROTOCOL_VERSION:
-            raise DeviceMismatch(f"device speaks protocol version {data[0]}, this driver "
-                                 f"version {P.PROTOCOL_VERSION}: rebuild the bitstream or "
-                                 f"update the host software")
+            raise DeviceMismatch(self._version_message(data[0], len(data)))
         try:
             info = DeviceInfo.unpack(data)
         except (P.ProtocolError, ValueError) as e:
             raise DeviceMismatch(f"IDENTIFY reply is not a DeviceInfo ({e}): is this an "
                                  f"mpGEMM device speaking protocol {P.PROTOCOL_VERSION}?") from e
-        if info.version != P.PROTOCOL_VERSION:
-            raise DeviceMismatch(f"device speaks protocol version {info.version}, this driver "
-                                 f"version {P.PROTOCOL_VERSION}: rebuild the bitstream or "
-                                 f"update the host software")
+
         bad = [f"{name}: expected {self._fmt(name, want)}, device has "
                f"{self._fmt(name, getattr(info, name))}"
                for name, want in self._expect.items() if getattr(info, name) != want]
@@ -240,15 +278,29 @@ class Accelerator:
                                                         "max_data", "timeout_cycles",
                                                         "watchdog_cycles", "tile_period")
                     if getattr(info, n) < 1]
-        if info.a_bytes < info.rows or info.w_bytes < info.cols:
-            problems.append("A/W buffers smaller than one array row/column")
+        if info.a_bytes < 4 * info.rows or info.w_bytes < info.cols \
+                or info.out_bytes < 4 * info.rows:
+            problems.append("A/W/OUT buffers smaller than one word per array row/column")
         if not info.out_modes & 3:
             problems.append(f"out_modes=0x{info.out_modes:02x} (neither RAW32 nor INT8)")
+        if not info.formats & sum(1 << int(f) for f in WeightFormat):
+            problems.append(f"formats=0x{info.formats:02x} (no weight format this host knows)")
         if problems:
             raise DeviceMismatch(f"device reports an unusable configuration: "
                                  f"{', '.join(problems)}")
         self.info = info
         return info
+
+    @staticmethod
+    def _version_message(version: int, size: int) -> str:
+        if version < P.PROTOCOL_VERSION:
+            return (f"device speaks protocol version {version} (a {size}-byte IDENTIFY reply), "
+                    f"this driver version {P.PROTOCOL_VERSION}: its bitstream predates the "
+                    f"MixPE core; rebuild and load it (python -m hw.build --target ulx3s "
+                    f"--program)")
+        return (f"device speaks protocol version {version}, this driver version "
+                f"{P.PROTOCOL_VERSION}: update the host software (or rebuild the bitstream "
+                f"from this checkout)")
 
     @staticmethod
     def _fmt(name, value):
@@ -479,17 +531,31 @@ class Accelerator:
             s.busy += c.busy
             s.stall += c.stall
             s.macs += c.macs
+            s.dq_stall += c.dq_stall
         return c
 
     def _estimate_cycles(self, d: LayerDescriptor) -> int:
-        """Busy cycles of a GEMM (an upper bound: each tile takes ``max(K, tile_period)``
-        cycles, plus the shape check and the last tile's drain)."""
+        """Busy cycles of a run, an upper bound: each step feeds one packed weight byte
+        (``ceil(K / lanes)`` steps per output tile) and group ends (every ``G / lanes``
+        steps, and every tile end) are at least ``tile_period`` cycles apart, so a tile takes
+        ``max(ceil(K / lanes), tile_period)`` cycles without groups and
+        ``groups * max(ceil(G / lanes), tile_period)`` with; plus the shape check, the last
+        tile's drain through the array and the edge units, and slack."""
         info = self.info
+        try:
+            lanes = WEIGHT_LANES[WeightFormat(d.fmt)]
+        except ValueError:
+            lanes = 1                              # unknown to this host: the slowest case
+        period = max(1, info.tile_period)
+        if d.group:
+            per_tile = -(-d.k // d.group) * max(-(-d.group // lanes), period)
+        else:
+            per_tile = max(-(-d.k // lanes), period)
         tiles = -(-d.m // info.rows) * -(-d.n // info.cols)
-        return tiles * max(d.k, info.tile_period) + 2 * info.tile_period + 64
+        return tiles * per_tile + 2 * period + 4 * (info.rows + info.cols) + 256
 
     def counters(self) -> P.Counters:
-        """The device's counters of the latest RUN (cycles, busy, stall, MACs)."""
+        """The device's counters of the latest RUN (cycles, busy, stall, MACs, dq_stall)."""
         return P.Counters.unpack(self._call(P.counters, Opcode.COUNTERS,
                                             expect=P.Counters.SIZE))
 
@@ -499,70 +565,183 @@ class Accelerator:
 
     def reset(self) -> None:
         """RESET the device: stops a running GEMM, unloads the layer, clears its last error."""
-        self._call(P.reset, Opcode.RESET, cycles=self.info.tile_period * 2 if self.info else 0)
+        info = self.info
+        # the core drains what it fed before it is idle (MixCore.ABORT_CYCLES)
+        cycles = 2 * info.tile_period + 4 * (info.rows + info.cols) + 64 if info else 0
+        self._call(P.reset, Opcode.RESET, cycles=cycles)
         self._layer = None
 
-    # -- GEMM ------------------------------------------------------------------------------
+    # -- what the device takes --------------------------------------------------------------
 
-    def plan(self, m: int, k: int, n: int, requant: Requant | None = None) -> GemmPlan:
-        """The tiling :meth:`gemm` uses for an ``m x k x n`` GEMM on this device."""
+    @staticmethod
+    def _check_fmt(fmt) -> WeightFormat:
+        if isinstance(fmt, WeightFormat):
+            return fmt
+        if isinstance(fmt, str) and fmt.upper() in WeightFormat.__members__:
+            return WeightFormat[fmt.upper()]
+        if isinstance(fmt, (int, np.integer)) and not isinstance(fmt, bool) \
+                and int(fmt) in WeightFormat._value2member_map_:
+            return WeightFormat(int(fmt))
+        raise ValueError(f"fmt must be a sw.numerics.WeightFormat (one of "
+                         f"{[f.name for f in WeightFormat]}) or its name, not {fmt!r}")
+
+    def max_k(self, fmt=WeightFormat.INT8) -> int:
+        """Largest K one run takes with weights of ``fmt``: IDENTIFY's ``max_k`` and what one
+        array row's A bank (4 activations per 32-bit word) and one column's W bank
+        (``WEIGHT_LANES[fmt]`` weights per byte) hold."""
+        info = self.info
+        fmt = self._check_fmt(fmt)
+        a_k = 4 * (info.a_bytes // (4 * info.rows))
+        w_k = WEIGHT_LANES[fmt] * (info.w_bytes // info.cols)
+        return min(info.max_k, a_k, w_k, _U16)
+
+    def _check_support(self, fmt: WeightFormat, size: int) -> None:
+        """Refuse a weight format or group size the device does not compute."""
+        info = self.info
+        pe = getattr(info.pe, "name", info.pe)
+        if not info.supports_format(fmt):
+            raise ValueError(f"the device does not compute {fmt.name} weights: its array "
+                             f"(PE kind {pe}) supports {_format_names(info.formats)}")
+        if size and not info.supports_group(size):
+            raise ValueError(f"the device does not support groups of {size} along K: its "
+                             f"group sizes are {_group_names(info.group_sizes)} (PE kind {pe})")
+
+    def plan(self, m: int, k: int, n: int, requant=None, *, fmt=WeightFormat.INT8,
+             group=0, split_k: bool = True) -> GemmPlan:
+        """The tiling of an ``m x k x n`` GEMM with weights of ``fmt``, groups of ``group``
+        along K (0 or None: none; a ``GroupQuant`` gives its size) and ``requant`` (None,
+        ``Requant`` or ``ChannelRequant``) on this device.
+
+        ``split_k`` (what :meth:`gemm` does for INT8 weights without groups) allows cutting
+        a K beyond :meth:`max_k` into chunks whose int32 partial sums are added (and
+        requantized) on the host; without it such a K raises ``ValueError``, as does a
+        format, group size or output mode the device lacks.
+        """
         info = self.info
         for name, v in (("M", m), ("K", k), ("N", n)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
         m, k, n = int(m), int(k), int(n)
+        fmt = self._check_fmt(fmt)
+        size = group.size if isinstance(group, GroupQuant) else (0 if group is None else group)
+        if isinstance(size, bool) or size not in (0,) + GROUP_SIZES:
+            raise ValueError(f"group size must be 0 (no groups) or one of {GROUP_SIZES}, "
+                             f"not {group!r}")
+        size = int(size)
+        self._check_requant_type(requant)
+        self._check_support(fmt, size)
         R, C = info.rows, info.cols
-        raw, int8 = info.supports(OutMode.RAW32), info.supports(OutMode.INT8)
-        kmax = min(info.max_k, info.a_bytes // R, info.w_bytes // C, _U16)
+        lanes = WEIGHT_LANES[fmt]
+        raw_ok, int8_ok = info.supports(OutMode.RAW32), info.supports(OutMode.INT8)
+        chan_cap = info.chan_bytes // layout.CHAN_ENTRY_BYTES
+        group_cap = info.group_bytes // layout.GROUP_ENTRY_BYTES
+        is_chan = isinstance(requant, ChannelRequant)
+        kmax = self.max_k(fmt)
         if k <= kmax:
             kc = k
-        else:
+        elif split_k and not size:
             chunks = -(-k // kmax)
             kc = -(-k // chunks)       # balanced chunks
-        if requant is not None and kc == k and int8:
-            mode, host_requant = OutMode.INT8, False
         else:
-            mode, host_requant = OutMode.RAW32, requant is not None
-            if not raw:
+            raise ValueError(
+                f"K={k} is more than the device takes in one run with {fmt.name} weights "
+                f"(K <= {kmax}: max_k {info.max_k}, A banks of "
+                f"{4 * (info.a_bytes // (4 * R))} activations, W banks of "
+                f"{lanes * (info.w_bytes // C)} {fmt.name} weights); K is not split "
+                f"(per-group dequantization and per-channel requantization need the whole "
+                f"sum): use a device with larger buffers or split the layer")
+        ng = -(-kc // size) if size else 0
+        if size and ng > group_cap:
+            raise ValueError(f"K={k} in groups of {size} makes {ng} groups, but the device's "
+                             f"GROUP table holds {group_cap} entries (group_bytes="
+                             f"{info.group_bytes}): use larger groups or a smaller K")
+        # output mode, and where the requantization runs
+        if requant is None:
+            if not raw_ok:
                 why = f"K={k} > {kmax} is split" if kc < k else "requant=None"
                 raise ValueError(f"this GEMM needs RAW32 output ({why}) but the device "
-                                 f"supports only INT8 output; pass a Requant and keep "
-                                 f"K <= {kmax}")
+                                 f"supports only INT8 output; pass a requant"
+                                 + (f" and keep K <= {kmax}" if kc < k else ""))
+            mode, host_requant = OutMode.RAW32, False
+        elif kc == k and int8_ok and (chan_cap >= 1 or not is_chan):
+            mode, host_requant = OutMode.INT8, False
+        elif split_k and not size and raw_ok:
+            mode, host_requant = OutMode.RAW32, True
+        elif kc < k:
+            raise ValueError(f"this GEMM needs RAW32 output (K={k} > {kmax} is split) but "
+                             f"the device supports only INT8 output; keep K <= {kmax}")
+        elif not int8_ok:
+            raise ValueError(f"requantized (INT8) output needs the device's INT8 output mode, "
+                             f"which it lacks (out_modes=0x{info.out_modes:02x}: RAW32 only); "
+                             f"pass requant=None for the raw int32 sums")
+        else:
+            raise ValueError(f"per-channel requantization (ChannelRequant) needs the device's "
+                             f"CHAN table, which it lacks (chan_bytes={info.chan_bytes}); pass "
+                             f"a scalar sw.numerics.Requant")
+        chan = is_chan and not host_requant
         esize = 4 if mode == OutMode.RAW32 else 1
-        cap = info.out_bytes // esize
-        cap = min(cap, info.out_words * (4 // esize))
-        if cap < 1:
+        words = min(info.out_words, info.out_bytes // (4 * R))
+        per_bank = words * (4 // esize)              # result elements per OUT bank
+        if per_bank < 1:
             raise DeviceMismatch(f"OUT buffer too small for one {mode.name} result")
-        mt_max = info.a_bytes // (kc * R)
-        nt_max = info.w_bytes // (kc * C)
+        kw, kb = -(-kc // 4), -(-kc // lanes)
+        mt_max = info.a_bytes // (4 * kw * R)
+        nt_max = info.w_bytes // (kb * C)
+        ncap = min(per_bank, _U16)
+        if chan:
+            ncap = min(ncap, chan_cap)
+        if size:
+            ncap = min(ncap, group_cap // ng)
+        nK = -(-k // kc)
+        # bytes per pass over each operand: packed weights and their tables / activations
+        w_cost = nK * kb * n + (8 * n if chan else 0) + (4 * ng * n if size else 0)
+        a_cost = m * 4 * kw * nK
         best = None
         for nt in range(1, min(nt_max, -(-n // C)) + 1):
-            nb = min(n, nt * C, cap, _U16)
-            mb = min(m, mt_max * R, cap // nb, _U16)
-            if mb < 1:
-                break
-            nN, nM, nK = -(-n // nb), -(-m // mb), -(-k // kc)
+            nb = min(n, nt * C, ncap)
+            # OUT holds ceil(mb / rows) * nb elements per bank
+            mb = min(m, mt_max * R, (per_bank // nb) * R, _U16)
+            nN, nM = -(-n // nb), -(-m // mb)
             # wire bytes: the outer loop's operand once, the inner one once per outer block
             # (unless a single block stays resident), results, and a per-RUN cost for the
             # command round trips
             fixed = m * n * esize * nK + 200 * nN * nM * nK
-            for m_outer, ops in ((False, k * n + m * k * (nN if nM > 1 else 1)),
-                                 (True, m * k + k * n * (nM if nN > 1 else 1))):
+            for m_outer, ops in ((False, w_cost + a_cost * (nN if nM > 1 else 1)),
+                                 (True, a_cost + w_cost * (nM if nN > 1 else 1))):
                 if best is None or fixed + ops < best[0]:
                     best = (fixed + ops, mb, nb, m_outer)
-        if best is None:   # output buffer holds less than a row of one column tile
-            best = (0, 1, min(n, cap, _U16), False)
-        return GemmPlan(m, k, n, best[1], kc, best[2], mode, host_requant, best[3])
+            if nb < nt * C:           # capped by OUT or a table: wider N blocks are the same
+                break
+        assert best is not None
+        return GemmPlan(m, k, n, best[1], kc, best[2], mode, host_requant, best[3], fmt, size,
+                        chan)
 
-    def gemm(self, a, w, requant: Requant | None = None) -> np.ndarray:
-        """``sw.numerics.mpgemm(a, w, requant)`` computed on the device, bit-exactly.
+    # -- GEMM ------------------------------------------------------------------------------
+
+    def _measured(self, fn, *args):
+        t0 = time.perf_counter()
+        self.last = Stats()
+        self._stats = [self.total, self.last]
+        try:
+            return fn(*args)
+        finally:
+            dt = time.perf_counter() - t0
+            self.last.seconds = dt
+            self.total.seconds += dt
+            self._stats = [self.total]
+
+    def gemm(self, a, w, requant: Requant | ChannelRequant | None = None) -> np.ndarray:
+        """``sw.numerics.mpgemm(a, w, requant)`` computed on the device, bit-exactly (with a
+        ``ChannelRequant``: ``sw.numerics.mixgemm(a, w, requant=requant)``).
 
         Parameters
         ----------
         a : array_like, shape (M, K), integer dtype, values in [-128, 127]
-        w : array_like, shape (K, N), integer dtype, values in [-128, 127]
-        requant : sw.numerics.Requant, optional
-            None returns the raw accumulators.
+        w : array_like, shape (K, N), integer dtype, values in [-128, 127] (INT8 weights)
+        requant : sw.numerics.Requant or sw.numerics.ChannelRequant, optional
+            None returns the raw accumulators. A ``Requant`` goes into the layer descriptor;
+            a ``ChannelRequant`` (N channels: bias, multiplier and shift per output column)
+            into the device's CHAN table, one N block's slice per RUN.
 
         Returns
         -------
@@ -572,63 +751,222 @@ class Accelerator:
         Notes
         -----
         Everything is checked before a byte is sent (dtype: any integer dtype, floats are
-        refused; values: INT8 range; shapes: 2-D, matching K, nothing empty). The GEMM is
-        tiled onto the buffers (see :meth:`plan`): M and N are cut into blocks whose operands
-        and result fit the A, W and OUT buffers. When K exceeds ``max_k`` or what one array
-        row/column of the buffers holds, K is cut into chunks that run in RAW32 mode; the
-        int32 partial sums are added on the host (exact in int64), and with ``requant``
-        :func:`sw.numerics.requantize` is applied on the host. When K fits, the
-        requantization runs on the device (INT8 output mode). Operand images already in
-        a buffer (same bytes) are not sent again, so repeated calls with the same weights
-        only move activations and results.
+        refused; values: INT8 range; shapes: 2-D, matching K, nothing empty; the device
+        must compute INT8 weights). The GEMM is tiled onto the buffers (see :meth:`plan`):
+        M and N are cut into blocks whose operands and result fit the A, W, OUT (and CHAN)
+        buffers, each block laid out for its own N. When K exceeds :meth:`max_k`, K is cut
+        into chunks that run in RAW32 mode; the int32 partial sums are added on the host
+        (exact in int64), and with ``requant`` the requantization is applied on the host
+        (:func:`sw.numerics.requantize` / :func:`~sw.numerics.requantize_channels`). When K
+        fits, the requantization runs on the device (INT8 output mode). Operand images
+        already in a buffer (same bytes) are not sent again, so repeated calls with the same
+        weights only move activations and results.
 
         Raises
         ------
         TypeError, ValueError
-            Invalid operands (nothing was sent).
+            Invalid operands, or something the device cannot do (nothing was sent).
         sw.protocol.DeviceError
             The device answered with an error code (``.code``).
         DeviceTimeout
             No reply in time.
         """
-        t0 = time.perf_counter()
-        self.last = Stats()
-        self._stats = [self.total, self.last]
-        try:
-            return self._gemm(a, w, requant)
-        finally:
-            dt = time.perf_counter() - t0
-            self.last.seconds = dt
-            self.total.seconds += dt
-            self._stats = [self.total]
-
-    @staticmethod
-    def _operands(a, w, requant):
-        if requant is not None and not isinstance(requant, Requant):
-            raise TypeError(f"requant must be a sw.numerics.Requant or None, not {requant!r}")
-        for name, x, dims in (("a", a, "(M, K)"), ("w", w, "(K, N)")):
-            arr = np.asarray(x)
-            if arr.dtype.kind not in "iu":
-                raise TypeError(f"{name} must be an integer array (INT8 values), got dtype "
-                                f"{arr.dtype}; quantize it first (floats are never truncated)")
-            if arr.ndim != 2:
-                raise ValueError(f"{name} must be 2-D {dims}, got shape {arr.shape}")
-            if 0 in arr.shape:
-                raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
-        a = check_int(a, 8, name="a")
-        w = check_int(w, 8, name="w")
-        if a.shape[1] != w.shape[0]:
-            raise ValueError(f"inner dimensions differ: a is {a.shape} (M, K) but w is "
-                             f"{w.shape} (K, N); need a.shape[1] == w.shape[0]")
-        return a, w
+        return self._measured(self._gemm, a, w, requant)
 
     def _gemm(self, a, w, requant):
-        a, w = self._operands(a, w, requant)
+        self._check_requant_type(requant)
+        a = self._check_act(a)
+        w = self._check_weights(w, WeightFormat.INT8, "w")
+        self._check_shapes(a, w, "w", None, requant)
+        return self._execute(a, w, WeightFormat.INT8, None, requant, split_k=True)
+
+    def mixgemm(self, a, q, *, fmt, group: GroupQuant | None = None,
+                requant: ChannelRequant | Requant | None = None) -> np.ndarray:
+        """``sw.numerics.mixgemm(a, q, fmt=fmt, group=group, requant=requant)`` on the
+        device, bit-exactly.
+
+        Parameters
+        ----------
+        a : array_like, shape (M, K), integer dtype, values in [-128, 127]
+        q : array_like, shape (K, N), integer dtype
+            Weight values of ``fmt`` (INT4: [-8, 7], INT2: [-2, 1], TERNARY: {-1, 0, 1},
+            POW2: +-2**e, e in 0..7); packed along K for the W buffer
+            (:func:`sw.numerics.pack_weights`).
+        fmt : sw.numerics.WeightFormat (or its name / number)
+        group : sw.numerics.GroupQuant, optional
+            Per-group dequantization along K (scale and zero point tables of shape
+            ``(ceil(K / size), N)``), written to the GROUP table one N block at a time.
+        requant : sw.numerics.ChannelRequant or sw.numerics.Requant, optional
+            ``ChannelRequant`` -> CHAN table (``chan = 1``), ``Requant`` -> the descriptor;
+            None -> raw int32 sums (RAW32 output).
+
+        Returns
+        -------
+        numpy.ndarray, shape (M, N): int8 with ``requant``, else int32.
+
+        Notes
+        -----
+        M and N are tiled as in :meth:`gemm`; K is never split (the per-group
+        dequantization and the per-channel requantization need the whole sum), so K must
+        fit one run (:meth:`max_k` for ``fmt``). Before anything is sent the call is refused
+        (``ValueError``/``TypeError``, naming what the device supports, from IDENTIFY) for:
+        a format the device does not compute, a group size it lacks, K beyond
+        :meth:`max_k` or more groups than its GROUP table holds, an output mode or table it
+        lacks, values outside their ranges (activations, weights of ``fmt``), wrong shapes
+        or dtypes, and raw output of a grouped layer whose sums could exceed int32 (the
+        device keeps 32 bits).
+        """
+        return self._measured(self._mixgemm, a, q, fmt, group, requant)
+
+    def _mixgemm(self, a, q, fmt, group, requant):
+        fmt = self._check_fmt(fmt)
+        self._check_requant_type(requant)
+        if group is not None and not isinstance(group, GroupQuant):
+            raise TypeError(f"group must be a sw.numerics.GroupQuant or None, not {group!r}")
+        a = self._check_act(a)
+        q = self._check_weights(q, fmt, "q")
+        self._check_shapes(a, q, "q", group, requant)
+        if group is not None and requant is None:
+            # cheap checks first (device support, K), then the RAW32 range
+            self.plan(a.shape[0], a.shape[1], q.shape[1], None, fmt=fmt, group=group,
+                      split_k=False)
+            self._check_raw_range(a, q, group)
+        return self._execute(a, q, fmt, group, requant, split_k=False)
+
+    def linear(self, x, layer, requant: Requant | None = None) -> np.ndarray:
+        """A fully connected layer on the device.
+
+        With a :class:`sw.quant.QuantLinear` ``layer``: an integer ``x`` (M, K) (or (K,))
+        holds the int8 input and the int8 output comes back, bit-exact with
+        ``layer.golden(x)``; a float ``x`` is quantized with the layer's ``x_scale`` /
+        ``x_zero`` (:func:`sw.quant.quantize_act`), run, and the output dequantized with
+        ``y_scale`` / ``y_zero`` (:func:`sw.quant.dequantize`): exactly ``layer.forward(x)``.
+        Weights, group tables and the per-channel requantization come from the layer
+        (:meth:`mixgemm`).
+
+        With an integer matrix ``layer`` (K, N) of INT8 weights: ``x @ layer`` as
+        :meth:`gemm` (``requant`` optional). A 1-D ``x`` gives a 1-D result.
+        """
+        if isinstance(layer, quant.QuantLinear):
+            if requant is not None:
+                raise TypeError("requant is part of the QuantLinear layer; pass None")
+            xa = np.asarray(x)
+            one = xa.ndim == 1
+            if one:
+                xa = xa[None, :]
+            K = layer.in_features
+            if xa.ndim != 2 or xa.shape[1] != K or xa.shape[0] == 0:
+                raise ValueError(f"x must be (M, {K}) or ({K},) for this layer ({K} inputs, "
+                                 f"{layer.out_features} outputs), got shape {np.shape(x)}")
+            if xa.dtype.kind in "iu":
+                y = self.mixgemm(xa, layer.q, fmt=layer.fmt, group=layer.group,
+                                 requant=layer.requant)
+            elif xa.dtype.kind == "f":
+                xq = quant.quantize_act(xa, layer.x_scale, layer.x_zero)   # checks finite
+                y = quant.dequantize(self.mixgemm(xq, layer.q, fmt=layer.fmt,
+                                                  group=layer.group, requant=layer.requant),
+                                     layer.y_scale, layer.y_zero)
+            else:
+                raise TypeError(f"x must be an integer (int8 values) or float array, not of "
+                                f"dtype {xa.dtype}")
+            return y[0] if one else y
+        xa = np.asarray(x)
+        if xa.ndim == 1:
+            return self.gemm(xa[None, :], layer, requant)[0]
+        return self.gemm(xa, layer, requant)
+
+    # -- operand checks --------------------------------------------------------------------
+
+    @staticmethod
+    def _check_requant_type(requant):
+        if requant is not None and not isinstance(requant, (Requant, ChannelRequant)):
+            raise TypeError(f"requant must be a sw.numerics.Requant, a sw.numerics."
+                            f"ChannelRequant or None, not {requant!r}")
+
+    @staticmethod
+    def _check_matrix(name: str, x, dims: str) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}; "
+                            f"quantize it first (floats are never truncated)")
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be 2-D {dims}, got shape {arr.shape}")
+        if 0 in arr.shape:
+            raise ValueError(f"{name} must not be empty, got shape {arr.shape}")
+        return arr
+
+    def _check_act(self, a) -> np.ndarray:
+        return check_int(self._check_matrix("a", a, "(M, K)"), 8, name="a")
+
+    def _check_weights(self, q, fmt: WeightFormat, name: str) -> np.ndarray:
+        arr = self._check_matrix(name, q, "(K, N)")
+        lo, hi = weight_range(fmt)
+        amin, amax = int(arr.min()), int(arr.max())
+        what = f"{name} must hold {fmt.name} weights ({_FORMAT_VALUES[fmt]})"
+        if amin < lo or amax > hi:
+            raise ValueError(f"{what}; found [{amin}, {amax}]")
+        v = arr.astype(np.int64)
+        if fmt == WeightFormat.POW2:
+            av = np.abs(v)
+            bad = v[~((av >= 1) & ((av & (av - 1)) == 0))]
+        elif fmt == WeightFormat.TERNARY:
+            bad = v[np.abs(v) > 1]
+        else:
+            bad = v[:0]
+        if bad.size:
+            vals = np.unique(bad)
+            raise ValueError(f"{what}; found {[int(x) for x in vals[:5]]}"
+                             + (" ..." if vals.size > 5 else ""))
+        encode_weights(v, fmt)          # the golden model's own check (never fails here)
+        return v
+
+    @staticmethod
+    def _check_shapes(a, q, qname, group, requant):
         M, K = a.shape
-        N = w.shape[1]
-        pl = self.plan(M, K, N, requant)
+        if K != q.shape[0]:
+            raise ValueError(f"inner dimensions differ: a is {a.shape} (M, K) but {qname} is "
+                             f"{q.shape} (K, N); need a.shape[1] == {qname}.shape[0]")
+        N = q.shape[1]
+        if group is not None:
+            want = (-(-K // group.size), N)
+            if group.scale.shape != want:
+                raise ValueError(f"group tables (scale, zero) must have shape "
+                                 f"(ceil(K / {group.size}), N) = {want} for K={K}, N={N}; "
+                                 f"got {group.scale.shape}")
+        if isinstance(requant, ChannelRequant) and requant.channels != N:
+            raise ValueError(f"requant has {requant.channels} channels, the layer N={N} "
+                             f"output columns")
+
+    @staticmethod
+    def _check_raw_range(a, q, gq: GroupQuant) -> None:
+        """Raw output of a grouped layer: the device keeps the low 32 bits of sums that can
+        be larger; refuse when they could exceed int32 (a bound, checked on the host)."""
+        K = q.shape[0]
+        g = np.arange(K) // gq.size
+        wabs = gq.scale[g] * np.abs(q - gq.zero[g])          # K x N, exact int64
+        hi = (1 << 31) - 1
+        amax = np.abs(a).max(axis=1)
+        if int(amax.max()) * int(wabs.sum(axis=0).max()) <= hi:
+            return
+        # exact in float64: terms < 2**31, sums < 2**47
+        bound = np.abs(a).astype(np.float64) @ wabs.astype(np.float64)
+        if bound.max() > hi:
+            m, n = np.unravel_index(int(np.argmax(bound)), bound.shape)
+            raise ValueError(f"raw (RAW32) output of a grouped layer: the sums may exceed "
+                             f"int32 (bound {int(bound.max())} at row {m}, column {n}) and "
+                             f"the device keeps only 32 bits; pass a requant for INT8 output")
+
+    # -- execution -------------------------------------------------------------------------
+
+    def _execute(self, a, q, fmt: WeightFormat, gq: GroupQuant | None, requant,
+                 split_k: bool) -> np.ndarray:
+        M, K = a.shape
+        N = q.shape[1]
+        pl = self.plan(M, K, N, requant, fmt=fmt, group=gq.size if gq is not None else 0,
+                       split_k=split_k)
         R, C = self.info.rows, self.info.cols
         raw = pl.mode == OutMode.RAW32
+        dev_rq = None if raw else requant
         acc = np.zeros((M, N), dtype=np.int64) if raw else None
         out8 = None if raw else np.zeros((M, N), dtype=np.int8)
         m_blocks = [(m0, min(M, m0 + pl.mb)) for m0 in range(0, M, pl.mb)]
@@ -639,24 +977,44 @@ class Accelerator:
             order = [(mm, nn) for nn in n_blocks for mm in m_blocks]
         for k0 in range(0, K, pl.kc):
             k1 = min(K, k0 + pl.kc)
+            packed = pack_weights(q[k0:k1], fmt)
+            w_side: dict = {}
+            a_side: dict = {}
             for (m0, m1), (n0, n1) in order:
+                if (n0, n1) not in w_side:
+                    w_side.clear()           # blocks of one loop order come back together
+                    imgs = [(Buffer.W, layout.weight_image(packed[:, n0:n1], C))]
+                    if gq is not None:
+                        imgs.append((Buffer.GROUP, layout.group_table_image(GroupQuant(
+                            gq.size, gq.scale[:, n0:n1], gq.zero[:, n0:n1]))))
+                    if pl.chan:
+                        imgs.append((Buffer.CHAN, layout.chan_table_image(ChannelRequant(
+                            requant.multiplier[n0:n1], requant.shift[n0:n1],
+                            requant.bias[n0:n1], requant.zero_point, requant.relu))))
+                    w_side[(n0, n1)] = imgs
+                if (m0, m1) not in a_side:
+                    a_side.clear()
+                    a_side[(m0, m1)] = layout.act_image(a[m0:m1, k0:k1], R)
                 # _put skips an image the buffer already holds (the outer operand)
-                self._put(Buffer.W, layout.w_image(w[k0:k1, n0:n1], C))
-                self._put(Buffer.A, layout.a_image(a[m0:m1, k0:k1], R))
-                desc = LayerDescriptor.from_requant(
-                    m1 - m0, k1 - k0, n1 - n0, pl.mode, None if raw else requant)
+                for buffer, image in w_side[(n0, n1)]:
+                    self._put(buffer, image)
+                self._put(Buffer.A, a_side[(m0, m1)])
+                mb, nb = m1 - m0, n1 - n0
+                desc = LayerDescriptor.from_requant(mb, k1 - k0, nb, pl.mode, dev_rq,
+                                                    fmt=fmt, group=pl.group)
                 self.load_layer(desc)
                 self.run()
-                data = self.read_buffer(Buffer.OUT, 0,
-                                        layout.out_size(m1 - m0, n1 - n0, pl.mode))
-                block = layout.decode_out(data, m1 - m0, n1 - n0, pl.mode)
+                data = self.read_buffer(Buffer.OUT, 0, layout.result_size(mb, nb, R, pl.mode))
+                block = layout.decode_result(data, mb, nb, R, pl.mode)
                 if raw:
                     acc[m0:m1, n0:n1] += block
                 else:
                     out8[m0:m1, n0:n1] = block
         if not raw:
             return out8
-        if requant is not None:
+        if requant is not None:                       # K was split: requantize on the host
+            if isinstance(requant, ChannelRequant):
+                return requantize_channels(acc, requant)
             return requantize(acc, requant)
         lo, hi = int_range(32)
         if acc.min() < lo or acc.max() > hi:
@@ -670,13 +1028,3 @@ class Accelerator:
             return
         self.write_buffer(buffer, 0, image)
         self._resident[buffer] = image
-
-    def linear(self, x, w, requant: Requant | None = None) -> np.ndarray:
-        """A fully connected layer ``x @ w``: ``x`` is (batch, in) or (in,), ``w`` (in, out).
-
-        Same checks, tiling and result as :meth:`gemm`; a 1-D ``x`` gives a 1-D result.
-        """
-        xa = np.asarray(x)
-        if xa.ndim == 1:
-            return self.gemm(xa[None, :], w, requant)[0]
-        return self.gemm(xa, w, requant)

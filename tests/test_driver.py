@@ -1,14 +1,19 @@
-"""sw.driver against a fake device: a Transport that answers sw.protocol (version 2) frames
+"""sw.driver against a fake device: a Transport that answers sw.protocol (version 3) frames
 in-process.
 
 The fake decodes the host's bytes one at a time the way ``hw.soc.link`` does (hunt for
 SYNC, LENGTH 0 or above MAX_PAYLOAD answered BAD_LENGTH at once, BAD_CRC for a damaged
 frame, TIMEOUT for a frame left incomplete longer than the inter-byte timeout, every reply
-tagged with the request's SEQ), stages WRITE data and commits it only after the CRC, keeps
-the three buffers in the core's host layout (sw.layout), checks shapes the way the core does
-(BAD_SHAPE) and computes RUN with sw.numerics.mpgemm, so the driver's tiling, chunking,
-layout and recovery are checked end to end without a simulator. Fault injection: hooks on
-the bytes in either direction, dropped, held (late) and error replies, a busy core.
+tagged with the request's SEQ), stages WRITE data and commits it only after the CRC, checks
+LOAD_LAYER's fields like the link (BAD_PARAM for an out mode, shift, ReLU flag, weight
+format, group size or per-channel flag the device does not take), keeps the five buffers
+(A, W, OUT, CHAN, GROUP) as bytes in the MixCore host layout, reads the operands and tables
+out of them with its own index arithmetic (the layout of ``hw/core/core.py``'s docstring),
+checks the shape the way the core does (BAD_SHAPE) and computes RUN with
+sw.numerics.mixgemm, writing only the valid elements of the result into OUT. So the
+driver's tiling, per-tile re-layout, table slicing, chunking and recovery are checked end to
+end without a simulator. Fault injection: hooks on the bytes in either direction, dropped,
+held (late) and error replies, a busy core.
 
 Time: the fake reports board-like cycle numbers (50 MHz, 2**22 cycles inter-byte timeout)
 but its ``seconds`` runs the device clock ``TIME_SCALE`` times faster in wall time, so the
@@ -23,8 +28,11 @@ import numpy as np
 import pytest
 
 from sw import protocol as P
+from sw import quant
 from sw.driver import Accelerator, DeviceMismatch, DeviceTimeout
-from sw.numerics import OutMode, Requant, mpgemm, to_dyadic
+from sw.numerics import (WEIGHT_LANES, ChannelRequant, GroupQuant, OutMode,
+                         Requant, WeightFormat, group_dequant, mixgemm, mpgemm, pack_weights,
+                         to_dyadic, unpack_weights, wrap_int)
 from sw import layout
 from sw.protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, Opcode
 from sw.transport import FaultInjector, Transport, TransportTimeout
@@ -33,10 +41,19 @@ HASH = 0x1234ABCD
 CLOCK_HZ = 50_000_000
 TIMEOUT_CYCLES = 1 << 22            # hw.soc.link.Link.DEFAULT_TIMEOUT (84 ms at 50 MHz)
 TIME_SCALE = 0.04                   # fake wall seconds per device second: link timeout 3.4 ms
+ALL_FORMATS = sum(1 << int(f) for f in WeightFormat)
+ALL_GROUPS = sum(1 << b for b in P.GROUP_SIZE_BITS.values())
+DIM_BITS = 16
 
 
 class FakeDevice(Transport):
-    """An mpGEMM device (protocol 2) behind a byte pipe.
+    """A MixCore device (protocol 3) behind a byte pipe.
+
+    Sizes as the core's parameters: ``a_depth`` 32-bit words per A bank (one per array row),
+    ``w_depth`` bytes per W bank (one per column), ``out_words`` 32-bit words per OUT bank,
+    ``chan_depth`` / ``group_depth`` table entries; ``formats`` / ``group_sizes`` the masks
+    IDENTIFY reports (``group_sizes=0``, ``formats=1``, ``pe_kind=INT8_DSP``: a core on
+    MULT18X18D PEs). ``identify_data`` replaces the IDENTIFY reply data (an older device).
 
     Knobs: ``garbage`` (bytes sent before every reply), ``silent`` (decode and log frames,
     never answer), ``fail`` (opcode -> list of status codes to answer with, one per good
@@ -54,27 +71,32 @@ class FakeDevice(Transport):
     BAD_CRC comes afterwards).
     """
 
-    def __init__(self, *, rows=4, cols=4, a_depth=64, w_depth=64, out_words=64, max_k=None,
-                 out_modes=0b11, version=P.PROTOCOL_VERSION, config_hash=HASH,
-                 max_data=P.MAX_DATA, timeout_cycles=TIMEOUT_CYCLES, staged_write=True,
-                 latency=0.02, info_extra=b""):
+    def __init__(self, *, rows=4, cols=4, a_depth=32, w_depth=64, out_words=64, chan_depth=64,
+                 group_depth=256, max_k=None, out_modes=0b11, formats=ALL_FORMATS,
+                 group_sizes=ALL_GROUPS, pe_kind=P.PeKind.MIXPE, version=P.PROTOCOL_VERSION,
+                 config_hash=HASH, max_data=P.MAX_DATA, timeout_cycles=TIMEOUT_CYCLES,
+                 staged_write=True, latency=0.02, info_extra=b"", identify_data=None):
         super().__init__()
         self.timeout = 1.0
-        max_k = min(a_depth, w_depth) if max_k is None else max_k
-        tile_period = rows * cols + rows + cols + 8       # TILE_PERIOD_MIN, PE latency 4
-        mt, nt = a_depth // max(1, max_k), w_depth // max(1, max_k)
-        watchdog = 2 * (max(1, mt * nt) * max(max_k, tile_period) + 2 * tile_period + 64)
-        self.info = DeviceInfo(version, config_hash, rows, cols, rows * a_depth,
-                               cols * w_depth, 4 * out_words, out_words, max_k, out_modes,
+        lanes = max([WEIGHT_LANES[f] for f in WeightFormat if formats >> int(f) & 1], default=1)
+        if max_k is None:                                  # MixCore.max_k
+            max_k = min(4 * a_depth, lanes * w_depth, (1 << DIM_BITS) - 1)
+        tile_period = cols                                 # MixCore.MIN_PERIOD
+        self.depth = dict(a=a_depth, w=w_depth, out=out_words, chan=chan_depth,
+                          group=group_depth)
+        # MixCore.max_run_cycles, twice
+        watchdog = 2 * (tile_period * (w_depth * 4 * a_depth + 4 * out_words * rows)
+                        + 4 * DIM_BITS + 256)
+        self.info = DeviceInfo(version, config_hash, rows, cols, 4 * rows * a_depth,
+                               cols * w_depth, 4 * rows * out_words, out_words, max_k, out_modes,
                                max_data, CLOCK_HZ, timeout_cycles, watchdog, tile_period,
-                               P.PeKind.INT8_DSP)
+                               pe_kind, formats, group_sizes, 8 * chan_depth, 4 * group_depth)
+        self.identify_data = identify_data
         self.info_extra = info_extra
         self.staged_write = staged_write
         self.latency = latency
         self.link_timeout = self.seconds(timeout_cycles, CLOCK_HZ)
-        self.bufs = {Buffer.A: bytearray(self.info.a_bytes),
-                     Buffer.W: bytearray(self.info.w_bytes),
-                     Buffer.OUT: bytearray(self.info.out_bytes)}
+        self.bufs = {b: bytearray(self.info.buffer_size(b)) for b in Buffer}
         self._rx = bytearray()                # frame being received (starts with SYNC)
         self._last_rx = 0.0
         self.tx = bytearray()
@@ -84,7 +106,7 @@ class FakeDevice(Transport):
         self.layer = None
         self.last_error = ErrorCode.OK
         self.link_errors = 0
-        self.cnt = P.Counters(0, 0, 0, 0)
+        self.cnt = P.Counters(0, 0, 0, 0, 0)
         self.garbage = b""
         self.silent = False
         self.fail: dict[int, list[int]] = {}
@@ -208,6 +230,9 @@ class FakeDevice(Transport):
     def ops(self, op):
         return [f for f in self.log if f.opcode == op]
 
+    def writes(self, buffer):
+        return [f for f in self.ops(Opcode.WRITE) if f.payload[0] == buffer]
+
     def handle(self, f: P.Frame) -> bytes:
         op, pl = f.opcode, f.payload
         ok = lambda data=b"": P.pack_reply(op, ErrorCode.OK, data, seq=f.seq)  # noqa: E731
@@ -215,14 +240,18 @@ class FakeDevice(Transport):
         if self.fail.get(op):
             return err(self.fail[op].pop(0))
         busy = self.busy_polls > 0
+        info = self.info
         if op == Opcode.IDENTIFY:
-            return err(ErrorCode.BAD_LENGTH) if pl else ok(self.info.pack() + self.info_extra)
+            if pl:
+                return err(ErrorCode.BAD_LENGTH)
+            data = info.pack() if self.identify_data is None else self.identify_data
+            return ok(data + self.info_extra)
         if op == Opcode.WRITE:
             if len(pl) <= P.WRITE_HEADER:
                 return err(ErrorCode.BAD_LENGTH)
             buf, addr = struct.unpack_from("<BI", pl)
             data = pl[P.WRITE_HEADER:]
-            if buf > 2 or addr + len(data) > len(self.bufs[Buffer(buf)]):
+            if buf > max(Buffer) or addr + len(data) > len(self.bufs[Buffer(buf)]):
                 return err(ErrorCode.BAD_ADDRESS)
             if busy:
                 return err(ErrorCode.BUSY)
@@ -234,7 +263,7 @@ class FakeDevice(Transport):
             buf, addr, count = struct.unpack("<BIH", pl)
             if not 1 <= count <= P.MAX_DATA:
                 return err(ErrorCode.BAD_LENGTH)
-            if buf > 2 or addr + count > len(self.bufs[Buffer(buf)]):
+            if buf > max(Buffer) or addr + count > len(self.bufs[Buffer(buf)]):
                 return err(ErrorCode.BAD_ADDRESS)
             if busy:
                 return err(ErrorCode.BUSY)
@@ -245,7 +274,10 @@ class FakeDevice(Transport):
             if busy:
                 return err(ErrorCode.BUSY)
             d = P.LayerDescriptor.unpack(pl)
-            if d.out_mode not in (0, 1) or d.shift > 63 or d.relu > 1:
+            group_ok = d.group == 0 or (d.group in P.GROUP_SIZE_BITS
+                                        and info.group_sizes >> P.GROUP_SIZE_BITS[d.group] & 1)
+            if (d.out_mode not in (0, 1) or d.shift > 63 or d.relu > 1 or d.fmt > 7
+                    or not info.formats >> d.fmt & 1 or not group_ok or d.chan > 1):
                 return err(ErrorCode.BAD_PARAM)
             self.layer = d
             self.layers.append(d)
@@ -277,31 +309,88 @@ class FakeDevice(Transport):
             return ok()
         return err(ErrorCode.UNKNOWN_OPCODE)
 
+    def _bytes(self, buffer):
+        return np.frombuffer(bytes(self.bufs[buffer]), np.uint8).astype(np.int64)
+
     def run(self, d: P.LayerDescriptor) -> int:
-        """The core: shape check as in hw/systolic/core.py, then the golden model."""
-        i = self.info
+        """The core: shape check as MixCore's CHECK state, then the golden model on the
+        operands and tables read out of the buffers, then the valid results into OUT."""
+        i, dp = self.info, self.depth
         R, C = i.rows, i.cols
         M, K, N = d.m, d.k, d.n
+        fmt = WeightFormat(d.fmt)
+        lanes = WEIGHT_LANES[fmt]
+        kw, kb = -(-K // 4), -(-K // lanes)
         mt, nt = -(-M // R), -(-N // C)
-        cap = i.out_words if d.out_mode == OutMode.RAW32 else 4 * i.out_words
-        if (0 in (M, K, N) or K > i.max_k or mt * K > i.a_bytes // R
-                or nt * K > i.w_bytes // C or M * N > cap):
+        ng = -(-K // d.group) if d.group else 1
+        out_cap = dp["out"] if d.out_mode == OutMode.RAW32 else 4 * dp["out"]
+        if (0 in (M, K, N) or K > i.max_k or not i.supports_format(fmt)
+                or (d.group and not i.group_sizes) or mt * kw > dp["a"]
+                or nt * kb > dp["w"] or mt * N > out_cap
+                or (d.chan and N > dp["chan"]) or (d.group and ng * N > dp["group"])):
             return ErrorCode.BAD_SHAPE
+        # A[m, k]: byte k % 4 of word (m // R) * kw + k // 4 of row bank m % R
         m, k = np.meshgrid(np.arange(M), np.arange(K), indexing="ij")
-        a_idx = ((m // R) * K + k) * R + m % R
-        k, n = np.meshgrid(np.arange(K), np.arange(N), indexing="ij")
-        w_idx = ((n // C) * K + k) * C + n % C
-        a = np.frombuffer(bytes(self.bufs[Buffer.A]), np.int8)[a_idx]
-        w = np.frombuffer(bytes(self.bufs[Buffer.W]), np.int8)[w_idx]
+        a = self._bytes(Buffer.A)[(((m // R) * kw + k // 4) * R + m % R) * 4 + k % 4]
+        a = np.where(a >= 128, a - 256, a)
+        # packed W[kb, n]: byte (n // C) * kb + kb of column bank n % C
+        j, n = np.meshgrid(np.arange(kb), np.arange(N), indexing="ij")
+        packed = self._bytes(Buffer.W)[((n // C) * kb + j) * C + n % C]
+        q = unpack_weights(packed, fmt, K)
+        gq = None
+        if d.group:                         # entry g * N + n: scale u16, zero point i8, pad
+            t = self._bytes(Buffer.GROUP)[:4 * ng * N].reshape(ng, N, 4)
+            gq = GroupQuant(d.group, t[..., 0] | t[..., 1] << 8,
+                            np.where(t[..., 2] >= 128, t[..., 2] - 256, t[..., 2]))
         if d.out_mode == OutMode.RAW32:
-            data = mpgemm(a, w).astype("<i4").tobytes()
+            rq = None
+        elif d.chan:                        # entry n: bias i32, multiplier u16, shift u8, pad
+            t = self._bytes(Buffer.CHAN)[:8 * N].reshape(N, 8)
+            bias = t[:, 0] | t[:, 1] << 8 | t[:, 2] << 16 | t[:, 3] << 24
+            rq = ChannelRequant(t[:, 4] | t[:, 5] << 8, t[:, 6] & 63,
+                                np.where(bias >= 1 << 31, bias - (1 << 32), bias), d.zp,
+                                bool(d.relu))
         else:
             rq = Requant(d.mult, d.shift, d.zp, bool(d.relu))
-            data = mpgemm(a, w, rq).tobytes()
-        self.bufs[Buffer.OUT][:len(data)] = data
-        busy = mt * nt * max(K, i.tile_period)
-        self.cnt = P.Counters(busy + 10, busy, 0, M * N * K)
+        try:
+            y = mixgemm(a, q, fmt=fmt, group=gq, requant=rq)
+        except ValueError:                  # RAW32 beyond int32: the core keeps 32 bits
+            assert rq is None
+            y = wrap_int(a @ q if gq is None else group_dequant(a, q, gq), 32)
+        # OUT: element (m, n) has index e = (m // R) * N + n in row bank m % R
+        m, n = np.meshgrid(np.arange(M), np.arange(N), indexing="ij")
+        e, bank = (m // R) * N + n, m % R
+        out = np.frombuffer(self.bufs[Buffer.OUT], np.uint8)     # a writable view
+        y = np.asarray(y).astype(np.int64)
+        if d.out_mode == OutMode.RAW32:
+            for b in range(4):
+                out[(e * R + bank) * 4 + b] = (y >> 8 * b) & 0xFF
+        else:
+            out[((e >> 2) * R + bank) * 4 + (e & 3)] = y & 0xFF
+        # counters: steps of each group (the last one ragged); group ends >= period apart
+        if d.group:
+            gs = d.group // lanes
+            steps = [gs] * (ng - 1) + [kb - gs * (ng - 1)]
+        else:
+            steps = [kb]
+        period = i.tile_period
+        tiles = mt * nt
+        stall = tiles * sum(max(0, period - s) for s in steps)
+        dq_stall = tiles * sum(max(0, period - s) for s in steps[:-1])
+        busy = tiles * kb
+        self.cnt = P.Counters(busy + stall + DIM_BITS + R + C + 8, busy, stall, M * N * K,
+                              dq_stall)
         return ErrorCode.OK
+
+
+def v2_identify_data(**kw):
+    """A protocol-2 device's IDENTIFY data (45 bytes: no formats, group sizes or tables)."""
+    f = dict(version=2, config_hash=HASH, rows=4, cols=4, a_bytes=256, w_bytes=256,
+             out_bytes=1024, out_words=256, max_k=64, out_modes=3, max_data=P.MAX_DATA,
+             clock_hz=CLOCK_HZ, timeout_cycles=TIMEOUT_CYCLES, watchdog_cycles=1 << 20,
+             tile_period=32, pe_kind=0)
+    f.update(kw)
+    return struct.pack("<BIHHIIIIHBHIIIHB", *f.values())
 
 
 class V1Device(Transport):
@@ -419,12 +508,31 @@ def test_mismatch_whole_info_and_bad_expect():
 
 
 @pytest.mark.parametrize("extra", [b"", b"\x00" * 7])
-def test_protocol_version_3_refused(extra):
+def test_protocol_version_4_refused(extra):
     # a newer bitstream (maybe with a longer DeviceInfo): refused on the version byte
-    dev = FakeDevice(version=3, info_extra=extra)
-    with pytest.raises(DeviceMismatch, match="protocol version 3, this driver version 2"):
+    dev = FakeDevice(version=4, info_extra=extra)
+    with pytest.raises(DeviceMismatch, match="protocol version 4, this driver version 3: "
+                                             "update the host software"):
         open_acc(dev)
     assert dev.closed
+
+
+def test_v2_device_refused():
+    """A protocol-2 bitstream (core v1) answers IDENTIFY with its 45-byte DeviceInfo: refused
+    at once on the version byte, with a message that says to rebuild the bitstream."""
+    dev = FakeDevice(identify_data=v2_identify_data())
+    t0 = time.monotonic()
+    with pytest.raises(DeviceMismatch) as e:
+        open_acc(dev)
+    msg = str(e.value)
+    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 3" in msg
+    assert "rebuild" in msg and "python -m hw.build" in msg
+    assert len(dev.log) == 1 and dev.closed           # no retries, nothing else sent
+    assert time.monotonic() - t0 < 0.5
+    # a v3 version byte on a reply of the wrong size is not taken for a DeviceInfo either
+    bad = FakeDevice(identify_data=v2_identify_data(version=3))
+    with pytest.raises(DeviceMismatch, match="not a DeviceInfo .*55 bytes, got 45"):
+        open_acc(bad)
 
 
 def test_v1_device_refused():
@@ -441,6 +549,8 @@ def test_v1_device_refused():
 def test_unusable_configuration_refused():
     with pytest.raises(DeviceMismatch, match="timeout_cycles=0"):
         open_acc(FakeDevice(timeout_cycles=0))
+    with pytest.raises(DeviceMismatch, match="formats=0x00"):
+        open_acc(FakeDevice(formats=0, max_k=64))
 
 
 # -- GEMM ----------------------------------------------------------------------------------
@@ -491,7 +601,9 @@ def test_tiling_small_buffers(m, k, n, rq):
         assert plan.k_chunks > 1 and plan.mode == OutMode.RAW32
         assert plan.host_requant == rq
     for d in dev.layers:                          # every RUN fit the buffers
-        assert d.k <= 16 and d.m * d.n <= (32 if d.out_mode == OutMode.RAW32 else 128)
+        mt, nt = -(-d.m // 2), -(-d.n // 4)
+        assert d.k <= 16 and mt * -(-d.k // 4) <= 16 and nt * d.k <= 16
+        assert mt * d.n <= (32 if d.out_mode == OutMode.RAW32 else 128)
     assert acc.last.macs == m * k * n             # device counters summed over runs
     assert 0 < acc.last.utilization(2, 4) <= 1
 
@@ -509,7 +621,8 @@ def test_tiling_m_and_n_blocks():
 
 @pytest.mark.parametrize("m, n, m_outer", [(12, 64, True), (64, 12, False)])
 def test_loop_order_keeps_the_larger_operand_resident(m, n, m_outer):
-    dev = FakeDevice(rows=4, cols=4, a_depth=16, w_depth=16, out_words=64)
+    # K = 16: an A bank holds one 4-row block (4 words), a W bank one 4-column block
+    dev = FakeDevice(rows=4, cols=4, a_depth=4, w_depth=16, out_words=64)
     acc = open_acc(dev)
     k = 16
     plan = acc.plan(m, k, n)
@@ -721,7 +834,401 @@ def test_int8_only_device_requant_on_host_and_raw_refused():
                                   strict=True)
 
 
-# -- protocol 2: damaged frames, lost and late replies, a busy core ------------------------
+# -- protocol 3: weight formats, groups, per-channel tables --------------------------------
+
+FORMATS = list(WeightFormat)
+GROUPS = [None, 32, 64, 128]
+
+
+def rand_weights(rng, fmt, k, n):
+    """Random weight values of ``fmt`` (every code the format has)."""
+    fmt = WeightFormat(fmt)
+    if fmt == WeightFormat.TERNARY:
+        return rng.integers(-1, 2, size=(k, n))
+    if fmt == WeightFormat.POW2:
+        return rng.choice([-1, 1], size=(k, n)) * (1 << rng.integers(0, 8, size=(k, n)))
+    bits = {WeightFormat.INT8: 8, WeightFormat.INT4: 4, WeightFormat.INT2: 2}[fmt]
+    return rng.integers(-(1 << bits - 1), 1 << bits - 1, size=(k, n))
+
+
+def rand_group(rng, k, n, size, *, max_scale=(1 << 16) - 1):
+    ng = -(-k // size)
+    return GroupQuant(size, rng.integers(0, max_scale + 1, size=(ng, n)),
+                      rng.integers(-128, 128, size=(ng, n)))
+
+
+def rand_chan(rng, a, q, gq, *, relu=False):
+    """A ChannelRequant that maps each column's sums onto int8 (not all saturated), with a
+    random bias per channel."""
+    acc = group_dequant(a, q, gq) if gq is not None else a @ q
+    n = q.shape[1]
+    std = acc.std(axis=0) + np.abs(acc).mean(axis=0) / 4 + 1
+    bias = np.clip(np.rint(rng.normal(0, 1, n) * std), -(1 << 31), (1 << 31) - 1).astype(np.int64)
+    ms = [to_dyadic(float(127 / (3 * s))) for s in std]
+    return ChannelRequant(np.array([m for m, _ in ms]), np.array([s for _, s in ms]), bias,
+                          int(rng.integers(-20, 21)), relu)
+
+
+def rand_requant(rng, kind, a, q, gq):
+    if kind == "raw":
+        return None
+    if kind == "scalar":
+        acc = group_dequant(a, q, gq) if gq is not None else a @ q
+        return Requant(*to_dyadic(float(127 / (3 * acc.std() + 1))), int(rng.integers(-9, 10)),
+                       bool(rng.integers(0, 2)))
+    return rand_chan(rng, a, q, gq, relu=bool(rng.integers(0, 2)))
+
+
+def big_device(**kw):
+    """Buffers for K up to 512 INT8 weights in one run, 64-wide N tiles."""
+    args = dict(rows=4, cols=4, a_depth=512, w_depth=2048, out_words=512, chan_depth=256,
+                group_depth=1024)
+    args.update(kw)
+    return FakeDevice(**args)
+
+
+@pytest.fixture(scope="module")
+def big_acc():
+    dev = big_device()
+    acc = open_acc(dev)
+    yield acc
+    acc.close()
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: f"g{g or 0}")
+@pytest.mark.parametrize("m, k, n", [(1, 1, 1), (5, 37, 9), (13, 150, 6), (6, 257, 11)])
+def test_mixgemm_every_format_and_group(big_acc, fmt, group, m, k, n):
+    """Every weight format x {no groups, 32, 64, 128} x ragged shapes (M, N not multiples of
+    the array, K not a multiple of the lanes or the group), raw sums, a scalar and a
+    per-channel requantization: bit-exact with sw.numerics.mixgemm."""
+    rng = np.random.default_rng([int(fmt), group or 0, m, k, n])
+    a = rand(rng, m, k)
+    q = rand_weights(rng, fmt, k, n)
+    for kind in ("raw", "scalar", "channel"):
+        # raw output keeps 32 bits: small group scales keep the sums inside int32
+        gq = None if group is None else rand_group(
+            rng, k, n, group, max_scale=255 if kind == "raw" else (1 << 16) - 1)
+        rq = rand_requant(rng, kind, a, q, gq)
+        want = mixgemm(a, q, fmt=fmt, group=gq, requant=rq)
+        got = big_acc.mixgemm(a, q, fmt=fmt, group=gq, requant=rq)
+        np.testing.assert_array_equal(got, want, strict=True)
+        d = big_acc.transport.layers[-1]
+        assert (d.fmt, d.group, d.chan, d.out_mode) == (
+            fmt, group or 0, int(kind == "channel"), OutMode.RAW32 if rq is None else OutMode.INT8)
+        if kind == "channel":
+            assert (d.zp, d.relu) == (rq.zero_point, int(rq.relu))
+        assert big_acc.last.runs == 1 and big_acc.last.macs == m * k * n
+
+
+@pytest.mark.parametrize("fmt, symmetric", [
+    (f, s) for f in FORMATS for s in (True, False)
+    if s or f not in (WeightFormat.TERNARY, WeightFormat.POW2)],      # symmetric only
+    ids=lambda v: v.name if isinstance(v, WeightFormat) else ("sym" if v else "asym"))
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: f"g{g or 0}")
+def test_linear_quant_layer(big_acc, fmt, group, symmetric):
+    """A sw.quant.QuantLinear: int8 input -> the device's int8 output == layer.golden; float
+    input -> quantized, run, dequantized == layer.forward; a 1-D input too."""
+    rng = np.random.default_rng([int(fmt), group or 0, symmetric])
+    k, n = 150, 13
+    w = rng.standard_normal((k, n)) / np.sqrt(k)
+    bias = 0.1 * rng.standard_normal(n)
+    x = rng.standard_normal((9, k))
+    xs, xz = quant.calibrate_act(x)
+    ys, yz = quant.calibrate_act(x @ w + bias)
+    layer = quant.quantize_linear(w, bias, fmt=fmt, group=group, symmetric=symmetric,
+                                  x_scale=xs, x_zero=xz, y_scale=ys, y_zero=yz,
+                                  relu=bool(rng.integers(0, 2)))
+    xq = quant.quantize_act(x, xs, xz)
+    got = big_acc.linear(xq, layer)
+    np.testing.assert_array_equal(got, layer.golden(xq), strict=True)
+    np.testing.assert_array_equal(big_acc.linear(x, layer), layer.forward(x), strict=True)
+    np.testing.assert_array_equal(big_acc.linear(x[3], layer), layer.forward(x[3:4])[0],
+                                  strict=True)
+    np.testing.assert_array_equal(big_acc.linear(xq.astype(np.int32), layer), got, strict=True)
+    d = big_acc.transport.layers[-1]
+    assert (d.fmt, d.chan) == (fmt, 1)
+    # an asymmetric per-channel layer is expressed with groups of 128 (see sw.quant)
+    assert d.group == (group or (0 if symmetric else 128))
+
+
+@pytest.mark.parametrize("fmt, group", [(WeightFormat.INT4, 32), (WeightFormat.TERNARY, 64),
+                                        (WeightFormat.INT8, None), (WeightFormat.POW2, 128),
+                                        (WeightFormat.INT2, 32)])
+def test_mixgemm_tiling_over_m_and_n_with_tables(fmt, group):
+    """Small buffers: the layer runs in many M x N blocks; each RUN's descriptor carries its
+    block's N, and the CHAN and GROUP tables hold that block's slice (entry g * N + n with the
+    block's N), so the results are bit-exact."""
+    dev = FakeDevice(rows=2, cols=4, a_depth=64, w_depth=256, out_words=8, chan_depth=16,
+                     group_depth=64)
+    acc = open_acc(dev)
+    m, k, n = 23, 200, 45
+    rng = np.random.default_rng(int(fmt))
+    a, q = rand(rng, m, k), rand_weights(rng, fmt, k, n)
+    gq = None if group is None else rand_group(rng, k, n, group)
+    rq = rand_chan(rng, a, q, gq, relu=True)
+    plan = acc.plan(m, k, n, rq, fmt=fmt, group=group or 0, split_k=False)
+    assert plan.m_blocks > 1 and plan.n_blocks > 1 and plan.k_chunks == 1 and plan.chan
+    got = acc.mixgemm(a, q, fmt=fmt, group=gq, requant=rq)
+    np.testing.assert_array_equal(got, mixgemm(a, q, fmt=fmt, group=gq, requant=rq), strict=True)
+    assert len(dev.ops(Opcode.RUN)) == plan.runs == acc.last.runs
+    assert acc.last.macs == m * k * n
+    ng = -(-k // group) if group else 0
+    for d in dev.layers:
+        assert d.k == k and d.chan == 1 and d.group == (group or 0) and d.fmt == fmt
+        assert d.n <= 16 and -(-d.m // 2) * d.n <= 4 * 8 and ng * d.n <= 64
+    assert {d.n for d in dev.layers} == {plan.nb, n % plan.nb or plan.nb}
+    # the tables of the last N block: its own slice, laid out for its own N
+    n0 = (plan.n_blocks - 1) * plan.nb
+    chan = dev.writes(Buffer.CHAN)[-1].payload[P.WRITE_HEADER:]
+    assert chan == layout.chan_table_image(ChannelRequant(
+        rq.multiplier[n0:], rq.shift[n0:], rq.bias[n0:], rq.zero_point, rq.relu))
+    if group:
+        grp = dev.writes(Buffer.GROUP)[-1].payload[P.WRITE_HEADER:]
+        assert grp == layout.group_table_image(GroupQuant(group, gq.scale[:, n0:],
+                                                          gq.zero[:, n0:]))
+    # weights (and their tables) stay resident over the M blocks of an N block, or the
+    # activations over the N blocks of an M block
+    outer = Buffer.A if plan.m_outer else Buffer.W
+    assert len(dev.writes(outer)) == (plan.m_blocks if plan.m_outer else plan.n_blocks)
+    assert len(dev.writes(Buffer.CHAN)) == len(dev.writes(Buffer.W))
+
+
+def test_group_table_limits_the_n_block():
+    # 4 groups of 32 per channel, 32 GROUP entries: at most 8 channels per RUN
+    dev = FakeDevice(rows=4, cols=4, a_depth=64, w_depth=128, out_words=64, group_depth=32)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(5)
+    m, k, n = 6, 128, 30
+    a, q = rand(rng, m, k), rand_weights(rng, WeightFormat.INT4, k, n)
+    gq = rand_group(rng, k, n, 32)
+    rq = rand_chan(rng, a, q, gq)
+    got = acc.mixgemm(a, q, fmt=WeightFormat.INT4, group=gq, requant=rq)
+    np.testing.assert_array_equal(got, mixgemm(a, q, fmt=WeightFormat.INT4, group=gq,
+                                               requant=rq), strict=True)
+    assert max(d.n for d in dev.layers) == 8 and len(dev.ops(Opcode.RUN)) == 4
+
+
+def test_gemm_with_channel_requant():
+    """gemm() takes a ChannelRequant too: on the device (CHAN table) when K fits, on the
+    host (RAW32 partial sums) when K is split; both == mixgemm."""
+    dev = FakeDevice(rows=2, cols=4, a_depth=16, w_depth=16, out_words=32, chan_depth=8)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(6)
+    for k in (16, 40):
+        a, w = rand(rng, 9, k), rand(rng, k, 19)
+        rq = rand_chan(rng, a, w, None, relu=True)
+        got = acc.gemm(a, w, rq)
+        np.testing.assert_array_equal(got, mixgemm(a, w, requant=rq), strict=True)
+        plan = acc.plan(9, k, 19, rq)
+        assert plan.host_requant == (k > 16) and plan.chan == (k <= 16)
+        if k <= 16:
+            assert all(d.chan == 1 and d.n <= 8 for d in dev.layers)
+    # a device without a CHAN table: requantized on the host from the raw sums
+    dev = FakeDevice(chan_depth=0)
+    acc = open_acc(dev)
+    a, w = rand(rng, 5, 30), rand(rng, 30, 7)
+    rq = rand_chan(rng, a, w, None)
+    np.testing.assert_array_equal(acc.gemm(a, w, rq), mixgemm(a, w, requant=rq), strict=True)
+    assert dev.layers[-1].out_mode == OutMode.RAW32 and not dev.writes(Buffer.CHAN)
+
+
+def test_int8_dsp_device():
+    """A core on MULT18X18D PEs: INT8 only, no groups. gemm works; the rest is refused."""
+    dev = FakeDevice(formats=1 << WeightFormat.INT8, group_sizes=0,
+                     pe_kind=P.PeKind.INT8_DSP)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(8)
+    a, w = rand(rng, 7, 50), rand(rng, 50, 6)
+    np.testing.assert_array_equal(acc.gemm(a, w), mpgemm(a, w), strict=True)
+    sent = len(dev.log)
+    with pytest.raises(ValueError, match=r"does not compute INT4 weights: its array \(PE kind "
+                                         r"INT8_DSP\) supports INT8$"):
+        acc.mixgemm(a, rand_weights(rng, WeightFormat.INT4, 50, 6), fmt=WeightFormat.INT4)
+    with pytest.raises(ValueError, match=r"groups of 32 along K: its group sizes are none"):
+        acc.mixgemm(a, w, fmt=WeightFormat.INT8, group=rand_group(rng, 50, 6, 32),
+                    requant=requant_for(50))
+    assert len(dev.log) == sent
+
+
+def _refusals():
+    """(device kwargs, call(acc, rng), exception, message pattern)."""
+    I4, TER, P2, I8 = WeightFormat.INT4, WeightFormat.TERNARY, WeightFormat.POW2, WeightFormat.INT8
+
+    def mix(fmt, k=20, n=5, m=3, group=None, requant="chan", q=None, a=None, gshape=None):
+        def call(acc, rng):
+            aa = rand(rng, m, k) if a is None else a
+            qq = rand_weights(rng, fmt, k, n) if q is None else q
+            gq = None
+            if group is not None:
+                gq = rand_group(rng, k, n, group, max_scale=(1 << 16) - 1)
+                if gshape is not None:
+                    gq = GroupQuant(group, np.ones(gshape, np.int64), np.zeros(gshape, np.int64))
+            rq = (ChannelRequant(np.ones(n, np.int64), np.zeros(n, np.int64),
+                                 np.zeros(n, np.int64)) if requant == "chan" else requant)
+            return acc.mixgemm(aa, qq, fmt=fmt, group=gq, requant=rq)
+        return call
+
+    return [
+        # formats and group sizes the device lacks (named, with what it has)
+        ("fmt", dict(formats=0b00011), mix(TER), ValueError,
+         r"does not compute TERNARY weights: its array \(PE kind MIXPE\) supports INT8, INT4"),
+        ("group", dict(group_sizes=0b001), mix(I4, group=64), ValueError,
+         r"does not support groups of 64 along K: its group sizes are 32 \(PE kind MIXPE\)"),
+        ("group-size", {}, mix(I4, group=48), ValueError, r"group size must be one of"),
+        # K beyond the device's limit for the format (never split here)
+        ("k-int8", {}, mix(I8, k=65), ValueError,
+         r"K=65 is more than the device takes in one run with INT8 weights \(K <= 64: "
+         r"max_k 128, A banks of 128 activations, W banks of 64 INT8 weights\); K is not split"),
+        ("k-int4", {}, mix(I4, k=129), ValueError, r"K=129 .* INT4 weights \(K <= 128"),
+        ("k-group", {}, mix(I8, k=65, group=32, requant=None), ValueError, r"K=65 .*K <= 64"),
+        ("groups-table", dict(group_depth=2), mix(I4, k=128, group=32), ValueError,
+         r"K=128 in groups of 32 makes 4 groups, but the device's GROUP table holds 2 "
+         r"entries"),
+        # output modes and tables the device lacks
+        ("no-int8-out", dict(out_modes=0b01), mix(I4), ValueError,
+         r"needs the device's INT8 output mode, which it lacks \(out_modes=0x01"),
+        ("no-raw-out", dict(out_modes=0b10), mix(I4, requant=None), ValueError,
+         r"needs RAW32 output \(requant=None\) but the device supports only INT8 output"),
+        ("no-chan", dict(chan_depth=0), mix(I4), ValueError,
+         r"ChannelRequant\) needs the device's CHAN table, which it lacks \(chan_bytes=0\)"),
+        # values outside the format
+        ("int4-range", {}, mix(I4, q=np.full((20, 5), 8)), ValueError,
+         r"q must hold INT4 weights \(integers in \[-8, 7\]\); found \[8, 8\]"),
+        ("ternary", {}, mix(TER, q=np.full((20, 5), 2)), ValueError,
+         r"q must hold TERNARY weights \(values in \{-1, 0, 1\}\); found \[2, 2\]"),
+        ("ternary-neg", {}, mix(TER, q=np.arange(-2, 98).reshape(20, 5) % 3 - 2), ValueError,
+         r"TERNARY weights .*found \[-2, 0\]"),
+        ("pow2-zero", {}, mix(P2, q=np.eye(20, 5, dtype=np.int64)), ValueError,
+         r"q must hold POW2 weights \(values \+-2\*\*e with e in 0..7 \(no zero\)\); found \[0\]"),
+        ("pow2-3", {}, mix(P2, q=np.full((20, 5), 3) * np.array([1, -1, 1, 1, 1])), ValueError,
+         r"POW2 weights .*found \[-3, 3\]"),
+        ("pow2-big", {}, mix(P2, q=np.full((20, 5), 256)), ValueError,
+         r"POW2 weights .*found \[256, 256\]"),
+        ("a-range", {}, mix(I4, a=np.full((3, 20), 200)), ValueError, r"a values must lie in "
+         r"\[-128, 127\]"),
+        # dtypes and shapes
+        ("q-float", {}, mix(I4, q=np.zeros((20, 5))), TypeError,
+         r"q must be an integer array, got dtype float64"),
+        ("a-float", {}, mix(I4, a=np.zeros((3, 20), np.float32)), TypeError,
+         r"a must be an integer array, got dtype float32"),
+        ("q-1d", {}, mix(I4, q=np.zeros(20, np.int8)), ValueError, r"q must be 2-D \(K, N\)"),
+        ("inner", {}, mix(I4, q=np.zeros((21, 5), np.int8)), ValueError, r"inner dimensions"),
+        ("group-shape", {}, mix(I4, k=40, group=32, gshape=(1, 5)), ValueError,
+         r"group tables \(scale, zero\) must have shape \(ceil\(K / 32\), N\) = \(2, 5\) for "
+         r"K=40, N=5; got \(1, 5\)"),
+        ("chan-count", {}, mix(I4, requant=ChannelRequant(np.ones(4, np.int64),
+                                                          np.zeros(4, np.int64),
+                                                          np.zeros(4, np.int64))),
+         ValueError, r"requant has 4 channels, the layer N=5"),
+        ("group-type", {}, lambda acc, rng: acc.mixgemm(
+            rand(rng, 2, 4), np.ones((4, 2), np.int8), fmt=I8, group=np.ones((1, 2))),
+         TypeError, r"group must be a sw.numerics.GroupQuant"),
+        ("requant-type", {}, lambda acc, rng: acc.mixgemm(
+            rand(rng, 2, 4), np.ones((4, 2), np.int8), fmt=I8, requant=(1, 0)),
+         TypeError, r"requant must be a sw.numerics.Requant, a sw.numerics.ChannelRequant"),
+        ("fmt-name", {}, lambda acc, rng: acc.mixgemm(
+            rand(rng, 2, 4), np.ones((4, 2), np.int8), fmt="INT3"),
+         ValueError, r"fmt must be a sw.numerics.WeightFormat"),
+        # raw output of a grouped layer whose sums could exceed int32
+        ("raw-range", {}, mix(I8, k=64, group=32, requant=None,
+                              a=np.full((3, 64), -128, np.int8),
+                              q=np.full((64, 5), 127)), ValueError,
+         r"raw \(RAW32\) output of a grouped layer: the sums may exceed int32"),
+        # gemm: INT8 weights only, and a device must compute them
+        ("gemm-int8", dict(formats=0b00010), lambda acc, rng: acc.gemm(
+            rand(rng, 2, 4), rand(rng, 4, 2)), ValueError,
+         r"does not compute INT8 weights: its array \(PE kind MIXPE\) supports INT4"),
+    ]
+
+
+@pytest.mark.parametrize("dev_kw, call, exc, match",
+                         [r[1:] for r in _refusals()], ids=[r[0] for r in _refusals()])
+def test_refused_before_sending(dev_kw, call, exc, match):
+    dev = FakeDevice(**dev_kw)
+    acc = open_acc(dev)
+    sent = len(dev.log)
+    with pytest.raises(exc, match=match):
+        call(acc, np.random.default_rng(0))
+    assert len(dev.log) == sent                         # nothing went out
+
+
+def test_linear_refusals():
+    dev = FakeDevice()
+    acc = open_acc(dev)
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((40, 6))
+    layer = quant.quantize_linear(w, None, fmt=WeightFormat.INT4, group=32, x_scale=0.05,
+                                  y_scale=0.2)
+    sent = len(dev.log)
+    with pytest.raises(ValueError, match=r"x must be \(M, 40\) or \(40,\) for this layer "
+                                         r"\(40 inputs, 6 outputs\), got shape \(3, 41\)"):
+        acc.linear(np.zeros((3, 41)), layer)
+    with pytest.raises(ValueError, match="must be finite"):
+        acc.linear(np.full((2, 40), np.nan), layer)
+    with pytest.raises(TypeError, match="integer .* or float array, not of dtype complex"):
+        acc.linear(np.zeros((2, 40), complex), layer)
+    with pytest.raises(ValueError, match=r"a values must lie in \[-128, 127\]"):
+        acc.linear(np.full((2, 40), 300), layer)
+    with pytest.raises(TypeError, match="requant is part of the QuantLinear"):
+        acc.linear(np.zeros((2, 40), np.int8), layer, requant_for(40))
+    # the device lacks group size 32
+    acc2 = open_acc(FakeDevice(group_sizes=0b110))
+    with pytest.raises(ValueError, match="groups of 32 along K: its group sizes are 64, 128"):
+        acc2.linear(np.zeros((2, 40)), layer)
+    assert len(dev.log) == sent
+
+
+def test_device_refuses_unsupported_descriptor_fields():
+    """The fake answers like the link: BAD_PARAM for a format, group size or per-channel
+    flag the device does not take (the driver never sends them; sent here by hand)."""
+    dev = FakeDevice(formats=0b00011, group_sizes=0b001)
+    acc = open_acc(dev)
+    for kw in (dict(fmt=WeightFormat.TERNARY), dict(fmt=9), dict(group=64), dict(group=48),
+               dict(chan=2), dict(shift=64), dict(out_mode=2)):
+        with pytest.raises(DeviceError, match="BAD_PARAM") as e:
+            acc.load_layer(P.LayerDescriptor(4, 8, 4, **kw))
+        assert e.value.code == ErrorCode.BAD_PARAM
+    acc.load_layer(P.LayerDescriptor(4, 8, 4, fmt=WeightFormat.INT4, group=32, chan=1))
+    # a shape beyond the buffers passes LOAD_LAYER and fails at RUN (the core's check)
+    acc.load_layer(P.LayerDescriptor(4, 8, 4 * 64 + 1, fmt=WeightFormat.INT4, group=32, chan=1))
+    with pytest.raises(DeviceError, match="BAD_SHAPE"):
+        acc.run()
+
+
+def test_counters_dq_stall_and_run_estimate():
+    """Groups shorter than the drain period (INT2, groups of 32: 8 steps; a 16-column array
+    has a period of 16) stall inside a tile: COUNTERS reports it as dq_stall, the driver sums
+    it per call, and its run-time estimate stays an upper bound."""
+    dev = FakeDevice(rows=2, cols=16, a_depth=256, w_depth=256, out_words=64, group_depth=512)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(10)
+    m, k, n = 5, 200, 40
+    a, q = rand(rng, m, k), rand_weights(rng, WeightFormat.INT2, k, n)
+    gq = rand_group(rng, k, n, 32)
+    rq = rand_chan(rng, a, q, gq)
+    np.testing.assert_array_equal(acc.mixgemm(a, q, fmt=WeightFormat.INT2, group=gq,
+                                              requant=rq),
+                                  mixgemm(a, q, fmt=WeightFormat.INT2, group=gq, requant=rq),
+                                  strict=True)
+    c = acc.counters()
+    tiles = 3 * 3                                     # ceil(5 / 2) x ceil(40 / 16)
+    assert c == dev.cnt and c.dq_stall == tiles * 6 * (16 - 8)   # 6 of 7 groups end inside
+    assert c.stall == tiles * (6 * (16 - 8) + (16 - 2))          # the last has 2 steps
+    assert acc.last.dq_stall == c.dq_stall and acc.last.runs == 1
+    assert acc.total.dq_stall == c.dq_stall
+    assert acc._estimate_cycles(dev.layers[-1]) >= c.cycles
+    # the estimate bounds the fake's cycles over formats, groups and shapes
+    dev.bufs[Buffer.W][:] = bytes(len(dev.bufs[Buffer.W]))     # valid codes of every format
+    for fmt in WeightFormat:
+        for group in (0, 32, 128):
+            for mm, kk, nn in ((1, 1, 1), (9, 255, 33), (2, 64, 16)):
+                d = P.LayerDescriptor(mm, kk, nn, 0, fmt=fmt, group=group)
+                if dev.run(d) == ErrorCode.OK:
+                    assert acc._estimate_cycles(d) >= dev.cnt.cycles, (fmt, group, mm, kk, nn)
+
+
+# -- damaged frames, lost and late replies, a busy core ------------------------
 
 def _big_w_gemm():
     """A GEMM whose W image (128 x 40 on 4 columns: 5120 bytes) takes two WRITEs: 4096
@@ -755,7 +1262,7 @@ def test_corrupted_write_address(staged):
     assert [st for op, _, st in dev.replies if op == Opcode.WRITE].count(ErrorCode.BAD_CRC) == 1
     w_writes = [struct.unpack_from("<BI", f.payload) for f in dev.ops(Opcode.WRITE)]
     assert w_writes == [(Buffer.W, 0), (Buffer.W, 4096), (Buffer.A, 0)]   # good frames only
-    image = layout.w_image(w, 4)
+    image = layout.weight_image(pack_weights(w, WeightFormat.INT8), 4)
     want = mpgemm(a, w)
     if staged:
         np.testing.assert_array_equal(got, want, strict=True)
@@ -797,10 +1304,12 @@ def test_corrupted_run(byte, bit, code):
     assert codes[:1] == ([code] if code is not None else codes[:1])
 
 
-@pytest.mark.parametrize("byte, bit", [(5, 1), (9, 0), (16, 7), (2, 4)])
+@pytest.mark.parametrize("byte, bit", [(5, 1), (9, 0), (16, 7), (17, 2), (18, 5), (19, 0),
+                                       (2, 5), (2, 4)])
 def test_corrupted_load_layer(byte, bit):
-    # body bytes 5.. are the descriptor (M, K, N, mode, ...); byte 2 bit 4 makes LENGTH
-    # 13 -> 29 so the device waits for the rest and answers TIMEOUT
+    # body bytes 5.. are the descriptor (M, K, N, mode, mult, shift, zp, relu, then fmt 17,
+    # group 18, chan 19); byte 2 bit 5 makes LENGTH 16 -> 48 so the device waits for the
+    # rest and answers TIMEOUT; bit 4 makes it 0: BAD_LENGTH at once, with tag 0
     dev = FakeDevice()
     acc = open_acc(dev)
     rng = np.random.default_rng(23)
@@ -845,7 +1354,7 @@ def test_late_read_reply_not_taken_for_the_retry():
     reads = dev.ops(Opcode.READ)
     assert len(reads) == 2 and reads[0].seq != reads[1].seq
     # the late reply arrived first and would have given a wrong result
-    wrong = layout.decode_out(late[0], 4, 8, OutMode.RAW32)
+    wrong = layout.decode_result(late[0], 4, 8, 4, OutMode.RAW32)
     with pytest.raises(AssertionError):
         np.testing.assert_array_equal(wrong, want, strict=True)
 
@@ -918,7 +1427,8 @@ class BitFlipper:
 
 
 def test_random_bit_flips_never_give_a_wrong_result():
-    """300 small GEMMs over a link that damages 4 % of the frames in each direction (1-3
+    """300 small GEMMs (a third of them in another weight format, with per-channel tables and
+    maybe groups) over a link that damages 4 % of the frames in each direction (1-3
     bits, half of them in SYNC/OPCODE/LENGTH/SEQ/CRC or the command header) and delivers
     1 % of the replies late.
     The device reports a small ``max_data``, so operands and results move in several chunks,
@@ -937,11 +1447,22 @@ def test_random_bit_flips_never_give_a_wrong_result():
     n_gemms = 300
     for i in range(n_gemms):
         m, k, n = (int(x) for x in rng.integers(1, 13, size=3))
-        a, w = rand(rng, m, k), rand(rng, k, n)
-        rq = requant_for(k) if i % 2 else None
-        want = mpgemm(a, w, rq)
+        a = rand(rng, m, k)
+        if i % 3 == 2:        # another format, groups, per-channel tables: more buffers
+            fmt = WeightFormat(int(rng.integers(0, len(WeightFormat))))
+            w = rand_weights(rng, fmt, k, n)
+            gq = rand_group(rng, k, n, 32) if rng.integers(0, 2) else None
+            rq = rand_chan(rng, a, w, gq)
+            want = mixgemm(a, w, fmt=fmt, group=gq, requant=rq)
+        else:
+            w = rand(rng, k, n)
+            rq = requant_for(k) if i % 2 else None
+            want = mpgemm(a, w, rq)
         try:
-            got = acc.gemm(a, w, rq)
+            if i % 3 == 2:
+                got = acc.mixgemm(a, w, fmt=fmt, group=gq, requant=rq)
+            else:
+                got = acc.gemm(a, w, rq)
         except (DeviceTimeout, DeviceError, P.ProtocolError) as e:
             outcome["raised"] += 1
             errors[type(e).__name__] += 1
@@ -1001,8 +1522,13 @@ def test_fault_injector_campaign_exact_or_raise():
 
 # -- CLI -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [["info"], ["gemm", "--m", "9", "--k", "40", "--n", "7"],
-                                  ["gemm", "--m", "5", "--k", "70", "--n", "3", "--requant"]])
+@pytest.mark.parametrize("argv", [
+    ["info"], ["gemm", "--m", "9", "--k", "40", "--n", "7"],
+    ["gemm", "--m", "5", "--k", "70", "--n", "3", "--requant"],
+    ["gemm", "--m", "7", "--k", "50", "--n", "9", "--fmt", "INT4", "--group", "32", "--requant"],
+    ["gemm", "--m", "6", "--k", "100", "--n", "5", "--fmt", "ternary", "--requant"],
+    ["gemm", "--m", "3", "--k", "30", "--n", "4", "--fmt", "POW2", "--group", "32"],
+    ["gemm", "--m", "4", "--k", "30", "--n", "6", "--group", "128", "--requant"]])
 def test_cli(monkeypatch, argv):
     import io
     import sw.__main__ as cli
@@ -1014,9 +1540,17 @@ def test_cli(monkeypatch, argv):
     text = out.getvalue()
     assert devs[0].closed
     if argv[0] == "info":
-        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  2" in text
+        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  3" in text
+        assert "INT8, INT4, INT2, TERNARY, POW2" in text and "32, 64, 128" in text
+        assert "MIXPE" in text and "CHAN table" in text
     else:
-        assert "bit-exact" in text and "efficiency" in text and "utilization" in text
+        assert "bit-exact vs sw.numerics.mixgemm" in text and "efficiency" in text
+        assert "utilization" in text and "dequantization" in text
+        if "--fmt" in argv or "--group" in argv:
+            fmt = argv[argv.index("--fmt") + 1].upper() if "--fmt" in argv else "INT8"
+            assert f"{fmt} weights" in text
+            assert ("CHAN table" in text) == ("--requant" in argv)
+            assert ("GROUP table" in text) == ("--group" in argv)
 
 
 def test_cli_mismatch_exit_code(monkeypatch, capsys):
@@ -1024,6 +1558,14 @@ def test_cli_mismatch_exit_code(monkeypatch, capsys):
     monkeypatch.setattr(cli, "open_transport", lambda args: FakeDevice())
     assert cli.main(["info", "--expect-cols", "8"]) == 2
     assert "cols: expected 8, device has 4" in capsys.readouterr().err
+
+
+def test_cli_refusal_exit_code(monkeypatch, capsys):
+    import sw.__main__ as cli
+    monkeypatch.setattr(cli, "open_transport", lambda args: FakeDevice(group_sizes=0b001))
+    assert cli.main(["gemm", "--fmt", "INT4", "--group", "64", "--requant"]) == 2
+    assert "does not support groups of 64 along K: its group sizes are 32" in \
+        capsys.readouterr().err
 
 
 def test_cli_v1_device_exit_code(monkeypatch, capsys):

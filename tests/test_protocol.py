@@ -1,5 +1,7 @@
-"""sw.protocol (version 2): CRC, frame layout byte by byte, payload round trips, the
-streaming parser under abuse, recognition of a protocol-1 reply, link efficiency."""
+"""sw.protocol (version 3): CRC, frame layout byte by byte, payload round trips (DeviceInfo
+with formats, group sizes and table sizes; the 15-byte LayerDescriptor; COUNTERS with
+dq_stall), the streaming parser under abuse, recognition of a protocol-1 reply, link
+efficiency."""
 
 import binascii
 import random
@@ -8,6 +10,7 @@ import struct
 import pytest
 
 from sw import protocol as P
+from sw.numerics import GROUP_SIZES, ChannelRequant, OutMode, Requant, WeightFormat
 
 
 def crc_ccitt_false_bitwise(data: bytes) -> int:
@@ -75,7 +78,8 @@ def test_crc_detects_every_1_to_3_bit_error_in_a_frame():
 # -- enums, constants ----------------------------------------------------------------------
 
 def test_enums_and_constants_stable():
-    assert (P.Buffer.A, P.Buffer.W, P.Buffer.OUT) == (0, 1, 2)
+    assert [(b.name, b.value) for b in P.Buffer] == [("A", 0), ("W", 1), ("OUT", 2),
+                                                      ("CHAN", 3), ("GROUP", 4)]
     assert [(c.name, c.value) for c in P.ErrorCode] == [
         ("OK", 0), ("BAD_SHAPE", 1), ("NOT_LOADED", 2), ("BUSY", 3), ("BAD_CRC", 4),
         ("UNKNOWN_OPCODE", 5), ("BAD_LENGTH", 6), ("BAD_ADDRESS", 7), ("TIMEOUT", 8),
@@ -84,8 +88,11 @@ def test_enums_and_constants_stable():
     assert all(op < P.REPLY_FLAG and op != P.SYNC for op in P.Opcode)
     assert set(P.LINK_ERRORS) == {P.ErrorCode.BAD_CRC, P.ErrorCode.BAD_LENGTH,
                                   P.ErrorCode.TIMEOUT}
-    assert P.PeKind.INT8_DSP == 0
-    assert P.PROTOCOL_VERSION == 2 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
+    assert [(k.name, k.value) for k in P.PeKind] == [("INT8_DSP", 0), ("MIXPE", 1)]
+    assert P.PROTOCOL_VERSION == 3 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
+    assert P.GROUP_SIZE_BITS == {32: 0, 64: 1, 128: 2}
+    assert set(P.GROUP_SIZE_BITS) == set(GROUP_SIZES)
+    assert P.LAYER_PAYLOAD == P.LayerDescriptor.SIZE == 15
     # SYNC, OPCODE, LENGTH(2), SEQ, CRC(2); LENGTH counts SEQ + body
     assert P.FRAME_OVERHEAD == 1 + 1 + 2 + 1 + 2
     assert P.MAX_PAYLOAD == 1 + 5 + 4096 == 4102
@@ -122,23 +129,67 @@ def test_round_trips():
 
 def test_device_info_round_trip_and_fields():
     info = P.DeviceInfo(P.PROTOCOL_VERSION, 0xDEADBEEF, 8, 8, 4096, 4096, 8192, 2048, 1024, 3,
-                        P.MAX_DATA, 75_000_000, 1 << 22, 123_456_789, 92, P.PeKind.INT8_DSP)
+                        P.MAX_DATA, 75_000_000, 1 << 22, 123_456_789, 8, P.PeKind.MIXPE,
+                        0b10101, 0b101, 2048, 4096)
     raw = info.pack()
-    assert len(raw) == P.DeviceInfo.SIZE == 45
+    assert len(raw) == P.DeviceInfo.SIZE == 55
     assert P.DeviceInfo.unpack(raw) == info
-    # the new fields sit at the end, little-endian, in the documented order
-    assert raw[30:] == (struct.pack("<I", 75_000_000) + struct.pack("<I", 1 << 22)
-                        + struct.pack("<I", 123_456_789) + struct.pack("<H", 92) + b"\x00")
-    assert info.pe is P.PeKind.INT8_DSP
-    assert P.DeviceInfo.unpack(raw[:-1] + b"\x07").pe == 7          # unknown kind stays a number
+    # byte by byte, in the documented order (docs/protocol.md)
+    assert raw == (bytes([3]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
+                   + struct.pack("<IIII", 4096, 4096, 8192, 2048) + struct.pack("<H", 1024)
+                   + bytes([3]) + struct.pack("<H", 4096) + struct.pack("<I", 75_000_000)
+                   + struct.pack("<I", 1 << 22) + struct.pack("<I", 123_456_789)
+                   + struct.pack("<H", 8) + bytes([1, 0b10101, 0b101])
+                   + struct.pack("<II", 2048, 4096))
+    assert info.pe is P.PeKind.MIXPE
+    assert P.DeviceInfo.unpack(raw[:44] + b"\x07" + raw[45:]).pe == 7   # unknown: a number
     assert info.supports(0) and info.supports(1) and not info.supports(2)
-    assert info.buffer_size(P.Buffer.OUT) == 8192
-    with pytest.raises(P.ProtocolError, match="45"):
+    assert [f.name for f in WeightFormat if info.supports_format(f)] == ["INT8", "INT2", "POW2"]
+    assert info.supports_format(4) and not info.supports_format(WeightFormat.INT4)
+    assert [g for g in (0, 32, 48, 64, 128) if info.supports_group(g)] == [0, 32, 128]
+    assert [info.buffer_size(b) for b in P.Buffer] == [4096, 4096, 8192, 2048, 4096]
+    # defaults: an INT8-only array without groups or tables
+    d = P.DeviceInfo(3, 0, 1, 1, 4, 1, 4, 1, 1, 1)
+    assert (d.formats, d.group_sizes, d.chan_bytes, d.group_bytes) == (1, 0, 0, 0)
+    assert d.supports_format(WeightFormat.INT8) and not d.supports_group(32)
+    with pytest.raises(P.ProtocolError, match="55"):
+        P.DeviceInfo.unpack(raw[:45])                                 # a protocol-2 DeviceInfo
+    with pytest.raises(P.ProtocolError, match="55"):
         P.DeviceInfo.unpack(raw[:30])                                 # a protocol-1 DeviceInfo
     with pytest.raises(ValueError, match="clock_hz"):
         P.DeviceInfo(2, 0, 1, 1, 1, 1, 4, 1, 1, 1, P.MAX_DATA, 1 << 32)
     with pytest.raises(ValueError, match="tile_period"):
         P.DeviceInfo(2, 0, 1, 1, 1, 1, 4, 1, 1, 1, P.MAX_DATA, 1, 1, 1, 1 << 16)
+    with pytest.raises(ValueError, match="formats"):
+        P.DeviceInfo(3, 0, 1, 1, 1, 1, 4, 1, 1, 1, formats=256)
+    with pytest.raises(ValueError, match="group_bytes"):
+        P.DeviceInfo(3, 0, 1, 1, 1, 1, 4, 1, 1, 1, group_bytes=-1)
+
+
+def test_layer_descriptor():
+    d = P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1, WeightFormat.TERNARY, 64, 1)
+    raw = d.pack()
+    assert len(raw) == P.LAYER_PAYLOAD == 15
+    assert raw == (struct.pack("<HHH", 1, 2, 3) + bytes([1]) + struct.pack("<H", 40000)
+                   + bytes([63, 0x80, 1, 3, 64, 1]))
+    assert P.LayerDescriptor.unpack(raw) == P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1,
+                                                              3, 64, 1)
+    assert P.LayerDescriptor(4, 5, 6).pack()[7:] == bytes(8)          # RAW32, INT8, no tables
+    with pytest.raises(P.ProtocolError, match="15"):
+        P.LayerDescriptor.unpack(raw[:12])                            # a protocol-2 descriptor
+    for name in ("fmt", "group", "chan"):
+        with pytest.raises(ValueError, match=name):
+            P.LayerDescriptor(1, 1, 1, **{name: 256})
+    # from the requantization kinds
+    rq = Requant(1234, 20, -7, True)
+    assert P.LayerDescriptor.from_requant(9, 8, 7, OutMode.INT8, rq, fmt=WeightFormat.INT4,
+                                          group=32) == \
+        P.LayerDescriptor(9, 8, 7, 1, 1234, 20, -7, 1, 1, 32, 0)
+    crq = ChannelRequant([1, 2], [3, 4], [5, -6], zero_point=12, relu=True)
+    assert P.LayerDescriptor.from_requant(9, 8, 2, OutMode.INT8, crq, fmt=WeightFormat.POW2) == \
+        P.LayerDescriptor(9, 8, 2, 1, 0, 0, 12, 1, 4, 0, 1)
+    assert P.LayerDescriptor.from_requant(9, 8, 7, OutMode.RAW32, None, group=128) == \
+        P.LayerDescriptor(9, 8, 7, 0, group=128)
 
 
 def test_status_and_other_payload_round_trips():
@@ -152,10 +203,14 @@ def test_status_and_other_payload_round_trips():
     assert unknown.last_error == 14 and not isinstance(unknown.last_error, P.ErrorCode)
     with pytest.raises(P.ProtocolError, match="8"):
         P.Status.unpack(raw[:2])                                      # a protocol-1 Status
-    d = P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1)
-    assert P.LayerDescriptor.unpack(d.pack()) == d and len(d.pack()) == P.LAYER_PAYLOAD
-    c = P.Counters(1, 2**48 - 1, 3, 4)
-    assert P.Counters.unpack(c.pack()) == c
+    c = P.Counters(1, 2**48 - 1, 3, 4, 5)
+    raw = c.pack()
+    assert len(raw) == P.Counters.SIZE == 30
+    assert raw == b"".join(v.to_bytes(6, "little") for v in (1, 2**48 - 1, 3, 4, 5))
+    assert P.Counters.unpack(raw) == c and c.dq_stall == 5
+    assert P.Counters(1, 2, 3, 4).dq_stall == 0
+    with pytest.raises(P.ProtocolError, match="30"):
+        P.Counters.unpack(raw[:24])                                   # protocol-2 COUNTERS
 
 
 def test_request_builders_with_seq():
@@ -326,16 +381,16 @@ def test_parser_random_bytes_never_raise():
 # -- efficiency ----------------------------------------------------------------------------
 # Wire cost per the frame format: a WRITE chunk of d bytes is a request of 7 + 5 + d bytes
 # and a reply of 7 + 1 (status); a READ chunk a request of 7 + 7 and a reply of 7 + 1 + d;
-# a small command (LOAD_LAYER) a request of 7 + 12 and a reply of 7 + 1.
+# a small command (LOAD_LAYER) a request of 7 + 15 and a reply of 7 + 1.
 
 def test_efficiency_256_gemm():
     # 256x256 INT8 A and W written once (32 chunks of 4096), the 256x256 INT8 result read
     # back (16 chunks of 4096), 3 small commands
-    wire = 32 * (12 + 4096 + 8) + 16 * (14 + 8 + 4096) + 3 * (19 + 8)
-    assert wire == 197681
+    wire = 32 * (12 + 4096 + 8) + 16 * (14 + 8 + 4096) + 3 * (22 + 8)
+    assert wire == 197690
     eff = P.efficiency(2 * 256 * 256, 256 * 256, commands=3)
-    assert eff == 196608 / 197681
-    assert round(eff, 4) == 0.9946
+    assert eff == 196608 / 197690
+    assert round(eff, 4) == 0.9945
 
 
 def test_efficiency_partial_chunks():
