@@ -260,9 +260,12 @@ def cxx_opt(level: str = NETLIST_CXX_OPT):
     """
     if not re.fullmatch(r"-O[0-3sg]", level):
         raise ValueError(f"level must be a -O option, not {level!r}")
+    from hw.simulate import objcache_wrapper
     wrapper = SIM_BUILD / f"cxx{level}.sh"
+    # the compile itself still goes through hw.simulate's cache of Verilator's runtime objects
+    run = "" if os.environ.get("MPGEMM_NO_OBJCACHE") else f"{objcache_wrapper()} "
     text = ("#!/bin/sh\n# written by hw.netlist.cxx_opt: the last -O on the command line wins\n"
-            f'case "$*" in *[Ss]low*) exec "$@" -O0 ;; *) exec "$@" {level} ;; esac\n')
+            f'case "$*" in *[Ss]low*) exec {run}"$@" -O0 ;; *) exec {run}"$@" {level} ;; esac\n')
     SIM_BUILD.mkdir(parents=True, exist_ok=True)
     if not wrapper.exists() or wrapper.read_text() != text:
         tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")

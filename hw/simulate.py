@@ -3,7 +3,10 @@
 Used by the ``sim/`` regression and by benchmarks. Each distinct piece of Verilog is built
 once into ``sim_build/<name>-<hash>/`` (hash of the Verilog text and build options), so an
 unchanged block is never rebuilt and parallel pytest workers never share a build directory
-for different designs; a file lock serialises two workers that need the same one.
+for different designs; a file lock serialises two workers that need the same one. The
+objects of Verilator's runtime library, the same in every model, are compiled once for all of
+them (:mod:`hw.objcache`, under ``sim_build/objcache/``; ``MPGEMM_NO_OBJCACHE=1`` turns that
+off).
 """
 
 from __future__ import annotations
@@ -58,6 +61,35 @@ def _tool_env() -> None:
     flags = os.environ.get("MAKEFLAGS", "")
     if "CFG_CXXFLAGS_PCH_I" not in flags:
         os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    # Verilator's runtime library is the same C++ in every model: compile it once
+    # (hw/objcache.py). Put first, so that a later OBJCACHE (hw.netlist.cxx_opt's wrapper,
+    # which calls this one) takes precedence.
+    if not os.environ.get("MPGEMM_NO_OBJCACHE"):
+        opt = f"OBJCACHE={objcache_wrapper()}"
+        flags = os.environ["MAKEFLAGS"]
+        if opt not in flags.split():
+            os.environ["MAKEFLAGS"] = f"{opt} {flags}"
+
+
+def objcache_wrapper() -> Path:
+    """The compiler-command prefix (verilated.mk's ``OBJCACHE``) that sends compiles of
+    Verilator's runtime sources through :mod:`hw.objcache` (cache in ``sim_build/objcache/``)
+    and runs every other compile unchanged; written on first use."""
+    import shlex
+    wrapper = SIM_BUILD / "objcache.sh"
+    script = shlex.quote(str(Path(__file__).resolve().parent / "objcache.py"))
+    text = ("#!/bin/sh\n# written by hw.simulate: Verilator's runtime sources go through "
+            "hw/objcache.py\n"
+            f"case \"$*\" in */include/verilated*) exec {shlex.quote(sys.executable)} {script} "
+            f"{shlex.quote(str(SIM_BUILD / 'objcache'))} \"$@\" ;; esac\n"
+            'exec "$@"\n')
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    if not wrapper.exists() or wrapper.read_text() != text:
+        tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(wrapper)
+    return wrapper
 
 
 _REG_INIT = re.compile(r"^(\s*reg\b[^=;]*?)\s*=\s*[^;]+;[ \t]*$", re.M)
