@@ -18,30 +18,81 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def utilization(device="85F", sizes=(16, 64, 256)):
+def utilization(device="85F", pe=None):
+    """MACs per cycle, utilisation and dequantization stalls of ``device``'s core per weight
+    format and group size, from the counters of the Verilator model (docs/results.md)."""
     from hw.simulate import run_cocotb
-    from hw.sizes import DEVICES
-    from hw.systolic.core import MpGemmCore
-    size = DEVICES[device]
-    core = MpGemmCore(**size.geometry())
+    from hw.sizes import core_size
+    from hw.core import MixCore
+    from sw.numerics import WeightFormat
+    size = core_size(device, pe)
+    core = MixCore(**size.geometry())
+    runs = []
+    for fmt in core.formats:
+        for g in (None,) + tuple(core.group_sizes):
+            runs.append([256, 256, 256, int(fmt), g])
+    runs += [[256, 64, 256, int(WeightFormat.INT8), None], [256, 64, 256, int(core.formats[-1]), None]]
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "util.json"
         t0 = time.monotonic()
-        run_cocotb(core, name="core", test_module="bench_core",
-                   params=dict(size.geometry(), read_latency=core.READ_LATENCY, tile_period_min=core.TILE_PERIOD_MIN,
-                               shapes=[[s, s, s] for s in sizes], out=str(out)))
+        run_cocotb(core, name="mixcore", test_module="bench_mixcore",
+                   params=dict(rows=core.rows, cols=core.cols, read_latency=core.READ_LATENCY,
+                               out_bytes=core.out_bytes, cfg_fields=_cfg_fields(),
+                               timeout=core.WATCHDOG, runs=runs, out=str(out)),
+                   **_top_only("mixcore"))
         wall = time.monotonic() - t0
         rows = json.loads(out.read_text())
     result = {"device": device, "core": asdict(size), "wall_seconds": round(wall, 1), "runs": rows}
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "results_utilization.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"core {size.rows}x{size.cols} ({device} size), `python -m hw.bench utilization`\n")
-    print("| M=K=N | cycles | feed cycles | stall cycles | MACs | utilization |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"core {size.rows}x{size.cols} {size.pe} ({device} size), "
+          f"`python -m hw.bench utilization --device {device}`\n")
+    print("| M x K x N | weights | group | cycles | MACs | MACs/cycle | utilization | "
+          "dequant stall cycles |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['M']} | {r['cycles']} | {r['busy']} | {r['stall']} | {r['macs']} | "
-              f"{100 * r['utilization']:.1f}% |")
+        print(f"| {r['M']}x{r['K']}x{r['N']} | {r['fmt']} | {r['group'] or '-'} | {r['cycles']} | "
+              f"{r['macs']} | {r['macs_per_cycle']:.1f} | {100 * r['utilization']:.1f}% | "
+              f"{r['dq_stall']} ({100 * r['dq_share']:.1f}%) |")
     return result
+
+
+def _cfg_fields():
+    from hw.core import LAYER_LAYOUT
+    return {n: (f.offset, f.width) for n, f in LAYER_LAYOUT}
+
+
+def _top_only(top):
+    from hw.netlist import vpi_top_only
+    vlt, args = vpi_top_only(top)
+    return {"extra_sources": vlt, "build_args": args}
+
+
+def pe_compare(seeds=3):
+    """MixPE vs the INT8 DSP PE vs a PE that dequantizes every weight (LUT4, FF, DSP, Fmax per
+    PE from yosys + nextpnr over ``seeds`` seeds, MACs per PE and cycle per format); written to
+    docs/results_pe.json and printed as a table (``python -m hw.bench pe``)."""
+    from hw.report import synth_block
+    from hw.pe.mixpe import MixPE
+    from hw.pe.int8dsp import Int8DspPE
+    from hw.pe.dequant import DequantPE
+    kinds = {
+        "mixpe": (lambda e, b: MixPE(acc_width=28, impl="generic"), {},
+                  "INT8 1, INT4 2, INT2/ternary 4, pow2 1 (group dequant at the edge, per row)"),
+        "int8-dsp": (lambda e, b: Int8DspPE(acc_width=28, impl="ecp5" if e else "generic"),
+                     {"dsp": True}, "INT8 1"),
+        "dequant-lut": (lambda e, b: DequantPE(), {},
+                        "INT4 1 (every weight dequantized before its multiply)"),
+    }
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="pe_compare_") as td:
+        for name, (factory, opts, macs) in kinds.items():
+            r = synth_block(name, factory, opts, Path(td) / name, seeds)
+            out[name] = dict(r, macs_per_cycle=macs)
+            print(f"{name:12s} LUT4 {r['lut4']:5d}  FF {r['ff']:5d}  DSP {r['mult18x18d']}  "
+                  f"Fmax {r['fmax_mhz']} ({r['fmax_seeds']})  MACs/cycle: {macs}", flush=True)
+    (ROOT / "docs" / "results_pe.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 def roofline(device="85F", freq_mhz=None, baud=3_000_000):
@@ -168,7 +219,7 @@ def fault_campaign(transport, *, gemms: int, seed: int = 0, tx_rate: float = 0.0
     return result
 
 
-def pty_sim_serial(device: str = "12F", **kw):
+def pty_sim_serial(device: str = "12F", pe: str | None = None, **kw):
     """The real :class:`sw.transport.SerialTransport` (pyserial) on a pseudo-terminal whose
     other end is the Verilator model of ``device``'s SoC: the board's serial path without a
     board. Timeouts follow the model's speed (as :class:`~sw.transport.SimTransport`'s do).
@@ -178,7 +229,7 @@ def pty_sim_serial(device: str = "12F", **kw):
     from hw.soc.simbuild import build_sim_model
     from sw.transport import SerialTransport, SimTransport
 
-    exe = build_sim_model(device)
+    exe = build_sim_model(device, pe=pe)
     master, slave = os.openpty()
     proc = subprocess.Popen([str(exe)], stdin=master, stdout=master,
                             stderr=subprocess.DEVNULL, close_fds=True)
@@ -232,11 +283,13 @@ def faults(device="12F", gemms=2000, seed=1):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m hw.bench")
-    ap.add_argument("what", choices=["utilization", "roofline", "faults"])
+    ap.add_argument("what", choices=["utilization", "roofline", "faults", "pe"])
     ap.add_argument("--device", default=None, help="default: 85F (faults: 12F)")
     ap.add_argument("--gemms", type=int, default=2000, help="faults: GEMMs per path")
     args = ap.parse_args(argv)
-    if args.what == "utilization":
+    if args.what == "pe":
+        pe_compare()
+    elif args.what == "utilization":
         utilization(args.device or "85F")
     elif args.what == "faults":
         faults(args.device or "12F", gemms=args.gemms)

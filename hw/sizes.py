@@ -42,6 +42,8 @@ class CoreSize:
 #: a useful MixPE array and use the DSP kind.
 PE_SIZES = {
     "mixpe": {
+        "12F": CoreSize(2, 4, 256, 1024, 256, 256, 1024, "mixpe"),
+        "25F": CoreSize(2, 8, 512, 2048, 512, 512, 2048, "mixpe"),
         "45F": CoreSize(4, 8, 1024, 2048, 1024, 512, 2048, "mixpe"),
         "85F": CoreSize(8, 16, 2048, 4096, 2048, 1024, 8192, "mixpe"),
     },

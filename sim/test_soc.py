@@ -1,8 +1,10 @@
 """End to end: the real driver through SimTransport (Verilator model of the SoC) and through
-the real SerialTransport on a pseudo-terminal; a fuzz of random / corrupted frames after which
-a correct GEMM still comes back bit-exact; fault campaigns (random bit flips in both
-directions during real GEMMs: every GEMM exact or raising, never wrong); BUSY waited out;
-RESET stopping a GEMM; the same with randomised initial register values."""
+the real SerialTransport on a pseudo-terminal; every weight format x group size, per-channel
+requantization and quantized linear layers (sw.quant) bit-exact; a fuzz of random /
+corrupted frames after which a correct GEMM still comes back bit-exact; fault campaigns
+(random bit flips in both directions during real GEMMs: every GEMM exact or raising, never
+wrong); BUSY waited out; RESET stopping a GEMM; the same with randomised initial register
+values. The SoC is the 12F-sized MixPE one (the 85F's kind, quickest to build)."""
 
 import numpy as np
 import pytest
@@ -11,12 +13,13 @@ from sw import layout, numerics, protocol as P
 from sw.numerics import Requant
 
 DEVICE = "12F"     # the smallest core: quickest to build; the gateware is the same generator
+PE = "mixpe"       # the 85F's PE kind (the 12F's default INT8-DSP SoC runs in test_uart_soc)
 
 
 @pytest.fixture(scope="module")
 def transport():
     from sw.transport import SimTransport
-    t = SimTransport(DEVICE)
+    t = SimTransport(DEVICE, pe=PE)
     yield t
     t.close()
 
@@ -34,13 +37,73 @@ def _rand(rng, shape):
 def test_identify_matches_core(acc):
     from hw.sizes import DEFAULT_FREQ_MHZ
     from hw.soc.simbuild import SIM_TIMEOUT, sim_soc
-    core = sim_soc(DEVICE).core
+    core = sim_soc(DEVICE, PE).core
     info = acc.identify()
     assert (info.rows, info.cols, info.max_k) == (core.rows, core.cols, core.max_k)
     assert info.config_hash == core.config_hash()
     assert (info.timeout_cycles, info.watchdog_cycles, info.tile_period, info.pe_kind,
-            info.clock_hz) == (SIM_TIMEOUT, core.WATCHDOG, core.TILE_PERIOD_MIN,
+            info.clock_hz) == (SIM_TIMEOUT, core.WATCHDOG, core.MIN_PERIOD,
                                core.PE_KIND, DEFAULT_FREQ_MHZ[DEVICE] * 1e6)
+    assert info.pe == P.PeKind.MIXPE
+    assert [f for f in numerics.WeightFormat if info.supports_format(f)] == list(core.formats)
+    assert all(info.supports_group(g) for g in (0, 32, 64, 128))
+
+
+def _weights(rng, fmt, shape):
+    lo, hi = numerics.weight_range(fmt)
+    if fmt is numerics.WeightFormat.POW2:
+        return rng.choice([s * (1 << e) for s in (1, -1) for e in range(8)], size=shape)
+    return rng.integers(lo, hi + 1, size=shape)
+
+
+def test_every_format_and_group_bit_exact(acc):
+    """Every weight format x {no groups, G = 32, 64, 128} on ragged shapes (K not a multiple of
+    the group or the packing, M and N not multiples of the array, tiled by the driver),
+    per-channel requantization with INT32 bias, the scalar form, and RAW32."""
+    from sw.numerics import ChannelRequant, GroupQuant, WeightFormat
+    rng = np.random.default_rng(31)
+    for fmt in WeightFormat:
+        for g in (None, 32, 64, 128):
+            M, K, N = int(rng.integers(1, 20)), int(rng.integers(1, 300)), int(rng.integers(1, 20))
+            a = _rand(rng, (M, K))
+            q = _weights(rng, fmt, (K, N))
+            gq = None
+            if g:
+                ng = -(-K // g)
+                gq = GroupQuant(g, rng.integers(0, 1 << 16, (ng, N)), rng.integers(-128, 128, (ng, N)))
+            acc_max = int(np.abs(numerics.group_dequant(a, q, gq) if gq else a @ q).max())
+            shift = min(63, acc_max.bit_length() + 9)
+            crq = ChannelRequant(rng.integers(1, 1 << 16, N), np.full(N, shift),
+                                 rng.integers(-(1 << 31), 1 << 31, N) >> 8, int(rng.integers(-9, 9)),
+                                 bool(rng.integers(2)))
+            got = acc.mixgemm(a, q, fmt=fmt, group=gq, requant=crq)
+            np.testing.assert_array_equal(got, numerics.mixgemm(a, q, fmt=fmt, group=gq, requant=crq),
+                                          strict=True, err_msg=f"{fmt.name} G={g} {M}x{K}x{N}")
+            if g is None:
+                rq = Requant(40000, shift, 5, False)
+                np.testing.assert_array_equal(acc.mixgemm(a, q, fmt=fmt, requant=rq),
+                                              numerics.mixgemm(a, q, fmt=fmt, requant=rq), strict=True)
+                np.testing.assert_array_equal(acc.mixgemm(a, q, fmt=fmt),
+                                              numerics.mixgemm(a, q, fmt=fmt), strict=True)
+
+
+def test_quantized_linear_layers(acc):
+    """sw.quant.quantize_linear layers (float weights and bias) in every format, per channel
+    and per group: the device's INT8 output equals the layer's golden model."""
+    from sw.quant import quantize_linear
+    from sw.numerics import WeightFormat
+    rng = np.random.default_rng(32)
+    K, N = 70, 10
+    w = rng.normal(0, 0.2, (K, N))
+    bias = rng.normal(0, 0.5, N)
+    x = rng.normal(0, 1, (6, K))
+    for fmt in WeightFormat:
+        for g in (None, 32):
+            layer = quantize_linear(w, bias, fmt=fmt, group=g, x_scale=4 / 127, y_scale=8 / 127,
+                                    relu=g is None)
+            xq = rng.integers(-128, 128, (6, K)).astype(np.int8)
+            np.testing.assert_array_equal(acc.linear(xq, layer), layer.golden(xq), strict=True)
+            np.testing.assert_array_equal(acc.linear(x, layer), layer.forward(x), strict=True)
 
 
 def test_random_shapes_bit_exact(acc):
@@ -112,15 +175,24 @@ def test_busy_waited_out_and_reset_stops_a_gemm(acc):
     RESET stops a running GEMM, after which everything works."""
     rng = np.random.default_rng(14)
     info = acc.identify()
-    # a long GEMM: as many tiles as the INT8 output holds, K twice the tile period
-    K = 2 * info.tile_period
-    M = N = int((4 * info.out_words) ** 0.5)
-    assert M * K <= info.a_bytes and K * N <= info.w_bytes
+    # a long GEMM: the most feed steps (tiles x K) the buffers hold, for an INT8 output
+    R, C = info.rows, info.cols
+
+    def steps(tm, tn, k):
+        fits = (tm * -(-k // 4) * 4 * R <= info.a_bytes and tn * k * C <= info.w_bytes
+                and tm * tn * C <= 4 * info.out_words and k <= info.max_k)
+        return tm * tn * max(k, info.tile_period) if fits else 0
+    pow2 = [1 << i for i in range(13)]
+    tm, tn, K = max(((tm, tn, k) for tm in pow2 for tn in pow2 for k in pow2),
+                    key=lambda t: steps(*t))
+    M, N = tm * R, tn * C
+    assert steps(tm, tn, K) >= 10_000, (tm, tn, K)
     a, w = _rand(rng, (M, K)), _rand(rng, (K, N))
     big = Requant(1000, 16)
     for stop in (False, True):
-        acc.write_buffer(P.Buffer.A, 0, layout.a_image(a, info.rows))
-        acc.write_buffer(P.Buffer.W, 0, layout.w_image(w, info.cols))
+        acc.write_buffer(P.Buffer.A, 0, layout.act_image(a, info.rows))
+        acc.write_buffer(P.Buffer.W, 0, layout.weight_image(
+            numerics.pack_weights(w, numerics.WeightFormat.INT8), info.cols))
         acc.load_layer(P.LayerDescriptor.from_requant(M, K, N, numerics.OutMode.INT8, big))
         acc._call(lambda seq: P.run(wait=False, seq=seq), P.Opcode.RUN)
         assert acc.status().busy
@@ -149,7 +221,7 @@ def test_fault_campaign_sim():
     from hw.bench import fault_campaign
     from sw.transport import SimTransport
     gemms = 500             # `python -m hw.bench faults` runs thousands (docs/results.md)
-    r = fault_campaign(SimTransport(DEVICE), gemms=gemms, seed=21)
+    r = fault_campaign(SimTransport(DEVICE, pe=PE), gemms=gemms, seed=21)
     _campaign_ok(r, gemms)
     assert r["recovery_max_s"] < 3 * r["link_timeout_s"] + 0.05, r
 
@@ -159,7 +231,7 @@ def test_serial_path_over_pty():
     IDENTIFY, GEMMs, and a fault campaign."""
     from hw.bench import fault_campaign, pty_sim_serial
     from sw.driver import Accelerator
-    with Accelerator(pty_sim_serial(DEVICE)) as acc:
+    with Accelerator(pty_sim_serial(DEVICE, PE)) as acc:
         assert acc.info.version == P.PROTOCOL_VERSION
         rng = np.random.default_rng(15)
         for M, K, N, rq in ((7, 33, 5, None), (20, 300, 9, Requant(50000, 26, 2, True))):
@@ -167,7 +239,7 @@ def test_serial_path_over_pty():
             np.testing.assert_array_equal(acc.gemm(a, w, requant=rq),
                                           numerics.mpgemm(a, w, rq), strict=True)
     gemms = 100
-    _campaign_ok(fault_campaign(pty_sim_serial(DEVICE), gemms=gemms, seed=22), gemms)
+    _campaign_ok(fault_campaign(pty_sim_serial(DEVICE, PE), gemms=gemms, seed=22), gemms)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -177,7 +249,7 @@ def test_random_initial_state(seed):
     from sw.driver import Accelerator
     from sw.transport import SimTransport
     rng = np.random.default_rng(100 + seed)
-    with Accelerator(SimTransport(DEVICE, x_init="unique", seed=seed)) as acc:
+    with Accelerator(SimTransport(DEVICE, x_init="unique", seed=seed, pe=PE)) as acc:
         for M, K, N, rq in ((1, 1, 1, None), (9, 40, 7, Requant(40000, 22, -3)),
                             (17, 120, 13, None), (6, 5, 18, Requant(65535, 40, 0, True))):
             a, w = _rand(rng, (M, K)), _rand(rng, (K, N))

@@ -51,8 +51,19 @@ def test_sizes_live_in_hw_and_fpga_reexports_them():
     assert set(board.DEVICES) == set(sizes.DEVICES) == set(board.PLATFORMS)
     for dev, size in sizes.DEVICES.items():
         assert board.DEVICES[dev] == (board.PLATFORMS[dev], size)
-        assert size.pe == "int8-dsp"
-        assert set(size.geometry()) == {"rows", "cols", "a_depth", "w_depth", "out_words"}
+        assert size.pe in ("int8-dsp", "mixpe")
+        assert set(size.geometry()) == {"rows", "cols", "a_depth", "w_depth", "out_depth",
+                                        "chan_depth", "group_depth", "pe"}
+    assert sizes.DEVICES["85F"].pe == "mixpe"          # the kind with the most MACs per second
+
+
+def test_core_size_per_pe_kind():
+    import hw.sizes as sizes
+    assert sizes.core_size("85F", "int8-dsp").pe == "int8-dsp"
+    assert sizes.core_size("85F") is sizes.DEVICES["85F"]
+    assert sizes.core_size("12F", "mixpe").pe == "mixpe"
+    with pytest.raises(ValueError, match="unknown PE kind"):
+        sizes.core_size("85F", "fp8")
 
 
 def test_hw_imports_fpga_only_in_build():
