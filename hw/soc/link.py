@@ -225,7 +225,7 @@ class Link(wiring.Component):
         err_w = len(last_error)
 
         m.d.comb += [
-            self.bus_sel.eq(p_buf[:2]),
+            self.bus_sel.eq(p_buf[:3]),            # Buffer: A..GROUP = 0..4
             self.bus_addr.eq(baddr[:self.addr_bits]),
             # the staging EBR's output is registered before it travels to the core's
             # buffers (on the 85F they are far apart, and EBR clock-to-out is slow)
