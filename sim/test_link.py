@@ -1,10 +1,16 @@
 """Host link (hw.soc.link): every opcode, every error path, resync and a random-frame fuzz.
 
-The core is a small Amaranth stub with the ports and memories of ``MpGemmCore``: three
-byte memories (read latency 1), a run that stays busy for ``(k % 32) * 16 + 2`` cycles, BAD_SHAPE
-for a zero or too large dimension, ``abort`` ending a run at once with ABORTED, and counters
-(``macs`` adds m*k*n per run, ``stall`` counts runs, ``busy`` counts busy cycles) that let the
-tests see the configuration the link held.
+The core is a small Amaranth stub with the ports of ``hw.core.core.core_signature`` and the
+attributes ``Link.for_core`` reads: five byte memories (read latency 1) of small odd sizes, a
+subset of the weight formats (INT8, INT4) and group sizes (32, 128) so the link's refusals
+can be tested, a run that stays busy for ``(k % 32) * 16 + 2`` cycles, BAD_SHAPE for a zero or
+too large dimension, ``abort`` ending a run at once with ABORTED, and counters that show the
+configuration the link holds:
+
+* ``cycles``: cycles since reset; ``busy``: busy cycles; ``macs``: adds ``m * k * n`` per run;
+* ``stall``: runs started (16 bits), then the held ``cfg.m`` and ``cfg.n`` (16 bits each);
+* ``dq_stall``: the held ``cfg`` fields :data:`DQ_FIELDS` (LSB first, widths of
+  ``LAYER_LAYOUT``), then the low bits of ``cfg.k`` up to bit 47.
 """
 
 import dataclasses
@@ -14,42 +20,51 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.core.core import core_signature
+from hw.core.desc import GROUP_CODES, LAYER_LAYOUT
 from hw.simulate import run_cocotb, tb_params
 from sw import protocol as P
-from sw.numerics import OutMode
+from sw.numerics import OutMode, WeightFormat
 from sw.protocol import Buffer, ErrorCode, Opcode
 
 TIMEOUT = 200
 CLOCK_HZ = 50_000_000
-SIZES = {"a_bytes": 300, "w_bytes": 200, "out_bytes": 400}
+#: host address space of each buffer (bytes); not powers of two, so the checks are exact
+BUF_BYTES = {Buffer.A: 300, Buffer.W: 200, Buffer.OUT: 400, Buffer.CHAN: 56, Buffer.GROUP: 100}
+SIZE_NAMES = {Buffer.A: "a_bytes", Buffer.W: "w_bytes", Buffer.OUT: "out_bytes",
+              Buffer.CHAN: "chan_bytes", Buffer.GROUP: "group_bytes"}
+FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
+GROUP_SIZES = (32, 128)
+ADDR_BITS = 9
+#: descriptor fields the stub shows in ``cnt_dq_stall`` (LSB first)
+DQ_FIELDS = ("out_mode", "fmt", "group", "chan", "mult", "shift", "zp", "relu")
+#: low bits of ``cfg.k`` that follow them in ``cnt_dq_stall``
+K_BITS = 48 - sum(LAYER_LAYOUT[f].width for f in DQ_FIELDS)
+#: group size -> the descriptor's 2-bit code the core sees
+GROUP_CODE = {size: code for code, size in GROUP_CODES.items()}
+assert K_BITS >= 6 and GROUP_CODE == {0: 0, 32: 1, 64: 2, 128: 3}
 
 
 class StubCore(wiring.Component):
-    """Same ports/attributes as ``hw.systolic.core.MpGemmCore``, trivial behaviour."""
+    """Same ports/attributes as ``hw.core.MixCore`` (for the link), trivial behaviour."""
 
     READ_LATENCY = 1
     WATCHDOG = 123456
-    TILE_PERIOD_MIN = 29
-    PE_KIND = P.PeKind.INT8_DSP
+    MIN_PERIOD = 29
+    PE_KIND = P.PeKind.MIXPE
 
     def __init__(self):
-        self.rows, self.cols, self.max_k, self.addr_bits = 4, 4, 64, 9
-        self.a_bytes, self.w_bytes, self.out_bytes = (SIZES[k] for k in ("a_bytes", "w_bytes",
-                                                                          "out_bytes"))
-        self.out_words = self.out_bytes // 4
-        super().__init__({
-            "bus_sel": In(Buffer), "bus_addr": In(self.addr_bits), "bus_wdata": In(8),
-            "bus_we": In(1), "bus_re": In(1), "bus_rdata": Out(8),
-            "cfg_m": In(16), "cfg_k": In(16), "cfg_n": In(16), "cfg_out_mode": In(OutMode),
-            "cfg_mult": In(16), "cfg_shift": In(6), "cfg_zp": In(signed(8)), "cfg_relu": In(1),
-            "start": In(1), "abort": In(1), "busy": Out(1), "done": Out(1),
-            "error": Out(ErrorCode),
-            "cnt_cycles": Out(48), "cnt_busy": Out(48), "cnt_stall": Out(48), "cnt_macs": Out(48),
-        })
+        self.rows, self.cols, self.max_k, self.addr_bits = 4, 4, 64, ADDR_BITS
+        for buf, name in SIZE_NAMES.items():
+            setattr(self, name, BUF_BYTES[buf])
+        self.out_depth = self.out_bytes // (4 * self.rows)
+        self.formats = FORMATS
+        self.group_sizes = GROUP_SIZES
+        super().__init__(core_signature(addr_bits=self.addr_bits))
 
     def config_hash(self):
         return 0x1234ABCD
@@ -59,8 +74,8 @@ class StubCore(wiring.Component):
         rsel = Signal(Buffer)
         m.d.sync += rsel.eq(self.bus_sel)
         rdata = []
-        for buf, depth in ((Buffer.A, self.a_bytes), (Buffer.W, self.w_bytes),
-                           (Buffer.OUT, self.out_bytes)):
+        for buf in Buffer:
+            depth = BUF_BYTES[buf]
             mem = memory.Memory(shape=8, depth=depth, init=[])
             m.submodules[f"mem_{buf.name}"] = mem
             wp, rp = mem.write_port(), mem.read_port()
@@ -69,8 +84,20 @@ class StubCore(wiring.Component):
                                   & (self.bus_addr < depth)),
                          rp.addr.eq(self.bus_addr), rp.en.eq(self.bus_re)]
             rdata.append(rp.data)
-        m.d.comb += self.bus_rdata.eq(Mux(rsel == Buffer.A, rdata[0],
-                                          Mux(rsel == Buffer.W, rdata[1], rdata[2])))
+        m.d.comb += self.bus_rdata.eq(Array(rdata)[rsel])
+
+        cfg = self.cfg
+        raw = cfg.as_value()
+
+        def field(name):
+            f = LAYER_LAYOUT[name]
+            return raw[f.offset:f.offset + f.width]
+
+        runs = Signal(16)
+        m.d.comb += [
+            self.cnt_stall.eq(Cat(runs, field("m"), field("n"))),
+            self.cnt_dq_stall.eq(Cat(*(field(f) for f in DQ_FIELDS), field("k")[:K_BITS])),
+        ]
         left = Signal(10)
         m.d.sync += [self.done.eq(0), self.cnt_cycles.eq(self.cnt_cycles + 1)]
         with m.If(self.busy):
@@ -80,15 +107,13 @@ class StubCore(wiring.Component):
             with m.Elif(left == 1):
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
         with m.If(self.start):
-            bad = ((self.cfg_m == 0) | (self.cfg_k == 0) | (self.cfg_n == 0)
-                   | (self.cfg_k > self.max_k))
+            bad = ((cfg.m == 0) | (cfg.k == 0) | (cfg.n == 0) | (cfg.k > self.max_k))
             with m.If(bad):
                 m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
             with m.Else():
                 m.d.sync += [self.error.eq(ErrorCode.OK), self.busy.eq(1),
-                             left.eq(self.cfg_k[:5] * 16 + 2),
-                             self.cnt_stall.eq(self.cnt_stall + 1),
-                             self.cnt_macs.eq(self.cnt_macs + self.cfg_m * self.cfg_k * self.cfg_n)]
+                             left.eq(cfg.k[:5] * 16 + 2), runs.eq(runs + 1),
+                             self.cnt_macs.eq(self.cnt_macs + cfg.m * cfg.k * cfg.n)]
         return m
 
 
@@ -112,9 +137,58 @@ class LinkTop(wiring.Component):
 
 
 def expected_info():
-    return P.DeviceInfo(P.PROTOCOL_VERSION, 0x1234ABCD, 4, 4, *SIZES.values(),
-                        SIZES["out_bytes"] // 4, 64, 0b11, P.MAX_DATA, CLOCK_HZ, TIMEOUT,
-                        StubCore.WATCHDOG, StubCore.TILE_PERIOD_MIN, P.PeKind.INT8_DSP)
+    # written out, not derived from the stub: formats INT8, INT4 -> bits 0, 1; group sizes
+    # 32, 128 -> bits 0, 2
+    return P.DeviceInfo(P.PROTOCOL_VERSION, 0x1234ABCD, 4, 4, 300, 200, 400, 25, 64, 0b11,
+                        P.MAX_DATA, CLOCK_HZ, TIMEOUT, StubCore.WATCHDOG, StubCore.MIN_PERIOD,
+                        P.PeKind.MIXPE, 0b011, 0b101, 56, 100)
+
+
+def seen(d: P.LayerDescriptor) -> dict:
+    """What the core must see after LOAD_LAYER ``d`` (as the stub's counters show it)."""
+    return dict(m=d.m, n=d.n, k=d.k & ((1 << K_BITS) - 1), out_mode=int(d.out_mode),
+                fmt=int(d.fmt), group=GROUP_CODE[d.group], chan=d.chan, mult=d.mult,
+                shift=d.shift, zp=d.zp, relu=d.relu)
+
+
+def runs(c: P.Counters) -> int:
+    return c.stall & 0xFFFF
+
+
+def held(c: P.Counters) -> dict:
+    """The descriptor fields the core holds, decoded from the stub's counters."""
+    out = {"m": c.stall >> 16 & 0xFFFF, "n": c.stall >> 32}
+    v = c.dq_stall
+    for name in DQ_FIELDS:
+        w = LAYER_LAYOUT[name].width
+        x, v = v & ((1 << w) - 1), v >> w
+        if name == "zp" and x >> (w - 1):
+            x -= 1 << w
+        out[name] = x
+    out["k"] = v
+    return out
+
+
+def test_stub_observes_every_field():
+    """The stub's counters show every descriptor field but nothing else (the decoding the
+    cocotb tests rely on), and its signature is the core's."""
+    from hw.core.core import MixCore
+    assert set(DQ_FIELDS) | {"m", "k", "n"} == {name for name, _ in LAYER_LAYOUT}
+    assert sum(LAYER_LAYOUT[f].width for f in DQ_FIELDS) + K_BITS == 48
+    stub = StubCore()
+    assert stub.signature == core_signature(addr_bits=ADDR_BITS)
+    assert set(stub.signature.members) == set(MixCore().signature.members)
+    d = P.LayerDescriptor(0xFFFF, 0xFFFF, 0x1234, OutMode.INT8, 0xBEEF, 63, -128, 1,
+                          WeightFormat.INT4, 128, 1)
+    f = seen(d)
+    c = P.Counters(0, 0, 7 | f["m"] << 16 | f["n"] << 32, 0, 0)
+    v, off = 0, 0
+    for name in DQ_FIELDS:
+        w = LAYER_LAYOUT[name].width
+        v |= (f[name] & ((1 << w) - 1)) << off
+        off += w
+    c = dataclasses.replace(c, dq_stall=v | f["k"] << off)
+    assert held(c) == f and runs(c) == 7 and c.dq_stall < 1 << 48
 
 
 def test_link():
@@ -128,17 +202,33 @@ def test_link_params():
     import pytest
     from hw.soc.link import Link
     info = expected_info()
+    sig = core_signature(addr_bits=9)
     with pytest.raises(ValueError, match="addr_bits"):
-        Link(info=info, addr_bits=0)
+        Link(info=info, addr_bits=0, core_signature=sig)
     with pytest.raises(ValueError, match="exceeds"):
-        Link(info=info, addr_bits=8)
+        Link(info=info, addr_bits=8, core_signature=sig)
+    # the table buffers are checked against the address space too
+    small = dataclasses.replace(info, a_bytes=256, w_bytes=200, out_bytes=256)
+    Link(info=small, addr_bits=8, core_signature=sig)._MustUse__silence = True
+    for name in ("chan_bytes", "group_bytes"):
+        with pytest.raises(ValueError, match=name):
+            Link(info=dataclasses.replace(small, **{name: 257}), addr_bits=8,
+                 core_signature=sig)
     with pytest.raises(ValueError, match="timeout"):
-        Link(info=dataclasses.replace(info, timeout_cycles=1), addr_bits=9)
+        Link(info=dataclasses.replace(info, timeout_cycles=1), addr_bits=9, core_signature=sig)
     with pytest.raises(ValueError, match="version"):
-        Link(info=dataclasses.replace(info, version=1), addr_bits=9)
+        Link(info=dataclasses.replace(info, version=2), addr_bits=9, core_signature=sig)
     with pytest.raises(TypeError):
-        Link(info=None, addr_bits=9)
-    Link(info=info, addr_bits=9)._MustUse__silence = True   # constructs; nothing to elaborate
+        Link(info=None, addr_bits=9, core_signature=sig)
+    link = Link(info=info, addr_bits=9, core_signature=sig)
+    link._MustUse__silence = True             # constructs; nothing to elaborate
+    # the link's core-facing members are the core's, flipped
+    for name, member in sig.members.items():
+        assert link.signature.members[name] == member.flip(), name
+    link = Link.for_core(StubCore(), timeout=TIMEOUT, clock_hz=CLOCK_HZ)
+    link._MustUse__silence = True
+    assert link.info == expected_info(), link.info
+    assert link.read_latency == StubCore.READ_LATENCY and link.dim_bits == 16
 
 
 def test_crc_processor_matches_host_crc():
@@ -263,11 +353,20 @@ async def _start(dut, seed=0):
     return Host(dut, seed)
 
 
+async def held_cfg(h) -> dict:
+    return held(P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS)))
+
+
 @cocotb.test()
 async def identify_status_counters(dut):
     h = await _start(dut)
-    info = P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY))
+    raw = await h.ok(P.identify(), Opcode.IDENTIFY)
+    assert len(raw) == 55, len(raw)
+    info = P.DeviceInfo.unpack(raw)
     assert info == expected_info(), info
+    assert [f for f in WeightFormat if info.supports_format(f)] == list(FORMATS), info
+    assert [g for g in (0, 32, 64, 128) if info.supports_group(g)] == [0, 32, 128], info
+    assert [info.buffer_size(b) for b in Buffer] == [BUF_BYTES[b] for b in Buffer], info
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert st == P.Status(False, False, ErrorCode.OK, 0, 0, 0), st
     # UART error pulses are counted (16-bit counters)
@@ -282,12 +381,26 @@ async def identify_status_counters(dut):
     # every reply carries its request's tag
     for tag in (1, 77, 255, 0):
         for frame in (P.identify(seq=tag), P.status(seq=tag), P.counters(seq=tag),
-                      P.read(Buffer.A, 0, 1, seq=tag), P.pack_frame(0x33, b"", seq=tag)):
+                      P.read(Buffer.A, 0, 1, seq=tag), P.read(Buffer.GROUP, 0, 1, seq=tag),
+                      P.pack_frame(0x33, b"", seq=tag)):
             rep = await h.cmd(frame)
             assert rep.seq == tag, (frame.hex(), rep)
     c1 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
     c2 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
     assert c2.cycles > c1.cycles > 0 and c2.macs == c1.macs == 0
+    assert (c2.busy, c2.stall, c2.dq_stall) == (0, 0, 0), c2     # nothing loaded or run
+    # COUNTERS layout: five u48 LE in the order cycles, busy, stall, macs, dq_stall; a
+    # descriptor with the top bits of m, n and k set shows in bit 47 of stall and dq_stall
+    k = 1 << (K_BITS - 1) | 5
+    d = P.LayerDescriptor(0xFFFF, k, 0x8001, OutMode.RAW32, 0x8421, 33, -77, 0,
+                          WeightFormat.INT4, 32, 1)
+    await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
+    raw = await h.ok(P.counters(), Opcode.COUNTERS)
+    assert len(raw) == 30, len(raw)
+    u48 = [int.from_bytes(raw[i:i + 6], "little") for i in range(0, 30, 6)]
+    assert u48[0] > c2.cycles and u48[1] == u48[3] == 0, u48
+    assert u48[2] == 0xFFFF << 16 | 0x8001 << 32, hex(u48[2])
+    assert u48[4] >> 47 == 1 and held(P.Counters(*u48)) == seen(d), (hex(u48[4]), seen(d))
     await h.ok(P.reset(), Opcode.RESET)
     assert not h.parser.bad_frames and not h.parser.skipped
 
@@ -298,13 +411,16 @@ async def write_read(dut):
     h.ready_prob = 0.6            # backpressure on the reply stream
     h.valid_prob = 0.7            # gaps in the request stream
     rng = random.Random(2)
-    model = {b: bytearray(SIZES[k]) for b, k in zip(Buffer, SIZES)}
+    model = {b: bytearray(BUF_BYTES[b]) for b in Buffer}
     for b in Buffer:              # fill every byte so reads compare against known contents
         size = len(model[b])
         data = bytes(rng.randrange(256) for _ in range(size))
         await h.ok(P.write(b, 0, data), Opcode.WRITE)
         model[b][:] = data
-    for _ in range(30):
+    # every buffer is its own: each reads back what was written to it
+    for b in Buffer:
+        assert await h.ok(P.read(b, 0, len(model[b])), Opcode.READ) == bytes(model[b]), b
+    for _ in range(40):
         b = rng.choice(list(Buffer))
         size = len(model[b])
         addr = rng.randrange(size)
@@ -321,20 +437,39 @@ async def write_read(dut):
         size = len(model[b])
         await h.ok(P.write(b, size - 1, b"\x5a"), Opcode.WRITE)
         model[b][size - 1] = 0x5A
-        await h.err(P.write(b, size - 2, b"\x01\x02\x03"), ErrorCode.BAD_ADDRESS, Opcode.WRITE)
+        await h.ok(P.write(b, size - 3, b"\x01\x02\x03"), Opcode.WRITE)      # ends at the end
+        model[b][size - 3:] = b"\x01\x02\x03"
+        await h.err(P.write(b, size - 2, b"\x04\x05\x06"), ErrorCode.BAD_ADDRESS, Opcode.WRITE)
+        await h.err(P.write(b, size, b"\x07"), ErrorCode.BAD_ADDRESS, Opcode.WRITE)
         await h.err(P.write(b, 0xFFFFFFFF, b"\x01"), ErrorCode.BAD_ADDRESS)
+        await h.err(P.write(b, 1 << ADDR_BITS, b"\x01"), ErrorCode.BAD_ADDRESS)
         await h.err(P.read(b, size - 1, 2), ErrorCode.BAD_ADDRESS, Opcode.READ)
+        await h.err(P.read(b, size, 1), ErrorCode.BAD_ADDRESS, Opcode.READ)
+        await h.err(P.read(b, 0xFFFFFFFF, 1), ErrorCode.BAD_ADDRESS, Opcode.READ)
+        assert await h.ok(P.read(b, size - 1, 1), Opcode.READ) == b"\x03"
         assert await h.ok(P.read(b, 0, size), Opcode.READ) == bytes(model[b])
-    # bad buffer index, bad READ counts, WRITE without data, READ of the wrong length
-    await h.err(P.pack_frame(Opcode.WRITE, b"\x03\0\0\0\0\x11"), ErrorCode.BAD_ADDRESS)
-    await h.err(P.pack_frame(Opcode.READ, b"\x07\0\0\0\0\x01\x00"), ErrorCode.BAD_ADDRESS)
+    # a range one buffer holds is refused for a smaller one (the tables are the smallest)
+    await h.ok(P.write(Buffer.W, 56, b"\x99"), Opcode.WRITE)
+    model[Buffer.W][56] = 0x99
+    await h.err(P.write(Buffer.CHAN, 56, b"\x99"), ErrorCode.BAD_ADDRESS)
+    await h.err(P.read(Buffer.GROUP, 99, 2), ErrorCode.BAD_ADDRESS)
+    assert await h.ok(P.read(Buffer.CHAN, 50, 6), Opcode.READ) == bytes(model[Buffer.CHAN][50:])
+    # bad buffer index (also ones whose low bits name a real buffer), bad READ counts,
+    # WRITE without data, READ of the wrong length
+    for idx in (5, 6, 7, 8, 11, 12, 0x80, 0x84, 0xFF):
+        await h.err(P.pack_frame(Opcode.WRITE, bytes([idx]) + b"\0\0\0\0\x11"),
+                    ErrorCode.BAD_ADDRESS, Opcode.WRITE)
+        await h.err(P.pack_frame(Opcode.READ, bytes([idx]) + b"\0\0\0\0\x01\x00"),
+                    ErrorCode.BAD_ADDRESS, Opcode.READ)
     await h.err(P.pack_frame(Opcode.READ, b"\x00\0\0\0\0\x00\x00"), ErrorCode.BAD_LENGTH)
+    await h.err(P.pack_frame(Opcode.READ, b"\x03\0\0\0\0\x00\x00"), ErrorCode.BAD_LENGTH)
     await h.err(P.pack_frame(Opcode.READ, b"\x00\0\0\0\0\x01\x10"), ErrorCode.BAD_LENGTH)
     await h.err(P.pack_frame(Opcode.READ, b"\x00\0\0\0\0\x01"), ErrorCode.BAD_LENGTH)
     await h.err(P.pack_frame(Opcode.WRITE, b"\x00\0\0\0\0"), ErrorCode.BAD_LENGTH)
+    await h.err(P.pack_frame(Opcode.WRITE, b"\x04\0\0\0\0"), ErrorCode.BAD_LENGTH)
     await h.err(P.pack_frame(Opcode.WRITE, b"\x00\0"), ErrorCode.BAD_LENGTH)
     for b in Buffer:
-        assert await h.ok(P.read(b, 0, len(model[b])), Opcode.READ) == bytes(model[b])
+        assert await h.ok(P.read(b, 0, len(model[b])), Opcode.READ) == bytes(model[b]), b
     assert not h.parser.bad_frames and not h.parser.skipped
 
 
@@ -343,22 +478,59 @@ async def layer_run(dut):
     h = await _start(dut, 3)
     await h.err(P.run(), ErrorCode.NOT_LOADED, Opcode.RUN)
     await h.err(P.run(wait=False), ErrorCode.NOT_LOADED, Opcode.RUN)
-    for bad in (P.LayerDescriptor(2, 3, 4, out_mode=5), P.LayerDescriptor(2, 3, 4, shift=64),
-                P.LayerDescriptor(2, 3, 4, relu=2)):
-        await h.err(P.load_layer(bad), ErrorCode.BAD_PARAM, Opcode.LOAD_LAYER)
-    await h.err(P.pack_frame(Opcode.LOAD_LAYER, bytes(11)), ErrorCode.BAD_LENGTH)
+    # every field's refusal; a refused descriptor loads nothing and changes nothing
+    base = P.LayerDescriptor(2, 3, 4)
+    refused = [dict(out_mode=2), dict(out_mode=5), dict(out_mode=255),
+               dict(shift=64), dict(shift=65), dict(shift=255),
+               dict(relu=2), dict(relu=255),
+               dict(fmt=WeightFormat.INT2), dict(fmt=WeightFormat.TERNARY),
+               dict(fmt=WeightFormat.POW2), dict(fmt=5), dict(fmt=7), dict(fmt=8),
+               dict(fmt=129), dict(fmt=255),
+               dict(group=64),                                    # valid, not supported
+               dict(group=1), dict(group=16), dict(group=31), dict(group=33), dict(group=96),
+               dict(group=160), dict(group=192), dict(group=255),  # no group size at all
+               dict(chan=2), dict(chan=3), dict(chan=255),
+               dict(fmt=WeightFormat.INT4, group=32, chan=2),      # one bad field among good
+               dict(fmt=WeightFormat.INT2, group=128, chan=1),
+               dict(fmt=WeightFormat.INT8, group=64, chan=0)]
+    for kw in refused:
+        await h.err(P.load_layer(dataclasses.replace(base, **kw)), ErrorCode.BAD_PARAM,
+                    Opcode.LOAD_LAYER)
+    good = P.load_layer(base)[5:-2]
+    assert len(good) == 15
+    for body in (good[:12], good[:14], good + b"\x00", bytes(11), bytes(16), good[:1]):
+        await h.err(P.pack_frame(Opcode.LOAD_LAYER, body), ErrorCode.BAD_LENGTH)
     await h.err(P.run(), ErrorCode.NOT_LOADED)          # a rejected descriptor loads nothing
-    await h.ok(P.load_layer(P.LayerDescriptor(3, 5, 7, OutMode.INT8, 1234, 12, -5, 1)),
-               Opcode.LOAD_LAYER)
+    assert await held_cfg(h) == seen(P.LayerDescriptor(0, 0, 0)), await held_cfg(h)
+    # the core sees exactly the descriptor's fields (the group size as its 2-bit code)
+    accepted = [
+        P.LayerDescriptor(3, 5, 7, OutMode.INT8, 1234, 12, -5, 1, WeightFormat.INT4, 128, 1),
+        P.LayerDescriptor(0xFFFF, 0xFFFF, 0xFFFF, OutMode.INT8, 0xFFFF, 63, -128, 1,
+                          WeightFormat.INT4, 32, 1),
+        P.LayerDescriptor(0x8001, 0x0180, 0x7FFE, OutMode.RAW32, 0x8000, 0, 127, 0,
+                          WeightFormat.INT8, 0, 0),
+        P.LayerDescriptor(1, 2, 3, OutMode.INT8, 1, 1, 1, 0, WeightFormat.INT8, 128, 0),
+        P.LayerDescriptor(9, 8, 7, OutMode.RAW32, 0x5A5A, 42, -1, 1, WeightFormat.INT4, 0, 1),
+    ]
+    for d in accepted:
+        await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
+        assert await held_cfg(h) == seen(d), (d, await held_cfg(h))
+        for kw in refused[::3]:                          # a refused one keeps the last good
+            await h.err(P.load_layer(dataclasses.replace(d, **kw)), ErrorCode.BAD_PARAM)
+        assert await held_cfg(h) == seen(d), (d, await held_cfg(h))
+    d = accepted[0]
+    await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.OK), st
     t0 = h.cycle
     await h.ok(P.run(), Opcode.RUN)
     c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
-    assert (c.macs, c.stall, c.busy) == (3 * 5 * 7, 1, 5 * 16 + 2), c
+    assert (c.macs, runs(c), c.busy) == (3 * 5 * 7, 1, 5 * 16 + 2), c
+    assert held(c) == seen(d), held(c)
     await h.ok(P.run(), Opcode.RUN)                     # the layer stays loaded
     c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
-    assert (c.macs, c.stall) == (2 * 3 * 5 * 7, 2), c
+    assert (c.macs, runs(c)) == (2 * 3 * 5 * 7, 2), c
+    assert held(c) == seen(d), held(c)
     assert h.cycle > t0
     # BAD_SHAPE comes from the core through RUN and STATUS
     await h.ok(P.load_layer(P.LayerDescriptor(3, 0, 7)), Opcode.LOAD_LAYER)
@@ -366,16 +538,20 @@ async def layer_run(dut):
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.BAD_SHAPE), st
     # RUN without waiting: everything touching the core is refused while it runs
-    await h.ok(P.load_layer(P.LayerDescriptor(1, 31, 1)), Opcode.LOAD_LAYER)   # 498 busy cycles
+    long = P.LayerDescriptor(1, 31, 1, OutMode.INT8, 7, 3, 2, 1, WeightFormat.INT4, 32, 1)
+    await h.ok(P.load_layer(long), Opcode.LOAD_LAYER)   # 498 busy cycles
     h.txq += P.run(wait=False) + P.status() + P.write(Buffer.A, 0, b"\x01")
     await h.idle(3)
     rep = [f for f in h.frames[-3:]]
     assert rep[0].request == Opcode.RUN and rep[0].status == ErrorCode.OK, rep
     assert P.Status.unpack(P.parse_reply(rep[1], Opcode.STATUS)).busy, rep
     assert rep[2].status == ErrorCode.BUSY, rep
-    h.txq += (P.read(Buffer.A, 0, 1) + P.run() + P.load_layer(P.LayerDescriptor(1, 1, 1)))
+    h.txq += (P.read(Buffer.A, 0, 1) + P.run() + P.load_layer(P.LayerDescriptor(1, 1, 1))
+              + P.write(Buffer.CHAN, 0, b"\x01") + P.read(Buffer.GROUP, 0, 1)
+              + P.load_layer(dataclasses.replace(long, fmt=WeightFormat.INT2)))
     await h.idle(3)
-    assert [f.status for f in h.frames[-3:]] == [ErrorCode.BUSY] * 3, h.frames[-3:]
+    assert [f.status for f in h.frames[-6:]] == [ErrorCode.BUSY] * 6, h.frames[-6:]
+    assert await held_cfg(h) == seen(long)              # LOAD_LAYER while busy changed nothing
     await h.wait(500)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.OK), st
@@ -446,17 +622,29 @@ async def corrupt_frames(dut):
     await h.ok(P.read(Buffer.W, 0, 1), Opcode.READ)
     # nothing of a damaged WRITE reaches a buffer: not its data, not at its address, not at
     # a corrupted address (every bit of the body flipped in turn)
-    before = {b: await h.ok(P.read(b, 0, SIZES[k]), Opcode.READ) for b, k in zip(Buffer, SIZES)}
-    good = P.write(Buffer.A, 3, b"\x11\x22\x33")
+    before = {b: await h.ok(P.read(b, 0, BUF_BYTES[b]), Opcode.READ) for b in Buffer}
+    flips = 0
+    for good in (P.write(Buffer.A, 3, b"\x11\x22\x33"), P.write(Buffer.GROUP, 3, b"\x44\x55")):
+        for i in range(5, len(good)):
+            for bit in range(8):
+                bad = bytearray(good)
+                bad[i] ^= 1 << bit
+                await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.WRITE)
+                flips += 1
+    for b in Buffer:
+        assert await h.ok(P.read(b, 0, BUF_BYTES[b]), Opcode.READ) == before[b], b
+    # a damaged LOAD_LAYER loads nothing either
+    good = P.load_layer(P.LayerDescriptor(1, 2, 3, OutMode.INT8, 5, 6, 7, 1, WeightFormat.INT4,
+                                          128, 1))
     for i in range(5, len(good)):
-        for bit in range(8):
-            bad = bytearray(good)
-            bad[i] ^= 1 << bit
-            await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.WRITE)
-    for b, k in zip(Buffer, SIZES):
-        assert await h.ok(P.read(b, 0, SIZES[k]), Opcode.READ) == before[b], b
+        bad = bytearray(good)
+        bad[i] ^= 1 << (i % 8)
+        await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.LOAD_LAYER)
+        flips += 1
+    assert await held_cfg(h) == seen(P.LayerDescriptor(0, 0, 0))
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
-    assert st.link_errors == 2 * (len(P.write(Buffer.W, 10, b"\xAA\xBB")) - 3) + 8 * (len(good) - 5), st
+    assert not st.loaded, st
+    assert st.link_errors == 2 * (len(P.write(Buffer.W, 10, b"\xAA\xBB")) - 3) + flips, st
     # unknown opcodes (including a reply opcode echoed back)
     for op in (0x00, 0x09, 0x7F, 0x81, 0xFF):
         await h.err(P.pack_frame(op, b"xyz"), ErrorCode.UNKNOWN_OPCODE, op & 0x7F)
@@ -502,12 +690,16 @@ async def fuzz(dut):
         lambda: P.write(rng.choice(list(Buffer)), rng.randrange(450),
                         bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12)))),
         lambda: P.read(rng.choice(list(Buffer)), rng.randrange(450), rng.randrange(1, 12)),
-        lambda: P.load_layer(P.LayerDescriptor(rng.randrange(4), rng.randrange(40),
-                                               rng.randrange(4), rng.randrange(3),
-                                               shift=rng.randrange(70), relu=rng.randrange(3))),
+        lambda: P.load_layer(P.LayerDescriptor(
+            rng.randrange(4), rng.randrange(40), rng.randrange(4), rng.randrange(3),
+            rng.randrange(1 << 16), shift=rng.randrange(70), zp=rng.randrange(-128, 128),
+            relu=rng.randrange(3), fmt=rng.choice([0, 0, 1, 1, 2, 3, 4, 9]),
+            group=rng.choice([0, 0, 32, 32, 64, 128, 128, 48]), chan=rng.randrange(3))),
         lambda: P.run(wait=rng.random() < 0.5),
         lambda: P.pack_frame(rng.randrange(256), bytes(rng.randrange(256)
-                                                       for _ in range(rng.randrange(14)))),
+                                                       for _ in range(rng.randrange(18)))),
+        lambda: P.pack_frame(Opcode.LOAD_LAYER, bytes(rng.randrange(256)
+                                                      for _ in range(rng.choice([14, 15, 16])))),
     ]
     sent = 0
     for _ in range(nframes):
@@ -533,7 +725,15 @@ async def fuzz(dut):
     assert replies > nframes // 5
     # the device is healthy: identify, write/read round trip, a layer run
     assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == expected_info()
-    await h.ok(P.write(Buffer.W, 100, b"\xde\xad\xbe\xef"), Opcode.WRITE)
-    assert await h.ok(P.read(Buffer.W, 100, 4), Opcode.READ) == b"\xde\xad\xbe\xef"
-    await h.ok(P.load_layer(P.LayerDescriptor(2, 2, 2)), Opcode.LOAD_LAYER)
+    await h.ok(P.reset(), Opcode.RESET)                 # stops a run the fuzz left going
+    for b in Buffer:
+        await h.ok(P.write(b, BUF_BYTES[b] - 4, b"\xde\xad\xbe" + bytes([b])), Opcode.WRITE)
+    for b in Buffer:
+        got = await h.ok(P.read(b, BUF_BYTES[b] - 4, 4), Opcode.READ)
+        assert got == b"\xde\xad\xbe" + bytes([b]), (b, got)
+    c0 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    d = P.LayerDescriptor(2, 3, 2, OutMode.INT8, 300, 9, -9, 1, WeightFormat.INT4, 128, 1)
+    await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
     await h.ok(P.run(), Opcode.RUN)
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert held(c) == seen(d) and c.macs - c0.macs == 12 and runs(c) == runs(c0) + 1, c
