@@ -1,7 +1,9 @@
-"""The SoC behind its UART (``UARTSoC``, what the board runs), driven by an independent UART
-model (cocotbext-uart): IDENTIFY and a WRITE/READ round trip over the serial line; a break
-on the line and bytes sent while the device replies (more than its receive FIFO holds) are
-counted in STATUS (``frame_errors``, ``overruns``), and the device keeps working."""
+"""The SoC behind its UART (``UARTSoC``, what the board runs, at the 12F size), driven by an
+independent UART model (cocotbext-uart): IDENTIFY and a WRITE/READ round trip over the serial
+line; a break on the line and bytes sent while the device replies (more than its receive FIFO
+holds) are counted in STATUS (``frame_errors``, ``overruns``), and the device keeps working:
+the CHAN and GROUP tables round-trip, COUNTERS answers, LOAD_LAYER refuses what the core
+does not compute."""
 
 import random
 
@@ -12,20 +14,24 @@ from cocotbext.uart import UartSink, UartSource
 
 from hw.simulate import run_cocotb, tb_params
 from sw import protocol as P
-from sw.protocol import Buffer, Opcode
+from sw.numerics import WeightFormat
+from sw.protocol import Buffer, ErrorCode, Opcode
 
 CLK_NS = 50                    # 20 MHz
 BAUD = 1_250_000               # 16 clock cycles per bit, 800 ns (the model counts whole ns)
-SIZE = dict(rows=2, cols=2, a_depth=128, w_depth=128, out_words=64)
+DEVICE = "12F"
 
 
 def test_uart_soc():
+    from hw.sizes import core_size
     from hw.soc.top import UARTSoC
-    soc = UARTSoC(clk_freq=1e9 / CLK_NS, baud=BAUD, timeout=1 << 14, **SIZE)
+    soc = UARTSoC(clk_freq=1e9 / CLK_NS, baud=BAUD, timeout=1 << 14,
+                  **core_size(DEVICE).geometry())
     from hw.netlist import vpi_top_only
     vlt, args = vpi_top_only("uart_soc")       # the test touches only the top-level ports
     run_cocotb(soc, name="uart_soc", test_module="test_uart_soc",
-               params={"fifo": soc.RX_FIFO_DEPTH}, extra_sources=vlt, build_args=args)
+               params={"fifo": soc.RX_FIFO_DEPTH, "info": soc.soc.link.info.pack().hex()},
+               extra_sources=vlt, build_args=args)
 
 
 class Host:
@@ -63,8 +69,14 @@ async def counters_and_recovery(dut):
     dut.rst.value = 0
     await ClockCycles(dut.clk, 40)
     h = Host(dut)
+    from hw.sizes import core_size
+    size = core_size(DEVICE)
     info = P.DeviceInfo.unpack(await h.ok(P.identify(seq=1), Opcode.IDENTIFY))
-    assert info.clock_hz == round(1e9 / CLK_NS) and (info.rows, info.cols) == (2, 2), info
+    assert info == P.DeviceInfo.unpack(bytes.fromhex(tb_params()["info"])), info
+    assert info.version == P.PROTOCOL_VERSION == 3, info
+    assert info.clock_hz == round(1e9 / CLK_NS), info
+    assert (info.rows, info.cols) == (size.rows, size.cols), info
+    assert (info.chan_bytes, info.group_bytes) == (8 * size.chan_depth, 4 * size.group_depth)
     st = P.Status.unpack(await h.ok(P.status(seq=2), Opcode.STATUS))
     assert (st.frame_errors, st.overruns, st.link_errors) == (0, 0, 0), st
 
@@ -90,3 +102,31 @@ async def counters_and_recovery(dut):
     assert (st.frame_errors, st.link_errors) == (1, 0), st
     # and the device still answers correctly
     assert await h.ok(P.read(Buffer.A, 50, 10, seq=7), Opcode.READ) == data[50:60]
+
+    # the per-channel and per-group tables round-trip through the core (last bytes too)
+    for buf, seq in ((Buffer.CHAN, 8), (Buffer.GROUP, 10)):
+        size_b = info.buffer_size(buf)
+        tab = bytes(rng.randrange(256) for _ in range(24))
+        await h.ok(P.write(buf, size_b - 24, tab, seq=seq), Opcode.WRITE)
+        assert await h.ok(P.read(buf, size_b - 24, 24, seq=seq + 1), Opcode.READ) == tab, buf
+    # ... in buffers of their own (a table write landing in A would show here)
+    n = min(len(data), info.group_bytes)
+    assert await h.ok(P.read(Buffer.A, 0, n, seq=12), Opcode.READ) == data[:n]
+    rep = await h.cmd(P.read(Buffer.GROUP, info.group_bytes, 1, seq=13))
+    assert rep.status == ErrorCode.BAD_ADDRESS, rep
+    # COUNTERS (five u48, per run: nothing ran yet); LOAD_LAYER takes the core's formats and
+    # group sizes only
+    c = P.Counters.unpack(await h.ok(P.counters(seq=14), Opcode.COUNTERS))
+    assert c == P.Counters(0, 0, 0, 0, 0), c
+    unsupported = [f for f in WeightFormat if not info.supports_format(f)]
+    bad_group = [g for g in (32, 64, 128) if not info.supports_group(g)]
+    for kw in [dict(fmt=f) for f in unsupported[:1]] + [dict(group=g) for g in bad_group[:1]]:
+        rep = await h.cmd(P.load_layer(P.LayerDescriptor(4, 8, 4, **kw), seq=15))
+        assert rep.status == ErrorCode.BAD_PARAM, (kw, rep)
+    await h.ok(P.load_layer(P.LayerDescriptor(4, 8, 4), seq=16), Opcode.LOAD_LAYER)
+    st = P.Status.unpack(await h.ok(P.status(seq=17), Opcode.STATUS))
+    assert st.loaded and (st.frame_errors, st.link_errors) == (1, 0), st
+    # a run (raw output): the counters count it
+    await h.ok(P.run(seq=18), Opcode.RUN)
+    c = P.Counters.unpack(await h.ok(P.counters(seq=19), Opcode.COUNTERS))
+    assert c.cycles >= c.busy > 0 and c.macs == 4 * 8 * 4, c
