@@ -4,7 +4,8 @@ The gateware (``hw.soc.link``) reads the enums and constants below directly (a p
 ``enum.Enum`` is an Amaranth shape), so host and device cannot disagree. ``docs/protocol.md``
 describes the format byte by byte; this module is its executable form. No Amaranth here.
 
-Frame, protocol version 2 (requests and replies alike)::
+Frame (protocol versions 2 and 3; version 3 changed the descriptor, IDENTIFY and COUNTERS
+bodies and added the CHAN and GROUP buffers), requests and replies alike::
 
     SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | SEQ u8 | BODY (LENGTH - 1 bytes) | CRC u16 BE
 

@@ -1,4 +1,4 @@
-"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 2).
+"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 3).
 
 The link consumes the host's byte stream (UART RX, or the simulation harness), checks each
 frame, executes it against the mpGEMM core's command interface and emits the reply frame.
@@ -120,9 +120,9 @@ class Link(wiring.Component):
     @classmethod
     def for_core(cls, core, *, timeout: int = DEFAULT_TIMEOUT, clock_hz: int = 0,
                  out_modes: int | None = None):
-        """A link for ``core`` (an ``MpGemmCore``-like object with the IDENTIFY attributes:
-        sizes, ``config_hash()``, ``READ_LATENCY``, ``WATCHDOG``, ``TILE_PERIOD_MIN``,
-        ``PE_KIND``)."""
+        """A link for ``core`` (a :class:`hw.core.MixCore` or an object with its IDENTIFY
+        attributes: buffer sizes, ``config_hash()``, ``READ_LATENCY``, ``WATCHDOG``,
+        ``MIN_PERIOD``, ``PE_KIND``, ``formats``, ``group_sizes``, ``signature``)."""
         if out_modes is None:
             out_modes = getattr(core, "out_modes", None)
             if out_modes is None:
