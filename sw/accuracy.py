@@ -125,11 +125,12 @@ def quantize_mlp(layers, x_calib, *, fmt, group=None, symmetric: bool = True):
     return qlayers, act[0]
 
 
-def int_predict(qlayers, x) -> np.ndarray:
-    """Class predictions of the integer-only network (int8 in, int8 logits, argmax)."""
+def int_predict(qlayers, x, device=None) -> np.ndarray:
+    """Class predictions of the integer-only network (int8 in, int8 logits, argmax), by the
+    golden model, or on ``device`` (an ``sw.driver.Accelerator``) layer by layer."""
     h = quant.quantize_act(x, qlayers[0].x_scale, qlayers[0].x_zero)
     for ql in qlayers:
-        h = ql.golden(h)
+        h = ql.golden(h) if device is None else device.linear(h, ql)
     return np.argmax(h, axis=1)
 
 
@@ -140,6 +141,8 @@ class Row:
     symmetric: bool
     accuracy: float
     sqnr_db: tuple[float, ...]
+    #: accuracy on the device (None: not run there); equal to ``accuracy`` or run() raises
+    device_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,11 @@ class Report:
 
 
 def run(*, hidden: int = 64, seed: int = 0, epochs: int = 60, formats=tuple(WeightFormat),
-        groups=(None, 32), asymmetric: bool = True) -> Report:
-    """Train, quantize in every requested setting, evaluate. See the module docstring."""
+        groups=(None, 32), asymmetric: bool = True, device=None) -> Report:
+    """Train, quantize in every requested setting, evaluate. See the module docstring.
+
+    With ``device`` (an ``sw.driver.Accelerator``) every setting also runs on the device, whose
+    int8 logits must equal the golden model's (``AssertionError`` otherwise)."""
     x_tr, x_te, y_tr, y_te = load_data(seed=seed)
     layers = train_mlp(x_tr, y_tr, hidden=hidden, seed=seed, epochs=epochs)
     float_acc = float(np.mean(np.argmax(float_logits(layers, x_te), axis=1) == y_te))
@@ -165,8 +171,17 @@ def run(*, hidden: int = 64, seed: int = 0, epochs: int = 60, formats=tuple(Weig
         for group in groups:
             for sym in (True, False) if asymmetric and fmt in ASYMMETRIC_FORMATS else (True,):
                 qlayers, _ = quantize_mlp(layers, x_tr, fmt=fmt, group=group, symmetric=sym)
-                acc = float(np.mean(int_predict(qlayers, x_te) == y_te))
-                rows.append(Row(fmt, group, sym, acc, tuple(q.stats.sqnr_db for q in qlayers)))
+                pred = int_predict(qlayers, x_te)
+                acc = float(np.mean(pred == y_te))
+                dev_acc = None
+                if device is not None:
+                    dev = int_predict(qlayers, x_te, device)
+                    if not np.array_equal(dev, pred):
+                        raise AssertionError(f"{fmt.name} G={group}: device predictions differ "
+                                             f"from the golden model's on {int(np.sum(dev != pred))} images")
+                    dev_acc = float(np.mean(dev == y_te))
+                rows.append(Row(fmt, group, sym, acc, tuple(q.stats.sqnr_db for q in qlayers),
+                                dev_acc))
     return Report(hidden, seed, epochs, len(y_tr), len(y_te), float_acc, tuple(rows))
 
 
@@ -196,15 +211,17 @@ def markdown(rep: Report, command: str) -> str:
         f"image is {100 / rep.n_test:.2f} points of accuracy, so differences of a few tenths are "
         "noise.",
         "",
-        "| weights | scales | zero point | test accuracy | vs float | weight SQNR L1 / L2 (dB) |",
-        "|---|---|---|---:|---:|---|",
-        f"| float64 | - | - | {100 * rep.float_accuracy:.2f} % | - | - |",
+        "| weights | scales | zero point | test accuracy | vs float | on the device | "
+        "weight SQNR L1 / L2 (dB) |",
+        "|---|---|---|---:|---:|---:|---|",
+        f"| float64 | - | - | {100 * rep.float_accuracy:.2f} % | - | - | - |",
     ]
     for r in rep.rows:
         sq = " / ".join(f"{s:.1f}" for s in r.sqnr_db)
+        dev = "not run" if r.device_accuracy is None else f"{100 * r.device_accuracy:.2f} %"
         lines.append(f"| {r.fmt.name} | {'per channel' if r.group is None else f'G={r.group}'} | "
                      f"{'symmetric' if r.symmetric else 'asymmetric'} | {100 * r.accuracy:.2f} % | "
-                     f"{100 * (r.accuracy - rep.float_accuracy):+.2f} | {sq} |")
+                     f"{100 * (r.accuracy - rep.float_accuracy):+.2f} | {dev} | {sq} |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,8 +233,24 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
     p.add_argument("--out", default="docs/accuracy.md",
                    help="markdown file to write ('-' for none; default docs/accuracy.md)")
+    p.add_argument("--backend", choices=["none", "sim", "serial"], default="none",
+                   help="also run every setting on the device: sim = the Verilator model of "
+                        "--device's MixPE SoC, serial = the board on --port (default: none)")
+    p.add_argument("--device", default="12F", help="sim backend: device size (default 12F)")
+    p.add_argument("--port", default=None, help="serial backend: port, e.g. /dev/ttyUSB0")
     args = p.parse_args(argv)
-    rep = run(hidden=args.hidden, seed=args.seed, epochs=args.epochs)
+    if args.backend == "none":
+        rep = run(hidden=args.hidden, seed=args.seed, epochs=args.epochs)
+    else:
+        from .driver import Accelerator
+        if args.backend == "sim":
+            from .transport import SimTransport
+            transport = SimTransport(args.device, pe="mixpe")
+        else:
+            from .transport import SerialTransport
+            transport = SerialTransport(args.port)
+        with Accelerator(transport) as acc:
+            rep = run(hidden=args.hidden, seed=args.seed, epochs=args.epochs, device=acc)
     text = markdown(rep, " ".join(["python -m sw.accuracy", *argv]))
     print(text, end="")
     if args.out != "-":
