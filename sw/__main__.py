@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="baud rate, must match the bitstream (serial backend)")
         p.add_argument("--device", choices=SIM_DEVICES, default=None,
                        help="ULX3S size whose SoC is simulated (sim backend)")
+        p.add_argument("--pe", choices=("mixpe", "int8-dsp"), default=None,
+                       help="processing element of the simulated SoC (sim backend; default: "
+                            "the device's, see hw/sizes.py)")
         p.add_argument("--timeout", type=float, default=None,
                        help="timeout in seconds for the first IDENTIFY (default: the transport's); "
                             "later timeouts follow from what the device reports")
@@ -92,6 +95,8 @@ def open_transport(args):
         kw["device"] = args.device
     if args.timeout is not None:
         kw["timeout"] = args.timeout
+    if args.pe is not None:
+        kw["pe"] = args.pe
     return SimTransport(**kw)
 
 
