@@ -11,7 +11,7 @@ MODULE_COST = {
     "sim/test_netlist.py": 170,
     "sim/test_soc.py": 160,
     "sim/test_core.py": 150,
-    "sim/test_dsp_model.py": 80,
+    "sim/test_dsp_model.py": 30,
     "sim/test_core_xinit.py": 100,
     "sim/test_link.py": 70,
     "sim/test_uart_soc.py": 60,
