@@ -71,7 +71,7 @@ class EdgeUnit(wiring.Component):
         self.s_w = 16
         self.diff_w = 24
         self.DQ_LATENCY = 2 * MUL_LATENCY + 2
-        self.RQ_LATENCY = MUL_LATENCY + 2
+        self.RQ_LATENCY = MUL_LATENCY + 3
         #: cycles from an element on ``sum`` to its write on ``wr_*``
         self.LATENCY = self.latency()
         super().__init__({
@@ -87,7 +87,7 @@ class EdgeUnit(wiring.Component):
     @staticmethod
     def latency() -> int:
         """Cycles from an element on ``sum`` to its write on ``wr_*``."""
-        return 1 + (2 * MUL_LATENCY + 2) + 1 + (MUL_LATENCY + 2) + 1 + 2 + 1
+        return 1 + (2 * MUL_LATENCY + 2) + 1 + (MUL_LATENCY + 3) + 1 + 3 + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -189,8 +189,13 @@ class EdgeUnit(wiring.Component):
             parts.append(pk)
         rq_lat = self.RQ_LATENCY
         prod_w = EDGE_ACC_BITS + REQUANT_MULT_BITS + 1
+        # the three partial products are summed in two registered steps: one 65-bit
+        # three-operand sum was two carry chains in series, the 12F's slowest path
+        lo2 = Signal(49)
+        hi2 = Signal(signed(33))
+        m.d.sync += [lo2.eq((parts[1] << 16) + parts[0]), hi2.eq(parts[2])]
         prod = Signal(signed(prod_w))
-        m.d.sync += prod.eq((parts[2] << 32) + (parts[1] << 16) + parts[0])
+        m.d.sync += prod.eq((hi2 << 32) + lo2)
         side8 = Cat(w8, n8, fin8, sh8, a8[:32])
         side_r = delay(m, side8, rq_lat + 1, "side_r")
         r_w, r_n, r_fin = side_r[0], side_r[1:1 + len(n8)], side_r[1 + len(n8)]
@@ -203,10 +208,11 @@ class EdgeUnit(wiring.Component):
         m.d.sync += s_sum.eq(prod + rnd)
         q = Signal(signed(prod_w + 1))
         m.d.sync += q.eq(s_sum >> delay(m, r_sh, 1, "sh_q"))
-        t_w, t_n, t_fin, t_raw = (delay(m, r_w, 2, "t_w"), delay(m, r_n, 2, "t_n"),
-                                  delay(m, r_fin, 2, "t_fin"), delay(m, r_raw, 2, "t_raw"))
+        t_w, t_n, t_fin, t_raw = (delay(m, r_w, 3, "t_w"), delay(m, r_n, 3, "t_n"),
+                                  delay(m, r_fin, 3, "t_fin"), delay(m, r_raw, 3, "t_raw"))
+        # + zp in its own cycle, the clamp's two compares in the next (each a carry chain)
         y = Signal(signed(prod_w + 2))
-        m.d.comb += y.eq(q + self.zp)
+        m.d.sync += y.eq(q + self.zp)
         lo = Mux(self.relu, self.zp, -128)
         y8 = Signal(signed(8))
         m.d.comb += y8.eq(Mux(y > 127, 127, Mux(y < lo, lo, y)))
