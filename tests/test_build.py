@@ -188,7 +188,8 @@ def test_build_ulx3s_with_fake_tools(fake_tools, capsys):
     rep = build.build_ulx3s("12F", out_dir=fake_tools)
     out = capsys.readouterr().out
     assert [line.split()[1] for line in _stage_lines(out)] == list(build.STAGES)
-    assert "core 4x4 int8-dsp" in _stage_lines(out)[0]
+    size = DEVICES["12F"]
+    assert f"core {size.rows}x{size.cols} {size.pe}" in _stage_lines(out)[0]
     assert "Fmax $glbnet$clk: 70.25 MHz (constraint 65.0 MHz) PASS" in out     # the summary
     assert rep["timing_met"] and rep["utilization"]["LUT4"]["logic_lut4"] == 9
     assert json.loads((fake_tools / "report.json").read_text()) == json.loads(json.dumps(rep))
