@@ -174,9 +174,12 @@ async def extremes(dut):
                 acc = int(np.abs(a @ q).max())
                 rq = Requant(65535, min(63, acc.bit_length() + 16 - 7), 0, False)
                 await check(tb, a, q, fmt=fmt, requant=rq)            # scalar form
-                crq = ChannelRequant(np.full(N, 65535), np.full(N, 0), np.full(N, -(1 << 31)),
-                                     -128, False)
-                await check(tb, a, q, fmt=fmt, requant=crq)            # saturating
+                # saturating at both ends: zero point -100, so a result one below the clamp
+                # would show (a zero point of -128 would hide it)
+                crq = ChannelRequant(np.full(N, 65535), np.full(N, 0),
+                                     np.where(np.arange(N) % 2, -(1 << 31), (1 << 31) - 1),
+                                     -100, False)
+                await check(tb, a, q, fmt=fmt, requant=crq)
         if p["groups"]:
             for g in (32, 128):
                 Kg = min(K, 4 * g + 7)

@@ -25,6 +25,8 @@ from hw.arith._common import check_impl
 from hw.pe import pe_class
 from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
 from hw.systolic.engine import SystolicEngine
+# one definition of the bit-serial shape check and the power-of-two parameter test (core v1)
+from hw.systolic.core import _is_pow2, _serial_mul_step
 
 from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS
 from .edge import EdgeUnit
@@ -35,15 +37,6 @@ COUNTER_BITS = 48
 
 #: the host-visible buffers are the wire protocol's (one definition, in sw)
 CoreBuffer = Buffer
-
-
-def _is_pow2(v):
-    return isinstance(v, int) and v >= 1 and (v & (v - 1)) == 0
-
-
-def _serial_mul_step(m, acc, x, y, bit):
-    """One step of a bit-serial ``x * y`` (LSB first): shape checks need no DSP block."""
-    m.d.sync += acc.eq(acc + Mux(y.bit_select(bit, 1), x << bit, 0))
 
 
 def core_signature(*, addr_bits: int) -> wiring.Signature:

@@ -10,15 +10,11 @@ from hw.arith._common import check_impl
 from hw.pe import pe_class
 from hw.pe.mixpe import MixPE
 
+from .array import SystolicArray
+
+_delay = SystolicArray._delay
+
 __all__ = ["SystolicEngine"]
-
-
-def _delay(m, sig, n, name, reset_less=False):
-    for k in range(n):
-        r = Signal.like(sig, name=f"{name}_d{k}", reset_less=reset_less)
-        m.d.sync += r.eq(sig)
-        sig = r
-    return sig
 
 
 class SystolicEngine(wiring.Component):
