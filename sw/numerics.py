@@ -937,3 +937,126 @@ def mixgemm(a, q, *, fmt=WeightFormat.INT8, group: GroupQuant | None = None,
     if requant.channels != q.shape[1]:
         raise ValueError(f"requantization has {requant.channels} channels, the layer {q.shape[1]}")
     return requantize_channels(acc, requant)
+
+
+# =============================================================================================
+# Convolution and pooling on INT8 NHWC feature maps (sw.model). The core runs a convolution as
+# a GEMM over im2col rows produced by its address generator; these functions fix the order.
+# =============================================================================================
+
+__all__ += ["conv_out_size", "im2col", "maxpool2d", "global_avgpool_acc"]
+
+
+def _check_pos_int(name: str, v, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, not {v!r}")
+    return int(v)
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Output length of a convolution or pooling window along one axis.
+
+    ``(size + 2 * pad - kernel) // stride + 1`` (floor, as ONNX with ``ceil_mode=0``).
+
+    Raises
+    ------
+    ValueError
+        On a non-integer or negative argument, or when the (padded) input is smaller than the
+        kernel, i.e. the output would be empty.
+    """
+    size = _check_pos_int("size", size)
+    kernel = _check_pos_int("kernel", kernel)
+    stride = _check_pos_int("stride", stride)
+    pad = _check_pos_int("pad", pad, 0)
+    out = (size + 2 * pad - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"a {kernel}x{kernel} window with pad {pad} does not fit an input of "
+                         f"size {size}: output size would be {out}")
+    return out
+
+
+def _check_nhwc(x, name: str = "x") -> np.ndarray:
+    x = check_int(x, 8, name=name)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be an NHWC feature map (B, H, W, C), got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    return x
+
+
+def im2col(x, *, kernel: int, stride: int = 1, pad: int = 0, pad_value: int = 0) -> np.ndarray:
+    """Unfold an INT8 NHWC feature map into the GEMM operand of a convolution.
+
+    Row ``m = (b * Ho + oy) * Wo + ox`` (one output pixel, batch-major, then row-major) and
+    column ``k = (ky * kernel + kx) * C + c`` (kernel row, kernel column, input channel: the
+    channel varies fastest) hold::
+
+        x[b, oy * stride + ky - pad, ox * stride + kx - pad, c]
+
+    or ``pad_value`` where that position lies outside the image. This is exactly the order in
+    which the core's im2col address generator streams activations, so a convolution with
+    weights ``w[o, c, ky, kx]`` is the GEMM ``im2col(x) @ q`` with
+    ``q[(ky * kernel + kx) * C + c, o] = w[o, c, ky, kx]``.
+
+    Parameters
+    ----------
+    x : array_like, int8 values, shape (B, H, W, C)
+    kernel, stride, pad : int
+        Square window, step and symmetric zero padding (``pad < kernel``).
+    pad_value : int
+        The int8 value of the padding: the input zero point (a real zero).
+
+    Returns
+    -------
+    numpy.ndarray of int8, shape (B * Ho * Wo, kernel * kernel * C)
+    """
+    x = _check_nhwc(x)
+    kernel = _check_pos_int("kernel", kernel)
+    stride = _check_pos_int("stride", stride)
+    pad = _check_pos_int("pad", pad, 0)
+    if pad >= kernel:
+        raise ValueError(f"pad must be smaller than the kernel ({kernel}), not {pad!r}")
+    lo, hi = int_range(8)
+    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) \
+            or not lo <= pad_value <= hi:
+        raise ValueError(f"pad_value must be an int8 integer, not {pad_value!r}")
+    b, h, w, c = x.shape
+    ho, wo = conv_out_size(h, kernel, stride, pad), conv_out_size(w, kernel, stride, pad)
+    xp = np.full((b, h + 2 * pad, w + 2 * pad, c), pad_value, dtype=np.int64)
+    xp[:, pad:pad + h, pad:pad + w] = x
+    cols = np.empty((b, ho, wo, kernel, kernel, c), dtype=np.int64)
+    for ky in range(kernel):
+        for kx in range(kernel):
+            cols[:, :, :, ky, kx] = xp[:, ky:ky + stride * (ho - 1) + 1:stride,
+                                       kx:kx + stride * (wo - 1) + 1:stride]
+    return cols.reshape(b * ho * wo, kernel * kernel * c).astype(np.int8)
+
+
+def maxpool2d(x, *, size: int = 2, stride: int = 2) -> np.ndarray:
+    """Max pooling of an INT8 NHWC map, no padding, floor output size: (B, Ho, Wo, C) int8.
+
+    ``y[b, oy, ox, c] = max over ky, kx < size of x[b, oy * stride + ky, ox * stride + kx, c]``.
+    Integer max commutes with any monotonic requantization, so input and output share one
+    quantization.
+    """
+    x = _check_nhwc(x)
+    size = _check_pos_int("size", size)
+    stride = _check_pos_int("stride", stride)
+    b, h, w, c = x.shape
+    ho, wo = conv_out_size(h, size, stride, 0), conv_out_size(w, size, stride, 0)
+    y = None
+    for ky in range(size):
+        for kx in range(size):
+            win = x[:, ky:ky + stride * (ho - 1) + 1:stride, kx:kx + stride * (wo - 1) + 1:stride]
+            y = win if y is None else np.maximum(y, win)
+    return y.astype(np.int8)
+
+
+def global_avgpool_acc(x) -> np.ndarray:
+    """Sums over H and W of an INT8 NHWC map: int64 (B, C).
+
+    The core runs global average pooling as a GEMM with ``K = H * W`` and one all-ones weight
+    column per channel; the division by ``H * W`` is part of the requantization.
+    """
+    x = _check_nhwc(x)
+    return x.sum(axis=(1, 2), dtype=np.int64)

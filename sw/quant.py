@@ -73,7 +73,7 @@ from sw.numerics import ChannelRequant, GroupQuant, WeightFormat
 __all__ = [
     "CLIP_GRID", "METHODS", "LINEAR_REL_ERROR_BOUND", "ErrorStats", "WeightQuant",
     "quantize_weights", "quantize_act", "dequantize", "calibrate_act", "QuantLinear",
-    "quantize_linear",
+    "quantize_linear", "linear_from_integers",
 ]
 
 #: clipping ratios tried by ``method="mse"`` (1.0 first: ties keep the min/max scale)
@@ -632,7 +632,6 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
             q = _codes(w, unit, zero, fmt)                # = wq.q unless the unit changed
         if symmetric:
             gq = None
-            colsum = q.sum(axis=0)                        # for the x_zero folding
         else:                                 # asymmetric per channel: equal groups of 128
             ng = -(-k // _CHANNEL_GROUP)
             gq = GroupQuant(_CHANNEL_GROUP, np.ones((ng, n), dtype=np.int64),
@@ -645,9 +644,25 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
         if fmt is not WeightFormat.TERNARY:               # recode with the effective scales
             q = _codes(w, _expand(w_scale, k, group), _expand(zero, k, group), fmt)
         gq = GroupQuant(group, gscale, zero)
-    if gq is not None:
-        colsum = numerics.group_dequant(np.ones((1, k), dtype=np.int64), q, gq)[0]
     stats = ErrorStats.of(w, _dequant(q, w_scale, zero, group))
+    bias_acc = [round(float(b[c] / (x_scale * unit[c]))) for c in range(n)]
+    return _finish_linear(fmt, q, gq, w_scale, zero, unit, group, symmetric, x_scale, x_zero,
+                          y_scale, y_zero, relu, w, bias, stats, bias_acc)
+
+
+def _finish_linear(fmt, q, gq, w_scale, zero, unit, group, symmetric, x_scale, x_zero, y_scale,
+                   y_zero, relu, w, bias, stats, bias_acc) -> QuantLinear:
+    """Fold the bias and the input zero point into the INT32 bias, pick the dyadic multipliers,
+    check the accumulator bound and build the :class:`QuantLinear` (shared by
+    :func:`quantize_linear` and :func:`linear_from_integers`).
+
+    ``bias_acc[n]`` is the bias in accumulator units ``x_scale * unit[n]`` (an integer).
+    """
+    k, n = q.shape
+    if gq is None:
+        colsum = q.sum(axis=0)                            # for the x_zero folding
+    else:
+        colsum = numerics.group_dequant(np.ones((1, k), dtype=np.int64), q, gq)[0]
 
     # folded INT32 bias, dyadic multipliers, accumulator bound
     lo32, hi32 = numerics.int_range(numerics.BIAS_BITS)
@@ -660,11 +675,11 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
         wabs = (_expand(gq.scale, k, gq.size) * np.abs(q - _expand(gq.zero, k, gq.size))).sum(axis=0)
     _, edge_hi = numerics.int_range(numerics.EDGE_ACC_BITS)
     for c in range(n):
-        folded = round(float(b[c] / (x_scale * unit[c]))) - x_zero * int(colsum[c])
+        folded = int(bias_acc[c]) - x_zero * int(colsum[c])
         if not lo32 <= folded <= hi32:
             raise ValueError(
                 f"channel {c}: the folded bias round(bias / (x_scale * w_unit)) - x_zero * "
-                f"sum(w_int) = {round(float(b[c] / (x_scale * unit[c])))} - {x_zero} * "
+                f"sum(w_int) = {int(bias_acc[c])} - {x_zero} * "
                 f"{int(colsum[c])} = {folded} does not fit INT32 [{lo32}, {hi32}]; use an "
                 f"input zero point nearer 0"
                 + (", a smaller gscale_bits" if group is not None else "") + " or a smaller K")
@@ -686,3 +701,112 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     crq = ChannelRequant(mult, shift, ibias, y_zero, relu)
     return QuantLinear(fmt, q, gq, crq, w_scale, zero, unit, group, symmetric, x_scale,
                        x_zero, y_scale, y_zero, relu, w, bias, stats)
+
+
+def linear_from_integers(q, *, fmt, w_scale, w_zero=None, bias_float=None, bias_int32=None,
+                         x_scale, x_zero: int = 0, y_scale, y_zero: int = 0, relu: bool = False,
+                         w_float=None) -> QuantLinear:
+    """A :class:`QuantLinear` from weights already quantized elsewhere (e.g. an ONNX QDQ model).
+
+    The weights stand for ``w[k, n] = w_scale[n] * (q[k, n] - w_zero[n])`` (per output
+    channel; a per-tensor scheme repeats one value). The requantization and the folded INT32
+    bias are computed exactly as in :func:`quantize_linear` (one shared implementation), with
+    the unit ``u[n] = w_scale[n]``::
+
+        M[n] * 2**-shift[n] ~ x_scale * w_scale[n] / y_scale        (to_dyadic)
+        bias[n] = B[n] - x_zero * sum_k (q[k, n] - w_zero[n])
+
+    where ``B[n]`` is ``bias_int32[n]`` when given (ONNX quantizes the bias of a QDQ Gemm / Conv
+    to int32 with scale ``x_scale * w_scale[n]``, zero point 0: used exactly), else
+    ``round(bias_float[n] / (x_scale * w_scale[n]))``, else 0. A nonzero weight zero point
+    (asymmetric weights) goes through the core's group path as in :func:`quantize_linear`'s
+    asymmetric per-channel case: groups of 128 along K sharing the channel's zero point with
+    ``gscale = 1``.
+
+    Parameters
+    ----------
+    q : array_like of int, shape (K, N)
+        Weight values of ``fmt`` (validated against its range).
+    fmt : WeightFormat or str
+        Chosen by the caller (the importer picks the smallest format the quantization range
+        declares); not inferred here.
+    w_scale : array_like of float, shape (N,)
+        Positive per-channel weight scales.
+    w_zero : array_like of int, shape (N,), or None
+        int8 weight zero points (None: symmetric).
+    bias_float : array_like, shape (N,), or None
+    bias_int32 : array_like of int, shape (N,), or None
+        At most one of the two.
+    x_scale, x_zero, y_scale, y_zero, relu
+        As in :func:`quantize_linear`.
+    w_float : array_like, shape (K, N), or None
+        The float weights before quantization, for :attr:`QuantLinear.stats`; defaults to the
+        dequantized weights (stats then report zero error).
+
+    Returns
+    -------
+    QuantLinear
+        ``group_size`` None; ``unit == w_scale``.
+
+    Raises
+    ------
+    ValueError
+        On a bad parameter or shape, codes outside ``fmt``, a zero point with a format that has
+        none (TERNARY, POW2), or the folding / multiplier / accumulator limits of
+        :func:`quantize_linear`.
+    """
+    fmt = _check_fmt(fmt)
+    relu = _check_bool("relu", relu)
+    x_scale = _check_scale("x_scale", x_scale)
+    y_scale = _check_scale("y_scale", y_scale)
+    x_zero = _check_zp("x_zero", x_zero)
+    y_zero = _check_zp("y_zero", y_zero)
+    qa = np.asarray(q)
+    if qa.dtype.kind not in "iu":
+        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
+    if qa.ndim != 2 or 0 in qa.shape:
+        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    numerics.encode_weights(qa, fmt)                     # raises on values outside the format
+    q = qa.astype(np.int64)
+    k, n = q.shape
+    unit = _check_float_array("w_scale", w_scale, 1)
+    if unit.shape != (n,) or not (unit > 0).all():
+        raise ValueError(f"w_scale must hold {n} positive scales (one per output channel), got "
+                         f"shape {unit.shape}" + ("" if unit.shape != (n,) else
+                                                  f" with minimum {unit.min()!r}"))
+    if w_zero is None:
+        zero = np.zeros(n, dtype=np.int64)
+    else:
+        zero = numerics.check_int(w_zero, numerics.GZERO_BITS, name="w_zero")
+        if zero.shape != (n,):
+            raise ValueError(f"w_zero must have shape ({n},), got {zero.shape}")
+    symmetric = not zero.any()
+    if not symmetric and fmt in (WeightFormat.TERNARY, WeightFormat.POW2):
+        raise ValueError(f"{fmt.name} weights are symmetric only; w_zero must be 0 or None")
+    if bias_float is not None and bias_int32 is not None:
+        raise ValueError("give bias_float or bias_int32, not both")
+    if bias_int32 is not None:
+        bias_acc = numerics.check_int(bias_int32, numerics.BIAS_BITS, name="bias_int32")
+        if bias_acc.shape != (n,):
+            raise ValueError(f"bias_int32 must have shape ({n},), got {bias_acc.shape}")
+        bias = bias_acc * (x_scale * unit)
+    elif bias_float is not None:
+        bias = _check_float_array("bias_float", bias_float, 1)
+        if bias.shape != (n,):
+            raise ValueError(f"bias_float must have shape ({n},), got {bias.shape}")
+        bias_acc = [round(float(bias[c] / (x_scale * unit[c]))) for c in range(n)]
+    else:
+        bias, bias_acc = None, np.zeros(n, dtype=np.int64)
+    if symmetric:
+        gq = None
+    else:
+        ng = -(-k // _CHANNEL_GROUP)
+        gq = GroupQuant(_CHANNEL_GROUP, np.ones((ng, n), dtype=np.int64),
+                        np.broadcast_to(zero, (ng, n)).copy())
+    deq = _dequant(q, unit, zero, None)
+    w = deq if w_float is None else _check_float_array("w_float", w_float, 2)
+    if w.shape != (k, n):
+        raise ValueError(f"w_float must have shape {(k, n)}, got {w.shape}")
+    stats = ErrorStats.of(w, deq)
+    return _finish_linear(fmt, q, gq, unit, zero, unit, None, symmetric, x_scale, x_zero,
+                          y_scale, y_zero, relu, w, bias, stats, bias_acc)
