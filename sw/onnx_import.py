@@ -467,7 +467,9 @@ class _Importer:
             s = self.const(node, node.input[1], "scale").value.astype(np.float64)
             z = (self.const(node, z_name, "zero point").value.astype(np.int64) if z_name
                  else np.zeros(s.shape, dtype=np.int64))
-            if z.shape != s.shape:
+            if z.size == 1 and s.size == 1:
+                s, z = s.reshape(()), z.reshape(())
+            elif z.shape != s.shape:
                 _fail(node, f"zero point shape {z.shape} differs from scale shape {s.shape}")
             if not (np.isfinite(s).all() and (s > 0).all()):
                 _fail(node, "weight scales must be finite and positive")
