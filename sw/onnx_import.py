@@ -222,7 +222,7 @@ class _Importer:
     # -- the walk -----------------------------------------------------------------------------
 
     def run(self) -> M.Model:
-        onnx, TP = self.onnx, self.TP
+        TP = self.TP
         from onnx import numpy_helper
         g = self.graph
         for init in g.initializer:
@@ -486,7 +486,6 @@ class _Importer:
         _fail(node, "DequantizeLinear of a float tensor")
 
     def linear_core(self, node, x: _Q, w: _Weights, q_kn, scale, zero, **extra):
-        n = q_kn.shape[1]
         return _F(x, dict(kind="linear", node=node, src=x, x=(x.scale, x.zero), q=q_kn,
                           w_scale=scale,
                           w_zero=zero, w=w, bias=None, in_shape=x.shape, **extra),
@@ -820,7 +819,7 @@ def load_onnx(model, *, input_shape=None, narrow_weights: bool = False) -> M.Mod
         When ``onnx`` is not installed.
     """
     onnx = _onnx()
-    if isinstance(narrow_weights, (bool, np.bool_)) is False:
+    if not isinstance(narrow_weights, (bool, np.bool_)):
         raise ValueError(f"narrow_weights must be a bool, not {narrow_weights!r}")
     if isinstance(model, (bytes, bytearray)):
         proto = onnx.load_from_string(bytes(model))
