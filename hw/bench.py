@@ -26,7 +26,7 @@ def utilization(device="85F", pe=None):
     from hw.core import MixCore
     from sw.numerics import WeightFormat
     size = core_size(device, pe)
-    core = MixCore(**size.geometry())
+    core = MixCore(**size.core_geometry())
     runs = []
     for fmt in core.formats:
         for g in (None,) + tuple(core.group_sizes):

@@ -406,7 +406,7 @@ def emit_verilog(device: str, out_dir: Path | None = None, pe: str | None = None
     from hw.sizes import core_size
     from hw.core import MixCore
     size = core_size(device, pe)
-    core = MixCore(**size.geometry())
+    core = MixCore(**size.core_geometry())
     out_dir = Path(out_dir or BUILD / "verilog")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"mpgemm_core_{size.rows}x{size.cols}_{size.pe}.v"

@@ -27,12 +27,21 @@ class CoreSize:
     chan_depth: int
     group_depth: int
     pe: str = "mixpe"
+    act_bytes: int = 8192
+    max_layers: int = 32
 
     def geometry(self) -> dict:
-        """Keyword arguments of ``hw.core.MixCore`` / ``hw.soc.top.SoC``."""
+        """Keyword arguments of ``hw.core.ProgramCore`` / ``hw.soc.top.SoC``."""
         return dict(rows=self.rows, cols=self.cols, a_depth=self.a_depth, w_depth=self.w_depth,
                     out_depth=self.out_depth, chan_depth=self.chan_depth,
-                    group_depth=self.group_depth, pe=self.pe)
+                    group_depth=self.group_depth, pe=self.pe, act_bytes=self.act_bytes,
+                    max_layers=self.max_layers)
+
+    def core_geometry(self) -> dict:
+        """Keyword arguments of ``hw.core.MixCore`` (the core without layer programs)."""
+        g = self.geometry()
+        del g["act_bytes"], g["max_layers"]
+        return g
 
 
 #: device -> core size. MixPE costs about 335 LUT4 slots and 170 FF per PE plus about
@@ -43,15 +52,15 @@ class CoreSize:
 PE_SIZES = {
     "mixpe": {
         "12F": CoreSize(2, 4, 256, 1024, 256, 256, 1024, "mixpe"),
-        "25F": CoreSize(2, 8, 512, 2048, 512, 512, 2048, "mixpe"),
-        "45F": CoreSize(4, 8, 1024, 2048, 1024, 512, 2048, "mixpe"),
-        "85F": CoreSize(8, 16, 2048, 4096, 2048, 1024, 8192, "mixpe"),
+        "25F": CoreSize(2, 8, 512, 2048, 512, 512, 2048, "mixpe", 16384, 64),
+        "45F": CoreSize(4, 8, 1024, 2048, 1024, 512, 2048, "mixpe", 32768, 64),
+        "85F": CoreSize(8, 16, 2048, 4096, 2048, 1024, 8192, "mixpe", 65536, 64),
     },
     "int8-dsp": {
         "12F": CoreSize(2, 4, 512, 1024, 512, 256, 16, "int8-dsp"),
-        "25F": CoreSize(4, 4, 512, 2048, 512, 512, 16, "int8-dsp"),
-        "45F": CoreSize(8, 4, 512, 2048, 512, 512, 16, "int8-dsp"),
-        "85F": CoreSize(16, 8, 1024, 4096, 1024, 1024, 16, "int8-dsp"),
+        "25F": CoreSize(4, 4, 512, 2048, 512, 512, 16, "int8-dsp", 16384, 64),
+        "45F": CoreSize(8, 4, 512, 2048, 512, 512, 16, "int8-dsp", 32768, 64),
+        "85F": CoreSize(16, 8, 1024, 4096, 1024, 1024, 16, "int8-dsp", 65536, 64),
     },
 }
 

@@ -36,7 +36,8 @@ from .numerics import (GROUP_SIZES, WEIGHT_LANES, ChannelRequant, GroupQuant, Ou
 from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescriptor, Opcode
 from .transport import ReplyDamaged, Transport, TransportError, TransportTimeout
 
-__all__ = ["Accelerator", "DeviceMismatch", "DeviceTimeout", "GemmPlan", "Stats",
+__all__ = ["Accelerator", "DeviceMismatch", "DeviceTimeout", "GemmPlan", "Stats", "LoadedModel",
+           "ModelRun",
            "DeviceError", "TransportError"]
 
 _U16 = 0xFFFF
@@ -232,6 +233,7 @@ class Accelerator:
         self._stats = [self.total]
         self._resident: dict[Buffer, bytes] = {}   # what the A / W buffers hold
         self._layer: LayerDescriptor | None = None
+        self._program_owner = None                 # the LoadedModel whose weights are resident
         self._closed = False
         self._expect = self._normalize_expect(expect)
         try:
@@ -451,6 +453,7 @@ class Accelerator:
         """After an error the buffers/layer may be in any state: send everything again."""
         self._resident.clear()
         self._layer = None
+        self._program_owner = None
 
     def _count(self, sent: int, received: int, *, payload_sent: int = 0,
                payload_received: int = 0):
@@ -472,6 +475,8 @@ class Accelerator:
         buffer, data = Buffer(buffer), bytes(data)
         self._check_range(buffer, address, len(data))
         self._resident.pop(buffer, None)
+        if buffer in (Buffer.W, Buffer.CHAN, Buffer.GROUP, Buffer.PROG):
+            self._program_owner = None           # a resident model must be loaded again
         for off in range(0, len(data), self._chunk):
             part = data[off:off + self._chunk]
             self._call(lambda seq, a=address + off, d=part: P.write(buffer, a, d, seq=seq),
@@ -570,6 +575,50 @@ class Accelerator:
         cycles = 2 * info.tile_period + 4 * (info.rows + info.cols) + 64 if info else 0
         self._call(P.reset, Opcode.RESET, cycles=cycles)
         self._layer = None
+
+    # -- layer programs ----------------------------------------------------------------------
+
+    def run_program(self, count: int, *, cycles: int | None = None) -> None:
+        """RUN_PROGRAM: run layers ``0 .. count - 1`` of the PROG buffer and wait for the end.
+
+        A failing layer raises :class:`~sw.protocol.DeviceError` with its status; which
+        layer it was is in :meth:`layer_counters` (the first record that is not OK)."""
+        info = self.info
+        if not info.max_layers:
+            raise DeviceMismatch("the device has no layer programs (protocol 4 bitstream "
+                                 "without them): rebuild it")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= info.max_layers:
+            raise ValueError(f"count must be in [1, {info.max_layers}] (the device's program "
+                             f"length), not {count!r}")
+        self._call(lambda seq: P.run_program(count, seq=seq), Opcode.RUN_PROGRAM,
+                   cycles=cycles if cycles is not None else info.watchdog_cycles,
+                   context=f"{count} layers")
+        self._layer = None                       # the program loaded its own descriptors
+        for s in self._stats:
+            s.runs += 1
+
+    def layer_counters(self, count: int) -> list:
+        """The per-layer counters (:class:`sw.protocol.LayerCounters`) of the last program
+        run, layers ``0 .. count - 1``."""
+        data = self.read_buffer(Buffer.LCNT, 0, count * P.LCNT_RECORD)
+        return [P.LayerCounters.unpack(data[i:i + P.LCNT_RECORD])
+                for i in range(0, len(data), P.LCNT_RECORD)]
+
+    def load_model(self, model, *, batch: int | None = None) -> "LoadedModel":
+        """Compile ``model`` (:class:`sw.model.Model`) for this device and load its weights,
+        tables and program once; returns a :class:`LoadedModel` whose :meth:`~LoadedModel.run`
+        sends only inputs and reads only outputs.
+
+        ``batch``: samples per program run (default: the most that fit,
+        :func:`sw.program.max_batch`). A model that does not fit raises
+        :class:`sw.program.ModelTooLarge` naming the layer and the bytes it lacks."""
+        from . import program
+        if batch is None:
+            batch = program.max_batch(model, self.info)
+        compiled = program.compile_model(model, self.info, batch=batch)
+        lm = LoadedModel(self, model, compiled)
+        lm.load()
+        return lm
 
     # -- what the device takes --------------------------------------------------------------
 
@@ -1028,3 +1077,125 @@ class Accelerator:
             return
         self.write_buffer(buffer, 0, image)
         self._resident[buffer] = image
+
+
+@dataclass
+class ModelRun:
+    """What one :meth:`LoadedModel.run` did: per device layer (summed over the program runs)
+    its name, cycles of the whole layer, core cycles, cycles feeding the array and MACs; and
+    the run's totals."""
+
+    names: list
+    cycles: list
+    core_cycles: list
+    busy: list
+    macs: list
+    samples: int = 0
+    program_runs: int = 0
+    seconds: float = 0.0
+    stats: Stats | None = None
+
+    @property
+    def total_cycles(self) -> int:
+        return sum(self.cycles)
+
+    def utilization(self, rows: int, cols: int, lanes) -> list:
+        """Per layer: MACs / (PEs x lanes x core cycles); ``lanes`` per layer (MACs per PE
+        and cycle of the layer's weight format)."""
+        return [m / (c * rows * cols * l) if c else 0.0
+                for m, c, l in zip(self.macs, self.core_cycles, lanes)]
+
+
+class LoadedModel:
+    """A model resident on the device (:meth:`Accelerator.load_model`).
+
+    Attributes
+    ----------
+    compiled : sw.program.CompiledProgram
+    last : ModelRun or None
+        Counters of the latest :meth:`run`.
+    """
+
+    def __init__(self, acc: Accelerator, model, compiled):
+        self.acc, self.model, self.compiled = acc, model, compiled
+        self.last: ModelRun | None = None
+        self.loads = 0
+
+    def load(self) -> None:
+        """Write the weights, tables and program (again, e.g. after other work used W)."""
+        acc = self.acc
+        for p in self.compiled.placements:
+            acc.write_buffer(p.buffer, p.address, p.data)
+        acc._program_owner = self
+        self.loads += 1
+
+    def _cycles_bound(self) -> int:
+        """Reply timeout: gather, scatter and pool move a byte per cycle; the GEMM is bounded
+        by the device's run estimate."""
+        acc, total = self.acc, 0
+        for rec in self.compiled.layers:
+            n = int(np.prod(rec.n))
+            total += 4 * n + 256
+            if rec.kind == P.LayerKind.GEMM:
+                total += acc._estimate_cycles(rec.desc) + rec.desc.m * rec.desc.n
+        return total
+
+    def run(self, x_q) -> np.ndarray:
+        """Run int8 inputs ``x_q`` of shape ``(samples, *model.input_shape)`` through the
+        resident model; returns the int8 outputs ``(samples, *output_shape)``, bit-exact with
+        ``model.golden(x_q)``. Inputs go in batches of ``compiled.batch`` (the last one padded
+        with the input zero point); counters are in :attr:`last`."""
+        acc, cp = self.acc, self.compiled
+        x = np.asarray(x_q)
+        shape = tuple(self.model.input_shape)
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"x_q must be an int8-valued integer array, not {x.dtype}")
+        if x.ndim != 1 + len(shape) or tuple(x.shape[1:]) != shape or x.shape[0] == 0:
+            raise ValueError(f"x_q must have shape (samples, {', '.join(map(str, shape))}), "
+                             f"not {x.shape}")
+        if x.size and (x.min() < -128 or x.max() > 127):
+            raise ValueError("x_q values must be in [-128, 127]")
+        if getattr(acc, "_program_owner", None) is not self:
+            self.load()
+        B, n = cp.batch, x.shape[0]
+        per_in = int(np.prod(shape))
+        per_out = int(np.prod(cp.output_shape))
+        out = np.empty((n, per_out), dtype=np.int8)
+        nl = len(cp.layers)
+        run = ModelRun(list(cp.names), [0] * nl, [0] * nl, [0] * nl, [0] * nl)
+        bound = self._cycles_bound()
+        t0 = time.perf_counter()
+
+        def body():
+            for lo in range(0, n, B):
+                chunk = x[lo:lo + B].reshape(-1, per_in)
+                k = chunk.shape[0]
+                if k < B:
+                    fill = np.full((B - k, per_in), getattr(self.model, "in_zero", 0))
+                    chunk = np.concatenate([chunk, fill])
+                acc.write_buffer(Buffer.ACT, cp.input_base,
+                                 chunk.astype(np.int8).tobytes())
+                acc.run_program(nl, cycles=bound)
+                y = np.frombuffer(acc.read_buffer(Buffer.ACT, cp.output_base, cp.output_bytes),
+                                  dtype=np.int8).reshape(B, per_out)
+                out[lo:lo + k] = y[:k]
+                for i, c in enumerate(acc.layer_counters(nl)):
+                    run.cycles[i] += c.cycles
+                    run.core_cycles[i] += c.core_cycles
+                    run.busy[i] += c.busy
+                    run.macs[i] += c.macs
+                run.program_runs += 1
+        acc._measured(body)
+        run.samples = n
+        run.seconds = time.perf_counter() - t0
+        run.stats = acc.last
+        for s in (acc.last, acc.total):
+            s.cycles += run.total_cycles
+            s.macs += sum(run.macs)
+        self.last = run
+        return out.reshape((n,) + tuple(cp.output_shape))
+
+    def forward(self, x) -> np.ndarray:
+        """Float inputs -> quantize (model's input scale) -> :meth:`run` -> dequantized floats."""
+        m = self.model
+        return m.dequantize_output(self.run(m.quantize_input(x)))

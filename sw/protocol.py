@@ -33,7 +33,8 @@ from dataclasses import dataclass
 __all__ = [
     "Buffer", "ErrorCode", "Opcode", "PeKind", "SYNC", "LINK_ERRORS", "UNKNOWN_SEQ", "REPLY_FLAG", "PROTOCOL_VERSION", "MAX_DATA",
     "WRITE_HEADER", "MAX_PAYLOAD", "FRAME_OVERHEAD", "READ_PAYLOAD", "LAYER_PAYLOAD",
-    "RUN_NOWAIT", "GROUP_SIZE_BITS", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
+    "RUN_NOWAIT", "GROUP_SIZE_BITS", "LayerKind", "PROGRAM_RECORD", "LCNT_RECORD",
+    "GATHER_LOOPS", "ProgramLayer", "LayerCounters", "run_program", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
     "pack_frame", "unpack_frame", "pack_reply", "FrameParser", "DeviceInfo",
     "LayerDescriptor", "Status", "Counters", "identify", "write", "read", "load_layer",
     "run", "status", "counters", "reset", "efficiency", "parse_reply",
@@ -48,6 +49,9 @@ class Buffer(enum.IntEnum):
     OUT = 2     #: results, INT8 or RAW32, row banks (``sw.layout.decode_result``)
     CHAN = 3    #: per-channel table, 8 bytes per channel (``sw.layout.chan_table_image``)
     GROUP = 4   #: per-group table, 4 bytes per (group, channel) (``sw.layout.group_table_image``)
+    ACT = 5     #: activation memory of layer programs, INT8 bytes (``sw.program``)
+    PROG = 6    #: layer program, :data:`PROGRAM_RECORD` bytes per layer (:class:`ProgramLayer`)
+    LCNT = 7    #: per-layer counters of the last program run (:class:`LayerCounters`)
 
 
 class ErrorCode(enum.IntEnum):
@@ -92,14 +96,22 @@ class Opcode(enum.IntEnum):
     STATUS = 0x06       #: -> flags u8 (bit0 busy, bit1 loaded), last_error u8
     COUNTERS = 0x07     #: -> cycles, busy, stall, macs, dq_stall: u48 LE each
     RESET = 0x08        #: stop a running GEMM, forget the loaded layer and the last error
+    RUN_PROGRAM = 0x09  #: count u8 [, RUN_NOWAIT]: run layers 0..count-1 of the PROG buffer
+
+
+class LayerKind(enum.IntEnum):
+    """What one layer of a program does (:class:`ProgramLayer` ``kind``)."""
+
+    GEMM = 0      #: gather ACT -> A (im2col / strided), run the core, scatter OUT -> ACT
+    MAXPOOL = 1   #: ACT -> ACT: max over the two innermost gather loops
 
 
 #: First byte of every frame; the decoders hunt for it after garbage or an error.
 SYNC = 0xA5
 #: Set in the opcode byte of replies (never in a valid request).
 REPLY_FLAG = 0x80
-#: Bumped on any incompatible change of this module.
-PROTOCOL_VERSION = 3
+#: Bumped on any incompatible change of this module (4: layer programs, descriptor bases).
+PROTOCOL_VERSION = 4
 #: Sequence tag the device puts in a reply to a frame whose tag it never received (a frame
 #: refused at its LENGTH, or cut off before the tag); the driver tags requests 1..255.
 UNKNOWN_SEQ = 0
@@ -116,7 +128,13 @@ READ_PAYLOAD = 7
 #: group size -> bit of ``DeviceInfo.group_sizes``
 GROUP_SIZE_BITS = {32: 0, 64: 1, 128: 2}
 #: LOAD_LAYER body length (see :class:`LayerDescriptor`).
-LAYER_PAYLOAD = 15
+LAYER_PAYLOAD = 21
+#: bytes per layer in the PROG buffer (:class:`ProgramLayer`)
+PROGRAM_RECORD = 64
+#: bytes per layer in the LCNT buffer (:class:`LayerCounters`)
+LCNT_RECORD = 32
+#: loops of the ACT address generator (:class:`ProgramLayer`)
+GATHER_LOOPS = 6
 #: RUN flag: reply as soon as the core started (poll STATUS for the result).
 RUN_NOWAIT = 0x01
 
@@ -320,7 +338,7 @@ def _check_uint(name: str, value, bits: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """IDENTIFY reply data (55 bytes, little-endian).
+    """IDENTIFY reply data (62 bytes, little-endian).
 
     ``out_modes`` is a bit mask: bit ``i`` set when ``OutMode(i)`` is supported.
     ``a_bytes``/``w_bytes``/``out_bytes``/``chan_bytes``/``group_bytes`` are the sizes of the
@@ -331,7 +349,10 @@ class DeviceInfo:
     (WATCHDOG); ``tile_period`` the minimum cycles between two group (or tile) ends: a tile or
     group with fewer feed steps still takes this long; ``pe_kind`` a :class:`PeKind`;
     ``formats`` a bit mask of the ``sw.numerics.WeightFormat`` s the array computes;
-    ``group_sizes`` a bit mask of the supported group sizes (bit 0: 32, 1: 64, 2: 128).
+    ``group_sizes`` a bit mask of the supported group sizes (bit 0: 32, 1: 64, 2: 128);
+    ``act_bytes`` the size of the ACT memory of layer programs, ``max_layers`` the layers a
+    program may have (PROG holds ``max_layers * PROGRAM_RECORD`` bytes, LCNT
+    ``max_layers * LCNT_RECORD``), ``layer_kinds`` a bit mask of :class:`LayerKind`.
     """
 
     version: int
@@ -354,15 +375,18 @@ class DeviceInfo:
     group_sizes: int = 0
     chan_bytes: int = 0
     group_bytes: int = 0
+    act_bytes: int = 0
+    max_layers: int = 0
+    layer_kinds: int = 0
 
-    FORMAT = "<BIHHIIIIHBHIIIHBBBII"
+    FORMAT = "<BIHHIIIIHBHIIIHBBBIIIHB"
     SIZE = struct.calcsize(FORMAT)
     _BITS = (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
              ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32), ("out_words", 32),
              ("max_k", 16), ("out_modes", 8), ("max_data", 16), ("clock_hz", 32),
              ("timeout_cycles", 32), ("watchdog_cycles", 32), ("tile_period", 16),
              ("pe_kind", 8), ("formats", 8), ("group_sizes", 8), ("chan_bytes", 32),
-             ("group_bytes", 32))
+             ("group_bytes", 32), ("act_bytes", 32), ("max_layers", 16), ("layer_kinds", 8))
 
     def __post_init__(self):
         for name, bits in self._BITS:
@@ -395,7 +419,9 @@ class DeviceInfo:
     def buffer_size(self, buffer: Buffer) -> int:
         """Host address space size of ``buffer`` in bytes."""
         return {Buffer.A: self.a_bytes, Buffer.W: self.w_bytes, Buffer.OUT: self.out_bytes,
-                Buffer.CHAN: self.chan_bytes, Buffer.GROUP: self.group_bytes}[Buffer(buffer)]
+                Buffer.CHAN: self.chan_bytes, Buffer.GROUP: self.group_bytes,
+                Buffer.ACT: self.act_bytes, Buffer.PROG: self.max_layers * PROGRAM_RECORD,
+                Buffer.LCNT: self.max_layers * LCNT_RECORD}[Buffer(buffer)]
 
     def supports(self, out_mode) -> bool:
         return bool(self.out_modes >> int(out_mode) & 1)
@@ -403,7 +429,7 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class LayerDescriptor:
-    """LOAD_LAYER payload (15 bytes, little-endian).
+    """LOAD_LAYER payload (21 bytes, little-endian).
 
     ``m, k, n`` u16, ``out_mode`` u8 (``sw.numerics.OutMode``), ``mult`` u16, ``shift`` u8
     (0..63), ``zp`` i8, ``relu`` u8 (0/1) -- the scalar requantization, used when ``chan`` is 0
@@ -411,7 +437,11 @@ class LayerDescriptor:
     K: 0 = none, 32, 64 or 128) and ``chan`` u8 (1: requantize per output channel with the
     CHAN table's bias, multiplier and shift). The device answers BAD_PARAM for an
     out-of-range field, a format or group size the bitstream does not support (see
-    IDENTIFY); the shape is checked by the core at RUN (BAD_SHAPE).
+    IDENTIFY); the shape is checked by the core at RUN (BAD_SHAPE). Last, the u16 bases
+    ``w_base`` (bytes of each W column bank), ``chan_base`` (CHAN entries) and ``group_base``
+    (GROUP entries) where the layer's weights and tables start: a program's layers keep
+    their weights resident side by side. A layer whose weights or tables would end past
+    their buffer is BAD_SHAPE.
     """
 
     m: int
@@ -425,13 +455,17 @@ class LayerDescriptor:
     fmt: int = 0
     group: int = 0
     chan: int = 0
+    w_base: int = 0
+    chan_base: int = 0
+    group_base: int = 0
 
-    FORMAT = "<HHHBHBbBBBB"
+    FORMAT = "<HHHBHBbBBBBHHH"
     SIZE = struct.calcsize(FORMAT)
 
     def __post_init__(self):
         for name, bits in (("m", 16), ("k", 16), ("n", 16), ("out_mode", 8), ("mult", 16),
-                           ("shift", 8), ("relu", 8), ("fmt", 8), ("group", 8), ("chan", 8)):
+                           ("shift", 8), ("relu", 8), ("fmt", 8), ("group", 8), ("chan", 8),
+                           ("w_base", 16), ("chan_base", 16), ("group_base", 16)):
             v = getattr(self, name)
             _check_uint(f"LayerDescriptor.{name}", int(v) if isinstance(v, enum.Enum) else v, bits)
         if isinstance(self.zp, bool) or not isinstance(self.zp, int) or not -128 <= self.zp <= 127:
@@ -440,7 +474,7 @@ class LayerDescriptor:
     def pack(self) -> bytes:
         return struct.pack(self.FORMAT, self.m, self.k, self.n, int(self.out_mode), self.mult,
                            self.shift, self.zp, int(self.relu), int(self.fmt), self.group,
-                           int(self.chan))
+                           int(self.chan), self.w_base, self.chan_base, self.group_base)
 
     @classmethod
     def unpack(cls, data: bytes) -> "LayerDescriptor":
@@ -450,16 +484,18 @@ class LayerDescriptor:
 
     @classmethod
     def from_requant(cls, m: int, k: int, n: int, out_mode, requant=None, *, fmt=0,
-                     group: int = 0) -> "LayerDescriptor":
+                     group: int = 0, w_base: int = 0, chan_base: int = 0,
+                     group_base: int = 0) -> "LayerDescriptor":
         """Build from a ``sw.numerics.Requant`` (scalar), a ``ChannelRequant`` (per-channel
         tables: ``chan = 1``, zero point and ReLU from it) or None (raw output)."""
+        bases = dict(w_base=w_base, chan_base=chan_base, group_base=group_base)
         if requant is None:
-            return cls(m, k, n, int(out_mode), fmt=int(fmt), group=group)
+            return cls(m, k, n, int(out_mode), fmt=int(fmt), group=group, **bases)
         if hasattr(requant, "channels"):
             return cls(m, k, n, int(out_mode), 0, 0, int(requant.zero_point),
-                       int(bool(requant.relu)), int(fmt), group, 1)
+                       int(bool(requant.relu)), int(fmt), group, 1, **bases)
         return cls(m, k, n, int(out_mode), int(requant.multiplier), int(requant.shift),
-                   int(requant.zero_point), int(bool(requant.relu)), int(fmt), group, 0)
+                   int(requant.zero_point), int(bool(requant.relu)), int(fmt), group, 0, **bases)
 
 
 @dataclass(frozen=True)
@@ -519,6 +555,110 @@ class Counters:
         return cls(*(int.from_bytes(data[i:i + 6], "little") for i in range(0, cls.SIZE, 6)))
 
 
+@dataclass(frozen=True)
+class ProgramLayer:
+    """One layer of a program: a :data:`PROGRAM_RECORD`-byte record of the PROG buffer.
+
+    Layout (little-endian): the :class:`LayerDescriptor` (21 bytes: the core's part, used by
+    GEMM layers), ``kind`` u8 (:class:`LayerKind`), ``stride`` u8, ``pad`` u8, ``pad_value``
+    i8, one reserved byte, ``h`` u16, ``w`` u16, ``in_base`` u16, ``out_base`` u16, the
+    :data:`GATHER_LOOPS` loop counts ``n`` u16 and strides ``s`` u16, zeros to the end.
+
+    The ACT address generator walks six nested loops ``i0`` (outermost) .. ``i5`` with
+    ``0 <= ij < n[j]`` and reads ``ACT[(in_base + sum_j ij * s[j]) mod 2**16]``. An element
+    lies in the padding when ``iy = i1 * stride + i3 - pad`` is outside ``[0, h)`` or
+    ``ix = i2 * stride + i4 - pad`` outside ``[0, w)``; it is then ``pad_value`` instead.
+
+    * GEMM: loops 0..2 count the rows ``m`` of A, loops 3..5 its columns ``k`` (both
+      row-major); the element goes to ``A[m, k]`` (``n0 n1 n2 = M``, ``n3 n4 n5 = K``). The
+      core then runs ``desc``; its INT8 result ``OUT[m, n]`` is written to
+      ``ACT[out_base + m * N + n]``. conv2d (NHWC, im2col order ``k = (ky * kw + kx) * C + c``),
+      linear layers and global average pooling are all this kind.
+    * MAXPOOL: the maximum over each run of the two innermost loops (``n4 * n5`` elements) is
+      written to ``ACT[out_base + t]``, ``t = 0, 1, ...``.
+    """
+
+    desc: LayerDescriptor
+    kind: int = LayerKind.GEMM
+    stride: int = 0
+    pad: int = 0
+    pad_value: int = 0
+    h: int = 1
+    w: int = 1
+    in_base: int = 0
+    out_base: int = 0
+    n: tuple = (1, 1, 1, 1, 1, 1)
+    s: tuple = (0, 0, 0, 0, 0, 0)
+
+    _TAIL = "<BBBbBHHHH6H6H"
+
+    def __post_init__(self):
+        if not isinstance(self.desc, LayerDescriptor):
+            raise TypeError(f"ProgramLayer.desc must be a LayerDescriptor, not {self.desc!r}")
+        _check_uint("ProgramLayer.kind", int(self.kind), 8)
+        for name in ("stride", "pad"):
+            _check_uint(f"ProgramLayer.{name}", getattr(self, name), 8)
+        for name in ("h", "w", "in_base", "out_base"):
+            _check_uint(f"ProgramLayer.{name}", getattr(self, name), 16)
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, int) or \
+                not -128 <= self.pad_value <= 127:
+            raise ValueError(f"ProgramLayer.pad_value must be in [-128, 127], not {self.pad_value!r}")
+        for name in ("n", "s"):
+            v = tuple(getattr(self, name))
+            if len(v) != GATHER_LOOPS:
+                raise ValueError(f"ProgramLayer.{name} needs {GATHER_LOOPS} entries, not {len(v)}")
+            for x in v:
+                _check_uint(f"ProgramLayer.{name}[]", int(x), 16)
+            object.__setattr__(self, name, tuple(int(x) for x in v))
+        if any(x == 0 for x in self.n):
+            raise ValueError(f"ProgramLayer.n must be >= 1 in every loop, not {self.n}")
+
+    def pack(self) -> bytes:
+        body = self.desc.pack() + struct.pack(
+            self._TAIL, int(self.kind), self.stride, self.pad, self.pad_value, 0, self.h,
+            self.w, self.in_base, self.out_base, *self.n, *self.s)
+        assert len(body) <= PROGRAM_RECORD
+        return body + bytes(PROGRAM_RECORD - len(body))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "ProgramLayer":
+        if len(data) != PROGRAM_RECORD:
+            raise ProtocolError(f"ProgramLayer needs {PROGRAM_RECORD} bytes, got {len(data)}")
+        desc = LayerDescriptor.unpack(data[:LayerDescriptor.SIZE])
+        f = struct.unpack_from(cls._TAIL, data, LayerDescriptor.SIZE)
+        return cls(desc, f[0], f[1], f[2], f[3], f[5], f[6], f[7], f[8], tuple(f[9:15]),
+                   tuple(f[15:21]))
+
+
+@dataclass(frozen=True)
+class LayerCounters:
+    """One :data:`LCNT_RECORD`-byte record of the LCNT buffer, written when a program layer
+    ends: ``status`` u8 (:class:`ErrorCode`; the first record that is not OK names the layer
+    that stopped the program), ``kind`` u8, two reserved bytes, then u48 LE: ``cycles`` of
+    the whole layer (fetch, gather, core, scatter), and the core's ``core_cycles``,
+    ``busy`` (cycles feeding the array) and ``macs`` (0 for MAXPOOL)."""
+
+    status: int
+    kind: int
+    cycles: int
+    core_cycles: int
+    busy: int
+    macs: int
+
+    def pack(self) -> bytes:
+        body = bytes([int(self.status), int(self.kind), 0, 0]) + b"".join(
+            v.to_bytes(6, "little") for v in (self.cycles, self.core_cycles, self.busy, self.macs))
+        return body + bytes(LCNT_RECORD - len(body))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "LayerCounters":
+        if len(data) != LCNT_RECORD:
+            raise ProtocolError(f"LayerCounters needs {LCNT_RECORD} bytes, got {len(data)}")
+        st = data[0]
+        vals = [int.from_bytes(data[i:i + 6], "little") for i in range(4, 28, 6)]
+        return cls(ErrorCode(st) if st in ErrorCode._value2member_map_ else st, data[1], *vals)
+
+
 # -- request builders ------------------------------------------------------------------------
 # Each takes the sequence tag as ``seq`` (the driver numbers its requests 1..255).
 
@@ -551,6 +691,13 @@ def load_layer(desc: LayerDescriptor, *, seq: int = 0) -> bytes:
 
 def run(*, wait: bool = True, seq: int = 0) -> bytes:
     return pack_frame(Opcode.RUN, b"" if wait else bytes([RUN_NOWAIT]), seq=seq)
+
+
+def run_program(count: int, *, wait: bool = True, seq: int = 0) -> bytes:
+    """RUN_PROGRAM request: run layers ``0 .. count - 1`` of the PROG buffer."""
+    _check_uint("count", count, 8)
+    return pack_frame(Opcode.RUN_PROGRAM, bytes([count]) + (b"" if wait else bytes([RUN_NOWAIT])),
+                      seq=seq)
 
 
 def status(*, seq: int = 0) -> bytes:

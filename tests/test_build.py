@@ -53,7 +53,8 @@ def test_sizes_live_in_hw_and_fpga_reexports_them():
         assert board.DEVICES[dev] == (board.PLATFORMS[dev], size)
         assert size.pe in ("int8-dsp", "mixpe")
         assert set(size.geometry()) == {"rows", "cols", "a_depth", "w_depth", "out_depth",
-                                        "chan_depth", "group_depth", "pe"}
+                                        "chan_depth", "group_depth", "pe", "act_bytes",
+                                        "max_layers"}
     assert sizes.DEVICES["85F"].pe == "mixpe"          # the kind with the most MACs per second
 
 

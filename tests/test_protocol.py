@@ -79,7 +79,8 @@ def test_crc_detects_every_1_to_3_bit_error_in_a_frame():
 
 def test_enums_and_constants_stable():
     assert [(b.name, b.value) for b in P.Buffer] == [("A", 0), ("W", 1), ("OUT", 2),
-                                                      ("CHAN", 3), ("GROUP", 4)]
+                                                      ("CHAN", 3), ("GROUP", 4), ("ACT", 5),
+                                                      ("PROG", 6), ("LCNT", 7)]
     assert [(c.name, c.value) for c in P.ErrorCode] == [
         ("OK", 0), ("BAD_SHAPE", 1), ("NOT_LOADED", 2), ("BUSY", 3), ("BAD_CRC", 4),
         ("UNKNOWN_OPCODE", 5), ("BAD_LENGTH", 6), ("BAD_ADDRESS", 7), ("TIMEOUT", 8),
@@ -89,10 +90,12 @@ def test_enums_and_constants_stable():
     assert set(P.LINK_ERRORS) == {P.ErrorCode.BAD_CRC, P.ErrorCode.BAD_LENGTH,
                                   P.ErrorCode.TIMEOUT}
     assert [(k.name, k.value) for k in P.PeKind] == [("INT8_DSP", 0), ("MIXPE", 1)]
-    assert P.PROTOCOL_VERSION == 3 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
+    assert [(k.name, k.value) for k in P.LayerKind] == [("GEMM", 0), ("MAXPOOL", 1)]
+    assert P.PROTOCOL_VERSION == 4 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
     assert P.GROUP_SIZE_BITS == {32: 0, 64: 1, 128: 2}
     assert set(P.GROUP_SIZE_BITS) == set(GROUP_SIZES)
-    assert P.LAYER_PAYLOAD == P.LayerDescriptor.SIZE == 15
+    assert P.LAYER_PAYLOAD == P.LayerDescriptor.SIZE == 21
+    assert P.PROGRAM_RECORD == 64 and P.LCNT_RECORD == 32 and P.GATHER_LOOPS == 6
     # SYNC, OPCODE, LENGTH(2), SEQ, CRC(2); LENGTH counts SEQ + body
     assert P.FRAME_OVERHEAD == 1 + 1 + 2 + 1 + 2
     assert P.MAX_PAYLOAD == 1 + 5 + 4096 == 4102

@@ -313,9 +313,9 @@ class MixCore(wiring.Component):
                     m.d.sync += bad.eq(
                         (M == 0) | (K == 0) | (N == 0) | (K > self.max_k) | ~fmt_ok |
                         (group_on & (Const(int(self.groups), 1) == 0)) |
-                        (p_a > self.a_depth) | (p_w > self.w_depth) | (p_o > out_cap) |
-                        (cfg.chan & (N > self.chan_depth)) |
-                        (group_on & (p_g > self.group_depth)))
+                        (p_a > self.a_depth) | (p_w + cfg.w_base > self.w_depth) |
+                        (p_o > out_cap) | (cfg.chan & (N + cfg.chan_base > self.chan_depth)) |
+                        (group_on & (p_g + cfg.group_base > self.group_depth)))
                     m.next = "DECIDE"
                 abortable()
             with m.State("DECIDE"):
@@ -325,7 +325,8 @@ class MixCore(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [step.eq(0), gstep.eq(0), row0.eq(0), col0.eq(0),
-                                 a_tile.eq(0), w_tile.eq(0), out_row.eq(0), gbase.eq(0),
+                                 a_tile.eq(0), w_tile.eq(cfg.w_base), out_row.eq(0),
+                                 gbase.eq(cfg.group_base),
                                  row_last.eq(M <= R), col_last.eq(N <= C),
                                  rows_left.eq(clip(M, R)), cols_left.eq(clip(N, C)),
                                  since.eq(self.MIN_PERIOD), final_drained.eq(0)]
@@ -344,7 +345,7 @@ class MixCore(wiring.Component):
                     with m.If(group_end):
                         m.d.sync += [gstep.eq(0), since.eq(1), gbase.eq(gbase + N)]
                     with m.If(tile_end):
-                        m.d.sync += [step.eq(0), gbase.eq(0)]
+                        m.d.sync += [step.eq(0), gbase.eq(cfg.group_base)]
                         with m.If(row_last & col_last):
                             m.next = "FLUSH"
                         with m.Elif(row_last):
@@ -507,7 +508,8 @@ class MixCore(wiring.Component):
         cur_gbase = Mux(eng.sum_first[0], tok_head.gbase, t_gbase)
         crp = chan_mem.read_port()
         grp = grp_mem.read_port()
-        m.d.comb += [crp.addr.eq(Mux(self.busy, cur_col0 + t_j, bus_addr >> 3)), crp.en.eq(1),
+        m.d.comb += [crp.addr.eq(Mux(self.busy, cfg.chan_base + cur_col0 + t_j, bus_addr >> 3)),
+                     crp.en.eq(1),
                      grp.addr.eq(Mux(self.busy, cur_gbase + cur_col0 + t_j, bus_addr >> 2)),
                      grp.en.eq(1)]
         tbl0 = Signal(TABLE_LAYOUT)

@@ -1,4 +1,4 @@
-"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 3).
+"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 4).
 
 The link consumes the host's byte stream (UART RX, or the simulation harness), checks each
 frame, executes it against the mpGEMM core's command interface and emits the reply frame.
@@ -34,9 +34,10 @@ from sw.numerics import OutMode
 from sw.protocol import (
     LAYER_PAYLOAD, MAX_DATA, MAX_PAYLOAD, PROTOCOL_VERSION, READ_PAYLOAD,
     REPLY_FLAG, RUN_NOWAIT, SYNC, UNKNOWN_SEQ, WRITE_HEADER, GROUP_SIZE_BITS, Buffer, Counters,
-    DeviceInfo,
+    DeviceInfo, PROGRAM_RECORD, LCNT_RECORD,
     ErrorCode, Opcode, Status,
 )
+from hw.core.desc import decode_descriptor, assign_descriptor
 
 __all__ = ["Link", "CRC_PARAMETERS"]
 
@@ -86,7 +87,7 @@ class Link(wiring.Component):
             raise TypeError(f"info must be a sw.protocol.DeviceInfo, not {info!r}")
         if not isinstance(addr_bits, int) or not 1 <= addr_bits <= 32:
             raise ValueError(f"addr_bits must be an int in [1, 32], not {addr_bits!r}")
-        for name in ("a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes"):
+        for name in ("a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes", "act_bytes"):
             if getattr(info, name) > (1 << addr_bits):
                 raise ValueError(f"info.{name}={getattr(info, name)!r} exceeds the "
                                  f"{addr_bits}-bit bus address space")
@@ -108,6 +109,8 @@ class Link(wiring.Component):
         self.read_latency = read_latency
         self.timeout = info.timeout_cycles
         self.core_signature = core_signature
+        #: the core runs layer programs (RUN_PROGRAM; otherwise UNKNOWN_OPCODE)
+        self.programs = "prog_start" in core_signature.members
         members = {
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
@@ -133,7 +136,9 @@ class Link(wiring.Component):
                           timeout, core.WATCHDOG, core.MIN_PERIOD, int(core.PE_KIND),
                           sum(1 << int(f) for f in core.formats),
                           sum(1 << GROUP_SIZE_BITS[g] for g in core.group_sizes),
-                          core.chan_bytes, core.group_bytes)
+                          core.chan_bytes, core.group_bytes, getattr(core, "act_bytes", 0),
+                          getattr(core, "max_layers", 0),
+                          sum(1 << int(k) for k in getattr(core, "layer_kinds", ())))
         return cls(info=info, addr_bits=core.addr_bits, core_signature=core.signature,
                    read_latency=core.READ_LATENCY, dim_bits=len(core.cfg.m))
 
@@ -186,10 +191,9 @@ class Link(wiring.Component):
         m.d.comb += w_count.eq(body_len - WRITE_HEADER)
 
         def range_ok(count):
-            size = Mux(p_buf == Buffer.A, info.a_bytes,
-                   Mux(p_buf == Buffer.W, info.w_bytes,
-                   Mux(p_buf == Buffer.OUT, info.out_bytes,
-                   Mux(p_buf == Buffer.CHAN, info.chan_bytes, info.group_bytes))))
+            size = 0
+            for b in reversed(Buffer):
+                size = Mux(p_buf == b, info.buffer_size(b), size)
             return (p_buf <= max(Buffer)) & (p_addr + count <= size)
 
         # -- core-side state -------------------------------------------------------------
@@ -197,6 +201,7 @@ class Link(wiring.Component):
         running = Signal()
         run_pending = Signal()                # a RUN waits for its reply
         run_seq = Signal(8)
+        run_op = Signal(8)                    # reply opcode of the pending RUN / RUN_PROGRAM
         last_error = Signal(ErrorCode)
         core_busy = Signal()
         m.d.comb += core_busy.eq(self.busy | running)
@@ -225,7 +230,7 @@ class Link(wiring.Component):
         err_w = len(last_error)
 
         m.d.comb += [
-            self.bus_sel.eq(p_buf[:3]),            # Buffer: A..GROUP = 0..4
+            self.bus_sel.eq(p_buf[:3]),            # Buffer: A..LCNT = 0..7
             self.bus_addr.eq(baddr[:self.addr_bits]),
             # the staging EBR's output is registered before it travels to the core's
             # buffers (on the 85F they are far apart, and EBR clock-to-out is slow)
@@ -254,7 +259,7 @@ class Link(wiring.Component):
                     m.d.sync += run_pending.eq(0)
                     m.next = "OPC"
                 with m.Elif(run_pending & ~core_busy):
-                    m.d.sync += [run_pending.eq(0), r_op.eq(Opcode.RUN | REPLY_FLAG),
+                    m.d.sync += [run_pending.eq(0), r_op.eq(run_op),
                                  r_seq.eq(run_seq), r_status.eq(last_error), r_count.eq(0),
                                  r_bus.eq(0), tidx.eq(0)]
                     m.next = "TX_SYNC"
@@ -340,45 +345,22 @@ class Link(wiring.Component):
                                 m.d.sync += [reply(ErrorCode.OK, p_count, bus=True),
                                              baddr.eq(p_addr)]
                         with m.Case(Opcode.LOAD_LAYER):
-                            mode_ok = 0
-                            for mode in OutMode:
-                                mode_ok = mode_ok | (hdr[6] == mode)
+                            fields, bad_param, bad_shape = decode_descriptor(
+                                hdr, formats=[f for f in range(8) if info.formats >> f & 1],
+                                group_sizes=[g for g, bit in GROUP_SIZE_BITS.items()
+                                             if info.group_sizes >> bit & 1],
+                                dim_bits=self.dim_bits)
                             with m.If(length != 1 + LAYER_PAYLOAD):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)
-                            fmt_ok = 0
-                            for f in range(8):
-                                if info.formats >> f & 1:
-                                    fmt_ok = fmt_ok | (hdr[12] == f)
-                            grp_ok = hdr[13] == 0
-                            for g, bit in GROUP_SIZE_BITS.items():
-                                if info.group_sizes >> bit & 1:
-                                    grp_ok = grp_ok | (hdr[13] == g)
-                            with m.Elif(~mode_ok | (hdr[9] >= 64) | (hdr[11] > 1) | ~fmt_ok |
-                                        ~grp_ok | (hdr[14] > 1)):
+                            with m.Elif(bad_param):
                                 m.d.sync += reply(ErrorCode.BAD_PARAM)
-                            with m.Elif((Cat(hdr[0], hdr[1]) >> self.dim_bits).any() |
-                                        (Cat(hdr[2], hdr[3]) >> self.dim_bits).any() |
-                                        (Cat(hdr[4], hdr[5]) >> self.dim_bits).any()):
+                            with m.Elif(bad_shape):
                                 m.d.sync += reply(ErrorCode.BAD_SHAPE)
                             with m.Else():
-                                m.d.sync += [
-                                    reply(ErrorCode.OK), loaded.eq(1),
-                                    self.cfg.m.eq(Cat(hdr[0], hdr[1])),
-                                    self.cfg.k.eq(Cat(hdr[2], hdr[3])),
-                                    self.cfg.n.eq(Cat(hdr[4], hdr[5])),
-                                    self.cfg.out_mode.eq(hdr[6]),
-                                    self.cfg.mult.eq(Cat(hdr[7], hdr[8])),
-                                    self.cfg.shift.eq(hdr[9]),
-                                    self.cfg.zp.eq(hdr[10]),
-                                    self.cfg.relu.eq(hdr[11][0]),
-                                    self.cfg.fmt.eq(hdr[12]),
-                                    # group size -> the descriptor's 2-bit code (32 -> 1, ...)
-                                    self.cfg.group.eq(Mux(hdr[13] == 0, 0, Mux(hdr[13] == 32, 1,
-                                                      Mux(hdr[13] == 64, 2, 3)))),
-                                    self.cfg.chan.eq(hdr[14][0]),
-                                ]
+                                m.d.sync += [reply(ErrorCode.OK), loaded.eq(1),
+                                             *assign_descriptor(self.cfg, fields)]
                         with m.Case(Opcode.RUN):
                             nowait = (length == 2) & (hdr[0] == RUN_NOWAIT)
                             with m.If(length > 2):
@@ -394,7 +376,27 @@ class Link(wiring.Component):
                                 m.d.sync += [running.eq(1), reply(ErrorCode.OK)]
                                 with m.If(~nowait):
                                     # reply when done; hunt meanwhile (see module docstring)
-                                    m.d.sync += [run_pending.eq(1), run_seq.eq(seq)]
+                                    m.d.sync += [run_pending.eq(1), run_seq.eq(seq),
+                                                 run_op.eq(Opcode.RUN | REPLY_FLAG)]
+                                    m.next = "HUNT"
+                        with m.Case(Opcode.RUN_PROGRAM):
+                            nowait = (length == 3) & (hdr[1] == RUN_NOWAIT)
+                            with m.If((length < 2) | (length > 3) | (not self.programs)):
+                                m.d.sync += reply(ErrorCode.BAD_LENGTH if self.programs
+                                                  else ErrorCode.UNKNOWN_OPCODE)
+                            with m.Elif(((length == 3) & (hdr[1] & ~RUN_NOWAIT & 0xFF).any()) |
+                                        (hdr[0] == 0) | (hdr[0] > info.max_layers)):
+                                m.d.sync += reply(ErrorCode.BAD_PARAM)
+                            with m.Elif(core_busy):
+                                m.d.sync += reply(ErrorCode.BUSY)
+                            with m.Else():
+                                if self.programs:
+                                    m.d.comb += [self.prog_start.eq(1),
+                                                 self.prog_count.eq(hdr[0])]
+                                m.d.sync += [running.eq(1), reply(ErrorCode.OK)]
+                                with m.If(~nowait):
+                                    m.d.sync += [run_pending.eq(1), run_seq.eq(seq),
+                                                 run_op.eq(Opcode.RUN_PROGRAM | REPLY_FLAG)]
                                     m.next = "HUNT"
                         with m.Case(Opcode.STATUS):
                             with m.If(length != 1):

@@ -4,7 +4,7 @@ from amaranth import Module
 from amaranth.lib import wiring, stream, fifo
 from amaranth.lib.wiring import In, Out
 
-from hw.core import MixCore
+from hw.core.program import ProgramCore
 from .link import Link
 
 __all__ = ["SoC", "UARTSoC"]
@@ -16,7 +16,8 @@ class SoC(wiring.Component):
     Parameters
     ----------
     **size :
-        Core size and PE kind (see :class:`~hw.core.MixCore`, ``hw.sizes.CoreSize``).
+        Core size, PE kind, activation memory and program length (see
+        :class:`~hw.core.program.ProgramCore`, ``hw.sizes.CoreSize``).
     timeout : int
         Link inter-byte timeout in cycles.
     clk_freq : float
@@ -42,7 +43,7 @@ class SoC(wiring.Component):
 
     def __init__(self, *, timeout=Link.DEFAULT_TIMEOUT, clk_freq: float = 0,
                  watchdog: int | None = None, impl: str = "auto", **size):
-        self.core = MixCore(**size, watchdog=watchdog, impl=impl)
+        self.core = ProgramCore(**size, watchdog=watchdog, impl=impl)
         self.link = Link.for_core(self.core, timeout=timeout, clock_hz=clk_freq)
         super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
                           "idle": Out(1), "waiting": Out(1),

@@ -1,0 +1,424 @@
+"""ProgramCore: the core plus layer programs, so a model runs with its activations on chip.
+
+::
+
+    host bus ──> ACT (activations)   PROG (layer records)   LCNT (per-layer counters)
+            └──> MixCore buffers (A, W, OUT, CHAN, GROUP)
+                         ^   A <── gather (im2col) ── ACT ── scatter <── OUT
+                         └── runner: per layer FETCH -> GATHER -> core RUN -> SCATTER -> COUNT
+
+A program is a list of :class:`sw.protocol.ProgramLayer` records in PROG. RUN_PROGRAM runs
+layers ``0 .. count-1``: each GEMM layer gathers its A operand from ACT with a six-loop
+address generator (im2col with padding for conv2d, row-major for linear layers, transposed
+for global average pooling), runs the core on its resident weights (the descriptor's bases)
+and writes its INT8 result back into ACT in the row-major layout the next layer reads; a
+MAXPOOL layer reduces ACT to ACT. Nothing crosses the host link between layers. One byte
+moves per cycle in the gather, scatter and pool loops; their cycles are in the per-layer
+counters next to the core's.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, Mux, Cat, Const, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw.numerics import OutMode
+from sw.protocol import (Buffer, ErrorCode, LayerKind, LayerDescriptor, PROGRAM_RECORD,
+                         LCNT_RECORD, GATHER_LOOPS)
+
+from .core import MixCore, core_signature, COUNTER_BITS
+from .desc import decode_descriptor, assign_descriptor, LAYER_LAYOUT
+
+__all__ = ["ProgramCore", "program_signature"]
+
+_ADDR = 16          # ACT addresses (the generator wraps modulo 2**16)
+_RECORD_BITS = 8 * PROGRAM_RECORD
+
+
+def program_signature(*, addr_bits: int) -> wiring.Signature:
+    """:func:`hw.core.core.core_signature` plus the program start (RUN_PROGRAM)."""
+    members = dict(core_signature(addr_bits=addr_bits).members)
+    members.update({"prog_start": In(1), "prog_count": In(8)})
+    return wiring.Signature(members)
+
+
+class ProgramCore(wiring.Component):
+    """A :class:`MixCore` with ACT / PROG / LCNT memories and the layer-program runner.
+
+    Parameters
+    ----------
+    act_bytes : int
+        Size of the activation memory (a power of two, at most 65536).
+    max_layers : int
+        Layers a program may have (PROG holds ``max_layers`` records).
+    **core
+        :class:`MixCore` parameters.
+
+    Members
+    -------
+    See :func:`program_signature`. Outside programs the core's ports pass through; while a
+    program runs, ``busy`` is high, and ``done`` / ``error`` report the program's end (the
+    first failing layer's status, e.g. BAD_SHAPE, BAD_PARAM for an unknown kind or
+    descriptor field, WATCHDOG, ABORTED).
+    """
+
+    layer_kinds = (LayerKind.GEMM, LayerKind.MAXPOOL)
+
+    def __init__(self, *, act_bytes: int = 4096, max_layers: int = 32, **core):
+        self.core = MixCore(**core)
+        if act_bytes & (act_bytes - 1) or not 256 <= act_bytes <= (1 << _ADDR):
+            raise ValueError(f"act_bytes must be a power of two in [256, 65536], not {act_bytes!r}")
+        if not isinstance(max_layers, int) or not 1 <= max_layers <= 255:
+            raise ValueError(f"max_layers must be an int in [1, 255], not {max_layers!r}")
+        self.act_bytes, self.max_layers = act_bytes, max_layers
+        for name in ("rows", "cols", "a_depth", "w_depth", "out_depth", "chan_depth",
+                     "group_depth", "formats", "group_sizes", "PE_KIND", "max_k", "acc_width",
+                     "a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes",
+                     "MIN_PERIOD", "WATCHDOG", "pe", "ABORT_CYCLES", "max_run_cycles"):
+            setattr(self, name, getattr(self.core, name))
+        self.addr_bits = max(self.core.addr_bits, (act_bytes - 1).bit_length(),
+                             (max_layers * PROGRAM_RECORD - 1).bit_length())
+        #: cycles from ``bus_re`` to ``bus_rdata`` (the core's plus the output register)
+        self.READ_LATENCY = self.core.READ_LATENCY + 1
+        super().__init__(program_signature(addr_bits=self.addr_bits))
+
+    def config(self) -> dict:
+        return dict(self.core.config(), act_bytes=self.act_bytes, max_layers=self.max_layers)
+
+    def config_hash(self) -> int:
+        import hashlib
+        import json
+        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        R = core.rows
+        lr = R.bit_length() - 1
+        act_bits = (self.act_bytes - 1).bit_length()
+
+        m.submodules.act = act = Memory(shape=8, depth=self.act_bytes, init=[])
+        m.submodules.prog = prog = Memory(shape=8, depth=self.max_layers * PROGRAM_RECORD, init=[])
+        m.submodules.lcnt = lcnt = Memory(shape=8, depth=self.max_layers * LCNT_RECORD, init=[])
+        act_r, act_w = act.read_port(), act.write_port()
+        prog_r, prog_w = prog.read_port(), prog.write_port()
+        lcnt_r, lcnt_w = lcnt.read_port(), lcnt.write_port()
+
+        running = Signal()                  # a program runs (the runner owns the core)
+        prog_mode = Signal()                # the last run was a program: done / error are ours
+        p_done = Signal()
+        p_error = Signal(ErrorCode)
+
+        # -- the runner's view of the core -----------------------------------------------
+        r_sel = Signal(Buffer); r_addr = Signal(self.core.addr_bits); r_wdata = Signal(8)
+        r_we = Signal(); r_start = Signal()
+        r_cfg = Signal(LAYER_LAYOUT)
+        passthrough = ["cnt_cycles", "cnt_busy", "cnt_stall", "cnt_macs", "cnt_dq_stall"]
+        for name in passthrough:
+            m.d.comb += getattr(self, name).eq(getattr(core, name))
+        m.d.comb += [
+            core.bus_sel.eq(Mux(running, r_sel, self.bus_sel)),
+            core.bus_addr.eq(Mux(running, r_addr, self.bus_addr)),
+            core.bus_wdata.eq(Mux(running, r_wdata, self.bus_wdata)),
+            core.bus_we.eq(Mux(running, r_we, self.bus_we & (self.bus_sel < Buffer.ACT))),
+            core.bus_re.eq(self.bus_re),
+            core.cfg.eq(Mux(running, r_cfg, self.cfg)),
+            core.start.eq(Mux(running, r_start, self.start)),
+            core.abort.eq(self.abort),
+            self.busy.eq(core.busy | running),
+            self.done.eq(Mux(prog_mode, p_done, core.done)),
+            self.error.eq(Mux(prog_mode, p_error, core.error)),
+        ]
+        with m.If(self.start):
+            m.d.sync += prog_mode.eq(0)
+
+        # -- host access to ACT / PROG / LCNT (while idle) --------------------------------
+        host_we = self.bus_we & ~self.busy
+        m.d.comb += [
+            prog_w.addr.eq(self.bus_addr), prog_w.data.eq(self.bus_wdata),
+            prog_w.en.eq(host_we & (self.bus_sel == Buffer.PROG) &
+                         (self.bus_addr < self.max_layers * PROGRAM_RECORD)),
+        ]
+        h_act_we = host_we & (self.bus_sel == Buffer.ACT) & (self.bus_addr < self.act_bytes)
+        # host reads: memory data one cycle after the address, delayed to the core's latency
+        lat = self.core.READ_LATENCY
+        sel_d = [Signal(Buffer, name=f"hsel{i}") for i in range(lat)]
+        m.d.sync += sel_d[0].eq(self.bus_sel)
+        for i in range(1, lat):
+            m.d.sync += sel_d[i].eq(sel_d[i - 1])
+        loc_d = [Signal(8, name=f"hloc{i}") for i in range(lat)]
+        loc = Mux(sel_d[0] == Buffer.ACT, act_r.data,
+                  Mux(sel_d[0] == Buffer.PROG, prog_r.data, lcnt_r.data))
+        m.d.sync += loc_d[1].eq(loc)
+        for i in range(2, lat):
+            m.d.sync += loc_d[i].eq(loc_d[i - 1])
+        m.d.sync += self.bus_rdata.eq(Mux(sel_d[lat - 1] >= Buffer.ACT, loc_d[lat - 1],
+                                          core.bus_rdata))
+
+        # -- the current layer record ---------------------------------------------------------
+        rec = Signal(_RECORD_BITS)
+        rb = [rec[8 * i:8 * i + 8] for i in range(PROGRAM_RECORD)]
+        D = LayerDescriptor.SIZE
+
+        def u16(i):
+            return Cat(rb[i], rb[i + 1])
+        kind = rb[D]
+        stride, pad = rb[D + 1], rb[D + 2]
+        pad_value = rb[D + 3].as_signed()
+        lim_h, lim_w = u16(D + 5), u16(D + 7)
+        in_base, out_base = u16(D + 9), u16(D + 11)
+        n_loop = [u16(D + 13 + 2 * j) for j in range(GATHER_LOOPS)]
+        s_loop = [u16(D + 13 + 2 * GATHER_LOOPS + 2 * j) for j in range(GATHER_LOOPS)]
+        fields, bad_param, bad_shape = decode_descriptor(
+            rb[:D], formats=core.formats, group_sizes=core.group_sizes, dim_bits=len(core.cfg.m))
+
+        layer = Signal(8); count = Signal(8)
+        fidx = Signal(range(PROGRAM_RECORD + 2))
+        cyc = Signal(COUNTER_BITS)
+        st = Signal(ErrorCode)
+        c_core = Signal(COUNTER_BITS); c_busy = Signal(COUNTER_BITS); c_macs = Signal(COUNTER_BITS)
+
+        # -- the six-loop ACT address generator -------------------------------------------------
+        g_run = Signal()                    # generator steps this cycle
+        g_on = Signal()                     # generator has elements left
+        idx = [Signal(16, name=f"gi{j}") for j in range(GATHER_LOOPS)]
+        addr = [Signal(_ADDR, name=f"ga{j}") for j in range(GATHER_LOOPS)]
+        y1 = Signal(16); x2 = Signal(16)    # i1 * stride, i2 * stride
+        last = [idx[j] == n_loop[j] - 1 for j in range(GATHER_LOOPS)]
+        inc = []
+        for j in range(GATHER_LOOPS):
+            inner_last = Const(1, 1)
+            for l in range(j + 1, GATHER_LOOPS):
+                inner_last = inner_last & last[l]
+            inc.append(Signal(name=f"ginc{j}"))
+            m.d.comb += inc[j].eq(inner_last & ~last[j])
+        all_last = Signal()
+        m.d.comb += all_last.eq(Cat(*last).all())
+        # the element now addressed: padding?
+        iy = Signal(signed(18)); ix = Signal(signed(18))
+        m.d.comb += [iy.eq(Cat(y1, Const(0, 2)).as_signed() + idx[3] - pad),
+                     ix.eq(Cat(x2, Const(0, 2)).as_signed() + idx[4] - pad)]
+        in_pad = Signal()
+        m.d.comb += in_pad.eq((iy < 0) | (iy >= lim_h) | (ix < 0) | (ix >= lim_w))
+        m_step = Signal()                   # next element starts a new row of A (loops 0..2)
+        m.d.comb += m_step.eq(inc[0] | inc[1] | inc[2])
+        w_end = Signal()                    # this element ends a pooling window (loops 4, 5)
+        m.d.comb += w_end.eq(last[4] & last[5])
+        w_first = Signal()
+        m.d.comb += w_first.eq((idx[4] == 0) & (idx[5] == 0))
+
+        def gen_reset():
+            return ([i.eq(0) for i in idx] + [a.eq(in_base) for a in addr] +
+                    [y1.eq(0), x2.eq(0), g_on.eq(1)])
+
+        with m.If(g_run & g_on):
+            with m.If(all_last):
+                m.d.sync += g_on.eq(0)
+            for j in range(GATHER_LOOPS):
+                with m.If(inc[j]):
+                    nxt = (addr[j] + s_loop[j])[:_ADDR]
+                    m.d.sync += [idx[j].eq(idx[j] + 1), addr[j].eq(nxt)]
+                    for l in range(j + 1, GATHER_LOOPS):
+                        m.d.sync += [idx[l].eq(0), addr[l].eq(nxt)]
+                    if j == 0:
+                        m.d.sync += y1.eq(0)
+                    if j <= 1:
+                        m.d.sync += x2.eq(0)
+                    if j == 1:
+                        m.d.sync += y1.eq(y1 + stride)
+                    if j == 2:
+                        m.d.sync += x2.eq(x2 + stride)
+
+        # A bus address of element (m, k): bank m % R, word (m // R) * kw + k // 4, byte k % 4
+        kw_bytes = Signal(2 * 16)           # ceil(K / 4) * 4 * R: bytes per R rows of A
+        a_rowbase = Signal(32); a_bank = Signal(range(R)) if R > 1 else Signal(1)
+        a_k = Signal(16)
+        a_byte = Signal(32)
+        m.d.comb += a_byte.eq(a_rowbase + ((a_k >> 2) << (lr + 2)) + (a_bank << 2) + a_k[:2])
+        with m.If(g_run & g_on):
+            with m.If(m_step):
+                m.d.sync += a_k.eq(0)
+                if R > 1:
+                    m.d.sync += a_bank.eq(a_bank + 1)
+                    with m.If(a_bank == R - 1):
+                        m.d.sync += a_rowbase.eq(a_rowbase + kw_bytes)
+                else:
+                    m.d.sync += a_rowbase.eq(a_rowbase + kw_bytes)
+            with m.Else():
+                m.d.sync += a_k.eq(a_k + 1)
+
+        # pipeline: p1 = ACT read issued (address, flags), p2 = data there
+        p1_v = Signal(); p1_pad = Signal(); p1_a = Signal(32); p1_wend = Signal(); p1_wfirst = Signal()
+        m.d.sync += [p1_v.eq(g_run & g_on), p1_pad.eq(in_pad), p1_a.eq(a_byte),
+                     p1_wend.eq(w_end), p1_wfirst.eq(w_first)]
+        p1_val = Signal(8)
+        m.d.comb += p1_val.eq(Mux(p1_pad, pad_value, act_r.data))
+
+        # -- scatter: OUT (m, n) -> ACT[out_base + t] -------------------------------------------
+        s_on = Signal(); s_m = Signal(16); s_n = Signal(16); s_bank = Signal.like(a_bank)
+        s_ebase = Signal(32)
+        s_e = Signal(32)
+        m.d.comb += s_e.eq(s_ebase + s_n)
+        s_addr = Signal(32)
+        m.d.comb += s_addr.eq(((s_e >> 2) << (lr + 2)) + (s_bank << 2) + s_e[:2])
+        M, N = fields["m"], fields["n"]
+        lat_core = self.core.READ_LATENCY
+        s_v = Signal(lat_core)              # read issued, data arrives lat_core cycles later
+        t_out = Signal(_ADDR)               # next ACT write offset
+
+        # -- pool reduction -------------------------------------------------------------------
+        mx = Signal(signed(8))
+
+        act_rd_addr = Signal(_ADDR)
+        m.d.comb += act_rd_addr.eq(Mux(running, addr[GATHER_LOOPS - 1], self.bus_addr))
+        m.d.comb += [act_r.addr.eq(act_rd_addr[:act_bits]), act_r.en.eq(1),
+                     prog_r.addr.eq(Mux(running, layer * PROGRAM_RECORD + fidx, self.bus_addr)),
+                     prog_r.en.eq(1), lcnt_r.addr.eq(self.bus_addr), lcnt_r.en.eq(1)]
+        aw_addr = Signal(_ADDR); aw_data = Signal(8); aw_en = Signal()
+        m.d.comb += [act_w.addr.eq(Mux(running, aw_addr, self.bus_addr)[:act_bits]),
+                     act_w.data.eq(Mux(running, aw_data, self.bus_wdata)),
+                     act_w.en.eq(Mux(running, aw_en, h_act_we))]
+
+        # LCNT record writer
+        l_rec = Signal(8 * LCNT_RECORD)
+        l_idx = Signal(range(LCNT_RECORD + 1))
+        m.d.comb += [lcnt_w.addr.eq(layer * LCNT_RECORD + l_idx),
+                     lcnt_w.data.eq(l_rec.word_select(l_idx[:5], 8))]
+
+        with m.If(running):
+            m.d.sync += cyc.eq(cyc + 1)
+
+        def finish(code):
+            return [p_error.eq(code), p_done.eq(1), running.eq(0)]
+
+        def abortable():
+            # RESET stops the program between bytes (in WAIT the core aborts its own run
+            # and reports ABORTED, which ends the program like any core error)
+            with m.If(self.abort):
+                m.d.sync += finish(ErrorCode.ABORTED)
+                m.next = "IDLE"
+
+        m.d.sync += p_done.eq(0)
+        with m.FSM(name="runner"):
+            with m.State("IDLE"):
+                with m.If(self.prog_start):
+                    m.d.sync += [prog_mode.eq(1), layer.eq(0), count.eq(self.prog_count)]
+                    with m.If((self.prog_count == 0) | (self.prog_count > self.max_layers)):
+                        m.d.sync += [p_error.eq(ErrorCode.BAD_PARAM), p_done.eq(1)]
+                    with m.Else():
+                        m.d.sync += [running.eq(1), fidx.eq(0), cyc.eq(0)]
+                        m.next = "FETCH"
+            with m.State("FETCH"):
+                abortable()
+                # record bytes arrive one cycle after their address
+                m.d.sync += fidx.eq(fidx + 1)
+                with m.If(fidx != 0):
+                    m.d.sync += rec.eq(Cat(rec[8:], prog_r.data))
+                with m.If(fidx == PROGRAM_RECORD):
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                abortable()
+                m.d.sync += [c_core.eq(0), c_busy.eq(0), c_macs.eq(0), t_out.eq(0),
+                             a_rowbase.eq(0), a_bank.eq(0), a_k.eq(0), *gen_reset(),
+                             r_cfg.eq(0), *assign_descriptor(r_cfg, fields)]
+                # bytes of A per R rows: ceil(K / 4) words of 4 bytes in each of R banks
+                m.d.sync += kw_bytes.eq(((fields["k"] + 3) >> 2) << (lr + 2))
+                with m.If((kind == LayerKind.GEMM) & (bad_param |
+                                                      (fields["out_mode"] != OutMode.INT8))):
+                    m.d.sync += st.eq(ErrorCode.BAD_PARAM)
+                    m.next = "COUNT"
+                with m.Elif((kind == LayerKind.GEMM) & bad_shape):
+                    m.d.sync += st.eq(ErrorCode.BAD_SHAPE)
+                    m.next = "COUNT"
+                with m.Elif(kind == LayerKind.GEMM):
+                    m.d.sync += st.eq(ErrorCode.OK)
+                    m.next = "GATHER"
+                with m.Elif(kind == LayerKind.MAXPOOL):
+                    m.d.sync += st.eq(ErrorCode.OK)
+                    m.next = "POOL"
+                with m.Else():
+                    m.d.sync += st.eq(ErrorCode.BAD_PARAM)
+                    m.next = "COUNT"
+            with m.State("GATHER"):
+                abortable()
+                m.d.comb += g_run.eq(1)
+                with m.If(~g_on & ~p1_v):
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += r_start.eq(1)
+                m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(core.done):
+                    m.d.sync += [c_core.eq(core.cnt_cycles), c_busy.eq(core.cnt_busy),
+                                 c_macs.eq(core.cnt_macs), st.eq(core.error),
+                                 s_on.eq(1), s_m.eq(0), s_n.eq(0), s_bank.eq(0), s_ebase.eq(0)]
+                    with m.If(core.error != ErrorCode.OK):
+                        m.next = "COUNT"
+                    with m.Else():
+                        m.next = "SCATTER"
+            with m.State("SCATTER"):
+                abortable()
+                m.d.sync += s_v.eq(Cat(s_on, s_v[:-1]))
+                with m.If(s_on):
+                    m.d.sync += s_n.eq(s_n + 1)
+                    with m.If(s_n == N - 1):
+                        m.d.sync += [s_n.eq(0), s_m.eq(s_m + 1)]
+                        if R > 1:
+                            m.d.sync += s_bank.eq(s_bank + 1)
+                            with m.If(s_bank == R - 1):
+                                m.d.sync += s_ebase.eq(s_ebase + N)
+                        else:
+                            m.d.sync += s_ebase.eq(s_ebase + N)
+                        with m.If(s_m == M - 1):
+                            m.d.sync += s_on.eq(0)
+                with m.If(~s_on & ~s_v.any()):
+                    m.next = "COUNT"
+            with m.State("POOL"):
+                abortable()
+                m.d.comb += g_run.eq(1)
+                with m.If(~g_on & ~p1_v):
+                    m.next = "COUNT"
+            with m.State("COUNT"):
+                abortable()
+                m.d.sync += [l_idx.eq(0),
+                             l_rec.eq(Cat(st, Const(0, 8 - len(st)), kind, Const(0, 16),
+                                          cyc, c_core, c_busy, c_macs))]
+                m.next = "LCNT"
+            with m.State("LCNT"):
+                abortable()
+                m.d.comb += lcnt_w.en.eq(1)
+                m.d.sync += l_idx.eq(l_idx + 1)
+                with m.If(l_idx == LCNT_RECORD - 1):
+                    with m.If(st != ErrorCode.OK):
+                        m.d.sync += finish(st)
+                        m.next = "IDLE"
+                    with m.Elif(layer == count - 1):
+                        m.d.sync += finish(ErrorCode.OK)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), fidx.eq(0), cyc.eq(0)]
+                        m.next = "FETCH"
+
+        # runner bus: gather writes A (one cycle after the ACT read), scatter reads OUT
+        in_gather = Signal()
+        m.d.comb += in_gather.eq(p1_v & (kind == LayerKind.GEMM))
+        m.d.comb += [
+            r_sel.eq(Mux(in_gather, Buffer.A, Buffer.OUT)),
+            r_addr.eq(Mux(in_gather, p1_a, s_addr)),
+            r_wdata.eq(p1_val), r_we.eq(in_gather),
+        ]
+        # scatter data: OUT byte arrives lat_core cycles after its address
+        with m.If(s_v[-1]):
+            m.d.comb += [aw_addr.eq(out_base + t_out), aw_data.eq(core.bus_rdata), aw_en.eq(1)]
+            m.d.sync += t_out.eq(t_out + 1)
+        # pool: running maximum over each window, written at its end
+        with m.If(p1_v & (kind == LayerKind.MAXPOOL)):
+            cur = Mux(p1_wfirst | (p1_val.as_signed() > mx), p1_val.as_signed(), mx)
+            m.d.sync += mx.eq(cur)
+            with m.If(p1_wend):
+                m.d.comb += [aw_addr.eq(out_base + t_out), aw_data.eq(cur), aw_en.eq(1)]
+                m.d.sync += t_out.eq(t_out + 1)
+        return m
