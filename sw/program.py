@@ -116,6 +116,8 @@ class CompiledProgram:
     output_shape: tuple
     act_peak: int = 0
     weight_bytes: dict = field(default_factory=dict)
+    #: ACT region (base, bytes) each device layer writes
+    regions: list = field(default_factory=list)
 
     @property
     def program_bytes(self) -> bytes:
@@ -230,7 +232,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
         raise ModelTooLarge(f"the input ({B} x {shape}) needs {cur_size} bytes of ACT, "
                             f"{cur_size - geo.act_bytes} more than its {geo.act_bytes}")
     input_base, input_bytes = cur_base, cur_size
-    records, names, macs, places = [], [], [], []
+    records, names, macs, places, regions = [], [], [], [], []
     peak = cur_size
 
     def place_out(name, size):
@@ -310,6 +312,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
         else:
             raise ValueError(f"layer {name!r}: {type(layer).__name__} has no device lowering")
         records.append(rec)
+        regions.append((base, size))
         names.append(name)
         macs.append(mac)
         places.extend(pl)
@@ -324,7 +327,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
     used = {"W": alloc.w * geo.cols, "CHAN": alloc.chan * layout.CHAN_ENTRY_BYTES,
             "GROUP": alloc.group * layout.GROUP_ENTRY_BYTES, "PROG": len(prog)}
     return CompiledProgram(records, names, macs, places, B, input_base, input_bytes, cur_base,
-                           cur_size, tuple(shape), peak, used)
+                           cur_size, tuple(shape), peak, used, regions)
 
 
 def max_batch(model, info: DeviceInfo, *, limit: int = 256) -> int:
