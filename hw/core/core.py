@@ -140,7 +140,7 @@ class MixCore(wiring.Component):
         self.MIN_PERIOD = cols
         self.edge_latency = EdgeUnit.latency()
         #: cycles an aborted run stays busy: everything fed drains out before ``done``
-        self.ABORT_CYCLES = (8 + self.engine_latency + rows + cols + self.edge_latency
+        self.ABORT_CYCLES = (9 + self.engine_latency + rows + cols + self.edge_latency
                              + 2 * self.MIN_PERIOD)
         if watchdog is None:
             watchdog = 2 * self.max_run_cycles()
@@ -451,21 +451,33 @@ class MixCore(wiring.Component):
             m.d.sync += ga[i].eq(Mux(f_rmask[i], a_rd[i], 0))
         for j in range(C):
             m.d.sync += gw[j].eq(Mux(f_cmask[j], w_rd[j], 0))
+        # stage s: the step's bytes selected from the A word and registered, so the byte
+        # select and the per-format arrangement (both driven by nets that reach every row)
+        # are in different cycles; weights and flags wait alongside
+        s_valid, s_first, s_last, s_mask = Signal(), Signal(), Signal(), Signal(4)
+        m.d.sync += [s_valid.eq(g_valid), s_first.eq(g_first), s_last.eq(g_last),
+                     s_mask.eq(g_mask)]
+        sa = [Signal(32, name=f"sa{i}", reset_less=True) for i in range(R)]
+        sw = [Signal(8, name=f"sw{j}", reset_less=True) for j in range(C)]
+        for i in range(R):
+            m.d.sync += sa[i].eq((ga[i] >> (g_sel << 3))[:32])
+        for j in range(C):
+            m.d.sync += sw[j].eq(gw[j])
         h_valid, h_first, h_last = Signal(), Signal(), Signal()
-        m.d.sync += [h_valid.eq(g_valid), h_first.eq(g_first), h_last.eq(g_last)]
+        m.d.sync += [h_valid.eq(s_valid), h_first.eq(s_first), h_last.eq(s_last)]
         m.d.comb += [eng.valid.eq(h_valid), eng.first.eq(h_first), eng.last.eq(h_last)]
         mode_r = None
         for i in range(R):
-            word = (ga[i] >> (g_sel << 3))[:32]
+            word = sa[i]
             if self.pe_cls.X_WIDTH == 32:
-                x = arrange_activations(m, cfg.fmt, word, g_mask, name=f"xarr{i}")
+                x = arrange_activations(m, cfg.fmt, word, s_mask, name=f"xarr{i}")
             else:
-                x = Mux(g_mask[0], word[:8], 0)
+                x = Mux(s_mask[0], word[:8], 0)
             xr = Signal(self.pe_cls.X_WIDTH, name=f"hx{i}", reset_less=True)
             m.d.sync += xr.eq(x)
             m.d.comb += eng.x[i].eq(xr)
         for j in range(C):
-            chunks, sgn, mode = decode_weight_byte(m, cfg.fmt, gw[j], name=f"wdec{j}")
+            chunks, sgn, mode = decode_weight_byte(m, cfg.fmt, sw[j], name=f"wdec{j}")
             wr = Signal(8, name=f"hw{j}", reset_less=True)
             sr = Signal(4, name=f"hs{j}", reset_less=True)
             m.d.sync += [wr.eq(chunks), sr.eq(sgn)]
