@@ -6,6 +6,8 @@ Commands::
     python -m sw info --backend serial --port /dev/ttyUSB0
     python -m sw gemm --backend sim --m 64 --k 128 --n 64 [--requant] [--seed 0]
     python -m sw gemm --fmt INT4 --group 32 --requant    # a quantized layer's weights
+    python -m sw run model.onnx --input x.npy [--output y.npy] [--batch N] [--narrow-weights]
+    python -m sw demo digits [--model mlp|cnn|both] [--fmt INT8 INT4 INT2 TERNARY] [--samples N]
 
 ``gemm`` runs a random GEMM, checks it bit-exactly against ``sw.numerics.mixgemm`` (exit
 status 1 on a mismatch) and prints wall time, device counters, array utilization and wire
@@ -16,6 +18,35 @@ another ``--fmt`` or a ``--group``, random Gaussian float weights and inputs are
 a linear layer (``sw.quant.quantize_linear``: weights of that format, per-group tables,
 per-channel requantization with folded bias) and run through
 :meth:`sw.driver.Accelerator.mixgemm`; without ``--requant`` the raw sums are compared.
+
+``run`` takes a QDQ ONNX model (onnxruntime ``quantize_static``; what
+:func:`sw.onnx_import.load_onnx` supports) and a ``.npy`` of float inputs, one row per sample
+in the layout the ONNX model takes (``(n, 1, 8, 8)`` NCHW images, ``(n, 64)`` vectors). It
+quantizes the inputs with the model's input quantization, loads weights, tables and the
+layer program once (:meth:`sw.driver.Accelerator.load_model`), runs every sample in batches
+(``--batch``, default the most that fit on chip), checks the int8 outputs bit-exactly against
+:meth:`sw.model.Model.golden` (exit status 1 on a mismatch) and saves ``--output``: float32,
+dequantized, in ONNX layout (what onnxruntime returns). ``--narrow-weights`` picks each
+layer's weight format from its codes instead of the declared element type.
+
+``demo digits`` trains the digits MLP and / or CNN (:mod:`sw.demo`, NumPy, seconds), exports
+them to ONNX, quantizes them with onnxruntime (static, QDQ, per-channel weights), imports,
+runs the test split on the device and prints float / onnxruntime (operator-by-operator
+reference) / device accuracy side by side with the top-1 agreement of device and
+onnxruntime; exit status 1 if the device differs from the golden model on any sample.
+``--fmt`` INT4 quantizes the weights with onnxruntime's int4 type; INT2 and TERNARY (no
+onnxruntime type) re-quantize the int8 QDQ weights per channel with :mod:`sw.quant` and store
+the codes as int8 (:func:`sw.model_cli.narrow_qdq_weights`; the importer then picks the
+format from the codes); several formats may be given.
+
+Both print the model summary, the bytes loaded once, per device layer its cycles, core
+cycles, MACs and utilization (MACs / (PEs x lanes of its weight format x core cycles); ``-``
+for max pooling), device cycles per inference and inferences/s at the device clock (the
+simulated clock on the sim backend), wall time and inferences/s, and link bytes per
+inference (both directions); ``--json PATH`` writes every figure. A progress bar goes to stderr when it is a
+terminal (``--quiet``: none). An unsupported or too large model, a bad input shape or a
+missing ``[onnx]`` extra is one ``error:`` line and exit status 2. onnx, onnxruntime and
+scikit-learn are imported only by these two commands.
 """
 
 from __future__ import annotations
@@ -76,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--group", type=int, choices=(0,) + GROUP_SIZES, default=0,
                    help="group size along K for per-group dequantization (default 0: none)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    from .model_cli import add_parsers
+    add_parsers(sub, common)
     return ap
 
 
@@ -245,10 +278,17 @@ def cmd_gemm(args, out) -> int:
 def main(argv=None, out=None) -> int:
     out = sys.stdout if out is None else out
     args = build_parser().parse_args(argv)
+    from . import model_cli
     from .driver import DeviceMismatch, DeviceTimeout
     from .transport import TransportError
+    commands = {"info": cmd_info, "gemm": cmd_gemm,
+                "run": lambda a, o: model_cli.cmd_run(a, o, open_accelerator),
+                "demo": lambda a, o: model_cli.cmd_demo(a, o, open_accelerator)}
     try:
-        return {"info": cmd_info, "gemm": cmd_gemm}[args.command](args, out)
+        return commands[args.command](args, out)
+    except model_cli.CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (DeviceMismatch, DeviceTimeout, TransportError, P.DeviceError, P.ProtocolError,
             ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)

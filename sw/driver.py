@@ -1140,11 +1140,12 @@ class LoadedModel:
                 total += acc._estimate_cycles(rec.desc) + rec.desc.m * rec.desc.n
         return total
 
-    def run(self, x_q) -> np.ndarray:
+    def run(self, x_q, progress=None) -> np.ndarray:
         """Run int8 inputs ``x_q`` of shape ``(samples, *model.input_shape)`` through the
         resident model; returns the int8 outputs ``(samples, *output_shape)``, bit-exact with
         ``model.golden(x_q)``. Inputs go in batches of ``compiled.batch`` (the last one padded
-        with the input zero point); counters are in :attr:`last`."""
+        with the input zero point); counters are in :attr:`last`. ``progress``, if given, is
+        called as ``progress(done_samples, total_samples)`` after each program run."""
         acc, cp = self.acc, self.compiled
         x = np.asarray(x_q)
         shape = tuple(self.model.input_shape)
@@ -1185,6 +1186,8 @@ class LoadedModel:
                     run.busy[i] += c.busy
                     run.macs[i] += c.macs
                 run.program_runs += 1
+                if progress is not None:
+                    progress(lo + k, n)
         acc._measured(body)
         run.samples = n
         run.seconds = time.perf_counter() - t0
