@@ -231,7 +231,39 @@ def figures(model, lm, info, *, transport: str = "", load_seconds: float = 0.0) 
         "requests": st.requests, "retries": st.retries,
         "link_bytes_per_inference": wire / n if n else 0.0,
         "input_bytes_per_inference": in_bytes, "output_bytes_per_inference": out_bytes,
+        **_link_figures(cp, run, wire, n),
     }
+
+
+#: bytes per second of the board's UART at 3 Mbaud, 8N1 (10 bits per byte)
+UART_BYTES_PER_S = 3_000_000 / 10
+
+
+def _write_wire(nbytes: int) -> int:
+    """Wire bytes (both directions) of WRITEs carrying ``nbytes`` in MAX_DATA chunks."""
+    from . import protocol as P
+    full, rest = divmod(nbytes, P.MAX_DATA)
+    chunks = full + (1 if rest else 0)
+    return nbytes + chunks * (2 * P.FRAME_OVERHEAD + P.WRITE_HEADER + 1)
+
+
+def _link_figures(cp, run, wire: int, n: int) -> dict:
+    """Link bytes per inference with resident weights, without the per-layer counter reads
+    (a run that only wants outputs skips them), and if the weights were sent with every
+    program run instead; and the rates the board's 3 Mbaud UART allows for each."""
+    from . import protocol as P
+    if not n:
+        return {}
+    lcnt = run.program_runs * (2 * P.FRAME_OVERHEAD + P.READ_PAYLOAD + 1
+                               + len(cp.layers) * P.LCNT_RECORD)
+    resident_wire = sum(_write_wire(len(p.data)) for p in cp.placements)
+    lean = (wire - lcnt) / n
+    per_call = lean + resident_wire * run.program_runs / n
+    return {"resident_wire_bytes": resident_wire,
+            "link_bytes_per_inference_no_counters": lean,
+            "link_bytes_per_inference_weights_per_call": per_call,
+            "link_bound_inferences_per_s_3mbaud": UART_BYTES_PER_S / lean,
+            "link_bound_inferences_per_s_3mbaud_weights_per_call": UART_BYTES_PER_S / per_call}
 
 
 def _num(v, unit: str = "") -> str:
@@ -288,6 +320,14 @@ def report_lines(f: dict, *, simulated: bool = False) -> list:
                  f"{f['wire_received']:,} B received in {f['requests']} requests, "
                  f"{f['retries']} retries); data {f['input_bytes_per_inference']} B in + "
                  f"{f['output_bytes_per_inference']} B out per inference")
+    if "link_bytes_per_inference_no_counters" in f:
+        lines.append(
+            f"link at 3 Mbaud  {_num(f['link_bytes_per_inference_no_counters'])} B per "
+            f"inference without the counter reads -> {_num(f['link_bound_inferences_per_s_3mbaud'])}"
+            f" inferences/s link-bound; sending the weights ({f['resident_wire_bytes']:,} B on "
+            f"the wire) with every program run instead: "
+            f"{_num(f['link_bytes_per_inference_weights_per_call'])} B -> "
+            f"{_num(f['link_bound_inferences_per_s_3mbaud_weights_per_call'])} inferences/s")
     return lines
 
 
