@@ -1,11 +1,11 @@
 """Host driver for the mpGEMM accelerator (board over UART, or the Verilator model).
 
-:class:`Accelerator` speaks :mod:`sw.protocol` (version 3, core v2 "MixCore") over any
-:class:`sw.transport.Transport`: it identifies the device (and refuses one that does not
-match), validates operands against what the device reports before anything is sent, tiles
-GEMMs of any M and N onto the on-chip buffers, and returns results that are bit-identical to
-:func:`sw.numerics.mixgemm` (and, for INT8 weights, :func:`sw.numerics.mpgemm`). NumPy only;
-never imports Amaranth.
+:class:`Accelerator` speaks :mod:`sw.protocol` (version 4: core v2 "MixCore" with layer
+programs) over any :class:`sw.transport.Transport`: it identifies the device (and refuses one
+that does not match), validates operands against what the device reports before anything is
+sent, tiles GEMMs of any M and N onto the on-chip buffers, and returns results that are
+bit-identical to :func:`sw.numerics.mixgemm` (and, for INT8 weights,
+:func:`sw.numerics.mpgemm`). NumPy only; never imports Amaranth.
 
 Example::
 
@@ -297,9 +297,9 @@ class Accelerator:
     def _version_message(version: int, size: int) -> str:
         if version < P.PROTOCOL_VERSION:
             return (f"device speaks protocol version {version} (a {size}-byte IDENTIFY reply), "
-                    f"this driver version {P.PROTOCOL_VERSION}: its bitstream predates the "
-                    f"MixPE core; rebuild and load it (python -m hw.build --target ulx3s "
-                    f"--program)")
+                    f"this driver version {P.PROTOCOL_VERSION}: its bitstream is older than "
+                    f"this host software; rebuild and load it (python -m hw.build --target "
+                    f"ulx3s --program)")
         return (f"device speaks protocol version {version}, this driver version "
                 f"{P.PROTOCOL_VERSION}: update the host software (or rebuild the bitstream "
                 f"from this checkout)")
@@ -590,6 +590,8 @@ class Accelerator:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= info.max_layers:
             raise ValueError(f"count must be in [1, {info.max_layers}] (the device's program "
                              f"length), not {count!r}")
+        # the program's gather writes A (and its GEMMs OUT): A no longer holds a GEMM operand
+        self._resident.pop(Buffer.A, None)
         self._call(lambda seq: P.run_program(count, seq=seq), Opcode.RUN_PROGRAM,
                    cycles=cycles if cycles is not None else info.watchdog_cycles,
                    context=f"{count} layers")
