@@ -1,31 +1,42 @@
-"""Host link (hw.soc.link): every opcode, every error path, resync and a random-frame fuzz.
+"""Host link (hw.soc.link, protocol 4): every opcode, every error path, resync and a
+random-frame fuzz, on two cores: one without layer programs (RUN_PROGRAM is an unknown
+opcode, ACT / PROG / LCNT have no address space) and one with them.
 
-The core is a small Amaranth stub with the ports of ``hw.core.core.core_signature`` and the
-attributes ``Link.for_core`` reads: five byte memories (read latency 1) of small odd sizes, a
-subset of the weight formats (INT8, INT4) and group sizes (32, 128) so the link's refusals
-can be tested, a run that stays busy for ``(k % 32) * 16 + 2`` cycles, BAD_SHAPE for a zero or
-too large dimension, ``abort`` ending a run at once with ABORTED, and counters that show the
-configuration the link holds:
+The core is a small Amaranth stub with the ports of ``hw.core.core.core_signature`` (or, with
+``programs=True``, ``hw.core.program.program_signature``) and the attributes
+``Link.for_core`` reads: byte memories (read latency 1) of small odd sizes, five (A, W, OUT,
+CHAN, GROUP) or all eight, a subset of the weight formats (INT8, INT4) and group sizes (32,
+128) so the link's refusals can be tested, a run that stays busy for ``(k % 32) * 16 + 2``
+cycles, BAD_SHAPE for a zero or too large dimension, ``abort`` ending a run at once with
+ABORTED, and counters that show the configuration the link holds:
 
-* ``cycles``: cycles since reset; ``busy``: busy cycles; ``macs``: adds ``m * k * n`` per run;
+* ``cycles``: the held bases ``cfg.w_base``, ``cfg.chan_base``, ``cfg.group_base`` (16 bits
+  each, :data:`BASE_FIELDS`); ``busy``: busy cycles; ``macs``: adds ``m * k * n`` per run;
 * ``stall``: runs started (16 bits), then the held ``cfg.m`` and ``cfg.n`` (16 bits each);
 * ``dq_stall``: the held ``cfg`` fields :data:`DQ_FIELDS` (LSB first, widths of
   ``LAYER_LAYOUT``), then the low bits of ``cfg.k`` up to bit 47.
+
+A program (``prog_start``) keeps the stub busy for ``prog_count * LAYER_CYCLES + 2`` cycles
+(long enough for a burst of requests to arrive while it runs), writes
+``prog_count`` and the number of programs started so far into LCNT bytes 0 and 1, and ends
+with the status in the low 4 bits of PROG byte 0 (so the host chooses it).
 """
 
 import dataclasses
 import random
 
 import cocotb
+import pytest
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
-from amaranth.hdl import Array, Cat, Module, Signal
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.core.core import core_signature
 from hw.core.desc import GROUP_CODES, LAYER_LAYOUT
+from hw.core.program import program_signature
 from hw.simulate import run_cocotb, tb_params
 from sw import protocol as P
 from sw.numerics import OutMode, WeightFormat
@@ -33,10 +44,18 @@ from sw.protocol import Buffer, ErrorCode, Opcode
 
 TIMEOUT = 200
 CLOCK_HZ = 50_000_000
+#: layers a program of the stub may have (PROG and LCNT hold that many records)
+MAX_LAYERS = 5
+#: busy cycles of the stub per program layer
+LAYER_CYCLES = 128
 #: host address space of each buffer (bytes); not powers of two, so the checks are exact
-BUF_BYTES = {Buffer.A: 300, Buffer.W: 200, Buffer.OUT: 400, Buffer.CHAN: 56, Buffer.GROUP: 100}
+BUF_BYTES = {Buffer.A: 300, Buffer.W: 200, Buffer.OUT: 400, Buffer.CHAN: 56, Buffer.GROUP: 100,
+             Buffer.ACT: 333, Buffer.PROG: MAX_LAYERS * P.PROGRAM_RECORD,
+             Buffer.LCNT: MAX_LAYERS * P.LCNT_RECORD}
+#: the buffers of a core without layer programs
+CORE_BUFFERS = (Buffer.A, Buffer.W, Buffer.OUT, Buffer.CHAN, Buffer.GROUP)
 SIZE_NAMES = {Buffer.A: "a_bytes", Buffer.W: "w_bytes", Buffer.OUT: "out_bytes",
-              Buffer.CHAN: "chan_bytes", Buffer.GROUP: "group_bytes"}
+              Buffer.CHAN: "chan_bytes", Buffer.GROUP: "group_bytes", Buffer.ACT: "act_bytes"}
 FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
 GROUP_SIZES = (32, 128)
 ADDR_BITS = 9
@@ -44,27 +63,43 @@ ADDR_BITS = 9
 DQ_FIELDS = ("out_mode", "fmt", "group", "chan", "mult", "shift", "zp", "relu")
 #: low bits of ``cfg.k`` that follow them in ``cnt_dq_stall``
 K_BITS = 48 - sum(LAYER_LAYOUT[f].width for f in DQ_FIELDS)
+#: descriptor fields the stub shows in ``cnt_cycles`` (LSB first)
+BASE_FIELDS = ("w_base", "chan_base", "group_base")
 #: group size -> the descriptor's 2-bit code the core sees
 GROUP_CODE = {size: code for code, size in GROUP_CODES.items()}
 assert K_BITS >= 6 and GROUP_CODE == {0: 0, 32: 1, 64: 2, 128: 3}
 
 
+def buffer_sizes(programs: bool) -> dict:
+    """Host address space of every buffer of the stub (0: the core has no such buffer)."""
+    return {b: BUF_BYTES[b] if programs or b in CORE_BUFFERS else 0 for b in Buffer}
+
+
 class StubCore(wiring.Component):
-    """Same ports/attributes as ``hw.core.MixCore`` (for the link), trivial behaviour."""
+    """Same ports/attributes as ``hw.core.MixCore`` (for the link), trivial behaviour; with
+    ``programs`` those of ``hw.core.program.ProgramCore``."""
 
     READ_LATENCY = 1
     WATCHDOG = 123456
     MIN_PERIOD = 29
     PE_KIND = P.PeKind.MIXPE
 
-    def __init__(self):
+    def __init__(self, programs: bool = False):
         self.rows, self.cols, self.max_k, self.addr_bits = 4, 4, 64, ADDR_BITS
+        self.programs = programs
         for buf, name in SIZE_NAMES.items():
-            setattr(self, name, BUF_BYTES[buf])
+            if programs or buf in CORE_BUFFERS:
+                setattr(self, name, BUF_BYTES[buf])
         self.out_depth = self.out_bytes // (4 * self.rows)
         self.formats = FORMATS
         self.group_sizes = GROUP_SIZES
-        super().__init__(core_signature(addr_bits=self.addr_bits))
+        if programs:
+            self.max_layers = MAX_LAYERS
+            self.layer_kinds = (P.LayerKind.GEMM, P.LayerKind.MAXPOOL)
+            sig = program_signature(addr_bits=self.addr_bits)
+        else:
+            sig = core_signature(addr_bits=self.addr_bits)
+        super().__init__(sig)
 
     def config_hash(self):
         return 0x1234ABCD
@@ -74,16 +109,28 @@ class StubCore(wiring.Component):
         rsel = Signal(Buffer)
         m.d.sync += rsel.eq(self.bus_sel)
         rdata = []
-        for buf in Buffer:
+        # the stub's own LCNT writes (programs), and PROG byte 0 (a program's status)
+        l_we, l_addr, l_data = Signal(), Signal(1), Signal(8)
+        prog0 = None
+        for buf in (Buffer if self.programs else CORE_BUFFERS):
             depth = BUF_BYTES[buf]
             mem = memory.Memory(shape=8, depth=depth, init=[])
             m.submodules[f"mem_{buf.name}"] = mem
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(self.bus_addr), wp.data.eq(self.bus_wdata),
-                         wp.en.eq(self.bus_we & ~self.busy & (self.bus_sel == buf)
-                                  & (self.bus_addr < depth)),
-                         rp.addr.eq(self.bus_addr), rp.en.eq(self.bus_re)]
+            host_we = (self.bus_we & ~self.busy & (self.bus_sel == buf)
+                       & (self.bus_addr < depth))
+            if buf == Buffer.LCNT:
+                m.d.comb += [wp.addr.eq(Mux(l_we, l_addr, self.bus_addr)),
+                             wp.data.eq(Mux(l_we, l_data, self.bus_wdata)),
+                             wp.en.eq(host_we | l_we)]
+            else:
+                m.d.comb += [wp.addr.eq(self.bus_addr), wp.data.eq(self.bus_wdata),
+                             wp.en.eq(host_we)]
+            m.d.comb += [rp.addr.eq(self.bus_addr), rp.en.eq(self.bus_re)]
             rdata.append(rp.data)
+            if buf == Buffer.PROG:
+                prog0 = mem.read_port()
+                m.d.comb += [prog0.addr.eq(0), prog0.en.eq(1)]
         m.d.comb += self.bus_rdata.eq(Array(rdata)[rsel])
 
         cfg = self.cfg
@@ -95,11 +142,12 @@ class StubCore(wiring.Component):
 
         runs = Signal(16)
         m.d.comb += [
+            self.cnt_cycles.eq(Cat(*(field(f) for f in BASE_FIELDS))),
             self.cnt_stall.eq(Cat(runs, field("m"), field("n"))),
             self.cnt_dq_stall.eq(Cat(*(field(f) for f in DQ_FIELDS), field("k")[:K_BITS])),
         ]
-        left = Signal(10)
-        m.d.sync += [self.done.eq(0), self.cnt_cycles.eq(self.cnt_cycles + 1)]
+        left = Signal(16)
+        m.d.sync += self.done.eq(0)
         with m.If(self.busy):
             m.d.sync += [self.cnt_busy.eq(self.cnt_busy + 1), left.eq(left - 1)]
             with m.If(self.abort):
@@ -114,6 +162,20 @@ class StubCore(wiring.Component):
                 m.d.sync += [self.error.eq(ErrorCode.OK), self.busy.eq(1),
                              left.eq(cfg.k[:5] * 16 + 2), runs.eq(runs + 1),
                              self.cnt_macs.eq(self.cnt_macs + cfg.m * cfg.k * cfg.n)]
+        if self.programs:
+            programs = Signal(8)            # programs started
+            count = Signal(8)
+            pending = Signal(2)             # LCNT bytes 0 (count), 1 (programs) to write
+            with m.If(self.prog_start):
+                m.d.sync += [self.busy.eq(1), left.eq(self.prog_count * LAYER_CYCLES + 2),
+                             self.error.eq(prog0.data[:4]), count.eq(self.prog_count),
+                             programs.eq(programs + 1), pending.eq(0b11)]
+            with m.If(pending[0]):
+                m.d.comb += [l_we.eq(1), l_addr.eq(0), l_data.eq(count)]
+                m.d.sync += pending[0].eq(0)
+            with m.Elif(pending[1]):
+                m.d.comb += [l_we.eq(1), l_addr.eq(1), l_data.eq(programs)]
+                m.d.sync += pending[1].eq(0)
         return m
 
 
@@ -123,10 +185,14 @@ class LinkTop(wiring.Component):
     uart_frame_error: In(1)
     uart_overrun: In(1)
 
+    def __init__(self, programs: bool = False):
+        self.programs = programs
+        super().__init__()
+
     def elaborate(self, platform):
         from hw.soc.link import Link
         m = Module()
-        m.submodules.core = core = StubCore()
+        m.submodules.core = core = StubCore(self.programs)
         m.submodules.link = link = Link.for_core(core, timeout=TIMEOUT, clock_hz=CLOCK_HZ)
         link.connect_core(m, core)
         m.d.comb += [link.uart_frame_error.eq(self.uart_frame_error),
@@ -136,19 +202,21 @@ class LinkTop(wiring.Component):
         return m
 
 
-def expected_info():
+def expected_info(programs: bool = False):
     # written out, not derived from the stub: formats INT8, INT4 -> bits 0, 1; group sizes
-    # 32, 128 -> bits 0, 2
+    # 32, 128 -> bits 0, 2; layer kinds GEMM, MAXPOOL -> bits 0, 1
     return P.DeviceInfo(P.PROTOCOL_VERSION, 0x1234ABCD, 4, 4, 300, 200, 400, 25, 64, 0b11,
                         P.MAX_DATA, CLOCK_HZ, TIMEOUT, StubCore.WATCHDOG, StubCore.MIN_PERIOD,
-                        P.PeKind.MIXPE, 0b011, 0b101, 56, 100)
+                        P.PeKind.MIXPE, 0b011, 0b101, 56, 100,
+                        *((333, 5, 0b11) if programs else (0, 0, 0)))
 
 
 def seen(d: P.LayerDescriptor) -> dict:
     """What the core must see after LOAD_LAYER ``d`` (as the stub's counters show it)."""
     return dict(m=d.m, n=d.n, k=d.k & ((1 << K_BITS) - 1), out_mode=int(d.out_mode),
                 fmt=int(d.fmt), group=GROUP_CODE[d.group], chan=d.chan, mult=d.mult,
-                shift=d.shift, zp=d.zp, relu=d.relu)
+                shift=d.shift, zp=d.zp, relu=d.relu, w_base=d.w_base, chan_base=d.chan_base,
+                group_base=d.group_base)
 
 
 def runs(c: P.Counters) -> int:
@@ -166,22 +234,38 @@ def held(c: P.Counters) -> dict:
             x -= 1 << w
         out[name] = x
     out["k"] = v
+    for i, name in enumerate(BASE_FIELDS):
+        out[name] = c.cycles >> 16 * i & 0xFFFF
     return out
 
 
 def test_stub_observes_every_field():
     """The stub's counters show every descriptor field but nothing else (the decoding the
-    cocotb tests rely on), and its signature is the core's."""
+    cocotb tests rely on), and its signature is the core's (MixCore's, or ProgramCore's)."""
     from hw.core.core import MixCore
-    assert set(DQ_FIELDS) | {"m", "k", "n"} == {name for name, _ in LAYER_LAYOUT}
+    from hw.core.program import ProgramCore
+    assert set(DQ_FIELDS) | {"m", "k", "n"} | set(BASE_FIELDS) == \
+        {name for name, _ in LAYER_LAYOUT}
     assert sum(LAYER_LAYOUT[f].width for f in DQ_FIELDS) + K_BITS == 48
+    assert sum(LAYER_LAYOUT[f].width for f in BASE_FIELDS) == 48
     stub = StubCore()
     assert stub.signature == core_signature(addr_bits=ADDR_BITS)
-    assert set(stub.signature.members) == set(MixCore().signature.members)
+    mix = MixCore().signature.members
+    assert set(stub.signature.members) == set(mix)
+    for name, member in stub.signature.members.items():
+        if name != "bus_addr":                         # its width is the core's address space
+            assert member == mix[name], name
+    pstub = StubCore(programs=True)
+    assert pstub.signature == program_signature(addr_bits=ADDR_BITS)
+    prog = ProgramCore().signature.members
+    assert set(pstub.signature.members) == set(prog) == set(mix) | {"prog_start", "prog_count"}
+    for name, member in pstub.signature.members.items():
+        if name != "bus_addr":
+            assert member == prog[name], name
     d = P.LayerDescriptor(0xFFFF, 0xFFFF, 0x1234, OutMode.INT8, 0xBEEF, 63, -128, 1,
-                          WeightFormat.INT4, 128, 1)
+                          WeightFormat.INT4, 128, 1, 0x8001, 0x0203, 0xFEDC)
     f = seen(d)
-    c = P.Counters(0, 0, 7 | f["m"] << 16 | f["n"] << 32, 0, 0)
+    c = P.Counters(0x8001 | 0x0203 << 16 | 0xFEDC << 32, 0, 7 | f["m"] << 16 | f["n"] << 32, 0, 0)
     v, off = 0, 0
     for name in DQ_FIELDS:
         w = LAYER_LAYOUT[name].width
@@ -191,15 +275,22 @@ def test_stub_observes_every_field():
     assert held(c) == f and runs(c) == 7 and c.dq_stall < 1 << 48
 
 
-def test_link():
+#: cocotb tests of this module; all run on both cores (they check ``tb_params()["programs"]``)
+COCOTB_TESTS = ("identify_status_counters", "write_read", "layer_run", "run_reply_and_reset_abort",
+                "corrupt_frames", "run_program", "fuzz")
+
+
+@pytest.mark.parametrize("programs", [False, True], ids=["core", "programs"])
+def test_link(programs):
     from hw.netlist import vpi_top_only
-    vlt, args = vpi_top_only("link")           # the tests touch only the top-level ports
-    run_cocotb(LinkTop(), name="link", test_module="test_link", params={},
+    name = "link_prog" if programs else "link"
+    vlt, args = vpi_top_only(name)             # the tests touch only the top-level ports
+    run_cocotb(LinkTop(programs), name=name, test_module="test_link",
+               params={"programs": programs}, testcase=",".join(COCOTB_TESTS),
                extra_sources=vlt, build_args=args)
 
 
 def test_link_params():
-    import pytest
     from hw.soc.link import Link
     info = expected_info()
     sig = core_signature(addr_bits=9)
@@ -210,7 +301,7 @@ def test_link_params():
     # the table buffers are checked against the address space too
     small = dataclasses.replace(info, a_bytes=256, w_bytes=200, out_bytes=256)
     Link(info=small, addr_bits=8, core_signature=sig)._MustUse__silence = True
-    for name in ("chan_bytes", "group_bytes"):
+    for name in ("chan_bytes", "group_bytes", "act_bytes"):
         with pytest.raises(ValueError, match=name):
             Link(info=dataclasses.replace(small, **{name: 257}), addr_bits=8,
                  core_signature=sig)
@@ -229,6 +320,16 @@ def test_link_params():
     link._MustUse__silence = True
     assert link.info == expected_info(), link.info
     assert link.read_latency == StubCore.READ_LATENCY and link.dim_bits == 16
+    assert not link.programs and "prog_start" not in link.signature.members
+    # a core with layer programs: IDENTIFY reports ACT, the program length and the kinds,
+    # and the link drives prog_start / prog_count
+    psig = program_signature(addr_bits=9)
+    link = Link.for_core(StubCore(programs=True), timeout=TIMEOUT, clock_hz=CLOCK_HZ)
+    link._MustUse__silence = True
+    assert link.info == expected_info(programs=True), link.info
+    assert link.programs
+    for name in ("prog_start", "prog_count"):
+        assert link.signature.members[name] == psig.members[name].flip(), name
 
 
 def test_crc_processor_matches_host_crc():
@@ -357,16 +458,34 @@ async def held_cfg(h) -> dict:
     return held(P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS)))
 
 
+def programs() -> bool:
+    """Inside a cocotb test: whether the core under test runs layer programs."""
+    return bool(tb_params().get("programs", False))
+
+
+def sizes() -> dict:
+    """Inside a cocotb test: the host address space of each buffer of the core under test."""
+    return buffer_sizes(programs())
+
+
+def present() -> list:
+    """Inside a cocotb test: the buffers the core under test has."""
+    return [b for b, n in sizes().items() if n]
+
+
 @cocotb.test()
 async def identify_status_counters(dut):
     h = await _start(dut)
     raw = await h.ok(P.identify(), Opcode.IDENTIFY)
-    assert len(raw) == 55, len(raw)
+    assert len(raw) == 62, len(raw)
     info = P.DeviceInfo.unpack(raw)
-    assert info == expected_info(), info
+    assert info == expected_info(programs()), info
     assert [f for f in WeightFormat if info.supports_format(f)] == list(FORMATS), info
     assert [g for g in (0, 32, 64, 128) if info.supports_group(g)] == [0, 32, 128], info
-    assert [info.buffer_size(b) for b in Buffer] == [BUF_BYTES[b] for b in Buffer], info
+    assert [info.buffer_size(b) for b in Buffer] == [sizes()[b] for b in Buffer], info
+    # the layer-program fields at the end: ACT size u32, program length u16, kinds u8
+    assert raw[55:] == ((333).to_bytes(4, "little") + bytes([5, 0, 0b11]) if programs()
+                        else bytes(7)), raw[55:].hex()
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert st == P.Status(False, False, ErrorCode.OK, 0, 0, 0), st
     # UART error pulses are counted (16-bit counters)
@@ -382,23 +501,24 @@ async def identify_status_counters(dut):
     for tag in (1, 77, 255, 0):
         for frame in (P.identify(seq=tag), P.status(seq=tag), P.counters(seq=tag),
                       P.read(Buffer.A, 0, 1, seq=tag), P.read(Buffer.GROUP, 0, 1, seq=tag),
+                      P.read(Buffer.LCNT, 0, 1, seq=tag), P.run_program(0, seq=tag),
                       P.pack_frame(0x33, b"", seq=tag)):
             rep = await h.cmd(frame)
             assert rep.seq == tag, (frame.hex(), rep)
-    c1 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
-    c2 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
-    assert c2.cycles > c1.cycles > 0 and c2.macs == c1.macs == 0
-    assert (c2.busy, c2.stall, c2.dq_stall) == (0, 0, 0), c2     # nothing loaded or run
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert c == P.Counters(0, 0, 0, 0, 0), c            # nothing loaded or run
     # COUNTERS layout: five u48 LE in the order cycles, busy, stall, macs, dq_stall; a
-    # descriptor with the top bits of m, n and k set shows in bit 47 of stall and dq_stall
+    # descriptor with the top bits of m, n, k and group_base set shows in bit 47 of cycles,
+    # stall and dq_stall
     k = 1 << (K_BITS - 1) | 5
     d = P.LayerDescriptor(0xFFFF, k, 0x8001, OutMode.RAW32, 0x8421, 33, -77, 0,
-                          WeightFormat.INT4, 32, 1)
+                          WeightFormat.INT4, 32, 1, 0x0102, 0x7F03, 0x8004)
     await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
     raw = await h.ok(P.counters(), Opcode.COUNTERS)
     assert len(raw) == 30, len(raw)
     u48 = [int.from_bytes(raw[i:i + 6], "little") for i in range(0, 30, 6)]
-    assert u48[0] > c2.cycles and u48[1] == u48[3] == 0, u48
+    assert u48[0] == 0x0102 | 0x7F03 << 16 | 0x8004 << 32, hex(u48[0])   # bases: bytes 15..20
+    assert u48[1] == u48[3] == 0, u48
     assert u48[2] == 0xFFFF << 16 | 0x8001 << 32, hex(u48[2])
     assert u48[4] >> 47 == 1 and held(P.Counters(*u48)) == seen(d), (hex(u48[4]), seen(d))
     await h.ok(P.reset(), Opcode.RESET)
@@ -411,17 +531,17 @@ async def write_read(dut):
     h.ready_prob = 0.6            # backpressure on the reply stream
     h.valid_prob = 0.7            # gaps in the request stream
     rng = random.Random(2)
-    model = {b: bytearray(BUF_BYTES[b]) for b in Buffer}
-    for b in Buffer:              # fill every byte so reads compare against known contents
+    model = {b: bytearray(sizes()[b]) for b in present()}
+    for b in present():           # fill every byte so reads compare against known contents
         size = len(model[b])
         data = bytes(rng.randrange(256) for _ in range(size))
         await h.ok(P.write(b, 0, data), Opcode.WRITE)
         model[b][:] = data
     # every buffer is its own: each reads back what was written to it
-    for b in Buffer:
+    for b in present():
         assert await h.ok(P.read(b, 0, len(model[b])), Opcode.READ) == bytes(model[b]), b
-    for _ in range(40):
-        b = rng.choice(list(Buffer))
+    for _ in range(60):
+        b = rng.choice(present())
         size = len(model[b])
         addr = rng.randrange(size)
         n = rng.randrange(1, size - addr + 1)
@@ -433,7 +553,7 @@ async def write_read(dut):
             got = await h.ok(P.read(b, addr, n), Opcode.READ)
             assert got == bytes(model[b][addr:addr + n]), (b, addr, n)
     # boundaries: last byte is fine, one past the end is refused and writes nothing
-    for b in Buffer:
+    for b in present():
         size = len(model[b])
         await h.ok(P.write(b, size - 1, b"\x5a"), Opcode.WRITE)
         model[b][size - 1] = 0x5A
@@ -454,9 +574,14 @@ async def write_read(dut):
     await h.err(P.write(Buffer.CHAN, 56, b"\x99"), ErrorCode.BAD_ADDRESS)
     await h.err(P.read(Buffer.GROUP, 99, 2), ErrorCode.BAD_ADDRESS)
     assert await h.ok(P.read(Buffer.CHAN, 50, 6), Opcode.READ) == bytes(model[Buffer.CHAN][50:])
+    # a core without layer programs has no ACT, PROG or LCNT: no address is in range
+    for b in set(Buffer) - set(present()):
+        for addr in (0, 1, 300):
+            await h.err(P.write(b, addr, b"\x01"), ErrorCode.BAD_ADDRESS, Opcode.WRITE)
+            await h.err(P.read(b, addr, 1), ErrorCode.BAD_ADDRESS, Opcode.READ)
     # bad buffer index (also ones whose low bits name a real buffer), bad READ counts,
     # WRITE without data, READ of the wrong length
-    for idx in (5, 6, 7, 8, 11, 12, 0x80, 0x84, 0xFF):
+    for idx in (8, 11, 12, 13, 15, 0x80, 0x84, 0x85, 0x87, 0xFF):
         await h.err(P.pack_frame(Opcode.WRITE, bytes([idx]) + b"\0\0\0\0\x11"),
                     ErrorCode.BAD_ADDRESS, Opcode.WRITE)
         await h.err(P.pack_frame(Opcode.READ, bytes([idx]) + b"\0\0\0\0\x01\x00"),
@@ -468,7 +593,7 @@ async def write_read(dut):
     await h.err(P.pack_frame(Opcode.WRITE, b"\x00\0\0\0\0"), ErrorCode.BAD_LENGTH)
     await h.err(P.pack_frame(Opcode.WRITE, b"\x04\0\0\0\0"), ErrorCode.BAD_LENGTH)
     await h.err(P.pack_frame(Opcode.WRITE, b"\x00\0"), ErrorCode.BAD_LENGTH)
-    for b in Buffer:
+    for b in present():
         assert await h.ok(P.read(b, 0, len(model[b])), Opcode.READ) == bytes(model[b]), b
     assert not h.parser.bad_frames and not h.parser.skipped
 
@@ -497,20 +622,24 @@ async def layer_run(dut):
         await h.err(P.load_layer(dataclasses.replace(base, **kw)), ErrorCode.BAD_PARAM,
                     Opcode.LOAD_LAYER)
     good = P.load_layer(base)[5:-2]
-    assert len(good) == 15
-    for body in (good[:12], good[:14], good + b"\x00", bytes(11), bytes(16), good[:1]):
+    assert len(good) == 21
+    for body in (good[:15], good[:12], good[:20], good + b"\x00", bytes(11), bytes(22),
+                 good[:1]):                              # good[:15]: a protocol-3 descriptor
         await h.err(P.pack_frame(Opcode.LOAD_LAYER, body), ErrorCode.BAD_LENGTH)
     await h.err(P.run(), ErrorCode.NOT_LOADED)          # a rejected descriptor loads nothing
     assert await held_cfg(h) == seen(P.LayerDescriptor(0, 0, 0)), await held_cfg(h)
-    # the core sees exactly the descriptor's fields (the group size as its 2-bit code)
+    # the core sees exactly the descriptor's fields (the group size as its 2-bit code, the
+    # bases as they are: the link does not check them, the core does at RUN)
     accepted = [
-        P.LayerDescriptor(3, 5, 7, OutMode.INT8, 1234, 12, -5, 1, WeightFormat.INT4, 128, 1),
+        P.LayerDescriptor(3, 5, 7, OutMode.INT8, 1234, 12, -5, 1, WeightFormat.INT4, 128, 1,
+                          1, 2, 3),
         P.LayerDescriptor(0xFFFF, 0xFFFF, 0xFFFF, OutMode.INT8, 0xFFFF, 63, -128, 1,
-                          WeightFormat.INT4, 32, 1),
+                          WeightFormat.INT4, 32, 1, 0xFFFF, 0xFFFF, 0xFFFF),
         P.LayerDescriptor(0x8001, 0x0180, 0x7FFE, OutMode.RAW32, 0x8000, 0, 127, 0,
-                          WeightFormat.INT8, 0, 0),
+                          WeightFormat.INT8, 0, 0, 0x8000, 0x0001, 0x0100),
         P.LayerDescriptor(1, 2, 3, OutMode.INT8, 1, 1, 1, 0, WeightFormat.INT8, 128, 0),
-        P.LayerDescriptor(9, 8, 7, OutMode.RAW32, 0x5A5A, 42, -1, 1, WeightFormat.INT4, 0, 1),
+        P.LayerDescriptor(9, 8, 7, OutMode.RAW32, 0x5A5A, 42, -1, 1, WeightFormat.INT4, 0, 1,
+                          0x00FF, 0xFF00, 0x1234),
     ]
     for d in accepted:
         await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
@@ -566,6 +695,10 @@ async def layer_run(dut):
     await h.err(P.run(), ErrorCode.NOT_LOADED)
     for op in (Opcode.IDENTIFY, Opcode.STATUS, Opcode.COUNTERS, Opcode.RESET):
         await h.err(P.pack_frame(op, b"\x00"), ErrorCode.BAD_LENGTH, op)
+    # bases beyond the buffers are the core's to refuse (BAD_SHAPE at RUN, not BAD_PARAM)
+    far = P.LayerDescriptor(2, 3, 4, w_base=0xFFFF, chan_base=0xFFFF, group_base=0xFFFF)
+    await h.ok(P.load_layer(far), Opcode.LOAD_LAYER)
+    assert await held_cfg(h) == seen(far)
     # malformed requests are not line damage: no link error counted
     assert P.Status.unpack(await h.ok(P.status(), Opcode.STATUS)).link_errors == 0
     assert not h.parser.bad_frames and not h.parser.skipped
@@ -622,17 +755,18 @@ async def corrupt_frames(dut):
     await h.ok(P.read(Buffer.W, 0, 1), Opcode.READ)
     # nothing of a damaged WRITE reaches a buffer: not its data, not at its address, not at
     # a corrupted address (every bit of the body flipped in turn)
-    before = {b: await h.ok(P.read(b, 0, BUF_BYTES[b]), Opcode.READ) for b in Buffer}
+    before = {b: await h.ok(P.read(b, 0, sizes()[b]), Opcode.READ) for b in present()}
     flips = 0
-    for good in (P.write(Buffer.A, 3, b"\x11\x22\x33"), P.write(Buffer.GROUP, 3, b"\x44\x55")):
+    for good in (P.write(Buffer.A, 3, b"\x11\x22\x33"), P.write(Buffer.GROUP, 3, b"\x44\x55"),
+                 *([P.write(Buffer.PROG, 3, b"\x66")] if programs() else [])):
         for i in range(5, len(good)):
             for bit in range(8):
                 bad = bytearray(good)
                 bad[i] ^= 1 << bit
                 await h.err(bytes(bad), ErrorCode.BAD_CRC, Opcode.WRITE)
                 flips += 1
-    for b in Buffer:
-        assert await h.ok(P.read(b, 0, BUF_BYTES[b]), Opcode.READ) == before[b], b
+    for b in present():
+        assert await h.ok(P.read(b, 0, sizes()[b]), Opcode.READ) == before[b], b
     # a damaged LOAD_LAYER loads nothing either
     good = P.load_layer(P.LayerDescriptor(1, 2, 3, OutMode.INT8, 5, 6, 7, 1, WeightFormat.INT4,
                                           128, 1))
@@ -645,8 +779,9 @@ async def corrupt_frames(dut):
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert not st.loaded, st
     assert st.link_errors == 2 * (len(P.write(Buffer.W, 10, b"\xAA\xBB")) - 3) + flips, st
-    # unknown opcodes (including a reply opcode echoed back)
-    for op in (0x00, 0x09, 0x7F, 0x81, 0xFF):
+    # unknown opcodes (including a reply opcode echoed back; 0x09 is RUN_PROGRAM, tested in
+    # run_program)
+    for op in (0x00, 0x0A, 0x7F, 0x81, 0x89, 0xFF):
         await h.err(P.pack_frame(op, b"xyz"), ErrorCode.UNKNOWN_OPCODE, op & 0x7F)
     # a length beyond MAX_PAYLOAD is refused at once, the rest is skipped as garbage
     junk = bytes([P.SYNC, Opcode.WRITE]) + (P.MAX_PAYLOAD + 1).to_bytes(2, "little")
@@ -663,7 +798,8 @@ async def corrupt_frames(dut):
         assert rep.status == ErrorCode.TIMEOUT and TIMEOUT <= h.cycle - t0 <= TIMEOUT + 40, \
             (cut, rep, h.cycle - t0)
         assert rep.seq == (9 if cut >= 5 else P.UNKNOWN_SEQ), (cut, rep)
-        assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == expected_info()
+        assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == \
+            expected_info(programs())
     # garbage between frames (no SYNC in it) is skipped without a reply
     rng = random.Random(5)
     await h.ok(P.write(Buffer.OUT, 0, b"\x10\x20\x30"), Opcode.WRITE)
@@ -674,6 +810,128 @@ async def corrupt_frames(dut):
         h.txq += garbage
         assert await h.ok(P.read(Buffer.OUT, 0, 3), Opcode.READ) == b"\x10\x20\x30"
         assert len(h.frames) == n + 1
+    assert not h.parser.bad_frames and not h.parser.skipped
+
+
+async def lcnt(h) -> tuple:
+    """The stub's LCNT bytes 0, 1: the last program's count, the programs started."""
+    return tuple(await h.ok(P.read(Buffer.LCNT, 0, 2), Opcode.READ))
+
+
+@cocotb.test()
+async def run_program(dut):
+    """RUN_PROGRAM: refused as an unknown opcode by a link whose core has no programs;
+    otherwise count 1..max_layers and the NOWAIT flag are checked, the count reaches the
+    core, the reply comes when the program ends and carries its status (or at once with
+    RUN_NOWAIT), everything else that touches the core is BUSY meanwhile, and RESET stops it."""
+    h = await _start(dut, 9)
+    if not programs():
+        for body in (b"", b"\x01", b"\x01\x00", b"\x01\x01", b"\x00", b"\x05\x02", b"xyz"):
+            rep = await h.err(P.pack_frame(Opcode.RUN_PROGRAM, body, seq=66),
+                              ErrorCode.UNKNOWN_OPCODE, Opcode.RUN_PROGRAM)
+            assert rep.seq == 66, rep
+        st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+        assert st == P.Status(False, False, ErrorCode.OK), st
+        assert not h.parser.bad_frames and not h.parser.skipped
+        return
+    # memories keep what earlier tests left: start from a known LCNT and PROG byte 0 (OK)
+    await h.ok(P.write(Buffer.LCNT, 0, b"\x00\x00"), Opcode.WRITE)
+    await h.ok(P.write(Buffer.PROG, 0, b"\x00"), Opcode.WRITE)
+    # malformed: BAD_LENGTH without a count or with more than count and flags
+    for body in (b"", b"\x01\x00\x00", b"\x01\x01\x01"):
+        await h.err(P.pack_frame(Opcode.RUN_PROGRAM, body), ErrorCode.BAD_LENGTH,
+                    Opcode.RUN_PROGRAM)
+    # out of range: count 0 or beyond max_layers, flags other than RUN_NOWAIT
+    for frame in (P.run_program(0), P.run_program(0, wait=False), P.run_program(MAX_LAYERS + 1),
+                  P.run_program(255), P.pack_frame(Opcode.RUN_PROGRAM, b"\x01\x02"),
+                  P.pack_frame(Opcode.RUN_PROGRAM, b"\x01\x80"),
+                  P.pack_frame(Opcode.RUN_PROGRAM, b"\x01\xff"),
+                  P.pack_frame(Opcode.RUN_PROGRAM, b"\x00\x02")):
+        await h.err(frame, ErrorCode.BAD_PARAM, Opcode.RUN_PROGRAM)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, False, ErrorCode.OK), st
+    assert await lcnt(h) == (0, 0)                      # nothing started
+    # a program needs no loaded layer; the reply comes when it ends, with its tag
+    c0 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    t0 = h.cycle
+    rep = await h.cmd(P.run_program(3, seq=77))
+    assert (rep.opcode, rep.seq, rep.status, rep.data) == (0x89, 77, ErrorCode.OK, b""), rep
+    assert h.cycle - t0 >= 3 * LAYER_CYCLES, h.cycle - t0
+    assert await lcnt(h) == (3, 1)
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert c.busy - c0.busy == 3 * LAYER_CYCLES + 2 and runs(c) == runs(c0) == 0, (c0, c)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert st == P.Status(False, False, ErrorCode.OK), st
+    await h.ok(P.run_program(MAX_LAYERS), Opcode.RUN_PROGRAM)       # the longest
+    assert await lcnt(h) == (MAX_LAYERS, 2)
+    # the program's status is the reply's and STATUS's last_error (the stub takes it from
+    # PROG byte 0)
+    for code in (ErrorCode.BAD_SHAPE, ErrorCode.WATCHDOG, ErrorCode.BAD_PARAM):
+        await h.ok(P.write(Buffer.PROG, 0, bytes([code])), Opcode.WRITE)
+        await h.err(P.run_program(1), code, Opcode.RUN_PROGRAM)
+        st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+        assert (st.busy, st.last_error) == (False, code), st
+    await h.ok(P.write(Buffer.PROG, 0, b"\x00"), Opcode.WRITE)
+    await h.ok(P.run_program(2), Opcode.RUN_PROGRAM)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert (st.busy, st.last_error) == (False, ErrorCode.OK), st
+    assert await lcnt(h) == (2, 6)
+    # RUN_NOWAIT: OK at once; while the program runs everything touching the core is BUSY
+    await h.ok(P.load_layer(P.LayerDescriptor(1, 3, 1)), Opcode.LOAD_LAYER)
+    await h.ok(P.write(Buffer.PROG, 0, bytes([ErrorCode.BAD_SHAPE])), Opcode.WRITE)
+    n = len(h.frames)
+    h.txq += (P.run_program(4, wait=False, seq=80) + P.status(seq=81)
+              + P.write(Buffer.ACT, 0, b"\x01", seq=82) + P.read(Buffer.LCNT, 0, 1, seq=83)
+              + P.write(Buffer.PROG, 0, b"\x00", seq=84) + P.run_program(1, seq=85)
+              + P.run(seq=86) + P.load_layer(P.LayerDescriptor(2, 2, 2), seq=87)
+              + P.read(Buffer.A, 0, 1, seq=88))
+    await h.idle(3)
+    rep = h.frames[n:]
+    assert [(f.request, f.seq) for f in rep] == [
+        (Opcode.RUN_PROGRAM, 80), (Opcode.STATUS, 81), (Opcode.WRITE, 82), (Opcode.READ, 83),
+        (Opcode.WRITE, 84), (Opcode.RUN_PROGRAM, 85), (Opcode.RUN, 86),
+        (Opcode.LOAD_LAYER, 87), (Opcode.READ, 88)], rep
+    assert rep[0].status == ErrorCode.OK and rep[0].data == b"", rep[0]
+    st = P.Status.unpack(P.parse_reply(rep[1], Opcode.STATUS))
+    assert st.busy and st.loaded and st.last_error == ErrorCode.OK, st
+    assert [f.status for f in rep[2:]] == [ErrorCode.BUSY] * 7, rep[2:]
+    assert await held_cfg(h) == seen(P.LayerDescriptor(1, 3, 1))   # LOAD_LAYER changed nothing
+    await h.wait(4 * LAYER_CYCLES + 10)
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert (st.busy, st.loaded, st.last_error) == (False, True, ErrorCode.BAD_SHAPE), st
+    assert await lcnt(h) == (4, 7)
+    assert (await h.ok(P.read(Buffer.PROG, 0, 1), Opcode.READ)) == bytes([ErrorCode.BAD_SHAPE])
+    await h.ok(P.write(Buffer.PROG, 0, b"\x00"), Opcode.WRITE)
+    # a RUN after a program replies as RUN, a program after a RUN as RUN_PROGRAM
+    rep = await h.cmd(P.run(seq=90))
+    assert (rep.opcode, rep.seq, rep.status) == (0x85, 90, ErrorCode.OK), rep
+    rep = await h.cmd(P.run_program(1, seq=91))
+    assert (rep.opcode, rep.seq, rep.status) == (0x89, 91, ErrorCode.OK), rep
+    # a host that speaks before the program ends has given up on its reply
+    n = len(h.frames)
+    h.txq += P.run_program(MAX_LAYERS, seq=92)
+    await h.wait(30)
+    assert len(h.frames) == n, h.frames[n:]
+    st = P.Status.unpack(await h.ok(P.status(seq=93), Opcode.STATUS))
+    assert st.busy, st
+    await h.wait(MAX_LAYERS * LAYER_CYCLES + 10)
+    assert [f.seq for f in h.frames[n:]] == [93], h.frames[n:]
+    assert await lcnt(h) == (MAX_LAYERS, 9)
+    # RESET stops a running program; the reply comes once the core is idle
+    busy0 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS)).busy
+    await h.ok(P.run_program(MAX_LAYERS, wait=False, seq=94), Opcode.RUN_PROGRAM)
+    t0 = h.cycle
+    rep = await h.cmd(P.reset(seq=95))
+    assert (rep.seq, rep.status) == (95, ErrorCode.OK), rep
+    assert h.cycle - t0 < LAYER_CYCLES, h.cycle - t0
+    st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
+    assert (st.busy, st.loaded, st.last_error) == (False, False, ErrorCode.OK), st
+    c = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
+    assert c.busy - busy0 < LAYER_CYCLES, (busy0, c)
+    await h.ok(P.run_program(1), Opcode.RUN_PROGRAM)    # and the next one runs
+    assert await lcnt(h) == (1, 11)
+    # malformed or refused requests are not line damage
+    assert P.Status.unpack(await h.ok(P.status(), Opcode.STATUS)).link_errors == 0
     assert not h.parser.bad_frames and not h.parser.skipped
 
 
@@ -694,12 +952,17 @@ async def fuzz(dut):
             rng.randrange(4), rng.randrange(40), rng.randrange(4), rng.randrange(3),
             rng.randrange(1 << 16), shift=rng.randrange(70), zp=rng.randrange(-128, 128),
             relu=rng.randrange(3), fmt=rng.choice([0, 0, 1, 1, 2, 3, 4, 9]),
-            group=rng.choice([0, 0, 32, 32, 64, 128, 128, 48]), chan=rng.randrange(3))),
+            group=rng.choice([0, 0, 32, 32, 64, 128, 128, 48]), chan=rng.randrange(3),
+            w_base=rng.randrange(1 << 16), chan_base=rng.randrange(1 << 16),
+            group_base=rng.randrange(1 << 16))),
         lambda: P.run(wait=rng.random() < 0.5),
+        lambda: P.run_program(rng.randrange(MAX_LAYERS + 2), wait=rng.random() < 0.5),
+        lambda: P.pack_frame(Opcode.RUN_PROGRAM, bytes(rng.randrange(256)
+                                                       for _ in range(rng.randrange(4)))),
         lambda: P.pack_frame(rng.randrange(256), bytes(rng.randrange(256)
-                                                       for _ in range(rng.randrange(18)))),
+                                                       for _ in range(rng.randrange(24)))),
         lambda: P.pack_frame(Opcode.LOAD_LAYER, bytes(rng.randrange(256)
-                                                      for _ in range(rng.choice([14, 15, 16])))),
+                                                      for _ in range(rng.choice([20, 21, 22])))),
     ]
     sent = 0
     for _ in range(nframes):
@@ -724,12 +987,13 @@ async def fuzz(dut):
     # a corrupted length legitimately swallows the frames behind it (up to MAX_PAYLOAD bytes)
     assert replies > nframes // 5
     # the device is healthy: identify, write/read round trip, a layer run
-    assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == expected_info()
+    assert P.DeviceInfo.unpack(await h.ok(P.identify(), Opcode.IDENTIFY)) == \
+        expected_info(programs())
     await h.ok(P.reset(), Opcode.RESET)                 # stops a run the fuzz left going
-    for b in Buffer:
-        await h.ok(P.write(b, BUF_BYTES[b] - 4, b"\xde\xad\xbe" + bytes([b])), Opcode.WRITE)
-    for b in Buffer:
-        got = await h.ok(P.read(b, BUF_BYTES[b] - 4, 4), Opcode.READ)
+    for b in present():
+        await h.ok(P.write(b, sizes()[b] - 4, b"\xde\xad\xbe" + bytes([b])), Opcode.WRITE)
+    for b in present():
+        got = await h.ok(P.read(b, sizes()[b] - 4, 4), Opcode.READ)
         assert got == b"\xde\xad\xbe" + bytes([b]), (b, got)
     c0 = P.Counters.unpack(await h.ok(P.counters(), Opcode.COUNTERS))
     d = P.LayerDescriptor(2, 3, 2, OutMode.INT8, 300, 9, -9, 1, WeightFormat.INT4, 128, 1)

@@ -4,8 +4,10 @@ The gateware (``hw.soc.link``) reads the enums and constants below directly (a p
 ``enum.Enum`` is an Amaranth shape), so host and device cannot disagree. ``docs/protocol.md``
 describes the format byte by byte; this module is its executable form. No Amaranth here.
 
-Frame (protocol versions 2 and 3; version 3 changed the descriptor, IDENTIFY and COUNTERS
-bodies and added the CHAN and GROUP buffers), requests and replies alike::
+Frame (protocol versions 2 to 4; version 3 changed the descriptor, IDENTIFY and COUNTERS
+bodies and added the CHAN and GROUP buffers, version 4 the descriptor bases, the IDENTIFY
+fields of layer programs, the ACT, PROG and LCNT buffers and RUN_PROGRAM), requests and
+replies alike::
 
     SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | SEQ u8 | BODY (LENGTH - 1 bytes) | CRC u16 BE
 
@@ -66,7 +68,7 @@ class ErrorCode(enum.IntEnum):
     BAD_LENGTH = 6         #: LENGTH > MAX_PAYLOAD, or wrong for the opcode
     BAD_ADDRESS = 7        #: buffer index invalid or address range outside the buffer
     TIMEOUT = 8            #: a frame stayed incomplete for longer than the inter-byte timeout
-    BAD_PARAM = 9          #: LOAD_LAYER field out of range (out mode, shift, relu), bad RUN flags
+    BAD_PARAM = 9          #: descriptor field refused, bad RUN flags, RUN_PROGRAM count or layer kind
     WATCHDOG = 10          #: the GEMM ran longer than the watchdog allows and was stopped
     ABORTED = 11           #: the GEMM was stopped by RESET (the core's result; RESET clears it)
 
@@ -91,7 +93,7 @@ class Opcode(enum.IntEnum):
     IDENTIFY = 0x01     #: -> DeviceInfo
     WRITE = 0x02        #: buffer u8, address u32, data[1..MAX_DATA]
     READ = 0x03         #: buffer u8, address u32, count u16 -> data[count]
-    LOAD_LAYER = 0x04   #: LayerDescriptor (15 bytes)
+    LOAD_LAYER = 0x04   #: LayerDescriptor (21 bytes)
     RUN = 0x05          #: [] = run and reply when done; [RUN_NOWAIT] = reply once started
     STATUS = 0x06       #: -> flags u8 (bit0 busy, bit1 loaded), last_error u8
     COUNTERS = 0x07     #: -> cycles, busy, stall, macs, dq_stall: u48 LE each

@@ -1,4 +1,4 @@
-"""sw.driver against a fake device: a Transport that answers sw.protocol (version 3) frames
+"""sw.driver against a fake device: a Transport that answers sw.protocol (version 4) frames
 in-process.
 
 The fake decodes the host's bytes one at a time the way ``hw.soc.link`` does (hunt for
@@ -6,20 +6,25 @@ SYNC, LENGTH 0 or above MAX_PAYLOAD answered BAD_LENGTH at once, BAD_CRC for a d
 frame, TIMEOUT for a frame left incomplete longer than the inter-byte timeout, every reply
 tagged with the request's SEQ), stages WRITE data and commits it only after the CRC, checks
 LOAD_LAYER's fields like the link (BAD_PARAM for an out mode, shift, ReLU flag, weight
-format, group size or per-channel flag the device does not take), keeps the five buffers
-(A, W, OUT, CHAN, GROUP) as bytes in the MixCore host layout, reads the operands and tables
-out of them with its own index arithmetic (the layout of ``hw/core/core.py``'s docstring),
-checks the shape the way the core does (BAD_SHAPE) and computes RUN with
+format, group size or per-channel flag the device does not take), keeps the eight buffers
+(A, W, OUT, CHAN, GROUP in the MixCore host layout; ACT, PROG, LCNT of layer programs) as
+bytes, reads the operands and tables out of them with its own index arithmetic (the layout
+of ``hw/core/core.py``'s docstring, from the descriptor's bases), checks the shape the way
+the core does (BAD_SHAPE) and computes RUN with
 sw.numerics.mixgemm, writing only the valid elements of the result into OUT. So the
 driver's tiling, per-tile re-layout, table slicing, chunking and recovery are checked end to
-end without a simulator. Fault injection: hooks on the bytes in either direction, dropped,
-held (late) and error replies, a busy core.
+end without a simulator. RUN_PROGRAM is checked like the link does (count 1..max_layers,
+flags) and recorded with the PROG records it would run; it does not execute them (the
+Verilator tests do): it writes canned LCNT records, clobbers A and OUT as the gather and the
+core would, and replies with the first failing layer's status. Fault injection: hooks on
+the bytes in either direction, dropped, held (late) and error replies, a busy core.
 
 Time: the fake reports board-like cycle numbers (50 MHz, 2**22 cycles inter-byte timeout)
 but its ``seconds`` runs the device clock ``TIME_SCALE`` times faster in wall time, so the
 link timeout the driver waits out before a retry is a few milliseconds.
 """
 
+import dataclasses
 import struct
 import time
 from collections import Counter
@@ -47,13 +52,19 @@ DIM_BITS = 16
 
 
 class FakeDevice(Transport):
-    """A MixCore device (protocol 3) behind a byte pipe.
+    """A ProgramCore device (protocol 4) behind a byte pipe.
 
     Sizes as the core's parameters: ``a_depth`` 32-bit words per A bank (one per array row),
     ``w_depth`` bytes per W bank (one per column), ``out_words`` 32-bit words per OUT bank,
     ``chan_depth`` / ``group_depth`` table entries; ``formats`` / ``group_sizes`` the masks
     IDENTIFY reports (``group_sizes=0``, ``formats=1``, ``pe_kind=INT8_DSP``: a core on
-    MULT18X18D PEs). ``identify_data`` replaces the IDENTIFY reply data (an older device).
+    MULT18X18D PEs). ``act_bytes`` / ``max_layers`` / ``layer_kinds`` the layer-program
+    fields (``max_layers=0``: a device without programs, RUN_PROGRAM is UNKNOWN_OPCODE).
+    ``identify_data`` replaces the IDENTIFY reply data (an older device).
+
+    Programs: ``programs`` lists ``(count, flags, PROG bytes of the layers run)`` per
+    RUN_PROGRAM executed; ``layer_status`` (layer index -> ErrorCode) makes that layer fail,
+    which ends the program there (later LCNT records keep their old contents).
 
     Knobs: ``garbage`` (bytes sent before every reply), ``silent`` (decode and log frames,
     never answer), ``fail`` (opcode -> list of status codes to answer with, one per good
@@ -75,7 +86,8 @@ class FakeDevice(Transport):
                  group_depth=256, max_k=None, out_modes=0b11, formats=ALL_FORMATS,
                  group_sizes=ALL_GROUPS, pe_kind=P.PeKind.MIXPE, version=P.PROTOCOL_VERSION,
                  config_hash=HASH, max_data=P.MAX_DATA, timeout_cycles=TIMEOUT_CYCLES,
-                 staged_write=True, latency=0.02, info_extra=b"", identify_data=None):
+                 staged_write=True, latency=0.02, info_extra=b"", identify_data=None,
+                 act_bytes=2048, max_layers=6, layer_kinds=0b11):
         super().__init__()
         self.timeout = 1.0
         lanes = max([WEIGHT_LANES[f] for f in WeightFormat if formats >> int(f) & 1], default=1)
@@ -90,7 +102,8 @@ class FakeDevice(Transport):
         self.info = DeviceInfo(version, config_hash, rows, cols, 4 * rows * a_depth,
                                cols * w_depth, 4 * rows * out_words, out_words, max_k, out_modes,
                                max_data, CLOCK_HZ, timeout_cycles, watchdog, tile_period,
-                               pe_kind, formats, group_sizes, 8 * chan_depth, 4 * group_depth)
+                               pe_kind, formats, group_sizes, 8 * chan_depth, 4 * group_depth,
+                               act_bytes, max_layers, layer_kinds)
         self.identify_data = identify_data
         self.info_extra = info_extra
         self.staged_write = staged_write
@@ -107,6 +120,8 @@ class FakeDevice(Transport):
         self.last_error = ErrorCode.OK
         self.link_errors = 0
         self.cnt = P.Counters(0, 0, 0, 0, 0)
+        self.programs: list[tuple[int, int, bytes]] = []
+        self.layer_status: dict[int, int] = {}
         self.garbage = b""
         self.silent = False
         self.fail: dict[int, list[int]] = {}
@@ -293,6 +308,18 @@ class FakeDevice(Transport):
                 return err(ErrorCode.NOT_LOADED)
             self.last_error = self.run(self.layer)
             return err(self.last_error)
+        if op == Opcode.RUN_PROGRAM:                       # hw.soc.link's checks, in its order
+            if not info.max_layers:
+                return err(ErrorCode.UNKNOWN_OPCODE)
+            if not 1 <= len(pl) <= 2:
+                return err(ErrorCode.BAD_LENGTH)
+            flags = pl[1] if len(pl) == 2 else 0
+            if flags & ~P.RUN_NOWAIT & 0xFF or not 1 <= pl[0] <= info.max_layers:
+                return err(ErrorCode.BAD_PARAM)
+            if busy:
+                return err(ErrorCode.BUSY)
+            self.last_error = self.run_program(pl[0], flags)
+            return ok() if flags & P.RUN_NOWAIT else err(self.last_error)
         if pl:
             return err(ErrorCode.BAD_LENGTH)
         if op == Opcode.COUNTERS:
@@ -308,6 +335,25 @@ class FakeDevice(Transport):
             self.last_error = ErrorCode.OK
             return ok()
         return err(ErrorCode.UNKNOWN_OPCODE)
+
+    def run_program(self, count: int, flags: int) -> int:
+        """Record the program, write an LCNT record per layer until one fails (canned
+        numbers: layer ``i`` of a ``count``-layer run has ``cycles = 1000 * (i + 1) + count``,
+        ``core_cycles = 100 * (i + 1)``, ``busy = 10 * (i + 1)``, ``macs = 2**40 + i``),
+        clobber A and OUT (the gather writes A, the core OUT); returns the program's status."""
+        prog = bytes(self.bufs[Buffer.PROG][:count * P.PROGRAM_RECORD])
+        self.programs.append((count, flags, prog))
+        for buffer in (Buffer.A, Buffer.OUT):
+            self.bufs[buffer][:] = bytes([0x5A]) * len(self.bufs[buffer])
+        for i in range(count):
+            status = self.layer_status.get(i, ErrorCode.OK)
+            kind = prog[i * P.PROGRAM_RECORD + P.LayerDescriptor.SIZE]
+            rec = P.LayerCounters(status, kind, 1000 * (i + 1) + count, 100 * (i + 1),
+                                  10 * (i + 1), 2**40 + i)
+            self.bufs[Buffer.LCNT][i * P.LCNT_RECORD:(i + 1) * P.LCNT_RECORD] = rec.pack()
+            if status != ErrorCode.OK:
+                return status
+        return ErrorCode.OK
 
     def _bytes(self, buffer):
         return np.frombuffer(bytes(self.bufs[buffer]), np.uint8).astype(np.int64)
@@ -326,26 +372,28 @@ class FakeDevice(Transport):
         out_cap = dp["out"] if d.out_mode == OutMode.RAW32 else 4 * dp["out"]
         if (0 in (M, K, N) or K > i.max_k or not i.supports_format(fmt)
                 or (d.group and not i.group_sizes) or mt * kw > dp["a"]
-                or nt * kb > dp["w"] or mt * N > out_cap
-                or (d.chan and N > dp["chan"]) or (d.group and ng * N > dp["group"])):
+                or d.w_base + nt * kb > dp["w"] or mt * N > out_cap
+                or (d.chan and d.chan_base + N > dp["chan"])
+                or (d.group and d.group_base + ng * N > dp["group"])):
             return ErrorCode.BAD_SHAPE
         # A[m, k]: byte k % 4 of word (m // R) * kw + k // 4 of row bank m % R
         m, k = np.meshgrid(np.arange(M), np.arange(K), indexing="ij")
         a = self._bytes(Buffer.A)[(((m // R) * kw + k // 4) * R + m % R) * 4 + k % 4]
         a = np.where(a >= 128, a - 256, a)
-        # packed W[kb, n]: byte (n // C) * kb + kb of column bank n % C
+        # packed W[kb, n]: byte w_base + (n // C) * kb + kb of column bank n % C
         j, n = np.meshgrid(np.arange(kb), np.arange(N), indexing="ij")
-        packed = self._bytes(Buffer.W)[((n // C) * kb + j) * C + n % C]
+        packed = self._bytes(Buffer.W)[(d.w_base + (n // C) * kb + j) * C + n % C]
         q = unpack_weights(packed, fmt, K)
         gq = None
-        if d.group:                         # entry g * N + n: scale u16, zero point i8, pad
-            t = self._bytes(Buffer.GROUP)[:4 * ng * N].reshape(ng, N, 4)
+        if d.group:               # entry group_base + g * N + n: scale u16, zero point i8, pad
+            g0 = 4 * d.group_base
+            t = self._bytes(Buffer.GROUP)[g0:g0 + 4 * ng * N].reshape(ng, N, 4)
             gq = GroupQuant(d.group, t[..., 0] | t[..., 1] << 8,
                             np.where(t[..., 2] >= 128, t[..., 2] - 256, t[..., 2]))
         if d.out_mode == OutMode.RAW32:
             rq = None
-        elif d.chan:                        # entry n: bias i32, multiplier u16, shift u8, pad
-            t = self._bytes(Buffer.CHAN)[:8 * N].reshape(N, 8)
+        elif d.chan:              # entry chan_base + n: bias i32, multiplier u16, shift u8, pad
+            t = self._bytes(Buffer.CHAN)[8 * d.chan_base:8 * (d.chan_base + N)].reshape(N, 8)
             bias = t[:, 0] | t[:, 1] << 8 | t[:, 2] << 16 | t[:, 3] << 24
             rq = ChannelRequant(t[:, 4] | t[:, 5] << 8, t[:, 6] & 63,
                                 np.where(bias >= 1 << 31, bias - (1 << 32), bias), d.zp,
@@ -508,13 +556,18 @@ def test_mismatch_whole_info_and_bad_expect():
 
 
 @pytest.mark.parametrize("extra", [b"", b"\x00" * 7])
-def test_protocol_version_4_refused(extra):
+def test_protocol_version_5_refused(extra):
     # a newer bitstream (maybe with a longer DeviceInfo): refused on the version byte
-    dev = FakeDevice(version=4, info_extra=extra)
-    with pytest.raises(DeviceMismatch, match="protocol version 4, this driver version 3: "
+    dev = FakeDevice(version=5, info_extra=extra)
+    with pytest.raises(DeviceMismatch, match="protocol version 5, this driver version 4: "
                                              "update the host software"):
         open_acc(dev)
     assert dev.closed
+
+
+def v3_identify_data(version=3):
+    """A protocol-3 device's IDENTIFY data: the 55 bytes before the layer-program fields."""
+    return FakeDevice(version=version).info.pack()[:55]
 
 
 def test_v2_device_refused():
@@ -525,14 +578,27 @@ def test_v2_device_refused():
     with pytest.raises(DeviceMismatch) as e:
         open_acc(dev)
     msg = str(e.value)
-    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 3" in msg
+    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 4" in msg
     assert "rebuild" in msg and "python -m hw.build" in msg
     assert len(dev.log) == 1 and dev.closed           # no retries, nothing else sent
     assert time.monotonic() - t0 < 0.5
-    # a v3 version byte on a reply of the wrong size is not taken for a DeviceInfo either
-    bad = FakeDevice(identify_data=v2_identify_data(version=3))
-    with pytest.raises(DeviceMismatch, match="not a DeviceInfo .*55 bytes, got 45"):
-        open_acc(bad)
+    # a v4 version byte on a reply of the wrong size is not taken for a DeviceInfo either
+    for data, size in ((v2_identify_data(version=4), 45), (v3_identify_data(version=4), 55)):
+        bad = FakeDevice(identify_data=data)
+        with pytest.raises(DeviceMismatch, match=f"not a DeviceInfo .*62 bytes, got {size}"):
+            open_acc(bad)
+
+
+def test_v3_device_refused():
+    """A protocol-3 bitstream (MixCore without layer programs) answers IDENTIFY with its
+    55-byte DeviceInfo: refused on the version byte, nothing else sent."""
+    dev = FakeDevice(identify_data=v3_identify_data())
+    with pytest.raises(DeviceMismatch) as e:
+        open_acc(dev)
+    msg = str(e.value)
+    assert "protocol version 3 (a 55-byte IDENTIFY reply), this driver version 4" in msg
+    assert "rebuild" in msg and "python -m hw.build" in msg
+    assert len(dev.log) == 1 and dev.closed
 
 
 def test_v1_device_refused():
@@ -834,7 +900,7 @@ def test_int8_only_device_requant_on_host_and_raw_refused():
                                   strict=True)
 
 
-# -- protocol 3: weight formats, groups, per-channel tables --------------------------------
+# -- weight formats, groups, per-channel tables (since protocol 3) -----------------------
 
 FORMATS = list(WeightFormat)
 GROUPS = [None, 32, 64, 128]
@@ -1520,6 +1586,179 @@ def test_fault_injector_campaign_exact_or_raise():
     assert dev.closed
 
 
+def test_descriptor_bases_through_low_level_commands():
+    """LOAD_LAYER carries the bases: weights and tables written at an offset are found there
+    (what a program's resident layers rely on), and a layer ending past its buffer is
+    BAD_SHAPE."""
+    rng = np.random.default_rng(41)
+    dev = FakeDevice(rows=2, cols=2, w_depth=128, chan_depth=16, group_depth=64)
+    acc = open_acc(dev)
+    M, K, N, G = 3, 64, 3, 32
+    a = rand(rng, M, K)
+    q = rng.integers(-8, 8, size=(K, N))
+    gq = GroupQuant(G, rng.integers(1, 300, size=(K // G, N)),
+                    rng.integers(-8, 8, size=(K // G, N)))
+    crq = ChannelRequant(rng.integers(1 << 10, 1 << 14, size=N), np.full(N, 22),
+                         rng.integers(-500, 500, size=N), zero_point=-3, relu=False)
+    want = mixgemm(a, q, fmt=WeightFormat.INT4, group=gq, requant=crq)
+    w_base, chan_base, group_base = 7, 5, 11
+    kb = K // 2                                      # INT4: 2 weights a byte; 2 column tiles
+    assert w_base + 2 * kb <= 128 and chan_base + N <= 16 and group_base + 2 * N <= 64
+    # other layers' bytes around ours: zeros would hide an offset error less well
+    for buffer in (Buffer.W, Buffer.CHAN, Buffer.GROUP):
+        size = acc.info.buffer_size(buffer)
+        acc.write_buffer(buffer, 0, bytes(rng.integers(0, 256, size=size, dtype=np.uint8)))
+    acc.write_buffer(Buffer.A, 0, layout.act_image(a, 2))
+    acc.write_buffer(Buffer.W, w_base * 2,
+                     layout.weight_image(pack_weights(q, WeightFormat.INT4), 2))
+    acc.write_buffer(Buffer.CHAN, chan_base * layout.CHAN_ENTRY_BYTES,
+                     layout.chan_table_image(crq))
+    acc.write_buffer(Buffer.GROUP, group_base * layout.GROUP_ENTRY_BYTES,
+                     layout.group_table_image(gq))
+    desc = P.LayerDescriptor.from_requant(M, K, N, OutMode.INT8, crq, fmt=WeightFormat.INT4,
+                                          group=G, w_base=w_base, chan_base=chan_base,
+                                          group_base=group_base)
+    acc.load_layer(desc)
+    assert dev.ops(Opcode.LOAD_LAYER)[-1].payload == desc.pack() and len(desc.pack()) == 21
+    acc.run()
+    got = layout.decode_result(acc.read_buffer(Buffer.OUT, 0, layout.result_size(M, N, 2,
+                                                                                   OutMode.INT8)),
+                               M, N, 2, OutMode.INT8)
+    assert np.array_equal(got, want)
+    # the same layer at bases 0 reads other bytes: a different result
+    acc.load_layer(dataclasses.replace(desc, w_base=0, chan_base=0, group_base=0))
+    acc.run()
+    other = layout.decode_result(acc.read_buffer(Buffer.OUT, 0, layout.result_size(
+        M, N, 2, OutMode.INT8)), M, N, 2, OutMode.INT8)
+    assert not np.array_equal(other, want)
+    # one entry too far: the layer would end past its buffer
+    for name, too_far in (("w_base", 128 - 2 * kb + 1), ("chan_base", 16 - N + 1),
+                          ("group_base", 64 - 2 * N + 1)):
+        acc.load_layer(dataclasses.replace(desc, **{name: too_far}))
+        with pytest.raises(DeviceError, match="BAD_SHAPE"):
+            acc.run()
+        acc.load_layer(dataclasses.replace(desc, **{name: too_far - 1}))
+        acc.run()
+
+
+# -- layer programs (RUN_PROGRAM, LCNT) --------------------------------------------------------
+
+def program_records(count):
+    """``count`` distinct records, GEMM and MAXPOOL alternating (their contents only travel:
+    the fake does not execute them)."""
+    return [P.ProgramLayer(P.LayerDescriptor(i + 1, 8, 4, OutMode.INT8, 100 + i, 7, -i, 1,
+                                             w_base=16 * i, chan_base=4 * i),
+                           P.LayerKind(i % 2), stride=1 + i % 2, pad=i % 2, pad_value=-128,
+                           h=5, w=6, in_base=100 * i, out_base=1000 - i,
+                           n=(1, 1 + i, 2, 1, 3, 1), s=(0, 3, 1, 7, 1, i))
+            for i in range(count)]
+
+
+def test_run_program_refused_before_sending():
+    dev = FakeDevice(max_layers=6)
+    acc = open_acc(dev)
+    for bad in (0, 7, 255, 256, -1, True, False, 1.0, "2", None):
+        with pytest.raises(ValueError, match=r"count must be in \[1, 6\]"):
+            acc.run_program(bad)
+    assert not dev.ops(Opcode.RUN_PROGRAM)
+    for bad in (0, 7):
+        with pytest.raises(ValueError, match="LCNT"):
+            acc.layer_counters(bad)
+    assert not dev.ops(Opcode.READ)
+    # a device without layer programs: refused with a message, nothing sent
+    dev0 = FakeDevice(act_bytes=0, max_layers=0, layer_kinds=0)
+    acc0 = open_acc(dev0)
+    with pytest.raises(DeviceMismatch, match="no layer programs"):
+        acc0.run_program(1)
+    for buffer in (Buffer.ACT, Buffer.PROG, Buffer.LCNT):
+        with pytest.raises(ValueError, match=f"{buffer.name} access .* outside the buffer"):
+            acc0.write_buffer(buffer, 0, b"\x01")
+    with pytest.raises(ValueError, match="LCNT"):
+        acc0.layer_counters(1)
+    assert [f.opcode for f in dev0.log] == [Opcode.IDENTIFY]
+
+
+def test_run_program_and_layer_counters():
+    dev = FakeDevice(max_layers=6)
+    acc = open_acc(dev)
+    recs = program_records(3)
+    acc.write_buffer(Buffer.PROG, 0, b"".join(r.pack() for r in recs))
+    runs = acc.total.runs
+    acc.run_program(3)
+    frame = dev.ops(Opcode.RUN_PROGRAM)[-1]
+    assert frame.payload == b"\x03"                    # count 3, waits for the end
+    ((count, flags, prog),) = dev.programs
+    assert (count, flags) == (3, 0)
+    assert [P.ProgramLayer.unpack(prog[i * 64:(i + 1) * 64]) for i in range(3)] == recs
+    assert acc.total.runs == runs + 1
+    # LCNT: one READ of count records, parsed field by field
+    reads = len(dev.ops(Opcode.READ))
+    cnt = acc.layer_counters(3)
+    (rd,) = dev.ops(Opcode.READ)[reads:]
+    assert struct.unpack("<BIH", rd.payload) == (Buffer.LCNT, 0, 3 * P.LCNT_RECORD)
+    assert cnt == [P.LayerCounters(ErrorCode.OK, i % 2, 1000 * (i + 1) + 3, 100 * (i + 1),
+                                   10 * (i + 1), 2**40 + i) for i in range(3)]
+    assert all(c.status is ErrorCode.OK for c in cnt)
+    assert [c.kind for c in cnt] == [P.LayerKind.GEMM, P.LayerKind.MAXPOOL, P.LayerKind.GEMM]
+    assert acc.layer_counters(1) == cnt[:1]
+    assert len(acc.layer_counters(6)) == 6 and acc.layer_counters(6)[3:] == \
+        [P.LayerCounters(0, 0, 0, 0, 0, 0)] * 3      # never written
+    # the longest program the device takes
+    acc.write_buffer(Buffer.PROG, 0, b"".join(r.pack() for r in program_records(6)))
+    acc.run_program(6)
+    assert dev.programs[-1][0] == 6 and dev.ops(Opcode.RUN_PROGRAM)[-1].payload == b"\x06"
+    assert [c.cycles for c in acc.layer_counters(6)] == [1000 * (i + 1) + 6 for i in range(6)]
+
+
+def test_run_program_failing_layer():
+    """The reply carries the first failing layer's status (a DeviceError, not retried);
+    LCNT names the layer: the first record that is not OK."""
+    dev = FakeDevice()
+    acc = open_acc(dev)
+    acc.write_buffer(Buffer.PROG, 0, b"".join(r.pack() for r in program_records(4)))
+    acc.run_program(4)
+    dev.layer_status = {2: ErrorCode.BAD_SHAPE}
+    with pytest.raises(DeviceError, match="BAD_SHAPE in reply to RUN_PROGRAM") as e:
+        acc.run_program(3)
+    assert e.value.code == ErrorCode.BAD_SHAPE and "3 layers" in str(e.value)
+    assert len(dev.ops(Opcode.RUN_PROGRAM)) == 2          # a device error is not retried
+    cnt = acc.layer_counters(4)
+    assert [c.status for c in cnt] == [ErrorCode.OK, ErrorCode.OK, ErrorCode.BAD_SHAPE,
+                                       ErrorCode.OK]
+    assert next(i for i, c in enumerate(cnt) if c.status != ErrorCode.OK) == 2
+    assert cnt[3].cycles == 4000 + 4                      # left from the 4-layer run
+    assert acc.status().last_error == ErrorCode.BAD_SHAPE
+    # a program after the failure runs (the driver keeps no stale state about it)
+    dev.layer_status = {}
+    acc.run_program(2)
+    assert [c.status for c in acc.layer_counters(2)] == [ErrorCode.OK] * 2
+
+
+def test_run_program_waits_out_busy():
+    dev = FakeDevice()
+    acc = open_acc(dev)
+    dev.busy_polls = 3                       # a GEMM left running: BUSY, then STATUS polls
+    acc.run_program(2)
+    assert len(dev.programs) == 1 and dev.programs[0][:2] == (2, 0)
+    assert ErrorCode.BUSY in [st for op, _, st in dev.replies if op == Opcode.RUN_PROGRAM]
+
+
+def test_gemm_after_a_program_sends_a_again():
+    """A program's gather writes A (and the core OUT): the driver must not take A for still
+    holding the last GEMM's operand."""
+    rng = np.random.default_rng(40)
+    dev = FakeDevice()
+    acc = open_acc(dev)
+    a, w = rand(rng, 6, 24), rand(rng, 24, 5)
+    want = mpgemm(a, w)
+    assert np.array_equal(acc.gemm(a, w), want)
+    acc.write_buffer(Buffer.PROG, 0, program_records(1)[0].pack())
+    acc.run_program(1)
+    writes_a = len(dev.writes(Buffer.A))
+    assert np.array_equal(acc.gemm(a, w), want)
+    assert len(dev.writes(Buffer.A)) > writes_a
+
+
 # -- CLI -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [
@@ -1540,7 +1779,7 @@ def test_cli(monkeypatch, argv):
     text = out.getvalue()
     assert devs[0].closed
     if argv[0] == "info":
-        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  3" in text
+        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  4" in text
         assert "INT8, INT4, INT2, TERNARY, POW2" in text and "32, 64, 128" in text
         assert "MIXPE" in text and "CHAN table" in text
     else:

@@ -1,9 +1,11 @@
-"""sw.protocol (version 3): CRC, frame layout byte by byte, payload round trips (DeviceInfo
-with formats, group sizes and table sizes; the 15-byte LayerDescriptor; COUNTERS with
-dq_stall), the streaming parser under abuse, recognition of a protocol-1 reply, link
-efficiency."""
+"""sw.protocol (version 4): CRC, frame layout byte by byte, payload round trips (the 62-byte
+DeviceInfo with formats, group sizes, table sizes and the layer-program fields; the 21-byte
+LayerDescriptor with its bases; COUNTERS with dq_stall; the 64-byte ProgramLayer record and
+the 32-byte LayerCounters record), the RUN_PROGRAM request, the streaming parser under abuse,
+recognition of a protocol-1 reply, link efficiency."""
 
 import binascii
+import dataclasses
 import random
 import struct
 
@@ -133,32 +135,40 @@ def test_round_trips():
 def test_device_info_round_trip_and_fields():
     info = P.DeviceInfo(P.PROTOCOL_VERSION, 0xDEADBEEF, 8, 8, 4096, 4096, 8192, 2048, 1024, 3,
                         P.MAX_DATA, 75_000_000, 1 << 22, 123_456_789, 8, P.PeKind.MIXPE,
-                        0b10101, 0b101, 2048, 4096)
+                        0b10101, 0b101, 2048, 4096, 32768, 48, 0b11)
     raw = info.pack()
-    assert len(raw) == P.DeviceInfo.SIZE == 55
+    assert len(raw) == P.DeviceInfo.SIZE == 62
     assert P.DeviceInfo.unpack(raw) == info
     # byte by byte, in the documented order (docs/protocol.md)
-    assert raw == (bytes([3]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
+    assert raw == (bytes([4]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
                    + struct.pack("<IIII", 4096, 4096, 8192, 2048) + struct.pack("<H", 1024)
                    + bytes([3]) + struct.pack("<H", 4096) + struct.pack("<I", 75_000_000)
                    + struct.pack("<I", 1 << 22) + struct.pack("<I", 123_456_789)
                    + struct.pack("<H", 8) + bytes([1, 0b10101, 0b101])
-                   + struct.pack("<II", 2048, 4096))
+                   + struct.pack("<II", 2048, 4096)
+                   + struct.pack("<I", 32768) + struct.pack("<H", 48) + bytes([0b11]))
+    assert (raw[55:59], raw[59:61], raw[61]) == (struct.pack("<I", 32768), b"\x30\x00", 3)
     assert info.pe is P.PeKind.MIXPE
     assert P.DeviceInfo.unpack(raw[:44] + b"\x07" + raw[45:]).pe == 7   # unknown: a number
     assert info.supports(0) and info.supports(1) and not info.supports(2)
     assert [f.name for f in WeightFormat if info.supports_format(f)] == ["INT8", "INT2", "POW2"]
     assert info.supports_format(4) and not info.supports_format(WeightFormat.INT4)
     assert [g for g in (0, 32, 48, 64, 128) if info.supports_group(g)] == [0, 32, 128]
-    assert [info.buffer_size(b) for b in P.Buffer] == [4096, 4096, 8192, 2048, 4096]
-    # defaults: an INT8-only array without groups or tables
-    d = P.DeviceInfo(3, 0, 1, 1, 4, 1, 4, 1, 1, 1)
+    # ACT is act_bytes, PROG and LCNT hold max_layers records
+    assert [info.buffer_size(b) for b in P.Buffer] == [4096, 4096, 8192, 2048, 4096, 32768,
+                                                       48 * 64, 48 * 32]
+    # defaults: an INT8-only array without groups, tables or layer programs
+    d = P.DeviceInfo(4, 0, 1, 1, 4, 1, 4, 1, 1, 1)
     assert (d.formats, d.group_sizes, d.chan_bytes, d.group_bytes) == (1, 0, 0, 0)
+    assert (d.act_bytes, d.max_layers, d.layer_kinds) == (0, 0, 0)
+    assert [d.buffer_size(b) for b in (P.Buffer.ACT, P.Buffer.PROG, P.Buffer.LCNT)] == [0, 0, 0]
     assert d.supports_format(WeightFormat.INT8) and not d.supports_group(32)
-    with pytest.raises(P.ProtocolError, match="55"):
+    with pytest.raises(P.ProtocolError, match="62"):
+        P.DeviceInfo.unpack(raw[:55])                                 # a protocol-3 DeviceInfo
+    with pytest.raises(P.ProtocolError, match="62"):
         P.DeviceInfo.unpack(raw[:45])                                 # a protocol-2 DeviceInfo
-    with pytest.raises(P.ProtocolError, match="55"):
-        P.DeviceInfo.unpack(raw[:30])                                 # a protocol-1 DeviceInfo
+    with pytest.raises(P.ProtocolError, match="62"):
+        P.DeviceInfo.unpack(raw + b"\x00")
     with pytest.raises(ValueError, match="clock_hz"):
         P.DeviceInfo(2, 0, 1, 1, 1, 1, 4, 1, 1, 1, P.MAX_DATA, 1 << 32)
     with pytest.raises(ValueError, match="tile_period"):
@@ -167,22 +177,43 @@ def test_device_info_round_trip_and_fields():
         P.DeviceInfo(3, 0, 1, 1, 1, 1, 4, 1, 1, 1, formats=256)
     with pytest.raises(ValueError, match="group_bytes"):
         P.DeviceInfo(3, 0, 1, 1, 1, 1, 4, 1, 1, 1, group_bytes=-1)
+    for name, bad in (("act_bytes", 1 << 32), ("act_bytes", -1), ("max_layers", 1 << 16),
+                      ("layer_kinds", 256)):
+        with pytest.raises(ValueError, match=name):
+            P.DeviceInfo(4, 0, 1, 1, 1, 1, 4, 1, 1, 1, **{name: bad})
 
 
 def test_layer_descriptor():
-    d = P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1, WeightFormat.TERNARY, 64, 1)
+    d = P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1, WeightFormat.TERNARY, 64, 1,
+                          0xBEEF, 513, 0xFFFF)
     raw = d.pack()
-    assert len(raw) == P.LAYER_PAYLOAD == 15
+    assert len(raw) == P.LAYER_PAYLOAD == 21
     assert raw == (struct.pack("<HHH", 1, 2, 3) + bytes([1]) + struct.pack("<H", 40000)
-                   + bytes([63, 0x80, 1, 3, 64, 1]))
-    assert P.LayerDescriptor.unpack(raw) == P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1,
-                                                              3, 64, 1)
-    assert P.LayerDescriptor(4, 5, 6).pack()[7:] == bytes(8)          # RAW32, INT8, no tables
-    with pytest.raises(P.ProtocolError, match="15"):
-        P.LayerDescriptor.unpack(raw[:12])                            # a protocol-2 descriptor
+                   + bytes([63, 0x80, 1, 3, 64, 1]) + struct.pack("<HHH", 0xBEEF, 513, 0xFFFF))
+    assert raw[15:] == bytes([0xEF, 0xBE, 0x01, 0x02, 0xFF, 0xFF])   # bases at 15, 17, 19
+    back = P.LayerDescriptor.unpack(raw)
+    assert back == P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1, 3, 64, 1, 0xBEEF, 513,
+                                     0xFFFF)
+    assert (back.w_base, back.chan_base, back.group_base) == (0xBEEF, 513, 0xFFFF)
+    # each base is its own field: moving one changes only its two bytes
+    for i, name in enumerate(("w_base", "chan_base", "group_base")):
+        one = P.LayerDescriptor(4, 5, 6, **{name: 0x1234}).pack()
+        assert one[:15] == P.LayerDescriptor(4, 5, 6).pack()[:15]
+        assert one[15:] == bytes(2 * i) + b"\x34\x12" + bytes(4 - 2 * i), name
+        assert getattr(P.LayerDescriptor.unpack(one), name) == 0x1234
+    assert P.LayerDescriptor(4, 5, 6).pack()[7:] == bytes(14)         # RAW32, INT8, no tables
+    with pytest.raises(P.ProtocolError, match="21"):
+        P.LayerDescriptor.unpack(raw[:15])                            # a protocol-3 descriptor
+    with pytest.raises(P.ProtocolError, match="21"):
+        P.LayerDescriptor.unpack(raw + b"\x00")
     for name in ("fmt", "group", "chan"):
         with pytest.raises(ValueError, match=name):
             P.LayerDescriptor(1, 1, 1, **{name: 256})
+    for name in ("w_base", "chan_base", "group_base"):
+        P.LayerDescriptor(1, 1, 1, **{name: 0xFFFF})                  # the largest u16 is fine
+        for bad in (1 << 16, -1, True, 1.5, None):
+            with pytest.raises(ValueError, match=name):
+                P.LayerDescriptor(1, 1, 1, **{name: bad})
     # from the requantization kinds
     rq = Requant(1234, 20, -7, True)
     assert P.LayerDescriptor.from_requant(9, 8, 7, OutMode.INT8, rq, fmt=WeightFormat.INT4,
@@ -193,6 +224,15 @@ def test_layer_descriptor():
         P.LayerDescriptor(9, 8, 2, 1, 0, 0, 12, 1, 4, 0, 1)
     assert P.LayerDescriptor.from_requant(9, 8, 7, OutMode.RAW32, None, group=128) == \
         P.LayerDescriptor(9, 8, 7, 0, group=128)
+    # ... each passing the bases through
+    bases = dict(w_base=7, chan_base=300, group_base=65535)
+    for r in (rq, crq, None):
+        got = P.LayerDescriptor.from_requant(9, 8, 2, OutMode.INT8 if r else OutMode.RAW32, r,
+                                             **bases)
+        assert (got.w_base, got.chan_base, got.group_base) == (7, 300, 65535), r
+        assert got == dataclasses.replace(
+            P.LayerDescriptor.from_requant(9, 8, 2, OutMode.INT8 if r else OutMode.RAW32, r),
+            **bases)
 
 
 def test_status_and_other_payload_round_trips():
@@ -214,6 +254,143 @@ def test_status_and_other_payload_round_trips():
     assert P.Counters(1, 2, 3, 4).dq_stall == 0
     with pytest.raises(P.ProtocolError, match="30"):
         P.Counters.unpack(raw[:24])                                   # protocol-2 COUNTERS
+
+
+def _layer(**kw):
+    """A ProgramLayer with every field off its default (and distinct from the others)."""
+    f = dict(desc=P.LayerDescriptor(9, 27, 16, OutMode.INT8, 0x4321, 17, -3, 1,
+                                    WeightFormat.INT4, 32, 1, 0x0102, 0x0304, 0x0506),
+             kind=P.LayerKind.MAXPOOL, stride=2, pad=1, pad_value=-128, h=28, w=0x1D1C,
+             in_base=0x1234, out_base=0xFEDC, n=(1, 2, 3, 4, 5, 6),
+             s=(0xFFFF, 0x0100, 0, 7, 0x8000, 1))
+    f.update(kw)
+    return P.ProgramLayer(**f)
+
+
+def test_program_layer_record():
+    rec = _layer()
+    raw = rec.pack()
+    assert len(raw) == P.PROGRAM_RECORD == 64
+    # byte by byte (docs/protocol.md): descriptor, kind, stride, pad, pad_value, reserved,
+    # h, w, in_base, out_base, six loop counts, six strides, zeros to the end
+    want = (rec.desc.pack() + bytes([1, 2, 1, 0x80, 0]) + struct.pack("<HHHH", 28, 0x1D1C,
+                                                                       0x1234, 0xFEDC)
+            + struct.pack("<6H", 1, 2, 3, 4, 5, 6) + struct.pack("<6H", 0xFFFF, 0x0100, 0, 7,
+                                                                  0x8000, 1))
+    assert len(want) == 58 and raw == want + bytes(6)
+    assert raw[21] == P.LayerKind.MAXPOOL and raw[24] == 0x80
+    assert raw[34:36] == b"\x01\x00" and raw[46:48] == b"\xff\xff"    # n[0], s[0]
+    back = P.ProgramLayer.unpack(raw)
+    assert back == rec and back.desc == rec.desc
+    assert (back.n, back.s) == ((1, 2, 3, 4, 5, 6), (0xFFFF, 0x0100, 0, 7, 0x8000, 1))
+    # every field lands in its own bytes: changing one changes the record there only
+    for name, value, where in (("kind", P.LayerKind.GEMM, [21]), ("stride", 3, [22]),
+                               ("pad", 0, [23]), ("pad_value", 127, [24]), ("h", 29, [26]),
+                               ("w", 0x1D1D, [28]), ("in_base", 0x1235, [30]),
+                               ("out_base", 0xFEDD, [32]), ("n", (1, 2, 3, 4, 5, 7), [44]),
+                               ("s", (0xFFFF, 0x0100, 0, 7, 0x8000, 0), [56])):
+        other = _layer(**{name: value}).pack()
+        assert [i for i in range(64) if other[i] != raw[i]] == where, name
+        assert P.ProgramLayer.unpack(other) == _layer(**{name: value}), name
+    # defaults: a GEMM layer reading ACT from 0 with a single element loop
+    d = P.ProgramLayer(P.LayerDescriptor(1, 1, 1))
+    assert (d.kind, d.stride, d.pad, d.pad_value, d.h, d.w, d.in_base, d.out_base) == \
+        (P.LayerKind.GEMM, 0, 0, 0, 1, 1, 0, 0)
+    assert d.n == (1,) * P.GATHER_LOOPS and d.s == (0,) * P.GATHER_LOOPS
+    assert P.ProgramLayer.unpack(d.pack()) == d
+    # lists are taken and kept as tuples (the record is frozen and hashable)
+    lst = _layer(n=[1, 2, 3, 4, 5, 6], s=[0xFFFF, 0x0100, 0, 7, 0x8000, 1])
+    assert lst == rec and isinstance(lst.n, tuple) and hash(lst) == hash(rec)
+    with pytest.raises(P.ProtocolError, match="64"):
+        P.ProgramLayer.unpack(raw[:63])
+    with pytest.raises(P.ProtocolError, match="64"):
+        P.ProgramLayer.unpack(raw + b"\x00")
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(desc=b"\x00" * 21), TypeError, "desc"),
+    (dict(desc=None), TypeError, "desc"),
+    (dict(kind=256), ValueError, "kind"),
+    (dict(kind=-1), ValueError, "kind"),
+    (dict(stride=256), ValueError, "stride"),
+    (dict(stride=-1), ValueError, "stride"),
+    (dict(pad=256), ValueError, "pad"),
+    (dict(pad_value=128), ValueError, "pad_value"),
+    (dict(pad_value=-129), ValueError, "pad_value"),
+    (dict(pad_value=True), ValueError, "pad_value"),
+    (dict(h=1 << 16), ValueError, "h"),
+    (dict(w=-1), ValueError, "w"),
+    (dict(in_base=1 << 16), ValueError, "in_base"),
+    (dict(out_base=-1), ValueError, "out_base"),
+    (dict(n=(1, 2, 3, 4, 5)), ValueError, "6 entries"),
+    (dict(s=(0,) * 7), ValueError, "6 entries"),
+    (dict(n=(1, 1, 0, 1, 1, 1)), ValueError, ">= 1"),
+    (dict(n=(1, 1, 1, 1, 1, 1 << 16)), ValueError, "n"),
+    (dict(s=(0, 0, 0, -1, 0, 0)), ValueError, "s"),
+])
+def test_program_layer_refuses(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        _layer(**kw)
+
+
+def test_program_layer_unpack_checks_fields():
+    # a record with a loop count of 0 (e.g. one never written: all zeros) is not a layer
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        P.ProgramLayer.unpack(bytes(P.PROGRAM_RECORD))
+    # the signed bytes decode as such: zp (descriptor byte 10) and pad_value (record byte 24)
+    raw = bytearray(_layer().pack())
+    raw[10] = raw[24] = 0xFF
+    back = P.ProgramLayer.unpack(bytes(raw))
+    assert (back.desc.zp, back.pad_value) == (-1, -1)
+
+
+def test_layer_counters_record():
+    c = P.LayerCounters(P.ErrorCode.BAD_SHAPE, P.LayerKind.MAXPOOL, 2**48 - 1, 0x123456789A,
+                        7, 2**47 + 1)
+    raw = c.pack()
+    assert len(raw) == P.LCNT_RECORD == 32
+    assert raw == (bytes([1, 1, 0, 0]) + (2**48 - 1).to_bytes(6, "little")
+                   + (0x123456789A).to_bytes(6, "little") + (7).to_bytes(6, "little")
+                   + (2**47 + 1).to_bytes(6, "little") + bytes(4))
+    back = P.LayerCounters.unpack(raw)
+    assert back == c and back.status is P.ErrorCode.BAD_SHAPE
+    ok = P.LayerCounters.unpack(P.LayerCounters(0, 0, 10, 5, 4, 96).pack())
+    assert (ok.status, ok.kind, ok.cycles, ok.core_cycles, ok.busy, ok.macs) == \
+        (P.ErrorCode.OK, P.LayerKind.GEMM, 10, 5, 4, 96)
+    # the reserved bytes are not part of any field
+    noisy = bytearray(raw)
+    noisy[2:4] = b"\xff\xff"
+    noisy[28:] = b"\xff" * 4
+    assert P.LayerCounters.unpack(bytes(noisy)) == c
+    # a status this host does not know stays a number
+    unknown = P.LayerCounters.unpack(bytes([14]) + raw[1:])
+    assert unknown.status == 14 and not isinstance(unknown.status, P.ErrorCode)
+    for n in (31, 33, 0):
+        with pytest.raises(P.ProtocolError, match="32"):
+            P.LayerCounters.unpack(raw[:n] if n < 32 else raw + b"\x00")
+
+
+def test_run_program_request():
+    f = P.unpack_frame(P.run_program(5, seq=3))
+    assert (f.opcode, f.seq, f.payload) == (P.Opcode.RUN_PROGRAM, 3, b"\x05")
+    assert P.Opcode.RUN_PROGRAM == 0x09
+    raw = P.run_program(200, wait=False, seq=255)
+    assert raw[1:5] == bytes([0x09, 3, 0, 255]) and raw[5:7] == bytes([200, P.RUN_NOWAIT])
+    assert P.unpack_frame(raw).payload == bytes([200, 1])
+    # the builder takes any u8; 0 and counts beyond max_layers are the device's BAD_PARAM
+    for count in (0, 1, 255):
+        assert P.unpack_frame(P.run_program(count)).payload == bytes([count])
+    for bad in (256, -1, True, 2.0, None, "3"):
+        with pytest.raises(ValueError, match="count"):
+            P.run_program(bad)
+    with pytest.raises(ValueError, match="seq"):
+        P.run_program(1, seq=256)
+    # its reply: status only, like RUN's
+    rep = P.unpack_frame(P.pack_reply(P.Opcode.RUN_PROGRAM, P.ErrorCode.OK, seq=3))
+    assert rep.opcode == 0x89 and P.parse_reply(rep, P.Opcode.RUN_PROGRAM) == b""
+    bad = P.unpack_frame(P.pack_reply(P.Opcode.RUN_PROGRAM, P.ErrorCode.BAD_SHAPE))
+    with pytest.raises(P.DeviceError, match="BAD_SHAPE in reply to RUN_PROGRAM"):
+        P.parse_reply(bad, P.Opcode.RUN_PROGRAM)
 
 
 def test_request_builders_with_seq():
@@ -243,7 +420,8 @@ def test_request_builders_with_seq():
     with pytest.raises(ValueError, match="count"):
         P.read(P.Buffer.A, 0, 0)
     with pytest.raises(ValueError):
-        P.read(7, 0, 1)
+        P.read(8, 0, 1)                                               # LCNT (7) is the last
+    assert P.unpack_frame(P.read(P.Buffer.LCNT, 32, 64)).payload == b"\x07\x20\0\0\0\x40\x00"
     with pytest.raises(ValueError, match="zp"):
         P.LayerDescriptor(1, 1, 1, zp=200)
     big = P.write(P.Buffer.A, 0, bytes(P.MAX_DATA))
@@ -384,16 +562,16 @@ def test_parser_random_bytes_never_raise():
 # -- efficiency ----------------------------------------------------------------------------
 # Wire cost per the frame format: a WRITE chunk of d bytes is a request of 7 + 5 + d bytes
 # and a reply of 7 + 1 (status); a READ chunk a request of 7 + 7 and a reply of 7 + 1 + d;
-# a small command (LOAD_LAYER) a request of 7 + 15 and a reply of 7 + 1.
+# a small command (LOAD_LAYER) a request of 7 + 21 and a reply of 7 + 1.
 
 def test_efficiency_256_gemm():
     # 256x256 INT8 A and W written once (32 chunks of 4096), the 256x256 INT8 result read
     # back (16 chunks of 4096), 3 small commands
-    wire = 32 * (12 + 4096 + 8) + 16 * (14 + 8 + 4096) + 3 * (22 + 8)
-    assert wire == 197690
+    wire = 32 * (12 + 4096 + 8) + 16 * (14 + 8 + 4096) + 3 * (28 + 8)
+    assert wire == 197708
     eff = P.efficiency(2 * 256 * 256, 256 * 256, commands=3)
-    assert eff == 196608 / 197690
-    assert round(eff, 4) == 0.9945
+    assert eff == 196608 / 197708
+    assert round(eff, 4) == 0.9944
 
 
 def test_efficiency_partial_chunks():
