@@ -218,3 +218,29 @@ def test_random_models_fuzz_and_nothing_written_outside(acc):
         for base, n in cp.regions:
             touched[base:base + n] = True
         assert (act[~touched] == 0x5A).all(), f"trial {trial}: ACT written outside the regions"
+
+
+def test_fault_campaign_program_runs_exact_or_raise():
+    """Bit flips in both directions on real traffic while a resident model runs: a lost or
+    damaged RUN_PROGRAM reply is not resent blindly (the program overwrites its own input);
+    the run writes the input again and reruns. Every result is exact or an exception."""
+    from sw.driver import Accelerator
+    from sw.transport import FaultInjector, SimTransport
+    rng = np.random.default_rng(10)
+    m = cnn(rng)
+    fi = FaultInjector(SimTransport(DEVICE, pe=PE), tx_rate=0.04, rx_rate=0.04, seed=3)
+    exact = raised = 0
+    with Accelerator(fi, retries=4) as acc:
+        lm = acc.load_model(m, batch=1)
+        for i in range(40):
+            x = rng.integers(-128, 128, size=(2, 8, 8, 1))
+            try:
+                y = lm.run(x)
+            except Exception:
+                raised += 1
+                continue
+            np.testing.assert_array_equal(y, m.golden(x), strict=True)
+            exact += 1
+        assert fi.tx_faults + fi.rx_faults >= 20, (fi.tx_faults, fi.rx_faults)
+        assert acc.total.retries >= 10
+    assert exact >= 30, (exact, raised)

@@ -37,7 +37,7 @@ from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescripto
 from .transport import ReplyDamaged, Transport, TransportError, TransportTimeout
 
 __all__ = ["Accelerator", "DeviceMismatch", "DeviceTimeout", "GemmPlan", "Stats", "LoadedModel",
-           "ModelRun",
+           "ModelRun", "NotRepeated",
            "DeviceError", "TransportError"]
 
 _U16 = 0xFFFF
@@ -50,6 +50,12 @@ class DeviceMismatch(Exception):
 
 class DeviceTimeout(TransportTimeout, TimeoutError):
     """The device did not answer a request in time (after the retries)."""
+
+
+class NotRepeated(DeviceTimeout):
+    """A request that is not safe to send twice (RUN_PROGRAM) lost its reply: the device may
+    or may not have executed it. :meth:`LoadedModel.run` then writes the input again and
+    reruns the program."""
 
 
 @dataclass
@@ -354,7 +360,7 @@ class Accelerator:
                 + 0.25 * self._link_timeout)
 
     def _call(self, build, opcode: Opcode, *, expect: int = 0, cycles: int = 0,
-              context: str = "") -> bytes:
+              context: str = "", repeatable: bool = True) -> bytes:
         """One request/reply with retries; returns the reply data or raises.
 
         ``build(seq=...)`` makes the request frame (a ``sw.protocol`` builder); every
@@ -378,6 +384,7 @@ class Accelerator:
                 why = f"no reply within {timeout:.3g} s [{e}]"
                 # a damaged reply: the device has finished this request and hunts again
                 in_sync = isinstance(e, ReplyDamaged)
+                refused = False
             else:
                 self._count(len(request), P.FRAME_OVERHEAD + len(frame.payload))
                 if frame.is_v1_reply:
@@ -408,6 +415,7 @@ class Accelerator:
                 # one frame and is hunting again (bytes it did not take, after a LENGTH
                 # made shorter, are a rare exception that costs one more retry)
                 in_sync = frame.seq == seq
+                refused = in_sync and frame.status in (ErrorCode.BAD_CRC, ErrorCode.TIMEOUT)
             # the request (or its reply) was damaged: the device did all of it (a reply was
             # lost) or none of it (WRITE data is staged and committed only after the CRC),
             # so sending it again is safe; what the buffers hold is no longer vouched for
@@ -416,6 +424,13 @@ class Accelerator:
             failures += 1
             for s in self._stats:
                 s.retries += 1
+            if not repeatable and not refused:
+                # the device may have executed it: a request that is not safe to repeat
+                # (RUN_PROGRAM overwrites its own input) is left to the caller
+                self._resync(None if in_sync else
+                             sent_at + self.transport.wire_seconds(len(request)))
+                raise NotRepeated(f"{what}: {why}; the device may have run it, so it was not "
+                                  f"sent again")
             if failures > self.retries:
                 raise DeviceTimeout(
                     f"{what} failed {failures} times, last: {why}: is the device powered, "
@@ -592,9 +607,11 @@ class Accelerator:
                              f"length), not {count!r}")
         # the program's gather writes A (and its GEMMs OUT): A no longer holds a GEMM operand
         self._resident.pop(Buffer.A, None)
+        # not repeated blindly: a program overwrites its own input (ping-pong ACT regions),
+        # so running it twice computes from garbage; NotRepeated goes to the caller
         self._call(lambda seq: P.run_program(count, seq=seq), Opcode.RUN_PROGRAM,
                    cycles=cycles if cycles is not None else info.watchdog_cycles,
-                   context=f"{count} layers")
+                   context=f"{count} layers", repeatable=False)
         self._layer = None                       # the program loaded its own descriptors
         for s in self._stats:
             s.runs += 1
@@ -1176,9 +1193,18 @@ class LoadedModel:
                 if k < B:
                     fill = np.full((B - k, per_in), getattr(self.model, "in_zero", 0))
                     chunk = np.concatenate([chunk, fill])
-                acc.write_buffer(Buffer.ACT, cp.input_base,
-                                 chunk.astype(np.int8).tobytes())
-                acc.run_program(nl, cycles=bound)
+                for attempt in range(acc.retries + 1):
+                    acc.write_buffer(Buffer.ACT, cp.input_base,
+                                     chunk.astype(np.int8).tobytes())
+                    if getattr(acc, "_program_owner", None) is not self:
+                        self.load()           # an error made the driver forget the weights
+                    try:
+                        acc.run_program(nl, cycles=bound)
+                        break
+                    except NotRepeated:
+                        if attempt == acc.retries:
+                            raise
+                        acc._wait_idle("RUN_PROGRAM")
                 y = np.frombuffer(acc.read_buffer(Buffer.ACT, cp.output_base, cp.output_bytes),
                                   dtype=np.int8).reshape(B, per_out)
                 out[lo:lo + k] = y[:k]

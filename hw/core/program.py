@@ -285,20 +285,31 @@ class ProgramCore(wiring.Component):
         # LCNT record writer
         l_rec = Signal(8 * LCNT_RECORD)
         l_idx = Signal(range(LCNT_RECORD + 1))
-        m.d.comb += [lcnt_w.addr.eq(layer * LCNT_RECORD + l_idx),
-                     lcnt_w.data.eq(l_rec.word_select(l_idx[:5], 8))]
+        h_lcnt_we = host_we & (self.bus_sel == Buffer.LCNT) & \
+            (self.bus_addr < self.max_layers * LCNT_RECORD)
+        m.d.comb += [lcnt_w.addr.eq(Mux(running, layer * LCNT_RECORD + l_idx, self.bus_addr)),
+                     lcnt_w.data.eq(Mux(running, l_rec.word_select(l_idx[:5], 8),
+                                        self.bus_wdata)),
+                     lcnt_w.en.eq(h_lcnt_we)]
 
         with m.If(running):
             m.d.sync += cyc.eq(cyc + 1)
+        wd_hit = Signal()
+        m.d.sync += wd_hit.eq(cyc >= self.WATCHDOG)
 
         def finish(code):
             return [p_error.eq(code), p_done.eq(1), running.eq(0)]
 
-        def abortable():
-            # RESET stops the program between bytes (in WAIT the core aborts its own run
-            # and reports ABORTED, which ends the program like any core error)
+        def watchdog_and_abort():
+            # last in each state, so that it overrides the state's own transition. RESET stops
+            # the program between bytes (in WAIT the core aborts its own run and reports
+            # ABORTED, which ends the program like any core error); a layer whose loops run
+            # longer than the core's watchdog is stopped (a malformed record cannot hang it)
             with m.If(self.abort):
                 m.d.sync += finish(ErrorCode.ABORTED)
+                m.next = "IDLE"
+            with m.Elif(wd_hit):
+                m.d.sync += finish(ErrorCode.WATCHDOG)
                 m.next = "IDLE"
 
         m.d.sync += p_done.eq(0)
@@ -312,22 +323,22 @@ class ProgramCore(wiring.Component):
                         m.d.sync += [running.eq(1), fidx.eq(0), cyc.eq(0)]
                         m.next = "FETCH"
             with m.State("FETCH"):
-                abortable()
                 # record bytes arrive one cycle after their address
                 m.d.sync += fidx.eq(fidx + 1)
                 with m.If(fidx != 0):
                     m.d.sync += rec.eq(Cat(rec[8:], prog_r.data))
                 with m.If(fidx == PROGRAM_RECORD):
                     m.next = "DECODE"
+                watchdog_and_abort()
             with m.State("DECODE"):
-                abortable()
                 m.d.sync += [c_core.eq(0), c_busy.eq(0), c_macs.eq(0), t_out.eq(0),
                              a_rowbase.eq(0), a_bank.eq(0), a_k.eq(0), *gen_reset(),
                              r_cfg.eq(0), *assign_descriptor(r_cfg, fields)]
                 # bytes of A per R rows: ceil(K / 4) words of 4 bytes in each of R banks
                 m.d.sync += kw_bytes.eq(((fields["k"] + 3) >> 2) << (lr + 2))
-                with m.If((kind == LayerKind.GEMM) & (bad_param |
-                                                      (fields["out_mode"] != OutMode.INT8))):
+                zero_loop = Cat(*(n == 0 for n in n_loop)).any()
+                with m.If(zero_loop | ((kind == LayerKind.GEMM) &
+                                       (bad_param | (fields["out_mode"] != OutMode.INT8)))):
                     m.d.sync += st.eq(ErrorCode.BAD_PARAM)
                     m.next = "COUNT"
                 with m.Elif((kind == LayerKind.GEMM) & bad_shape):
@@ -342,11 +353,12 @@ class ProgramCore(wiring.Component):
                 with m.Else():
                     m.d.sync += st.eq(ErrorCode.BAD_PARAM)
                     m.next = "COUNT"
+                watchdog_and_abort()
             with m.State("GATHER"):
-                abortable()
                 m.d.comb += g_run.eq(1)
                 with m.If(~g_on & ~p1_v):
                     m.next = "START"
+                watchdog_and_abort()
             with m.State("START"):
                 m.d.comb += r_start.eq(1)
                 m.next = "WAIT"
@@ -360,7 +372,6 @@ class ProgramCore(wiring.Component):
                     with m.Else():
                         m.next = "SCATTER"
             with m.State("SCATTER"):
-                abortable()
                 m.d.sync += s_v.eq(Cat(s_on, s_v[:-1]))
                 with m.If(s_on):
                     m.d.sync += s_n.eq(s_n + 1)
@@ -376,19 +387,19 @@ class ProgramCore(wiring.Component):
                             m.d.sync += s_on.eq(0)
                 with m.If(~s_on & ~s_v.any()):
                     m.next = "COUNT"
+                watchdog_and_abort()
             with m.State("POOL"):
-                abortable()
                 m.d.comb += g_run.eq(1)
                 with m.If(~g_on & ~p1_v):
                     m.next = "COUNT"
+                watchdog_and_abort()
             with m.State("COUNT"):
-                abortable()
                 m.d.sync += [l_idx.eq(0),
                              l_rec.eq(Cat(st, Const(0, 8 - len(st)), kind, Const(0, 16),
                                           cyc, c_core, c_busy, c_macs))]
                 m.next = "LCNT"
+                watchdog_and_abort()
             with m.State("LCNT"):
-                abortable()
                 m.d.comb += lcnt_w.en.eq(1)
                 m.d.sync += l_idx.eq(l_idx + 1)
                 with m.If(l_idx == LCNT_RECORD - 1):
@@ -401,7 +412,7 @@ class ProgramCore(wiring.Component):
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), fidx.eq(0), cyc.eq(0)]
                         m.next = "FETCH"
-
+                watchdog_and_abort()
         # runner bus: gather writes A (one cycle after the ACT read), scatter reads OUT
         in_gather = Signal()
         m.d.comb += in_gather.eq(p1_v & (kind == LayerKind.GEMM))
