@@ -261,7 +261,8 @@ def quantize_onnx(float_model, calib_x, *, per_channel: bool = True, activation_
         Calibration inputs in the model's input layout (NCHW for the CNN), fed in batches.
     per_channel : bool
         Per-output-channel weight scales.
-    activation_type, weight_type : {"int8", "uint8"}
+    activation_type, weight_type : {"int8", "uint8", "int4"}
+        ``"int4"`` (weights) needs opset >= 21 for the standard int4 ``DequantizeLinear``.
     extra_options : dict or None
         Passed to ``quantize_static`` (e.g. ``{"ActivationSymmetric": True}``).
 
@@ -273,7 +274,7 @@ def quantize_onnx(float_model, calib_x, *, per_channel: bool = True, activation_
     onnx = _need("onnx")
     _need("onnxruntime")
     from onnxruntime import quantization as q
-    types = {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}
+    types = {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8, "int4": q.QuantType.QInt4}
     for nm, v in (("activation_type", activation_type), ("weight_type", weight_type)):
         if v not in types:
             raise ValueError(f"{nm} must be one of {sorted(types)}, not {v!r}")

@@ -114,8 +114,20 @@ class Layer:
         return in_shape
 
 
+class _LinearLayer(Layer):
+    """A layer computed by its ``lin`` (:class:`~sw.quant.QuantLinear`): its quantization."""
+
+    @property
+    def quant_in(self):
+        return self.lin.x_scale, self.lin.x_zero
+
+    @property
+    def quant_out(self):
+        return self.lin.y_scale, self.lin.y_zero
+
+
 @dataclass(frozen=True, eq=False)
-class Dense(Layer):
+class Dense(_LinearLayer):
     """Fully connected layer ``(B, K) -> (B, N)`` on INT8: ``lin.golden(x)``.
 
     Parameters
@@ -133,14 +145,6 @@ class Dense(Layer):
         if not isinstance(self.lin, QuantLinear):
             raise ValueError(f"Dense.lin must be a sw.quant.QuantLinear, not {self.lin!r}")
         _check_name(self.name)
-
-    @property
-    def quant_in(self):
-        return self.lin.x_scale, self.lin.x_zero
-
-    @property
-    def quant_out(self):
-        return self.lin.y_scale, self.lin.y_zero
 
     def out_shape(self, in_shape):
         if tuple(in_shape) != (self.lin.in_features,):
@@ -161,7 +165,7 @@ class Dense(Layer):
 
 
 @dataclass(frozen=True, eq=False)
-class Conv2d(Layer):
+class Conv2d(_LinearLayer):
     """2-D convolution ``(B, H, W, C) -> (B, Ho, Wo, Cout)`` on INT8 NHWC maps.
 
     ``golden(x) = lin.golden(im2col(x, kernel, stride, pad, pad_value=lin.x_zero))`` reshaped to
@@ -209,14 +213,6 @@ class Conv2d(Layer):
                              f"{shape[2]} channels needs lin.q with {k} rows, not "
                              f"{self.lin.in_features}")
         self.out_shape(shape)                        # the window fits
-
-    @property
-    def quant_in(self):
-        return self.lin.x_scale, self.lin.x_zero
-
-    @property
-    def quant_out(self):
-        return self.lin.y_scale, self.lin.y_zero
 
     def out_shape(self, in_shape):
         if tuple(in_shape) != self.in_shape:

@@ -551,27 +551,7 @@ def _quantize(float_model, calib, fmt: str):
     """The QDQ model for ``fmt`` (see the module docstring)."""
     from . import demo
     if fmt == "INT4":
-        import onnx
-        import os
-        import tempfile
-        from onnxruntime import quantization as q
-        in_name = float_model.graph.input[0].name
-        calib = np.asarray(calib, dtype=np.float32)
-
-        class Reader(q.CalibrationDataReader):
-            def __init__(self):
-                self._it = iter([{in_name: calib[i:i + 64]} for i in range(0, len(calib), 64)])
-
-            def get_next(self):
-                return next(self._it, None)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "qdq.onnx")
-            onnx.save(float_model, src)
-            q.quantize_static(src, dst, Reader(), quant_format=q.QuantFormat.QDQ,
-                              per_channel=True, activation_type=q.QuantType.QInt8,
-                              weight_type=q.QuantType.QInt4)
-            return onnx.load(dst)
+        return demo.quantize_onnx(float_model, calib, per_channel=True, weight_type="int4")
     qdq = demo.quantize_onnx(float_model, calib, per_channel=True)
     if fmt in ("INT2", "TERNARY"):
         qdq = narrow_qdq_weights(qdq, fmt)
