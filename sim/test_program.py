@@ -5,7 +5,8 @@ bit for bit with ``sw.model.Model.golden``; per-layer counters; refusals and fau
 import numpy as np
 import pytest
 
-from sw import model as mdl, numerics, protocol as P, quant
+from sw import model as mdl, numerics, protocol as P
+from sw.program import ModelTooLarge
 from sw.numerics import WeightFormat
 from program_models import cnn, lin
 
@@ -166,13 +167,29 @@ def test_reset_stops_a_running_program(acc):
     _check(lm, m, x)
 
 
-def test_program_refused_by_device_without_programs():
-    from sw.driver import Accelerator, DeviceMismatch
-    from sw.program import ModelTooLarge, compile_model
-    info = P.DeviceInfo(P.PROTOCOL_VERSION, 0, 2, 4, 2048, 4096, 2048, 256, 1024, 3, formats=31)
+def test_program_refused_by_mismatched_bitstream(acc):
+    from dataclasses import replace
+    from sw.program import DeviceLacks, compile_model
     rng = np.random.default_rng(8)
-    with pytest.raises(ModelTooLarge, match="no layer programs"):
-        compile_model(_cnn(rng), info)
+    m = _cnn(rng)
+    # a protocol-4 device without layer programs
+    with pytest.raises(DeviceLacks, match="no layer programs"):
+        compile_model(m, replace(acc.info, act_bytes=0, max_layers=0))
+    # an INT8-DSP bitstream: INT8 only, no groups, and no MAXPOOL
+    int8 = replace(acc.info, formats=1 << int(WeightFormat.INT8), group_sizes=0)
+    mlp = mdl.Model([mdl.Dense(_lin(rng, 40, 8, fmt=WeightFormat.INT4), name="fc4")],
+                    input_shape=(40,), in_scale=0.05, in_zero=0, out_scale=0.05, out_zero=0)
+    with pytest.raises(DeviceLacks, match=r"layer 'fc4'.*does not compute INT4.*INT8"):
+        compile_model(mlp, int8)
+    g = mdl.Model([mdl.Dense(_lin(rng, 40, 8, group=32), name="fcg")], input_shape=(40,),
+                  in_scale=0.05, in_zero=0, out_scale=0.05, out_zero=0)
+    with pytest.raises(DeviceLacks, match=r"layer 'fcg'.*no groups of 32"):
+        compile_model(g, int8)
+    with pytest.raises(DeviceLacks, match=r"layer 'pool1'.*no MAXPOOL"):
+        compile_model(m, replace(acc.info, layer_kinds=1 << int(P.LayerKind.GEMM)))
+    # a program longer than the device's PROG buffer
+    with pytest.raises(ModelTooLarge, match=r"6 device layers.*at most 2"):
+        compile_model(m, replace(acc.info, max_layers=2))
 
 
 def test_random_models_fuzz_and_nothing_written_outside(acc):

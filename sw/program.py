@@ -35,7 +35,7 @@ from .numerics import OutMode, WeightFormat, WEIGHT_LANES, ChannelRequant
 from .protocol import (Buffer, DeviceInfo, LayerDescriptor, LayerKind, ProgramLayer,
                        PROGRAM_RECORD, LCNT_RECORD)
 
-__all__ = ["ModelTooLarge", "Placement", "CompiledProgram", "DeviceGeometry", "gemm_layer",
+__all__ = ["ModelTooLarge", "DeviceLacks", "Placement", "CompiledProgram", "DeviceGeometry", "gemm_layer",
            "compile_model", "max_batch"]
 
 _U16 = 1 << 16
@@ -43,6 +43,11 @@ _U16 = 1 << 16
 
 class ModelTooLarge(ValueError):
     """The model (at this batch size) does not fit the device: names the layer and by how much."""
+
+
+class DeviceLacks(ModelTooLarge):
+    """The device cannot run the model at all: no layer programs, or a layer needs a weight
+    format, group size or layer kind its bitstream does not have (IDENTIFY)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class DeviceGeometry:
     @classmethod
     def of(cls, info: DeviceInfo) -> "DeviceGeometry":
         if not info.act_bytes or not info.max_layers:
-            raise ModelTooLarge("the device has no layer programs (IDENTIFY reports no ACT "
+            raise DeviceLacks("the device has no layer programs (IDENTIFY reports no ACT "
                                 "memory); its bitstream predates them: rebuild it")
         return cls(info.rows, info.cols, info.a_bytes // (4 * info.rows),
                    info.w_bytes // info.cols, info.out_words,
@@ -128,6 +133,10 @@ class CompiledProgram:
         return sum(len(p.data) for p in self.placements)
 
 
+def _fmt_names(mask: int) -> str:
+    return ", ".join(f.name for f in WeightFormat if mask >> int(f) & 1) or "none"
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -165,11 +174,12 @@ def gemm_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, q, fmt, group, 
     K, N = q.shape
     R, C = geo.rows, geo.cols
     if not geo.formats >> int(fmt) & 1:
-        raise ModelTooLarge(f"layer {name!r}: the device does not compute {fmt.name} weights")
+        raise DeviceLacks(f"layer {name!r}: the device does not compute {fmt.name} weights "
+                          f"(its PE kind computes {_fmt_names(geo.formats)})")
     size = group.size if group is not None else 0
     from .protocol import GROUP_SIZE_BITS
     if size and not geo.group_sizes >> GROUP_SIZE_BITS[size] & 1:
-        raise ModelTooLarge(f"layer {name!r}: the device has no groups of {size}")
+        raise DeviceLacks(f"layer {name!r}: the device has no groups of {size} along K")
     lanes = WEIGHT_LANES[fmt]
     for dim, v in (("M", M), ("K", K), ("N", N)):
         if v >= _U16:
@@ -300,7 +310,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
             k, st = layer.size, layer.stride
             Ho, Wo = numerics.conv_out_size(H, k, st, 0), numerics.conv_out_size(W, k, st, 0)
             if not geo.layer_kinds >> int(LayerKind.MAXPOOL) & 1:
-                raise ModelTooLarge(f"layer {name!r}: the device has no MAXPOOL layers")
+                raise DeviceLacks(f"layer {name!r}: the device has no MAXPOOL layers")
             out_shape = (Ho, Wo, Cin)
             size = B * Ho * Wo * Cin
             base = place_out(name, size)
