@@ -32,8 +32,7 @@ import numpy as np
 
 from . import layout, numerics
 from .numerics import OutMode, WeightFormat, WEIGHT_LANES, ChannelRequant
-from .protocol import (Buffer, DeviceInfo, LayerDescriptor, LayerKind, ProgramLayer,
-                       PROGRAM_RECORD, LCNT_RECORD)
+from .protocol import Buffer, DeviceInfo, LayerDescriptor, LayerKind, ProgramLayer
 
 __all__ = ["ModelTooLarge", "DeviceLacks", "Placement", "CompiledProgram", "DeviceGeometry", "gemm_layer",
            "compile_model", "max_batch"]

@@ -19,10 +19,10 @@ counters next to the core's.
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, Mux, Cat, Const, signed, unsigned
+from amaranth import Module, Signal, Mux, Cat, Const, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from sw.numerics import OutMode
 from sw.protocol import (Buffer, ErrorCode, LayerKind, LayerDescriptor, PROGRAM_RECORD,
