@@ -1060,3 +1060,297 @@ def global_avgpool_acc(x) -> np.ndarray:
     """
     x = _check_nhwc(x)
     return x.sum(axis=(1, 2), dtype=np.int64)
+
+
+# =============================================================================================
+# N:M sparsity (FlightLLM's sparse DSP chain) and two low-bit products per MULT18X18D.
+# =============================================================================================
+
+__all__ += ["NM_BLOCK_SIZES", "NMPattern", "NM_PATTERNS", "nm_pattern", "NMSparse",
+            "sparse_gemm", "to_dense", "DSP_OPERAND_BITS", "DSP_PACK_SHIFT", "DSP_PACK_FORMATS",
+            "dsp_pack_bounds", "dsp_pack2", "dsp_unpack2"]
+
+#: block sizes M of the N:M compressed format
+NM_BLOCK_SIZES = (4, 8)
+
+
+class NMPattern(enum.IntEnum):
+    """The N:M patterns the sparse DSP engine selects at run time (shared with the gateware).
+
+    Dense is N = M: every weight of a block is kept, in any order of its indices.
+    """
+
+    #: 4:4, dense in blocks of 4
+    DENSE4 = 0
+    #: 8:8, dense in blocks of 8
+    DENSE8 = 1
+    NM4_8 = 2
+    NM2_4 = 3
+    NM1_4 = 4
+    NM2_8 = 5
+
+    @property
+    def n(self) -> int:
+        return NM_PATTERNS[self][0]
+
+    @property
+    def m(self) -> int:
+        return NM_PATTERNS[self][1]
+
+
+#: (n, m) of each hardware pattern
+NM_PATTERNS = {NMPattern.DENSE4: (4, 4), NMPattern.DENSE8: (8, 8), NMPattern.NM4_8: (4, 8),
+               NMPattern.NM2_4: (2, 4), NMPattern.NM1_4: (1, 4), NMPattern.NM2_8: (2, 8)}
+
+
+def nm_pattern(n: int, m: int) -> NMPattern:
+    """The :class:`NMPattern` of ``n:m``; ValueError for a pattern the hardware lacks."""
+    for p, nm in NM_PATTERNS.items():
+        if nm == (n, m):
+            return p
+    raise ValueError(f"{n!r}:{m!r} is not a hardware N:M pattern; supported: "
+                     f"{', '.join(f'{a}:{b}' for a, b in NM_PATTERNS.values())}")
+
+
+def _check_nm(n, m) -> tuple[int, int]:
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or int(m) not in NM_BLOCK_SIZES:
+        raise ValueError(f"m (the block size) must be one of {NM_BLOCK_SIZES}, not {m!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= m:
+        raise ValueError(f"n (weights kept per block of {int(m)}) must be an integer in "
+                         f"[1, {int(m)}], not {n!r}")
+    return int(n), int(m)
+
+
+@dataclass(frozen=True)
+class NMSparse:
+    """N:M compressed weights of a ``K x Ncol`` matrix (the engine's wire and buffer format).
+
+    Along K, every block of ``m`` rows keeps ``n`` weights per column. Rows
+    ``b*n .. b*n + n - 1`` of ``values`` and ``idx`` belong to block ``b``: weight
+    ``values[b*n + j, c]`` sits at dense row ``b*m + idx[b*n + j, c]``. Indices of one block
+    and column are distinct (their order is free); a kept weight may be zero (an empty block
+    is ``n`` zeros). Construction validates everything and stores read-only int64 copies.
+
+    Parameters
+    ----------
+    n, m : int
+        ``m`` in :data:`NM_BLOCK_SIZES`, ``1 <= n <= m`` (``n == m``: dense).
+    values : array_like, int, shape (K/m*n, Ncol)
+        Weight values of ``fmt``.
+    idx : array_like, int in [0, m), same shape
+    fmt : WeightFormat
+        INT8, INT4, INT2 or TERNARY (POW2 has no zero, so it cannot pad a block).
+
+    Raises
+    ------
+    ValueError
+        On a bad ``n``/``m``/``fmt``, shapes that differ or are not 2-D, a row count that is
+        not a multiple of ``n`` (K not a multiple of ``m``), an index outside ``[0, m)``, a
+        duplicate index within a block (the message names block and column), or a value
+        outside the format's range.
+    TypeError
+        If ``values`` or ``idx`` is not of an integer dtype.
+    """
+
+    n: int
+    m: int
+    values: np.ndarray
+    idx: np.ndarray
+    fmt: WeightFormat = WeightFormat.INT8
+
+    def __post_init__(self):
+        n, m = _check_nm(self.n, self.m)
+        fmt = _wfmt(self.fmt)
+        if fmt is WeightFormat.POW2:
+            raise ValueError("N:M sparse weights cannot be POW2: the format has no zero to pad "
+                             "a block with")
+        values, idx = np.asarray(self.values), np.asarray(self.idx)
+        for name, arr in (("values", values), ("idx", idx)):
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"{name} must have an integer dtype, not {arr.dtype}")
+            if arr.ndim != 2:
+                raise ValueError(f"{name} must be 2-D (K/m*n, Ncol), got shape {arr.shape}")
+        if values.shape != idx.shape:
+            raise ValueError(f"values and idx must have the same shape; got {values.shape} "
+                             f"and {idx.shape}")
+        rows, ncol = values.shape
+        if rows == 0 or ncol == 0:
+            raise ValueError(f"values must not be empty, got shape {values.shape}")
+        if rows % n:
+            raise ValueError(f"values has {rows} rows, not a multiple of n = {n}: K must be a "
+                             f"multiple of m = {m} (K/m*n rows)")
+        lo, hi = weight_range(fmt)
+        if int(values.min()) < lo or int(values.max()) > hi:
+            raise ValueError(f"{fmt.name} values must lie in [{lo}, {hi}]; found "
+                             f"[{int(values.min())}, {int(values.max())}]")
+        if int(idx.min()) < 0 or int(idx.max()) >= m:
+            bad = np.argwhere((idx < 0) | (idx >= m))[0]
+            raise ValueError(f"idx must lie in [0, {m}); idx[{bad[0]}, {bad[1]}] = "
+                             f"{int(idx[tuple(bad)])}")
+        srt = np.sort(idx.reshape(rows // n, n, ncol), axis=1)
+        dup = np.argwhere((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+        if dup.size:
+            b, c = (int(v) for v in dup[0])
+            raise ValueError(f"duplicate index within block {b} (rows {b * n}..{b * n + n - 1}) "
+                             f"of column {c}: {sorted(int(v) for v in idx[b * n:(b + 1) * n, c])}")
+        for name, arr in (("values", values), ("idx", idx)):
+            arr = arr.astype(np.int64)             # always a copy
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "m", m)
+        object.__setattr__(self, "fmt", fmt)
+
+    @property
+    def blocks(self) -> int:
+        """Blocks along K: ``K / m``."""
+        return self.values.shape[0] // self.n
+
+    @property
+    def k(self) -> int:
+        """Dense rows: ``blocks * m``."""
+        return self.blocks * self.m
+
+    @property
+    def ncols(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def pattern(self) -> NMPattern:
+        """The hardware :class:`NMPattern` (ValueError if the engine lacks ``n:m``)."""
+        return nm_pattern(self.n, self.m)
+
+    def rows(self) -> np.ndarray:
+        """Dense row of every kept weight: ``b*m + idx`` (int64, shape of ``values``)."""
+        base = np.repeat(np.arange(self.blocks, dtype=np.int64) * self.m, self.n)
+        return base[:, None] + self.idx
+
+
+def to_dense(sp: NMSparse) -> np.ndarray:
+    """The ``K x Ncol`` dense weight matrix (int64) that ``sp`` compresses."""
+    if not isinstance(sp, NMSparse):
+        raise TypeError(f"to_dense needs an NMSparse, not {type(sp).__name__}")
+    out = np.zeros((sp.k, sp.ncols), dtype=np.int64)
+    out[sp.rows(), np.arange(sp.ncols)[None, :]] = sp.values
+    return out
+
+
+def sparse_gemm(a, sp: NMSparse, *, a_bits: int = 8) -> np.ndarray:
+    """Exact GEMM of signed activations with N:M compressed weights (the engine's golden model).
+
+    ``out[r, c] = sum_b sum_j values[b*n + j, c] * a[r, b*m + idx[b*n + j, c]]``, int64 and
+    exact: computed from the compressed form (a gather, not through :func:`to_dense`).
+
+    Parameters
+    ----------
+    a : array_like, int, shape (M, K)
+    sp : NMSparse, K rows
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (M, Ncol)
+    """
+    if not isinstance(sp, NMSparse):
+        raise TypeError(f"sparse_gemm needs an NMSparse, not {type(sp).__name__}")
+    a = check_int(a, a_bits, name="a")
+    if a.ndim != 2 or a.shape[1] != sp.k:
+        raise ValueError(f"a must be (M, K) with K = {sp.k} (the weights' dense rows), got "
+                         f"shape {a.shape}")
+    rows = sp.rows()
+    out = np.empty((a.shape[0], sp.ncols), dtype=np.int64)
+    # per column: a[:, rows] is (M, K/m*n); bounded memory for any layer size
+    for c in range(sp.ncols):
+        out[:, c] = a[:, rows[:, c]] @ sp.values[:, c]
+    return out
+
+
+#: signed operand width of the MULT18X18D
+DSP_OPERAND_BITS = 18
+#: the packing shift of the gateware (``hw.dsp``): inside ``dsp_pack_bounds`` of every format
+#: in :data:`DSP_PACK_FORMATS`, so one packed chain serves all of them
+DSP_PACK_SHIFT = 12
+#: weight formats two of which share one MULT18X18D
+DSP_PACK_FORMATS = (WeightFormat.INT4, WeightFormat.INT2, WeightFormat.TERNARY)
+
+
+def _check_shift(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) \
+            or not 1 <= k <= DSP_OPERAND_BITS - 1:
+        raise ValueError(f"k must be an integer in [1, {DSP_OPERAND_BITS - 1}], not {k!r}")
+    return int(k)
+
+
+def dsp_pack_bounds(fmt, *, a_bits: int = 8) -> tuple[int, int]:
+    """Inclusive range ``(k_min, k_max)`` of shifts that pack two ``fmt`` weights per DSP.
+
+    One signed 18 x 18 multiplier computes ``P = x * ((w_hi << k) + w_lo)`` for a shared
+    signed ``a_bits`` activation ``x``; :func:`dsp_unpack2` returns ``(w_hi*x, w_lo*x)``
+    exactly iff
+
+    * ``k >= k_min``: the low product fits a signed k-bit field,
+      ``-2**(k-1) <= w_lo*x <= 2**(k-1) - 1``;
+    * ``k <= k_max``: the operand fits the signed 18-bit port,
+      ``-2**17 <= w_hi*2**k + w_lo <= 2**17 - 1`` for every weight pair (slightly tighter
+      than ``width(w_hi) + k <= 18``: with ``w_hi`` at its minimum a negative ``w_lo``
+      borrows below it).
+
+    With INT8 activations: INT4 (products in [-1016, 1024]) k in [12, 13]; INT2 ([-254, 256])
+    k in [10, 15]; TERNARY ([-128, 128]) k in [9, 16]. :data:`DSP_PACK_SHIFT` = 12 lies in
+    all three. INT8 and POW2 weights have no valid k (ValueError).
+
+    The hardware does not accumulate packed products before unpacking (sums of ``L``
+    low products need ``k`` about ``log2 L`` bits larger than ``k_max`` allows for INT4): it
+    splits every product and carries the two sums separately.
+    """
+    fmt = _wfmt(fmt)
+    wlo, whi = weight_range(fmt)
+    alo, ahi = int_range(a_bits)
+    prods = [wlo * alo, wlo * ahi, whi * alo, whi * ahi]
+    pmin, pmax = min(prods), max(prods)
+    k_min = 1
+    while not (-(1 << (k_min - 1)) <= pmin and pmax <= (1 << (k_min - 1)) - 1):
+        k_min += 1
+    olo, ohi = int_range(DSP_OPERAND_BITS)
+    k_max = 0
+    for k in range(1, DSP_OPERAND_BITS):
+        if olo <= (wlo << k) + wlo and (whi << k) + whi <= ohi:
+            k_max = k
+    if fmt is WeightFormat.POW2 or k_min > k_max:
+        raise ValueError(f"{fmt.name} weights cannot be packed two per MULT18X18D (need "
+                         f"k >= {k_min} for the low product, operand fits only k <= {k_max}); "
+                         f"packable: {[f.name for f in DSP_PACK_FORMATS]}")
+    return k_min, k_max
+
+
+def dsp_pack2(w_hi, w_lo, k: int) -> np.ndarray:
+    """The signed 18-bit multiplier operand ``(w_hi << k) + w_lo`` (int64).
+
+    Raises ValueError if an operand leaves the 18-bit range (``k`` above
+    :func:`dsp_pack_bounds`' ``k_max`` for these weights).
+    """
+    k = _check_shift(k)
+    hi = check_int(w_hi, DSP_OPERAND_BITS, name="w_hi")
+    lo = check_int(w_lo, DSP_OPERAND_BITS, name="w_lo")
+    op = (hi << k) + lo
+    olo, ohi = int_range(DSP_OPERAND_BITS)
+    if op.size and (int(op.min()) < olo or int(op.max()) > ohi):
+        raise ValueError(f"packed operand (w_hi << {k}) + w_lo leaves the signed "
+                         f"{DSP_OPERAND_BITS}-bit port: found [{int(op.min())}, {int(op.max())}]")
+    return op
+
+
+def dsp_unpack2(p, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a packed product ``p = hi * 2**k + lo`` into ``(hi, lo)`` (int64 arrays).
+
+    ``lo = sext(p[k-1:0])`` and ``hi = (p >> k) + p[k-1]``: when the low product is negative
+    it borrowed one from the high part, and its sign bit ``p[k-1]`` gives it back. Exact when
+    ``lo`` fits a signed k-bit field (:func:`dsp_pack_bounds`).
+    """
+    k = _check_shift(k)
+    p = np.asarray(p)
+    if p.dtype.kind not in "iu":
+        raise TypeError(f"p must have an integer dtype, not {p.dtype}")
+    p = p.astype(np.int64)
+    lo = wrap_int(p, k)
+    hi = (p >> k) + ((p >> (k - 1)) & 1)
+    return hi, lo

@@ -810,3 +810,103 @@ def linear_from_integers(q, *, fmt, w_scale, w_zero=None, bias_float=None, bias_
     stats = ErrorStats.of(w, deq)
     return _finish_linear(fmt, q, gq, unit, zero, unit, None, symmetric, x_scale, x_zero,
                           y_scale, y_zero, relu, w, bias, stats, bias_acc)
+
+
+# -- N:M pruning (sparse DSP engine) --------------------------------------------------------
+
+__all__ += ["prune_nm", "compress_nm"]
+
+
+def _check_nm_blocks(k: int, n, m) -> tuple[int, int]:
+    n, m = numerics._check_nm(n, m)
+    if k % m:
+        raise ValueError(f"K = {k} is not a multiple of the block size m = {m}; pad K with "
+                         f"zero rows to {-(-k // m) * m}")
+    return n, m
+
+
+def prune_nm(w, n: int, m: int, *, pair_columns: bool = False) -> np.ndarray:
+    """Magnitude N:M pruning: the mask of the weights to keep.
+
+    In every block of ``m`` consecutive rows along K of every column, the ``n`` weights of
+    largest ``|w|`` are kept (ties keep the lower row). With ``pair_columns`` columns ``2c``
+    and ``2c + 1`` share one mask, chosen by ``|w[:, 2c]| + |w[:, 2c+1]|``: the engine's
+    packed chain multiplies both columns' weights with the same activation in one DSP, so
+    they must sit at the same rows.
+
+    Parameters
+    ----------
+    w : array_like of float, shape (K, N)
+        K a multiple of ``m``; N even with ``pair_columns``.
+    n, m : int
+        ``m`` in ``sw.numerics.NM_BLOCK_SIZES``, ``1 <= n <= m``.
+    pair_columns : bool
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (K, N)
+        Exactly ``n`` True per block and column.
+    """
+    w = _check_weights(w)
+    pair_columns = _check_bool("pair_columns", pair_columns)
+    k, ncol = w.shape
+    n, m = _check_nm_blocks(k, n, m)
+    mag = np.abs(w)
+    if pair_columns:
+        if ncol % 2:
+            raise ValueError(f"pair_columns needs an even number of columns, not {ncol}")
+        mag = mag[:, 0::2] + mag[:, 1::2]
+    blocks = mag.reshape(k // m, m, -1)
+    # stable sort of -|w|: among equal magnitudes the lower row comes first
+    order = np.argsort(-blocks, axis=1, kind="stable")[:, :n]
+    keep = np.zeros(blocks.shape, dtype=bool)
+    np.put_along_axis(keep, order, True, axis=1)
+    keep = keep.reshape(k, -1)
+    return np.repeat(keep, 2, axis=1) if pair_columns else keep
+
+
+def compress_nm(q, mask, *, n: int, m: int, fmt=WeightFormat.INT8) -> numerics.NMSparse:
+    """Integer weights and an N:M mask -> :class:`sw.numerics.NMSparse`.
+
+    Weights where ``mask`` is False are dropped (pruned); kept weights may be zero. Within a
+    block the kept weights are stored in increasing row order.
+
+    Parameters
+    ----------
+    q : array_like of int, shape (K, N)
+        Weight values of ``fmt``.
+    mask : array_like of bool, shape (K, N)
+        Exactly ``n`` True per block of ``m`` rows and column (e.g. from :func:`prune_nm`).
+    n, m : int
+    fmt : WeightFormat or str
+
+    Raises
+    ------
+    ValueError
+        On K not a multiple of ``m``, a bad ``n``/``m``/``fmt``, shapes that differ, a block
+        whose mask does not keep exactly ``n`` weights (the message names block and column),
+        or a kept value outside ``fmt``.
+    """
+    fmt = _check_fmt(fmt)
+    qa = np.asarray(q)
+    if qa.dtype.kind not in "iu":
+        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
+    if qa.ndim != 2 or 0 in qa.shape:
+        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    mk = np.asarray(mask)
+    if mk.dtype != bool:
+        raise TypeError(f"mask must be a bool array, not of dtype {mk.dtype}")
+    if mk.shape != qa.shape:
+        raise ValueError(f"mask shape {mk.shape} differs from q's {qa.shape}")
+    k, ncol = qa.shape
+    n, m = _check_nm_blocks(k, n, m)
+    counts = mk.reshape(k // m, m, ncol).sum(axis=1)
+    bad = np.argwhere(counts != n)
+    if bad.size:
+        b, c = (int(v) for v in bad[0])
+        raise ValueError(f"the mask keeps {int(counts[b, c])} weights in block {b} (rows "
+                         f"{b * m}..{b * m + m - 1}) of column {c}, not n = {n}")
+    # per block and column the kept rows in increasing order: a stable argsort of ~mask
+    pos = np.argsort(~mk.reshape(k // m, m, ncol), axis=1, kind="stable")[:, :n]
+    vals = np.take_along_axis(qa.astype(np.int64).reshape(k // m, m, ncol), pos, axis=1)
+    return numerics.NMSparse(n, m, vals.reshape(-1, ncol), pos.reshape(-1, ncol), fmt)
