@@ -13,6 +13,7 @@ MODULE_COST = {
     "sim/test_core.py": 150,
     "sim/test_dsp_model.py": 30,
     "sim/test_core_xinit.py": 100,
+    "sim/test_dsp_chain.py": 100,
     "sim/test_link.py": 70,
     "sim/test_uart_soc.py": 60,
     # the arith modules share one build (sim/arith_harness.py): the first to run pays it, the
