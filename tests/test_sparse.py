@@ -101,7 +101,8 @@ def _loop_reference(a, sp):
         for c in range(sp.ncols):
             for b in range(sp.blocks):
                 for j in range(sp.n):
-                    out[r][c] += int(sp.values[b * sp.n + j, c]) * int(a[r, b * sp.m + int(sp.idx[b * sp.n + j, c])])
+                    row = b * sp.m + int(sp.idx[b * sp.n + j, c])
+                    out[r][c] += int(sp.values[b * sp.n + j, c]) * int(a[r, row])
     return np.array(out, dtype=np.int64)
 
 
@@ -182,7 +183,8 @@ def test_prune_nm_pair_columns():
     assert (mask.reshape(4, 8, 6).sum(axis=1) == 2).all()
     for c in range(3):
         np.testing.assert_array_equal(
-            mask[:, 2 * c], quant.prune_nm(np.abs(w[:, 2 * c:2 * c + 1]) + np.abs(w[:, 2 * c + 1:2 * c + 2]), 2, 8)[:, 0])
+            mask[:, 2 * c], quant.prune_nm(np.abs(w[:, 2 * c:2 * c + 2]).sum(axis=1, keepdims=True),
+                                           2, 8)[:, 0])
     # the paired mask feeds a packed compression: both columns share their indices
     q = np.clip(np.round(w), -8, 7).astype(np.int64)
     sp = quant.compress_nm(q, mask, n=2, m=8, fmt=F.INT4)
@@ -190,7 +192,8 @@ def test_prune_nm_pair_columns():
 
 
 @pytest.mark.parametrize("args, kw, exc, msg", [
-    ((np.zeros((10, 2)), 2, 4), {}, ValueError, r"K = 10 is not a multiple of the block size m = 4; pad K with zero rows to 12"),
+    ((np.zeros((10, 2)), 2, 4), {}, ValueError,
+     r"K = 10 is not a multiple of the block size m = 4; pad K with zero rows to 12"),
     ((np.zeros((8, 2)), 2, 6), {}, ValueError, r"m \(the block size\) must be one of"),
     ((np.zeros((8, 2)), 0, 4), {}, ValueError, r"must be an integer in \[1, 4\], not 0"),
     ((np.zeros((8, 2)), 5, 4), {}, ValueError, "not 5"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Signal, Value, signed
+from amaranth.hdl import Cat, Module, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.arith._common import check_bool, check_impl, check_int_param, fused_add, use_ecp5
 from hw.arith.intmul import IntMul
+from .mux import table_mux
 from sw import numerics
 from sw.numerics import NMPattern
 
@@ -21,30 +22,6 @@ def _delay(m, sig: Value, n: int, name: str, *, reset_less: bool = True) -> Valu
         m.d.sync += r.eq(sig)
         sig = r
     return sig
-
-
-def _select(m, sel: Value, cands: dict, value, out: Signal):
-    """Register into ``out`` the candidate ``value(key)`` chosen by ``sel``.
-
-    ``cands`` maps each select value to a key (a window position or slot), or to None where
-    the result does not matter: those select values (and unsupported ones) take the most
-    common key, so the mux has only as many inputs as there are distinct keys.
-    """
-    keys = [k for k in cands.values() if k is not None]
-    if not keys:
-        m.d.sync += out.eq(0)
-        return
-    common = max(set(keys), key=keys.count)
-    others = sorted(set(keys) - {common})
-    if not others:
-        m.d.sync += out.eq(value(common))
-        return
-    with m.Switch(sel):
-        for key in others:
-            with m.Case(*[s for s, k in cands.items() if k == key]):
-                m.d.sync += out.eq(value(key))
-        with m.Default():
-            m.d.sync += out.eq(value(common))
 
 
 class SparseDSPChain(wiring.Component):
@@ -93,7 +70,8 @@ class SparseDSPChain(wiring.Component):
 
     The block arrangement (window -> slots -> stage windows), the control delays and the tag
     are built once and shared by all chains; per chain there is one index mux per stage
-    (per column pair when packed), its DSPs and adders.
+    (per column pair when packed; on ECP5 mapped onto LUT4 / PFUMX / L6MUX21 by
+    :func:`hw.dsp.mux.table_mux`), its DSPs and adders.
 
     Parameters
     ----------
@@ -201,7 +179,9 @@ class SparseDSPChain(wiring.Component):
 
         Two registered levels with binary selects instead of one wide mux per stage: block
         slot ``b`` depends only on ``m`` (``a[b*m + i]``, a 2:1 mux), and stage ``j``'s slot
-        only on ``n`` (``j // n``, at most 4:1).
+        only on ``n`` (``j // n``, at most 4:1). Left to ABC (plain operators): for L = 8 it
+        maps this to 644 LUT4, the hand-mapped LUT4 / PFUMX structure of the index muxes to
+        836 (for the index muxes it is the other way round).
         """
         L, pats = self.stages, self.PATTERNS
         m8 = Signal()
@@ -220,21 +200,25 @@ class SparseDSPChain(wiring.Component):
                   for i in range(self.m_max)] for b in range(nslots)]
         for b in range(nslots):
             for i in range(self.m_max):
-                cands = {}
+                table = [None, None]                 # by m == 8
                 for p in pats:
                     if b < L // p.n and i < p.m:
-                        cands.setdefault(int(p.m == 8), b * p.m + i)
-                _select(m, m8, cands, lambda pos: self.a[pos], slots[b][i])
+                        table[int(p.m == 8)] = b * p.m + i
+                m.d.sync += slots[b][i].eq(table_mux(
+                    m, [m8], table, lambda pos: self.a[pos], width=8, ecp5=False,
+                    name=f"slot{b}_{i}_m"))
 
         win = [[Signal(signed(8), name=f"win{j}_{i}", reset_less=True)
                 for i in range(self.m_max)] for j in range(L)]
         for j in range(L):
             for i in range(self.m_max):
-                cands = {}
+                table = [None] * 4                   # by log2(n)
                 for p in pats:
                     if i < p.m:
-                        cands.setdefault(p.n.bit_length() - 1, j // p.n)
-                _select(m, nlog_r, cands, lambda s, i=i: slots[s][i], win[j][i])
+                        table[p.n.bit_length() - 1] = j // p.n
+                m.d.sync += win[j][i].eq(table_mux(
+                    m, [nlog_r[0], nlog_r[1]], table, lambda s, i=i: slots[s][i], width=8,
+                    ecp5=False, name=f"win{j}_{i}_m"))
         return win
 
     # -- one chain ------------------------------------------------------------------------------
@@ -289,8 +273,11 @@ class SparseDSPChain(wiring.Component):
                 # the activation: index mux at tau+2, then j cycles of skew
                 if self.sparse:
                     sel = _delay(m, self.idx[c][j], 2, f"c{c}_idx{j}")
+                    # hand-mapped (hw.dsp.mux): 4 LUT4 per bit at m_max = 8, ABC needs ~9
                     x = Signal(signed(8), name=f"c{c}_x{j}")
-                    m.d.comb += x.eq(Array(win[j])[sel])
+                    m.d.comb += x.eq(table_mux(m, [sel[b] for b in range(len(sel))],
+                                               list(range(self.m_max)), lambda i: win[j][i],
+                                               width=8, ecp5=ecp5, name=f"c{c}_mux{j}"))
                 else:
                     x = _delay(m, self.a[j], 2, f"c{c}_a{j}")
                 x = _delay(m, x, j, f"c{c}_x{j}s")
@@ -319,8 +306,8 @@ class SparseDSPChain(wiring.Component):
                         m.d.sync += s.eq(Cat(*px))
                     else:
                         prev = fields[0][j - 1]
-                        s = self._run_add(m, px, [prev[min(i, len(prev) - 1)] for i in range(width)],
-                                          restart[j], ecp5, f"c{c}_add{j}")
+                        prev = [prev[min(i, len(prev) - 1)] for i in range(width)]
+                        s = self._run_add(m, px, prev, restart[j], ecp5, f"c{c}_add{j}")
                     fields[0].append(s.as_signed())
                     continue
                 lo_x = [p[min(i, k - 1)] for i in range(width)]
