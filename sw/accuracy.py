@@ -10,6 +10,13 @@ calibrated by min/max on the training set, and runs the integer-only network thr
 Prints a markdown table of test accuracy against the float network and writes it, with the
 command that made it, to ``docs/accuracy.md`` (``--out``).
 
+``python -m sw.accuracy --sparse`` (:func:`run_sparse`) measures N:M sparse weights instead
+(issue 10): the float MLP pruned by magnitude along K to 2:4, 1:4 and 2:8 (per column, or with
+masks shared by column pairs as the packed DSP chain needs), with and without fine-tuning with
+the masks fixed, quantized INT8 / INT4 per channel and run through the sparse engine's golden
+model (:func:`sw.numerics.sparse_gemm` on the compressed :class:`sw.numerics.NMSparse`), against
+the dense network; it replaces only its own section of ``--out``.
+
 scikit-learn (only its data set and split) is an optional dependency (extra ``[onnx]``, also
 in ``[dev]``); it is imported only when data are loaded.
 """
@@ -22,11 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sw import quant
+from sw import numerics, quant
 from sw.numerics import WeightFormat
 
 __all__ = ["Row", "Report", "load_data", "train_mlp", "float_logits", "quantize_mlp",
-           "int_predict", "run", "markdown", "main"]
+           "int_predict", "run", "markdown", "main", "SparseRow", "SparseReport", "prune_mlp",
+           "sparse_qlayers", "sparse_int_predict", "run_sparse", "sparse_markdown"]
 
 #: the integer formats take a zero point; TERNARY and POW2 are symmetric only
 ASYMMETRIC_FORMATS = (WeightFormat.INT8, WeightFormat.INT4, WeightFormat.INT2)
@@ -52,11 +60,17 @@ def load_data(*, seed: int = 0, test_size: float = 0.25):
 
 
 def train_mlp(x, y, *, hidden: int = 64, seed: int = 0, epochs: int = 60, batch: int = 32,
-              lr: float = 3e-3, weight_decay: float = 1e-4):
+              lr: float = 3e-3, weight_decay: float = 1e-4, init=None, masks=None):
     """Train a ``K-hidden-C`` ReLU MLP with softmax cross-entropy, mini-batch Adam, NumPy only.
 
     He-normal initialisation from ``np.random.default_rng(seed)``, one shuffle per epoch,
     L2 weight decay on the weights. Returns ``[(w1, b1), (w2, b2)]`` with ``w`` as (K, N).
+
+    ``init`` (``[(w1, b1), (w2, b2)]``, e.g. a trained network; ``hidden`` is then taken from
+    it) replaces the random initialisation: fine-tuning. ``masks`` (one bool array of each
+    weight's shape, or None, per layer) fixes a sparsity pattern: masked-out weights start at
+    zero, their gradients (weight decay included) are zeroed and the mask is re-applied after
+    every step, so they stay exactly zero.
     """
     for name, v in (("hidden", hidden), ("epochs", epochs), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -66,8 +80,26 @@ def train_mlp(x, y, *, hidden: int = 64, seed: int = 0, epochs: int = 60, batch:
     classes = int(y.max()) + 1
     rng = np.random.default_rng(seed)
     k = x.shape[1]
-    params = [rng.normal(0, np.sqrt(2 / k), (k, hidden)), np.zeros(hidden),
-              rng.normal(0, np.sqrt(2 / hidden), (hidden, classes)), np.zeros(classes)]
+    if init is None:
+        params = [rng.normal(0, np.sqrt(2 / k), (k, hidden)), np.zeros(hidden),
+                  rng.normal(0, np.sqrt(2 / hidden), (hidden, classes)), np.zeros(classes)]
+    else:
+        (w1, b1), (w2, b2) = init
+        params = [np.array(v, dtype=np.float64) for v in (w1, b1, w2, b2)]
+        if params[0].shape[0] != k or params[2].shape[1] != classes \
+                or params[0].shape[1] != params[2].shape[0]:
+            raise ValueError(f"init shapes {params[0].shape}, {params[2].shape} do not fit "
+                             f"{k} inputs and {classes} classes")
+    wmask = [None, None] if masks is None else [None if mk is None else np.asarray(mk, dtype=bool)
+                                                 for mk in masks]
+    if len(wmask) != 2:
+        raise ValueError(f"masks needs one entry per layer (2), not {len(wmask)}")
+    for j, mk in zip((0, 2), wmask):
+        if mk is not None:
+            if mk.shape != params[j].shape:
+                raise ValueError(f"mask shape {mk.shape} differs from the weights' "
+                                 f"{params[j].shape}")
+            params[j] = params[j] * mk
     m1 = [np.zeros_like(p) for p in params]
     m2 = [np.zeros_like(p) for p in params]
     onehot = np.eye(classes)[y]
@@ -87,12 +119,18 @@ def train_mlp(x, y, *, hidden: int = 64, seed: int = 0, epochs: int = 60, batch:
             dh = (d @ w2.T) * (z > 0)
             grads = [xb.T @ dh + weight_decay * w1, dh.sum(axis=0),
                      h.T @ d + weight_decay * w2, d.sum(axis=0)]
+            for j, mk in zip((0, 2), wmask):
+                if mk is not None:
+                    grads[j] = grads[j] * mk
             step += 1
             for j, g in enumerate(grads):                      # Adam, beta 0.9 / 0.999
                 m1[j] = 0.9 * m1[j] + 0.1 * g
                 m2[j] = 0.999 * m2[j] + 0.001 * g * g
                 mh, vh = m1[j] / (1 - 0.9 ** step), m2[j] / (1 - 0.999 ** step)
                 params[j] = params[j] - lr * mh / (np.sqrt(vh) + 1e-8)
+            for j, mk in zip((0, 2), wmask):
+                if mk is not None:
+                    params[j] = params[j] * mk
     return [(params[0], params[1]), (params[2], params[3])]
 
 
@@ -225,6 +263,208 @@ def markdown(rep: Report, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- N:M sparse weights (issue 10) -----------------------------------------------------------
+
+#: (n, m) patterns of the sparse study (all hardware patterns of ``sw.numerics.NMPattern``)
+SPARSE_PATTERNS = ((2, 4), (1, 4), (2, 8))
+#: weight formats of the sparse study (per channel, symmetric: a pruned weight is code 0)
+SPARSE_FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
+#: heading of the sparse section in ``docs/accuracy.md`` (``--sparse`` replaces it in place)
+SPARSE_HEADING = "## N:M sparse weights (issue 10)"
+
+
+def prune_mlp(layers, n: int, m: int, *, pair_columns: bool = False):
+    """Magnitude N:M pruning of every weight matrix along K (:func:`sw.quant.prune_nm`).
+
+    Returns ``(pruned_layers, masks)``: the weights with pruned entries set to 0 (biases
+    unchanged) and the bool keep-masks, one per layer."""
+    masks = [quant.prune_nm(w, n, m, pair_columns=pair_columns) for w, _ in layers]
+    return [(w * mk, b) for (w, b), mk in zip(layers, masks)], masks
+
+
+def sparse_qlayers(qlayers, masks, n: int, m: int):
+    """The compressed :class:`sw.numerics.NMSparse` weights of quantized pruned layers.
+
+    Every layer must be per channel and symmetric (weight zero point 0, so a pruned weight is
+    the code 0 and dropping it is exact); raises ``AssertionError`` if a pruned weight
+    quantized to anything but 0 or if ``to_dense`` of the compressed form is not ``q``."""
+    out = []
+    for i, (ql, mk) in enumerate(zip(qlayers, masks)):
+        if ql.group is not None or not ql.symmetric:
+            raise ValueError(f"layer {i}: the sparse path needs per-channel symmetric weights")
+        if np.any(ql.q[~mk]):
+            raise AssertionError(f"layer {i}: a pruned weight quantized to a non-zero code")
+        sp = quant.compress_nm(ql.q, mk, n=n, m=m, fmt=ql.fmt)
+        if not np.array_equal(numerics.to_dense(sp), ql.q):
+            raise AssertionError(f"layer {i}: to_dense(compress_nm(q)) differs from q")
+        out.append(sp)
+    return out
+
+
+def sparse_int_predict(qlayers, sparse, x) -> np.ndarray:
+    """Class predictions of the integer network whose GEMMs run on N:M compressed weights.
+
+    Per layer: the accumulators by :func:`sw.numerics.sparse_gemm` (the sparse DSP engine's
+    golden model), which must equal the dense integer GEMM on :func:`sw.numerics.to_dense`;
+    then the layer's own epilogue (:func:`sw.numerics.requantize_channels` with the
+    :class:`~sw.quant.QuantLinear`'s requantization), whose int8 output must equal
+    :meth:`~sw.quant.QuantLinear.golden` on the dense zero-filled weights. ``AssertionError``
+    on any difference."""
+    h = quant.quantize_act(x, qlayers[0].x_scale, qlayers[0].x_zero)
+    for i, (ql, sp) in enumerate(zip(qlayers, sparse)):
+        acc = numerics.sparse_gemm(h, sp)
+        dense_acc = numerics.mixgemm(h, numerics.to_dense(sp), fmt=sp.fmt)    # RAW32
+        if not np.array_equal(acc, dense_acc):
+            raise AssertionError(f"layer {i}: sparse_gemm differs from the dense GEMM on "
+                                 f"to_dense in {int(np.sum(acc != dense_acc))} outputs")
+        out = numerics.requantize_channels(acc, ql.requant)
+        gold = ql.golden(h)
+        if not np.array_equal(out, gold):
+            raise AssertionError(f"layer {i}: the sparse path differs from QuantLinear.golden "
+                                 f"in {int(np.sum(out != gold))} outputs")
+        h = out
+    return np.argmax(h, axis=1)
+
+
+@dataclass(frozen=True)
+class SparseRow:
+    n: int
+    m: int
+    #: masks shared by column pairs 2c, 2c+1 (the packed two-weights-per-DSP chain)
+    pair_columns: bool
+    fmt: WeightFormat
+    #: test accuracy of the integer network: pruned only / pruned and fine-tuned
+    accuracy: float
+    finetuned_accuracy: float
+    #: the same for the float network
+    float_accuracy: float
+    float_finetuned_accuracy: float
+    #: dense integer network in ``fmt`` (per channel, symmetric)
+    dense_accuracy: float
+
+
+@dataclass(frozen=True)
+class SparseReport:
+    hidden: int
+    seed: int
+    epochs: int
+    finetune_epochs: int
+    finetune_lr: float
+    n_train: int
+    n_test: int
+    float_accuracy: float
+    #: control: the dense float network fine-tuned the same way (no mask)
+    float_finetuned_accuracy: float
+    rows: tuple[SparseRow, ...]
+
+
+def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SPARSE_PATTERNS,
+               formats=SPARSE_FORMATS, pair_columns=(False, True), finetune_epochs: int = 10,
+               finetune_lr: float = 1e-3) -> SparseReport:
+    """Accuracy with N:M pruned weights, without and with fine-tuning, against dense.
+
+    Trains the float MLP as :func:`run` does; for every pattern and mask variant prunes it by
+    magnitude (:func:`prune_mlp`) and fine-tunes a copy with the masks fixed
+    (:func:`train_mlp` from the pruned weights, ``finetune_epochs`` at ``finetune_lr``); each
+    float network is quantized per channel, symmetric in every format (activation scales
+    calibrated on it) and evaluated through :func:`sparse_int_predict`."""
+    x_tr, x_te, y_tr, y_te = load_data(seed=seed)
+    layers = train_mlp(x_tr, y_tr, hidden=hidden, seed=seed, epochs=epochs)
+
+    def acc(pred):
+        return float(np.mean(pred == y_te))
+
+    def float_acc(ls):
+        return acc(np.argmax(float_logits(ls, x_te), axis=1))
+
+    dense = {}
+    for fmt in formats:
+        fmt = WeightFormat(fmt)
+        qlayers, _ = quantize_mlp(layers, x_tr, fmt=fmt)
+        dense[fmt] = acc(int_predict(qlayers, x_te))
+    rows = []
+    for n, m in patterns:
+        for pair in pair_columns:
+            pruned, masks = prune_mlp(layers, n, m, pair_columns=pair)
+            tuned = train_mlp(x_tr, y_tr, seed=seed + 1, epochs=finetune_epochs, lr=finetune_lr,
+                              init=pruned, masks=masks)
+            for (w, _), mk in zip(tuned, masks):
+                if np.any(w[~mk]):
+                    raise AssertionError("fine-tuning moved a pruned weight")
+            for fmt in formats:
+                fmt = WeightFormat(fmt)
+                res = []
+                for ls in (pruned, tuned):
+                    qlayers, _ = quantize_mlp(ls, x_tr, fmt=fmt)
+                    res.append(acc(sparse_int_predict(qlayers, sparse_qlayers(qlayers, masks, n, m),
+                                                      x_te)))
+                rows.append(SparseRow(n, m, pair, fmt, res[0], res[1], float_acc(pruned),
+                                      float_acc(tuned), dense[fmt]))
+    control = train_mlp(x_tr, y_tr, seed=seed + 1, epochs=finetune_epochs, lr=finetune_lr,
+                        init=layers)
+    return SparseReport(hidden, seed, epochs, finetune_epochs, finetune_lr, len(y_tr), len(y_te),
+                        float_acc(layers), float_acc(control), tuple(rows))
+
+
+def sparse_markdown(rep: SparseReport, command: str) -> str:
+    """The sparse report as a markdown section headed :data:`SPARSE_HEADING`."""
+    f = rep.float_accuracy
+    lines = [
+        SPARSE_HEADING,
+        "",
+        f"Made by `{command}` (NumPy {np.__version__}); updates this section only.",
+        "",
+        f"The same float MLP (64-{rep.hidden}-10, {rep.epochs} epochs, seed {rep.seed}; "
+        f"{100 * f:.2f} % float) is pruned by magnitude along K (`sw.quant.prune_nm`: in every "
+        "block of m consecutive inputs of every output the n largest |w| are kept, on both "
+        "layers; \"pairs\" = columns 2c and 2c+1 share one mask, as the packed two-weights-per-DSP "
+        "chain needs). \"pruned\" quantizes the pruned network as it is; \"fine-tuned\" first "
+        f"trains it {rep.finetune_epochs} more epochs (`train_mlp`, Adam at lr "
+        f"{rep.finetune_lr:g}) with the masks fixed (masked gradients, mask re-applied every "
+        "step). Weights are quantized per output channel, symmetric (a pruned weight is code 0), "
+        "activation scales calibrated on the network being quantized; the weights are "
+        "compressed (`sw.quant.compress_nm` -> `NMSparse`) and every layer's accumulators are "
+        "computed by `sw.numerics.sparse_gemm` (the sparse DSP engine's golden model), asserted "
+        "equal to the dense GEMM on `to_dense`, then requantized by the layer's `QuantLinear` "
+        "epilogue, asserted equal to `QuantLinear.golden` on the dense zero-filled weights. "
+        "\"dense\" is the unpruned network in the same format (per channel, symmetric); as a "
+        "control, the dense float network fine-tuned the same way (no mask) scores "
+        f"{100 * rep.float_finetuned_accuracy:.2f} % (before: {100 * f:.2f} %). These "
+        "figures come from the golden models (the sparse engine is bit-exact with `sparse_gemm` "
+        f"in its own tests); one test image is {100 / rep.n_test:.2f} points.",
+        "",
+        "| pattern | masks | weights | pruned | fine-tuned | dense | fine-tuned vs dense | "
+        "float pruned / fine-tuned |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rep.rows:
+        lines.append(
+            f"| {r.n}:{r.m} | {'pairs' if r.pair_columns else 'per column'} | {r.fmt.name} | "
+            f"{100 * r.accuracy:.2f} % | {100 * r.finetuned_accuracy:.2f} % | "
+            f"{100 * r.dense_accuracy:.2f} % | "
+            f"{100 * (r.finetuned_accuracy - r.dense_accuracy):+.2f} | "
+            f"{100 * r.float_accuracy:.2f} / {100 * r.float_finetuned_accuracy:.2f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def _split_sparse(text: str) -> tuple[str, str]:
+    """``text`` without the sparse section, and the section ('' if absent)."""
+    i = text.find(SPARSE_HEADING)
+    if i < 0:
+        return text, ""
+    j = text.find("\n## ", i + len(SPARSE_HEADING))
+    end = len(text) if j < 0 else j + 1
+    return text[:i].rstrip("\n") + "\n" + text[end:], text[i:end]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m sw.accuracy", description=__doc__.split("\n\n")[0])
@@ -238,7 +478,27 @@ def main(argv=None) -> int:
                         "--device's MixPE SoC, serial = the board on --port (default: none)")
     p.add_argument("--device", default="12F", help="sim backend: device size (default 12F)")
     p.add_argument("--port", default=None, help="serial backend: port, e.g. /dev/ttyUSB0")
+    p.add_argument("--sparse", action="store_true",
+                   help="instead: accuracy with N:M pruned weights (2:4, 1:4, 2:8; with and "
+                        "without fine-tuning) vs dense, on the golden models; replaces only the "
+                        "section '" + SPARSE_HEADING[3:] + "' of --out")
+    p.add_argument("--finetune-epochs", type=int, default=10,
+                   help="--sparse: fine-tuning epochs with the masks fixed (default 10)")
     args = p.parse_args(argv)
+    command = " ".join(["python -m sw.accuracy", *argv])
+    if args.sparse:
+        if args.backend != "none":
+            p.error("--sparse runs on the golden models only (no --backend)")
+        rep = run_sparse(hidden=args.hidden, seed=args.seed, epochs=args.epochs,
+                         finetune_epochs=args.finetune_epochs)
+        section = sparse_markdown(rep, command)
+        print(section, end="")
+        if args.out != "-":
+            rest, _ = _split_sparse(_read(args.out))
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write((rest.rstrip("\n") + "\n\n" if rest.strip() else "") + section)
+            print(f"section written to {args.out}", file=sys.stderr)
+        return 0
     if args.backend == "none":
         rep = run(hidden=args.hidden, seed=args.seed, epochs=args.epochs)
     else:
@@ -251,11 +511,12 @@ def main(argv=None) -> int:
             transport = SerialTransport(args.port)
         with Accelerator(transport) as acc:
             rep = run(hidden=args.hidden, seed=args.seed, epochs=args.epochs, device=acc)
-    text = markdown(rep, " ".join(["python -m sw.accuracy", *argv]))
+    text = markdown(rep, command)
     print(text, end="")
     if args.out != "-":
+        _, section = _split_sparse(_read(args.out))      # keep the --sparse section
         with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.write(text + ("\n" + section if section else ""))
         print(f"written to {args.out}", file=sys.stderr)
     return 0
 

@@ -1,0 +1,127 @@
+"""sw.accuracy with N:M sparse weights (issue 10): pruning keeps exactly n of m, fine-tuning
+keeps the masks, the sparse integer path (sparse_gemm on NMSparse, then the QuantLinear
+epilogue) equals the dense golden model and fails loudly when it does not, 2:4 with
+fine-tuning stays near dense, and --sparse rewrites only its own section of the report."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sw import accuracy, numerics, quant  # noqa: E402
+from sw.numerics import WeightFormat as F  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x_tr, x_te, y_tr, y_te = accuracy.load_data()
+    layers = accuracy.train_mlp(x_tr, y_tr, hidden=32, epochs=20)
+    return x_tr, x_te, y_tr, y_te, layers
+
+
+def _blocks_kept(mask, m):
+    k, ncol = mask.shape
+    return mask.reshape(k // m, m, ncol).sum(axis=1)
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (2, 8)])
+@pytest.mark.parametrize("pair", [False, True])
+def test_prune_keeps_n_of_m_and_finetune_keeps_mask(trained, n, m, pair):
+    x_tr, _, y_tr, _, layers = trained
+    pruned, masks = accuracy.prune_mlp(layers, n, m, pair_columns=pair)
+    for (w0, b0), (w, b), mk in zip(layers, pruned, masks):
+        assert mk.shape == w0.shape and mk.dtype == bool
+        assert np.all(_blocks_kept(mk, m) == n)
+        if pair:
+            assert np.array_equal(mk[:, 0::2], mk[:, 1::2])
+        assert np.all(w[~mk] == 0) and np.array_equal(w[mk], w0[mk]) and np.array_equal(b, b0)
+    tuned = accuracy.train_mlp(x_tr, y_tr, seed=1, epochs=2, lr=1e-3, init=pruned, masks=masks)
+    for (w, _), (w_p, _), mk in zip(tuned, pruned, masks):
+        assert np.all(w[~mk] == 0)                       # exactly zero, not just small
+        assert not np.allclose(w[mk], w_p[mk])           # the kept weights did train
+    for (w, _), (w_p, _) in zip(layers, pruned):         # init was not modified in place
+        assert np.count_nonzero(w) > np.count_nonzero(w_p)
+
+
+def test_train_mlp_rejects_bad_init_and_masks(trained):
+    x_tr, _, y_tr, _, layers = trained
+    with pytest.raises(ValueError, match="mask shape"):
+        accuracy.train_mlp(x_tr, y_tr, epochs=1, init=layers, masks=[np.ones((3, 3), bool), None])
+    with pytest.raises(ValueError, match="one entry per layer"):
+        accuracy.train_mlp(x_tr, y_tr, epochs=1, init=layers, masks=[None])
+    with pytest.raises(ValueError, match="do not fit"):
+        accuracy.train_mlp(x_tr[:, :32], y_tr, epochs=1, init=layers)
+
+
+@pytest.mark.parametrize("fmt", [F.INT8, F.INT4])
+def test_sparse_integer_path_equals_dense_golden(trained, fmt):
+    x_tr, x_te, _, _, layers = trained
+    pruned, masks = accuracy.prune_mlp(layers, 2, 4, pair_columns=True)
+    qlayers, _ = accuracy.quantize_mlp(pruned, x_tr, fmt=fmt)
+    sparse = accuracy.sparse_qlayers(qlayers, masks, 2, 4)
+    h = quant.quantize_act(x_te, qlayers[0].x_scale, qlayers[0].x_zero)
+    for ql, sp, mk in zip(qlayers, sparse, masks):
+        assert sp.pattern is numerics.NMPattern.NM2_4 and sp.fmt is fmt
+        assert sp.values.shape == (ql.in_features // 2, ql.out_features)
+        assert np.array_equal(numerics.to_dense(sp), ql.q) and not np.any(ql.q[~mk])
+        out = numerics.requantize_channels(numerics.sparse_gemm(h, sp), ql.requant)
+        assert np.array_equal(out, ql.golden(h))
+        h = out
+    pred = accuracy.sparse_int_predict(qlayers, sparse, x_te)
+    assert np.array_equal(pred, np.argmax(h, axis=1))
+    assert np.array_equal(pred, accuracy.int_predict(qlayers, x_te))
+
+
+def test_sparse_path_checks_fire(trained):
+    x_tr, x_te, _, _, layers = trained
+    pruned, masks = accuracy.prune_mlp(layers, 2, 4)
+    qlayers, _ = accuracy.quantize_mlp(pruned, x_tr, fmt=F.INT8)
+    sparse = accuracy.sparse_qlayers(qlayers, masks, 2, 4)
+    sp = sparse[0]                                   # one kept weight off by one
+    vals = sp.values.copy()
+    vals[0, 0] += 1 if vals[0, 0] < 127 else -1
+    bad = [numerics.NMSparse(2, 4, vals, sp.idx, sp.fmt), sparse[1]]
+    with pytest.raises(AssertionError, match="layer 0: the sparse path differs"):
+        accuracy.sparse_int_predict(qlayers, bad, x_te)
+    # the dense weights quantized with the pruned masks: pruned weights are not code 0
+    dense_q, _ = accuracy.quantize_mlp(layers, x_tr, fmt=F.INT8)
+    with pytest.raises(AssertionError, match="pruned weight quantized to a non-zero code"):
+        accuracy.sparse_qlayers(dense_q, masks, 2, 4)
+    group_q, _ = accuracy.quantize_mlp(pruned, x_tr, fmt=F.INT8, group=32)
+    with pytest.raises(ValueError, match="per-channel symmetric"):
+        accuracy.sparse_qlayers(group_q, masks, 2, 4)
+
+
+def test_run_sparse_2_4_finetuned_near_dense():
+    rep = accuracy.run_sparse(patterns=((2, 4),))
+    assert rep.float_accuracy > 0.95
+    assert len(rep.rows) == 4                        # 2 mask variants x INT8, INT4
+    for r in rep.rows:
+        assert (r.n, r.m) == (2, 4)
+        assert r.dense_accuracy >= rep.float_accuracy - 0.02, r
+        assert r.finetuned_accuracy >= r.dense_accuracy - 0.05, r
+        assert r.finetuned_accuracy >= r.accuracy, r
+        assert r.float_finetuned_accuracy >= r.float_accuracy, r
+    text = accuracy.sparse_markdown(rep, "python -m sw.accuracy --sparse")
+    assert text.startswith(accuracy.SPARSE_HEADING + "\n")
+    assert "`python -m sw.accuracy --sparse`" in text
+    assert text.count("| 2:4 |") == 4
+
+
+def test_cli_sparse_replaces_only_its_section(tmp_path, capsys):
+    out = tmp_path / "accuracy.md"
+    out.write_text("# Dense report\n\n| a | b |\n")
+    argv = ["--sparse", "--hidden", "16", "--epochs", "5", "--finetune-epochs", "1",
+            "--out", str(out)]
+    assert accuracy.main(argv) == 0
+    first = out.read_text()
+    assert first.startswith("# Dense report\n\n| a | b |\n\n" + accuracy.SPARSE_HEADING)
+    assert "`python -m sw.accuracy --sparse --hidden 16" in first
+    assert accuracy.main(argv) == 0                  # again: replaced, not appended
+    assert out.read_text() == first
+    rest, section = accuracy._split_sparse(first + "\n## Later\n\ntext\n")
+    assert rest == "# Dense report\n\n| a | b |\n## Later\n\ntext\n"
+    assert section.startswith(accuracy.SPARSE_HEADING) and "## Later" not in section
+    with pytest.raises(SystemExit):
+        accuracy.main(["--sparse", "--backend", "sim", "--out", "-"])
+    capsys.readouterr()
