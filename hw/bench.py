@@ -238,6 +238,7 @@ def pty_sim_serial(device: str = "12F", pe: str | None = None, **kw):
 
     class PtySimSerial(SerialTransport):
         RATE_MIN, GRACE = SimTransport.RATE_MIN, SimTransport.GRACE
+        rate_min = SimTransport.RATE_MIN_BY_DEVICE.get(device, SimTransport.RATE_MIN)
         seconds = SimTransport.seconds
         wire_seconds = SimTransport.wire_seconds
 
