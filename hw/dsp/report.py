@@ -80,7 +80,14 @@ def chain_cost(stages: int, packed: bool, *, chains: int = 1, m_max: int = 8,
 
 
 def main(argv=None) -> list[dict]:
-    stages = int((argv or sys.argv[1:] or ["8"])[0])
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m hw.dsp.report",
+                                 description="LUT4 / FF / MULT18X18D of sparse DSP chains "
+                                             "(Yosys synth_ecp5) and the share of the N:M "
+                                             "index logic, for m_max 8 and 4, 1 and 4 chains, "
+                                             "unpacked and packed")
+    ap.add_argument("stages", nargs="?", type=int, default=8, help="chain length L (default 8)")
+    stages = ap.parse_args(argv).stages
     rows = []
     for m_max, chains, packed in itertools.product((8, 4), (1, 4), (False, True)):
         t0 = time.time()
