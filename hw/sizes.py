@@ -87,9 +87,11 @@ def core_size(device: str, pe: str | None = None) -> CoreSize:
     return PE_SIZES[pe][device]
 
 
-#: the LED self-test top (``--top selftest``) runs a stored GEMM on the INT8 core v1
-#: (``hw.systolic.core.MpGemmCore``): rows, cols, a_depth, w_depth, out_words
-SELFTEST_GEOMETRY = dict(rows=4, cols=4, a_depth=256, w_depth=256, out_words=256)
+#: the LED self-test top (``--top selftest``) loads and runs a stored INT8 GEMM on this
+#: ``hw.core.MixCore`` (keyword arguments): the 12F's 2x4 INT8-DSP array (8 + 3 x 2
+#: MULT18X18D, so it fits every ULX3S; 4x4 would take all 28 of the 12F's), small buffers
+SELFTEST_GEOMETRY = dict(rows=2, cols=4, a_depth=256, w_depth=256, out_depth=256,
+                         chan_depth=16, group_depth=16, pe="int8-dsp")
 
 #: Default core clock per device (MHz), ``--freq`` overrides. Core v2 reached 65.7 / 61.5 MHz
 #: on the 85F (nextpnr seeds 1 / 2, 65 MHz constraint) and 63.3 MHz on the 12F at 65 MHz but

@@ -26,8 +26,9 @@ from arith_harness import Lanes, start_clock, sweep
 #: lanes per configuration: the C++ grows with the DSP instances (each an inlined model),
 #: the Python-driven sweep with 65,536 / LANES cycles per configuration; 4 balances the two
 LANES = 4
-#: high-part widths of the epilogue's mul_hi, acc_bits(max_k) - 16: the tested cores
-#: (max_k 64, 128) and the ULX3S builds (1024, 2048, 4096)
+#: signed high parts narrower than 16 bits, acc_bits(max_k) - 16 for max_k 64 ... 4096 (the
+#: high partial products of the retired core v1's epilogue; kept as signed x unsigned
+#: shapes of odd widths)
 HI_WIDTHS = sorted({numerics.acc_bits(k) - 16 for k in (64, 128, 1024, 2048, 4096)})
 #: (a_signed, b_signed, reg_in, reg_out): every sign combination with both registers, and
 #: every register combination signed x signed
@@ -88,7 +89,8 @@ def configs():
     c = {name: ((lambda sa=sa, sb=sb, ri=ri, ro=ro: IntMul(
         a_signed=sa, b_signed=sb, reg_in=ri, reg_out=ro, impl="ecp5")), LANES)
         for name, (sa, sb, ri, ro) in INT8_MODES.items()}
-    # the epilogue's partial products, exactly as MpGemmCore instantiates them
+    # unsigned 16-bit x multiplier: the low partial products of the edge unit's
+    # requantization (hw/core/edge.py)
     c["epi_lo"] = (lambda: IntMul(a_width=16, b_width=numerics.REQUANT_MULT_BITS,
                                   a_signed=False, b_signed=False, impl="ecp5"), LANES)
     for w in HI_WIDTHS:

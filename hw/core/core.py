@@ -25,8 +25,7 @@ from hw.arith._common import check_impl
 from hw.pe import pe_class
 from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
 from hw.systolic.engine import SystolicEngine
-# one definition of the bit-serial shape check and the power-of-two parameter test (core v1)
-from hw.systolic.core import _is_pow2, _serial_mul_step
+from hw.systolic.util import is_pow2 as _is_pow2, serial_mul_step as _serial_mul_step
 
 from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS
 from .edge import EdgeUnit

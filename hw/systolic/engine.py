@@ -10,9 +10,7 @@ from hw.arith._common import check_impl
 from hw.pe import pe_class
 from hw.pe.mixpe import MixPE
 
-from .array import SystolicArray
-
-_delay = SystolicArray._delay
+from .util import delay as _delay
 
 __all__ = ["SystolicEngine"]
 
