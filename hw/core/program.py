@@ -254,8 +254,14 @@ class ProgramCore(wiring.Component):
         p1_v = Signal(); p1_pad = Signal(); p1_a = Signal(32); p1_wend = Signal(); p1_wfirst = Signal()
         m.d.sync += [p1_v.eq(g_run & g_on), p1_pad.eq(in_pad), p1_a.eq(a_byte),
                      p1_wend.eq(w_end), p1_wfirst.eq(w_first)]
-        p1_val = Signal(8)
-        m.d.comb += p1_val.eq(Mux(p1_pad, pad_value, act_r.data))
+        # p2: the ACT byte registered (EBR clock-to-out is slow and ACT spans many EBRs: the
+        # 85F's slowest path ran from ACT's output through the pool compare back into ACT)
+        p2_v = Signal(); p2_pad = Signal(); p2_a = Signal(32); p2_wend = Signal()
+        p2_wfirst = Signal(); p2_data = Signal(8)
+        m.d.sync += [p2_v.eq(p1_v), p2_pad.eq(p1_pad), p2_a.eq(p1_a), p2_wend.eq(p1_wend),
+                     p2_wfirst.eq(p1_wfirst), p2_data.eq(act_r.data)]
+        p2_val = Signal(8)
+        m.d.comb += p2_val.eq(Mux(p2_pad, pad_value, p2_data))
 
         # -- scatter: OUT (m, n) -> ACT[out_base + t] -------------------------------------------
         s_on = Signal(); s_m = Signal(16); s_n = Signal(16); s_bank = Signal.like(a_bank)
@@ -277,10 +283,13 @@ class ProgramCore(wiring.Component):
         m.d.comb += [act_r.addr.eq(act_rd_addr[:act_bits]), act_r.en.eq(1),
                      prog_r.addr.eq(Mux(running, layer * PROGRAM_RECORD + fidx, self.bus_addr)),
                      prog_r.en.eq(1), lcnt_r.addr.eq(self.bus_addr), lcnt_r.en.eq(1)]
+        # runner writes to ACT go through a register stage too (address, data, enable)
         aw_addr = Signal(_ADDR); aw_data = Signal(8); aw_en = Signal()
-        m.d.comb += [act_w.addr.eq(Mux(running, aw_addr, self.bus_addr)[:act_bits]),
-                     act_w.data.eq(Mux(running, aw_data, self.bus_wdata)),
-                     act_w.en.eq(Mux(running, aw_en, h_act_we))]
+        awr_addr = Signal(_ADDR); awr_data = Signal(8); awr_en = Signal()
+        m.d.sync += [awr_addr.eq(aw_addr), awr_data.eq(aw_data), awr_en.eq(aw_en)]
+        m.d.comb += [act_w.addr.eq(Mux(running, awr_addr, self.bus_addr)[:act_bits]),
+                     act_w.data.eq(Mux(running, awr_data, self.bus_wdata)),
+                     act_w.en.eq(Mux(running, awr_en, h_act_we))]
 
         # LCNT record writer
         l_rec = Signal(8 * LCNT_RECORD)
@@ -356,7 +365,7 @@ class ProgramCore(wiring.Component):
                 watchdog_and_abort()
             with m.State("GATHER"):
                 m.d.comb += g_run.eq(1)
-                with m.If(~g_on & ~p1_v):
+                with m.If(~g_on & ~p1_v & ~p2_v):
                     m.next = "START"
                 watchdog_and_abort()
             with m.State("START"):
@@ -385,12 +394,12 @@ class ProgramCore(wiring.Component):
                             m.d.sync += s_ebase.eq(s_ebase + N)
                         with m.If(s_m == M - 1):
                             m.d.sync += s_on.eq(0)
-                with m.If(~s_on & ~s_v.any()):
+                with m.If(~s_on & ~s_v.any() & ~awr_en):
                     m.next = "COUNT"
                 watchdog_and_abort()
             with m.State("POOL"):
                 m.d.comb += g_run.eq(1)
-                with m.If(~g_on & ~p1_v):
+                with m.If(~g_on & ~p1_v & ~p2_v & ~awr_en):
                     m.next = "COUNT"
                 watchdog_and_abort()
             with m.State("COUNT"):
@@ -415,21 +424,21 @@ class ProgramCore(wiring.Component):
                 watchdog_and_abort()
         # runner bus: gather writes A (one cycle after the ACT read), scatter reads OUT
         in_gather = Signal()
-        m.d.comb += in_gather.eq(p1_v & (kind == LayerKind.GEMM))
+        m.d.comb += in_gather.eq(p2_v & (kind == LayerKind.GEMM))
         m.d.comb += [
             r_sel.eq(Mux(in_gather, Buffer.A, Buffer.OUT)),
-            r_addr.eq(Mux(in_gather, p1_a, s_addr)),
-            r_wdata.eq(p1_val), r_we.eq(in_gather),
+            r_addr.eq(Mux(in_gather, p2_a, s_addr)),
+            r_wdata.eq(p2_val), r_we.eq(in_gather),
         ]
         # scatter data: OUT byte arrives lat_core cycles after its address
         with m.If(s_v[-1]):
             m.d.comb += [aw_addr.eq(out_base + t_out), aw_data.eq(core.bus_rdata), aw_en.eq(1)]
             m.d.sync += t_out.eq(t_out + 1)
         # pool: running maximum over each window, written at its end
-        with m.If(p1_v & (kind == LayerKind.MAXPOOL)):
-            cur = Mux(p1_wfirst | (p1_val.as_signed() > mx), p1_val.as_signed(), mx)
+        with m.If(p2_v & (kind == LayerKind.MAXPOOL)):
+            cur = Mux(p2_wfirst | (p2_val.as_signed() > mx), p2_val.as_signed(), mx)
             m.d.sync += mx.eq(cur)
-            with m.If(p1_wend):
+            with m.If(p2_wend):
                 m.d.comb += [aw_addr.eq(out_base + t_out), aw_data.eq(cur), aw_en.eq(1)]
                 m.d.sync += t_out.eq(t_out + 1)
         return m
