@@ -4,7 +4,6 @@ per-layer counters; a bad layer kind and RESET (abort) in the middle of a progra
 which the core runs again."""
 
 import numpy as np
-import pytest
 import cocotb
 from cocotb.triggers import FallingEdge, RisingEdge, ReadOnly
 

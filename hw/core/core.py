@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from amaranth import Module, Signal, signed, unsigned, Mux, Cat, Const
+from amaranth import Module, Signal, unsigned, Mux, Cat, Const
 from amaranth.lib import wiring, fifo
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -222,7 +222,6 @@ class MixCore(wiring.Component):
         a_tile = Signal(range(self.a_depth + 1)); w_tile = Signal(range(self.w_depth + 1))
         out_row = Signal((4 * self.out_depth).bit_length() + DIM_BITS)
         gbase = Signal(2 * DIM_BITS)
-        tile_last = Signal()                # current tile is the run's last
         row_last = Signal(); col_last = Signal()
         since = Signal(range(self.MIN_PERIOD + 1))
         bad = Signal()
@@ -383,7 +382,6 @@ class MixCore(wiring.Component):
         ]
 
         # -- operand fetch ---------------------------------------------------------------------
-        host = ~self.busy
         sel_bits = Signal(2)                # which bytes of the A word this step uses
         m.d.comb += sel_bits.eq(Mux(lanes_log == 0, step[:2], Mux(lanes_log == 1, step[:1] << 1, 0)))
         a_word = Signal(DIM_BITS)
@@ -396,7 +394,6 @@ class MixCore(wiring.Component):
 
         lane_a = (bus_addr >> 2)[:lr] if lr else Const(0, 1)
         idx_a = bus_addr >> (2 + lr)
-        lane_o = lane_a
         lane_w = bus_addr[:lc] if lc else Const(0, 1)
         idx_w = bus_addr >> lc
 
