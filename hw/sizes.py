@@ -93,11 +93,11 @@ def core_size(device: str, pe: str | None = None) -> CoreSize:
 SELFTEST_GEOMETRY = dict(rows=2, cols=4, a_depth=256, w_depth=256, out_depth=256,
                          chan_depth=16, group_depth=16, pe="int8-dsp")
 
-#: Default core clock per device (MHz), ``--freq`` overrides. Core v2 reached 65.7 / 61.5 MHz
-#: on the 85F (nextpnr seeds 1 / 2, 65 MHz constraint) and 63.3 MHz on the 12F at 65 MHz but
-#: 59.7 MHz at 60 MHz (docs/results.md), so the 12F runs at 50 MHz; the 25F and 45F values
-#: are not measured.
-DEFAULT_FREQ_MHZ = {"12F": 50.0, "25F": 60.0, "45F": 60.0, "85F": 60.0}
+#: Default core clock per device (MHz), ``--freq`` overrides. With layer programs the 85F
+#: SoC reached 49.3 MHz at a 60 MHz constraint (docs/results.md, "85F with layer
+#: programs"), so it runs at 45 MHz; the 12F reached 59.9 MHz at 50 MHz; the 25F and 45F
+#: values are not measured.
+DEFAULT_FREQ_MHZ = {"12F": 50.0, "25F": 60.0, "45F": 60.0, "85F": 45.0}
 
 #: LUT4, EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
 DEVICE_RESOURCES = {
