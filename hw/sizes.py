@@ -94,9 +94,8 @@ SELFTEST_GEOMETRY = dict(rows=2, cols=4, a_depth=256, w_depth=256, out_depth=256
                          chan_depth=16, group_depth=16, pe="int8-dsp")
 
 #: Default core clock per device (MHz), ``--freq`` overrides. With layer programs the 85F
-#: SoC reached 49.3 / 50.1 MHz at a 60 MHz constraint (two seeds) and the build with ACT's
-#: registers was estimated at 44.4 MHz after placement (docs/results.md, "85F with layer
-#: programs"), so it runs at 40 MHz; the 12F reached 59.9 MHz at 50 MHz; the 25F and 45F
+#: SoC reached 49.3 / 50.1 MHz at a 60 MHz constraint (two seeds) and 52.3 MHz with ACT's
+#: registers (docs/results.md, "85F with layer programs"), so it runs at 40 MHz; the 12F reached 59.9 MHz at 50 MHz; the 25F and 45F
 #: values are not measured.
 DEFAULT_FREQ_MHZ = {"12F": 50.0, "25F": 60.0, "45F": 60.0, "85F": 40.0}
 
