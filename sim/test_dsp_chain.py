@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import cocotb
+
+from arith_harness import pack, start_clock
 from amaranth.hdl import Module, Shape
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -285,22 +287,14 @@ def random_sparse(rng, k, ncols, pattern, fmt, *, pairs=False, empty=0.0, identi
 
 # -- cocotb side ----------------------------------------------------------------------------
 
+# one definition of the lane packing and the clock/reset start (arith_harness)
+
+
 def _pack(vals, width: int) -> int:
-    out = 0
-    for v in reversed([int(x) for x in np.ravel(vals)]):
-        out = (out << width) | (v & ((1 << width) - 1))
-    return out
+    return pack(np.ravel(vals), width)
 
 
-async def _start(dut):
-    from cocotb.clock import Clock
-    from cocotb.triggers import FallingEdge, RisingEdge
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    await RisingEdge(dut.clk)
-    await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    await FallingEdge(dut.clk)
+_start = start_clock
 
 
 async def run_steps(dut, name, d, steps) -> dict:
