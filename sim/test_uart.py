@@ -18,9 +18,12 @@ from amaranth.lib.wiring import In, Out
 
 from hw.simulate import run_cocotb, tb_params
 
-CLK = 50_000_000
-BAUD = 3_000_000          # 16.67 clock cycles per bit: exercises the fractional divider
-CLK_PS = 20_000
+BAUD = 3_000_000
+#: clocks the module runs at: 16.67 cycles per bit (16x oversampling, fractional divider) and
+#: 13.33 (8x: the 85F's 40 MHz default with the 3 Mbaud link)
+CLKS = (50_000_000, 40_000_000)
+CLK = int(tb_params().get("clk", CLKS[0]))
+CLK_PS = round(1e12 / CLK)
 
 
 class UARTTop(wiring.Component):
@@ -50,9 +53,11 @@ class UARTTop(wiring.Component):
         return m
 
 
-def test_uart():
-    run_cocotb(UARTTop(clk_freq=CLK, baud=BAUD), name="uart", test_module="test_uart",
-               params={"clk": CLK, "baud": BAUD})
+@pytest.mark.parametrize("clk", CLKS)
+def test_uart(clk):
+    top = UARTTop(clk_freq=clk, baud=BAUD)
+    run_cocotb(top, name=f"uart_{clk // 1_000_000}mhz", test_module="test_uart",
+               params={"clk": clk, "baud": BAUD})
 
 
 def test_uart_params():
@@ -60,12 +65,18 @@ def test_uart_params():
     rx = UARTRx(clk_freq=CLK, baud=BAUD)
     rx._MustUse__silence = True
     assert abs(rx.divider - CLK / (16 * BAUD)) < 1e-4 and abs(rx.baud_error) < 1e-6
+    assert rx.oversample == 16
+    rx8 = UARTRx(clk_freq=40e6, baud=BAUD)
+    rx8._MustUse__silence = True
+    assert rx8.oversample == 8 and abs(rx8.divider - 40e6 / (8 * BAUD)) < 1e-4
+    assert abs(rx8.baud_error) < 1e-6
     tx = UARTTx(clk_freq=25e6, baud=115200)
     tx._MustUse__silence = True
     assert abs(tx.actual_baud - 115200) < 0.1 and abs(tx.baud_error) < 1e-6
     assert baud_divider(clk_freq=48e6, baud=3_000_000)[3] == 0     # tick every cycle
-    with pytest.raises(ValueError, match="48000000"):
-        UARTRx(clk_freq=25e6, baud=3_000_000)
+    assert baud_divider(clk_freq=24e6, baud=3_000_000)[3] == 0     # 8x, tick every cycle
+    with pytest.raises(ValueError, match="24000000"):
+        UARTRx(clk_freq=20e6, baud=3_000_000)
     with pytest.raises(ValueError, match="baud"):
         UARTTx(clk_freq=CLK, baud=0)
     with pytest.raises(ValueError, match="clk_freq"):

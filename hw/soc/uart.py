@@ -1,10 +1,16 @@
-"""8N1 UART: receiver with 16x oversampling and majority vote, transmitter; byte streams.
+"""8N1 UART: receiver with oversampling and majority vote, transmitter; byte streams.
 
-Both sides run from a 16x-baud tick made by a phase accumulator (a fractional divider), so
-any ``clk_freq >= 16 * baud`` works with a negligible average baud error (reported as
-``baud_error``); the price is up to one clock cycle of jitter on each tick, i.e. on each TX
-edge and each RX sample. At 50 MHz / 3 Mbaud a bit lasts 16.7 cycles; an integer divider
-there would be off by 2-4 %, the accumulator by < 1e-6.
+Both sides run from a tick at ``oversample`` x the baud rate made by a phase accumulator (a
+fractional divider), so any ``clk_freq >= 8 * baud`` works with a negligible average baud
+error (reported as ``baud_error``); the price is up to one clock cycle of jitter on each
+tick, i.e. on each TX edge and each RX sample. At 50 MHz / 3 Mbaud a bit lasts 16.7 cycles;
+an integer divider there would be off by 2-4 %, the accumulator by < 1e-6.
+
+The oversampling is 16 where the clock allows it and 8 below ``16 * baud`` (e.g. the 85F's
+40 MHz core clock at the host link's 3 Mbaud: 13.3 cycles per bit). With 8 the start edge is
+found within 1/8 bit instead of 1/16 and the majority vote spans 3/8 of a bit around the
+middle; the receiver still tolerates about +-3 % of baud mismatch (``sim/test_uart.py`` runs
+every test at both).
 """
 
 
@@ -15,30 +21,41 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["UARTRx", "UARTTx", "baud_divider"]
+__all__ = ["UARTRx", "UARTTx", "baud_divider", "oversample_for"]
 
-OVERSAMPLE = 16
-#: Width of the phase accumulator: the relative rate error is below 2**-ACC_BITS * clk/(16*baud).
+#: Ticks per bit, preferred first: the largest the clock allows is used.
+OVERSAMPLES = (16, 8)
+#: Width of the phase accumulator: the relative rate error is below
+#: 2**-ACC_BITS * clk / (oversample * baud).
 ACC_BITS = 24
+
+
+def oversample_for(*, clk_freq, baud) -> int:
+    """The ticks per bit used at ``clk_freq`` and ``baud`` (16, or 8 below ``16 * baud``)."""
+    for n in OVERSAMPLES:
+        if clk_freq >= n * baud:
+            return n
+    raise ValueError(f"clk_freq={clk_freq!r} is below {OVERSAMPLES[-1]} x baud={baud!r}: "
+                     f"the UART needs at least {OVERSAMPLES[-1] * baud} Hz "
+                     f"({OVERSAMPLES[-1]}x oversampling); lower the baud rate")
 
 
 def baud_divider(*, clk_freq, baud):
     """Validate the pair and return ``(increment, divider, actual_baud, baud_error)``.
 
-    ``divider`` is the (fractional) number of clock cycles per 1/16 bit tick, ``baud_error``
-    the relative error ``actual_baud / baud - 1`` of the accumulator.
+    ``divider`` is the (fractional) number of clock cycles per tick (``1 / oversample`` of
+    a bit, :func:`oversample_for`), ``baud_error`` the relative error
+    ``actual_baud / baud - 1`` of the accumulator.
     """
     if isinstance(clk_freq, bool) or not isinstance(clk_freq, Real) or not clk_freq > 0:
         raise ValueError(f"clk_freq must be a positive number (Hz), not {clk_freq!r}")
     if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
         raise ValueError(f"baud must be a positive integer, not {baud!r}")
-    if clk_freq < OVERSAMPLE * baud:
-        raise ValueError(f"clk_freq={clk_freq!r} is below {OVERSAMPLE} x baud={baud!r}: "
-                         f"16x oversampling needs at least {OVERSAMPLE * baud} Hz")
-    inc = round(OVERSAMPLE * baud * (1 << ACC_BITS) / clk_freq)
-    inc = min(inc, (1 << ACC_BITS) - 1) if clk_freq > OVERSAMPLE * baud else inc
+    os_ = oversample_for(clk_freq=clk_freq, baud=baud)
+    inc = round(os_ * baud * (1 << ACC_BITS) / clk_freq)
+    inc = min(inc, (1 << ACC_BITS) - 1) if clk_freq > os_ * baud else inc
     divider = (1 << ACC_BITS) / inc
-    actual = clk_freq / divider / OVERSAMPLE
+    actual = clk_freq / divider / os_
     return inc, divider, actual, actual / baud - 1
 
 
@@ -48,12 +65,14 @@ class _Timing:
         self.baud = baud
         self.increment, self.divider, self.actual_baud, self.baud_error = \
             baud_divider(clk_freq=clk_freq, baud=baud)
+        #: ticks per bit (16, or 8 when the clock is below 16 x baud)
+        self.oversample = oversample_for(clk_freq=clk_freq, baud=baud)
 
     def _tick(self, m):
-        """A one-cycle pulse at 16x the baud rate (average)."""
+        """A one-cycle pulse at ``oversample`` x the baud rate (average)."""
         acc = Signal(ACC_BITS)
         tick = Signal()
-        if self.increment >= (1 << ACC_BITS):        # clk_freq == 16 * baud exactly
+        if self.increment >= (1 << ACC_BITS):        # clk_freq == oversample * baud exactly
             m.d.comb += tick.eq(1)
         else:
             m.d.sync += Cat(acc, tick).eq(acc + self.increment)
@@ -63,9 +82,11 @@ class _Timing:
 class UARTRx(_Timing, wiring.Component):
     """UART receiver, 8 data bits, no parity, 1 stop bit, LSB first.
 
-    The line is synchronised (2 flip-flops) and sampled on every 16x tick. A falling edge
-    starts a frame; each bit is decided by majority over the samples 6, 7 and 8 ticks after
-    the detected edge (the detection lags the edge by 0-1 tick, so these straddle the middle), which rejects single-sample glitches. A start bit that is high at its
+    The line is synchronised (2 flip-flops) and sampled on every tick (16 or 8 per bit). A
+    falling edge starts a frame; each bit is decided by majority over the samples
+    ``os/2 - 2``, ``os/2 - 1`` and ``os/2`` ticks after the detected edge (6, 7, 8 at 16x;
+    the detection lags the edge by 0-1 tick, so these straddle the middle), which rejects
+    single-sample glitches. A start bit that is high at its
     middle is ignored (glitch). A stop bit that is low is a framing error: the byte is
     dropped, ``frame_error`` pulses, and the receiver waits for the line to go high again
     (so a break produces one error, not a stream of zero bytes). The receiver re-arms in the
@@ -74,7 +95,7 @@ class UARTRx(_Timing, wiring.Component):
     Parameters
     ----------
     clk_freq : number
-        Clock frequency in Hz (>= 16 * baud).
+        Clock frequency in Hz (>= 8 * baud; 16x oversampling from 16 * baud).
     baud : int
         Bit rate.
 
@@ -109,7 +130,9 @@ class UARTRx(_Timing, wiring.Component):
         line = Signal(init=1)
         m.submodules.sync = FFSynchronizer(self.rx, line, init=1)
 
-        phase = Signal(4)          # ticks into the current bit
+        half = self.oversample // 2
+        # ticks into the current bit; wraps at ``oversample``, which spaces the samples
+        phase = Signal(range(self.oversample))
         bit = Signal(range(10))    # 0 start, 1..8 data, 9 stop
         samples = Signal(2)
         shreg = Signal(8)
@@ -128,11 +151,11 @@ class UARTRx(_Timing, wiring.Component):
             with m.State("BIT"):
                 with m.If(tick):
                     m.d.sync += phase.eq(phase + 1)
-                    with m.If(phase == 6):
+                    with m.If(phase == half - 2):
                         m.d.sync += samples[0].eq(line)
-                    with m.If(phase == 7):
+                    with m.If(phase == half - 1):
                         m.d.sync += samples[1].eq(line)
-                    with m.If(phase == 8):
+                    with m.If(phase == half):
                         m.d.sync += bit.eq(bit + 1)
                         with m.If(bit == 0):
                             with m.If(vote):
@@ -157,12 +180,12 @@ class UARTRx(_Timing, wiring.Component):
 
 
 class UARTTx(_Timing, wiring.Component):
-    """UART transmitter, 8N1, LSB first; each bit lasts 16 ticks of the 16x-baud tick.
+    """UART transmitter, 8N1, LSB first; each bit lasts ``oversample`` ticks (16 or 8).
 
     Members
     -------
     i_stream : In(stream.Signature(8))
-        Bytes to send; ``ready`` pulses on a 16x tick while the transmitter is idle or
+        Bytes to send; ``ready`` pulses on a tick while the transmitter is idle or
         finishing a stop bit.
     tx : Out(1)
         Serial line, idle high; driven straight from a register bit (glitch-free).
@@ -179,19 +202,20 @@ class UARTTx(_Timing, wiring.Component):
         m = Module()
         tick = self._tick(m)
         shreg = Signal(10, init=0x3FF)
-        phase = Signal(4)
+        phase = Signal(range(self.oversample))      # wraps at the end of each bit
         left = Signal(range(11))
         m.d.comb += self.tx.eq(shreg[0])
-        # A byte is taken only on a tick: from idle, so that the start bit lasts exactly 16
-        # ticks; or at the tick that ends the stop bit, so back-to-back bytes run at exactly
+        # A byte is taken only on a tick: from idle, so that the start bit lasts exactly
+        # ``oversample`` ticks; or at the tick that ends the stop bit, so back-to-back bytes run at exactly
         # the baud rate (no extra idle cycle per byte).
-        can_load = tick & ((left == 0) | ((left == 1) & (phase == OVERSAMPLE - 1)))
+        last = self.oversample - 1
+        can_load = tick & ((left == 0) | ((left == 1) & (phase == last)))
         m.d.comb += self.i_stream.ready.eq(can_load)
         with m.If(can_load & self.i_stream.valid):
             m.d.sync += [shreg.eq(Cat(Const(0, 1), self.i_stream.payload, Const(1, 1))),
                          left.eq(10), phase.eq(0)]
         with m.Elif(tick & (left != 0)):
             m.d.sync += phase.eq(phase + 1)
-            with m.If(phase == OVERSAMPLE - 1):
+            with m.If(phase == last):
                 m.d.sync += [shreg.eq(Cat(shreg[1:], Const(1, 1))), left.eq(left - 1)]
         return m
