@@ -130,6 +130,41 @@ class MixCoreTB:
         self.out_image = new
         return res, cnt
 
+    async def run_dsp_layer(self, a, sparse, *, fmt, requant=None, w_base=0, timeout=None):
+        """A layer on the sparse DSP engine: A striped for the pattern, DSPW records at
+        ``w_base``, tables as :meth:`run_layer`; returns (result, counters, DSPW image)."""
+        R, C = self.rows, self.cols
+        L, packed = self.p["dsp_stages"], self.p["dsp_packed"]
+        M, K = a.shape
+        N = sparse.ncols
+        pat = sparse.pattern
+        await self.write(0, layout.dsp_act_image(a, rows=R, stages=L, pattern=pat))
+        w_img = layout.dsp_weight_image(sparse, cols=C, stages=L, packed=packed)
+        ch = layout.dsp_chain_stride(layout.dsp_chains(cols=C, packed=packed))
+        await self.write(8, w_img, base=w_base * ch * 16)
+        fields = dict(m=M, k=K, n=N, fmt=int(fmt), sparse=1 + int(pat), w_base=w_base)
+        mode = OutMode.RAW32 if requant is None else OutMode.INT8
+        fields["out_mode"] = int(mode)
+        if isinstance(requant, numerics.ChannelRequant):
+            await self.write(3, layout.chan_table_image(requant))
+            fields.update(chan=1, zp=requant.zero_point, relu=int(requant.relu))
+        elif isinstance(requant, numerics.Requant):
+            fields.update(chan=0, mult=requant.multiplier, shift=requant.shift,
+                          zp=requant.zero_point, relu=int(requant.relu))
+        await self.start(**fields)
+        err, cnt = await self.wait_done(timeout or self.p["watchdog"] + 1000)
+        assert err == ErrorCode.OK, f"DSP run {M}x{K}x{N} {pat.name} {fmt!r}: {err!r}"
+        pos = layout.result_positions(M, N, R, mode)
+        used = max(self.p["checked_out_bytes"], int(pos.max()) + 1)
+        data = await self.read(2, used)
+        res = layout.decode_result(data, M, N, R, mode)
+        new = bytearray(self.out_image)
+        for p in np.ravel(pos):
+            new[p] = data[p]
+        assert bytes(new[:used]) == bytes(data[:used]), "the run wrote outside its result"
+        self.out_image = new
+        return res, cnt, w_img
+
     async def run_expect_error(self, code, **fields):
         await self.start(**fields)
         err, _ = await self.wait_done(4000)

@@ -12,22 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 
-from amaranth import Module, Signal, unsigned, Mux, Cat, Const
+from amaranth import Module, Signal, signed, unsigned, Mux, Cat, Const
 from amaranth.lib import wiring, fifo
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sw import numerics
-from sw.numerics import OutMode, WeightFormat
+from sw.numerics import OutMode, WeightFormat, NMPattern
 from sw.protocol import Buffer, ErrorCode, PeKind
 
-from hw.arith._common import check_impl
+from hw.arith._common import check_impl, check_bool
+from hw.dsp.chain import SparseDSPChain
 from hw.pe import pe_class
 from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
 from hw.systolic.engine import SystolicEngine
 from hw.systolic.util import is_pow2 as _is_pow2, serial_mul_step as _serial_mul_step
 
-from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS
+from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS, DSP_FORMATS
 from .edge import EdgeUnit
 
 __all__ = ["MixCore", "core_signature"]
@@ -72,6 +73,18 @@ class MixCore(wiring.Component):
     * ``OUT``: like A; element ``(m, n)`` has index ``e = (m // rows) * N + n`` in bank
       ``m % rows``: byte ``e`` (INT8) or word ``e`` (RAW32).
     * ``CHAN``: 8 bytes per channel ``n``; ``GROUP``: 4 bytes per ``g * N + n``.
+    * ``DSPW`` (with a DSP engine): 16-byte records per chain, byte ``b`` of record ``r`` of
+      chain ``c`` at ``((r * CH + c) << 4) | b`` (``CH``: chains rounded up to a power of
+      two); bytes ``0 .. L-1`` the stages' weights, bytes 8-10 their 3-bit indices.
+
+    The sparse DSP engine (``dsp_stages > 0``, :class:`hw.dsp.chain.SparseDSPChain`) runs
+    the layers whose descriptor has ``sparse = 1 + pattern``: ``cols`` output columns
+    (``cols`` chains, or ``cols / 2`` packed ones), one activation row at a time, its window
+    of ``Wp = L / n * m`` activations read from the first ``Wp / 4`` row banks in one
+    cycle (the host writes a DSP layer's A striped along K: ``A[m, k]`` is byte ``k % 4`` of
+    word ``m * S + k // Wp`` of bank ``(k // 4) % (Wp / 4)``, ``S = ceil(K / Wp)`` steps per
+    row). Each row's ``cols`` dot products drain through the row's edge unit (same tables,
+    requantization and OUT layout as the array), at most one row per ``cols`` cycles.
 
     Parameters
     ----------
@@ -87,6 +100,12 @@ class MixCore(wiring.Component):
         Entries of the per-channel and per-group tables.
     pe : str
         PE kind (``"mixpe"`` or ``"int8-dsp"``).
+    dsp_stages : 0, 4 or 8
+        Stages ``L`` of the sparse DSP engine's chains (0: no DSP engine).
+    dsp_packed : bool
+        Two 4-bit weights per MULT18X18D (``cols / 2`` chains).
+    dsp_depth : int
+        16-byte records per chain of the DSP engine's weight memory.
     watchdog : int, optional
         Cycles a run may stay busy before it is stopped with WATCHDOG.
     impl : "auto" | "generic" | "ecp5"
@@ -101,7 +120,8 @@ class MixCore(wiring.Component):
 
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 256, w_depth: int = 1024,
                  out_depth: int = 256, chan_depth: int = 256, group_depth: int = 1024,
-                 pe: str = "mixpe", watchdog: int | None = None, impl: str = "auto"):
+                 pe: str = "mixpe", watchdog: int | None = None, impl: str = "auto",
+                 dsp_stages: int = 0, dsp_packed: bool = False, dsp_depth: int = 256):
         for name, v in (("rows", rows), ("cols", cols)):
             if not _is_pow2(v) or v > 64:
                 raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
@@ -132,8 +152,38 @@ class MixCore(wiring.Component):
         self.out_bytes = 4 * rows * out_depth
         self.chan_bytes = 8 * chan_depth
         self.group_bytes = 4 * group_depth
+        # -- the sparse DSP engine --
+        if dsp_stages not in (0, 4, 8):
+            raise ValueError(f"dsp_stages must be 0 (no DSP engine), 4 or 8, not {dsp_stages!r}")
+        self.dsp_stages = dsp_stages
+        self.dsp_packed = check_bool("dsp_packed", dsp_packed)
+        if not _is_pow2(dsp_depth) or not 16 <= dsp_depth <= (1 << 16):
+            raise ValueError(f"dsp_depth must be a power of two in [16, 65536], not {dsp_depth!r}")
+        self.dsp_depth = dsp_depth
+        if dsp_stages:
+            if dsp_packed and cols < 2:
+                raise ValueError("a packed DSP engine needs cols >= 2 (two columns per chain)")
+            self.dsp_chains = cols // (2 if dsp_packed else 1)
+            #: N:M patterns the DSP engine runs (IDENTIFY)
+            self.dsp_patterns = SparseDSPChain.patterns_for(stages=dsp_stages)
+            #: activations per step of each pattern
+            self.dsp_windows = {p: SparseDSPChain.window_for(stages=dsp_stages, pattern=p)
+                                for p in self.dsp_patterns}
+            if max(self.dsp_windows.values()) > 4 * rows:
+                raise ValueError(f"a DSP engine of {dsp_stages} stages reads windows of up to "
+                                 f"{max(self.dsp_windows.values())} activations, more than "
+                                 f"the {4 * rows} bytes the {rows} A banks give per cycle")
+            self.dsp_ch_pow2 = 1 << (self.dsp_chains - 1).bit_length()
+            self.dsp_bytes = 16 * self.dsp_ch_pow2 * dsp_depth
+        else:
+            self.dsp_chains, self.dsp_patterns, self.dsp_windows = 0, (), {}
+            self.dsp_ch_pow2, self.dsp_bytes = 1, 0
+        #: width of the sums the edge units take (a DSP dot product spans up to max_k INT8 MACs)
+        self.edge_width = max(self.acc_width, numerics.acc_bits(self.max_k)) if dsp_stages \
+            else self.acc_width
+        assert self.edge_width <= 32
         self.addr_bits = max(self.a_bytes, self.w_bytes, self.out_bytes, self.chan_bytes,
-                             self.group_bytes).bit_length() - 1
+                             self.group_bytes, self.dsp_bytes).bit_length() - 1
         self.engine_latency = (cols - 1) + self.pe_cls.latency()
         #: minimum steps between group (and tile) ends (the drain chains' period)
         self.MIN_PERIOD = cols
@@ -141,6 +191,9 @@ class MixCore(wiring.Component):
         #: cycles an aborted run stays busy: everything fed drains out before ``done``
         self.ABORT_CYCLES = (9 + self.engine_latency + rows + cols + self.edge_latency
                              + 2 * self.MIN_PERIOD)
+        if dsp_stages:
+            # the DSP engine's pipeline (fetch, chain) and one row's drain
+            self.ABORT_CYCLES += dsp_stages + 5 + 3 + 2 * cols
         if watchdog is None:
             watchdog = 2 * self.max_run_cycles()
         if isinstance(watchdog, bool) or not isinstance(watchdog, int) or not \
@@ -159,14 +212,21 @@ class MixCore(wiring.Component):
 
         A run feeds ``tiles_m * tiles_n * KB`` steps with ``tiles_n * KB <= w_depth`` and
         ``tiles_m <= a_depth``; a step takes at most ``MIN_PERIOD`` cycles (a group end
-        every step)."""
-        return self.MIN_PERIOD * self.a_depth * self.w_depth + 4 * DIM_BITS + 4096
+        every step). A DSP layer feeds at most ``a_depth`` words of rows plus one step per
+        padding row, each row end at least ``MIN_PERIOD`` steps apart, per column tile
+        (``tiles_n <= dsp_depth``)."""
+        array = self.MIN_PERIOD * self.a_depth * self.w_depth
+        dsp = self.dsp_depth * (self.a_depth + self.rows) * (self.MIN_PERIOD + 1) \
+            if self.dsp_stages else 0
+        return max(array, dsp) + 4 * DIM_BITS + 4096
 
     def config(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, "a_depth": self.a_depth,
                 "w_depth": self.w_depth, "out_depth": self.out_depth,
                 "chan_depth": self.chan_depth, "group_depth": self.group_depth,
-                "max_k": self.max_k, "acc_width": self.acc_width, "pe": self.pe}
+                "max_k": self.max_k, "acc_width": self.acc_width, "pe": self.pe,
+                **({"dsp_stages": self.dsp_stages, "dsp_packed": self.dsp_packed,
+                    "dsp_depth": self.dsp_depth} if self.dsp_stages else {})}
 
     def config_hash(self) -> int:
         digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).digest()
@@ -180,6 +240,11 @@ class MixCore(wiring.Component):
         m.submodules.engine = eng = SystolicEngine(
             rows=R, cols=C, acc_width=self.acc_width, pe=self.pe, act_sums=self.groups,
             impl=self.impl)
+        L = self.dsp_stages
+        if L:
+            m.submodules.dsp = dsp = SparseDSPChain(
+                stages=L, chains=self.dsp_chains, m_max=8, packed=self.dsp_packed,
+                acc_width=self.edge_width, tag_width=max(1, lr), impl=self.impl)
 
         # host-side inputs registered once: the link sits far away on a big device
         bus_sel = Signal(CoreBuffer); bus_addr = Signal(self.addr_bits); bus_wdata = Signal(8)
@@ -214,12 +279,14 @@ class MixCore(wiring.Component):
         ngroups = Signal(DIM_BITS)
         kmod = Signal(2)                    # valid lanes of the last step (0: all)
         group_on = Signal()
+        dsp_on = Signal()                   # the layer runs on the DSP engine
 
         # -- sequencer state ------------------------------------------------------------------
         step = Signal(DIM_BITS)             # step within the tile
         gstep = Signal(DIM_BITS)            # step within the group
         row0 = Signal(DIM_BITS + 1); col0 = Signal(DIM_BITS + 1)
-        a_tile = Signal(range(self.a_depth + 1)); w_tile = Signal(range(self.w_depth + 1))
+        a_tile = Signal(range(self.a_depth + 1))
+        w_tile = Signal(range(max(self.w_depth, self.dsp_depth) + 1))
         out_row = Signal((4 * self.out_depth).bit_length() + DIM_BITS)
         gbase = Signal(2 * DIM_BITS)
         row_last = Signal(); col_last = Signal()
@@ -231,6 +298,12 @@ class MixCore(wiring.Component):
         chk_bit = Signal(range(DIM_BITS + 1))
         final_drained = Signal()
         issue = Signal()
+        # DSP layers: the row within the tile; ``step`` counts the row's steps, ``a_tile``
+        # is the row's first A word, ``w_tile`` the column tile's first weight record
+        drow = Signal(range(R))
+        d_issue = Signal()
+        d_last = Signal()
+        d_push = Signal()
 
         tok_layout = self._token_layout()
         m.submodules.tokens = tokens = fifo.SyncFIFOBuffered(width=tok_layout.size, depth=4)
@@ -279,10 +352,20 @@ class MixCore(wiring.Component):
                     m.d.comb += lanes.eq(Mux(c.fmt == WeightFormat.INT4, 1,
                                          Mux((c.fmt == WeightFormat.INT2) |
                                              (c.fmt == WeightFormat.TERNARY), 2, 0)))
+                    # DSP layers: S = ceil(K / Wp) steps per row, both for A words and
+                    # weight records (kb, kw)
+                    d_steps = Signal(DIM_BITS)
+                    m.d.comb += d_steps.eq(0)
+                    with m.Switch(c.sparse):
+                        for pat, win in self.dsp_windows.items():
+                            with m.Case(1 + int(pat)):
+                                wl = win.bit_length() - 1
+                                m.d.comb += d_steps.eq((c.k + win - 1) >> wl)
+                    d_on = c.sparse != 0
                     m.d.sync += [
-                        cfg.eq(c), lanes_log.eq(lanes),
-                        kb.eq((c.k + (1 << lanes) - 1) >> lanes),
-                        kw.eq((c.k + 3) >> 2),
+                        cfg.eq(c), lanes_log.eq(lanes), dsp_on.eq(d_on),
+                        kb.eq(Mux(d_on, d_steps, (c.k + (1 << lanes) - 1) >> lanes)),
+                        kw.eq(Mux(d_on, d_steps, (c.k + 3) >> 2)),
                         kmod.eq(c.k & ((1 << lanes) - 1)),
                         group_on.eq(c.group != 0),
                         mt_cnt.eq((c.m + R - 1) >> lr), nt_cnt.eq((c.n + C - 1) >> lc),
@@ -301,17 +384,29 @@ class MixCore(wiring.Component):
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.busy.eq(1)
-                _serial_mul_step(m, p_a, mt_cnt, kw, chk_bit)
+                # DSP layers: M rows of S words each (no padding rows in A)
+                _serial_mul_step(m, p_a, Mux(dsp_on, M, mt_cnt), kw, chk_bit)
                 _serial_mul_step(m, p_w, nt_cnt, kb, chk_bit)
                 _serial_mul_step(m, p_o, mt_cnt, N, chk_bit)
                 _serial_mul_step(m, p_g, ngroups, N, chk_bit)
                 m.d.sync += chk_bit.eq(chk_bit + 1)
                 with m.If(chk_bit == DIM_BITS):
                     out_cap = Mux(cfg.out_mode == OutMode.INT8, 4 * self.out_depth, self.out_depth)
+                    dsp_cfg_ok = Signal()
+                    m.d.comb += dsp_cfg_ok.eq(0)
+                    dsp_fmt = 0
+                    for f in DSP_FORMATS[self.dsp_packed]:
+                        dsp_fmt = dsp_fmt | (cfg.fmt == f)
+                    with m.Switch(cfg.sparse):
+                        for pat in self.dsp_patterns:
+                            with m.Case(1 + int(pat)):
+                                m.d.comb += dsp_cfg_ok.eq(~group_on & dsp_fmt)
+                    w_cap = Mux(dsp_on, self.dsp_depth, self.w_depth)
                     m.d.sync += bad.eq(
-                        (M == 0) | (K == 0) | (N == 0) | (K > self.max_k) | ~fmt_ok |
+                        (M == 0) | (K == 0) | (N == 0) | (K > self.max_k) |
+                        Mux(dsp_on, ~dsp_cfg_ok, ~fmt_ok) |
                         (group_on & (Const(int(self.groups), 1) == 0)) |
-                        (p_a > self.a_depth) | (p_w + cfg.w_base > self.w_depth) |
+                        (p_a > self.a_depth) | (p_w + cfg.w_base > w_cap) |
                         (p_o > out_cap) | (cfg.chan & (N + cfg.chan_base > self.chan_depth)) |
                         (group_on & (p_g + cfg.group_base > self.group_depth)))
                     m.next = "DECIDE"
@@ -327,8 +422,11 @@ class MixCore(wiring.Component):
                                  gbase.eq(cfg.group_base),
                                  row_last.eq(M <= R), col_last.eq(N <= C),
                                  rows_left.eq(clip(M, R)), cols_left.eq(clip(N, C)),
-                                 since.eq(self.MIN_PERIOD), final_drained.eq(0)]
-                    m.next = "RUN"
+                                 since.eq(self.MIN_PERIOD), final_drained.eq(0), drow.eq(0)]
+                    with m.If(dsp_on):
+                        m.next = "DRUN"
+                    with m.Else():
+                        m.next = "RUN"
                 abortable()
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -357,6 +455,34 @@ class MixCore(wiring.Component):
                                          a_tile.eq(a_tile + kw), row_last.eq(row0 + 2 * R >= M),
                                          rows_left.eq(clip(M - row0 - R, R))]
                 abortable()
+            with m.State("DRUN"):
+                m.d.comb += [self.busy.eq(1), d_last.eq(step == kb - 1)]
+                with m.If(d_last & (since != self.MIN_PERIOD)):
+                    # each row's sums need the edge for ``cols`` cycles
+                    m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
+                with m.Else():
+                    m.d.comb += [d_issue.eq(1), d_push.eq(d_last & (drow == 0))]
+                    m.d.sync += [step.eq(step + 1), self.cnt_busy.eq(self.cnt_busy + 1)]
+                    with m.If(d_last):
+                        # rows past M get one step: their (unwritten) drain carries the
+                        # tile's token to the last edge unit
+                        m.d.sync += [since.eq(1), drow.eq(drow + 1), a_tile.eq(a_tile + kw),
+                                     step.eq(Mux(drow + 1 < rows_left, 0, kb - 1))]
+                        with m.If(drow == R - 1):
+                            m.d.sync += [drow.eq(0), step.eq(0)]
+                            with m.If(row_last & col_last):
+                                m.next = "FLUSH"
+                            with m.Elif(row_last):
+                                m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
+                                             a_tile.eq(0), w_tile.eq(w_tile + kb),
+                                             row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N),
+                                             rows_left.eq(clip(M, R)),
+                                             cols_left.eq(clip(N - col0 - C, C))]
+                            with m.Else():
+                                m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + N),
+                                             row_last.eq(row0 + 2 * R >= M),
+                                             rows_left.eq(clip(M - row0 - R, R))]
+                abortable()
             with m.State("FLUSH"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(final_drained):
@@ -376,16 +502,19 @@ class MixCore(wiring.Component):
             tok_w.gbase.eq(gbase), tok_w.col0.eq(col0), tok_w.out_row.eq(out_row),
             tok_w.rows_left.eq(rows_left), tok_w.cols_left.eq(cols_left),
             # the tile's first group ends while gstep still counts from the tile's start
-            tok_w.first_g.eq(gstep == step),
-            tok_w.last_g.eq(tile_end), tok_w.final.eq(tile_end & row_last & col_last),
-            tokens.w_data.eq(tok_w), tokens.w_en.eq(issue & group_end),
+            tok_w.first_g.eq(dsp_on | (gstep == step)),
+            tok_w.last_g.eq(dsp_on | tile_end),
+            tok_w.final.eq((dsp_on | tile_end) & row_last & col_last),
+            # a DSP tile's token goes in with its first row's last step
+            tokens.w_data.eq(tok_w), tokens.w_en.eq(Mux(dsp_on, d_push, issue & group_end)),
         ]
 
         # -- operand fetch ---------------------------------------------------------------------
         sel_bits = Signal(2)                # which bytes of the A word this step uses
         m.d.comb += sel_bits.eq(Mux(lanes_log == 0, step[:2], Mux(lanes_log == 1, step[:1] << 1, 0)))
         a_word = Signal(DIM_BITS)
-        m.d.comb += a_word.eq(Mux(lanes_log == 0, step >> 2, Mux(lanes_log == 1, step >> 1, step)))
+        m.d.comb += a_word.eq(Mux(dsp_on | (lanes_log == 2), step,
+                                  Mux(lanes_log == 0, step >> 2, step >> 1)))
         # lanes valid in this step (the last step of a ragged K has fewer)
         nlanes = Signal(3)
         m.d.comb += nlanes.eq(Mux(tile_end & (kmod != 0), kmod, 1 << lanes_log))
@@ -421,6 +550,26 @@ class MixCore(wiring.Component):
             host_write(mem.write_port(), idx_w,
                        (bus_sel == CoreBuffer.W) & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
             w_rd.append(rp.data)
+        # the DSP engine's weights: a record of L weight bytes and 3 index bytes per chain
+        # and step (host bytes 0 .. L-1 and 8 .. 10 of each 16-byte record)
+        dw_rd = []
+        if L:
+            lch = self.dsp_ch_pow2.bit_length() - 1
+            d_byte = bus_addr[:4]
+            d_lane = Mux(d_byte < L, d_byte, (d_byte - (8 - L))[:4])
+            d_lane_ok = (d_byte < L) | ((d_byte >= 8) & (d_byte < 11))
+            d_chain = bus_addr[4:4 + lch] if lch else Const(0, 1)
+            d_idx = bus_addr >> (4 + lch)
+            for c in range(self.dsp_chains):
+                mem = Memory(shape=8 * (L + 3), depth=self.dsp_depth, init=[])
+                m.submodules[f"dspw{c}"] = mem
+                rp = mem.read_port()
+                m.d.comb += [rp.addr.eq(Mux(self.busy, w_tile + step, d_idx)), rp.en.eq(1)]
+                host_write(mem.write_port(granularity=8), d_idx,
+                           (bus_sel == CoreBuffer.DSPW) & (d_chain == c) & d_lane_ok &
+                           (d_idx < self.dsp_depth), f"dw{c}", L + 3, d_lane)
+                dw_rd.append(rp.data)
+
         host_write(chan_mem.write_port(granularity=8), bus_addr >> 3,
                    (bus_sel == CoreBuffer.CHAN) & ((bus_addr >> 3) < self.chan_depth), "tc", 8,
                    bus_addr[:3])
@@ -435,7 +584,7 @@ class MixCore(wiring.Component):
         f_rmask, f_cmask = Signal(R), Signal(C)
         m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (gstep == 0)),
                      f_last.eq(issue & group_end), f_sel.eq(sel_bits), f_mask.eq(lane_mask),
-                     f_rmask.eq(Mux(self.busy, Cat(row0 + i < M for i in range(R)), ~0)),
+                     f_rmask.eq(Mux(self.busy & ~dsp_on, Cat(row0 + i < M for i in range(R)), ~0)),
                      f_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
         g_valid, g_first, g_last = Signal(), Signal(), Signal()
         g_sel, g_mask = Signal(2), Signal(4)
@@ -483,6 +632,30 @@ class MixCore(wiring.Component):
         m.d.sync += md.eq(mode_r)
         m.d.comb += eng.mode.eq(md)
 
+        # -- DSP engine feed: the window straight from the registered A words (stage g) -------
+        dw_g = []
+        if L:
+            dv_f, dl_f, dv_g, dl_g = Signal(), Signal(), Signal(), Signal()
+            dt_f, dt_g = Signal(range(R)), Signal(range(R))
+            m.d.sync += [dv_f.eq(d_issue), dl_f.eq(d_last), dt_f.eq(drow),
+                         dv_g.eq(dv_f), dl_g.eq(dl_f), dt_g.eq(dt_f)]
+            for c in range(self.dsp_chains):
+                r = Signal(8 * (L + 3), name=f"dw_g{c}", reset_less=True)
+                m.d.sync += r.eq(dw_rd[c])
+                dw_g.append(r)
+            for k in range(dsp.WINDOW):
+                m.d.comb += dsp.a[k].eq(ga[k // 4].word_select(k % 4, 8))
+            m.d.comb += [dsp.pattern.eq(cfg.sparse - 1), dsp.valid.eq(dv_g), dsp.tag.eq(dt_g),
+                         dsp.brk.eq(Mux(dl_g, 1 << (L - 1), 0))]
+            for c in range(self.dsp_chains):
+                for j in range(L):
+                    byte = dw_g[c][8 * j:8 * j + 8]
+                    if self.dsp_packed:
+                        m.d.comb += [dsp.w[2 * c][j].eq(byte[:4]), dsp.w[2 * c + 1][j].eq(byte[4:])]
+                    else:
+                        m.d.comb += dsp.w[c][j].eq(byte)
+                    m.d.comb += dsp.idx[c][j].eq(dw_g[c][8 * L + 3 * j:8 * L + 3 * j + 3])
+
         # MACs: valid rows x valid columns x valid lanes per step, two cycles behind
         rv_q = Signal(range(R + 1)); cv_q = Signal(range(C + 1)); nl_q = Signal(3)
         rc = Signal(range(R * C + 1)); macs = Signal(range(4 * R * C + 1))
@@ -499,21 +672,53 @@ class MixCore(wiring.Component):
         m.d.comb += macs.eq(Mux(nl_d[0], rc, 0) + Mux(nl_d[1], rc << 1, 0) + Mux(nl_d[2], rc << 2, 0))
         with m.If(issue_dd):
             m.d.sync += self.cnt_macs.eq(self.cnt_macs + macs)
+        if L:
+            # DSP layers: dense-equivalent MACs, K x valid columns at each valid row's end
+            dm_en = Signal(); dm = Signal(DIM_BITS + C.bit_length())
+            m.d.sync += [dm_en.eq(d_issue & d_last & (drow < rows_left)),
+                         dm.eq(sum(Mux(cols_left[b], K << b, 0)
+                                   for b in range(len(cols_left))))]
+            with m.If(dm_en):
+                m.d.sync += self.cnt_macs.eq(self.cnt_macs + dm)
+
+        # -- DSP drain: a row's ``cols`` dot products, one per cycle from column cols - 1 -------
+        if L:
+            ew = self.edge_width
+            sr = [Signal(signed(ew), name=f"dsr{q}", reset_less=True) for q in range(C)]
+            dr_act, dr_first = Signal(), Signal()
+            dr_cnt = Signal(range(C)); dr_row = Signal(range(R))
+            with m.If(dsp.sum_valid[L - 1]):
+                m.d.sync += [sr[q].eq(dsp.sum[q][L - 1]) for q in range(C)]
+                m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
+                             dr_row.eq(dsp.sum_tag)]
+            with m.Elif(dr_act):
+                m.d.sync += [sr[q].eq(sr[q - 1]) for q in range(1, C)]
+                m.d.sync += [dr_first.eq(0), dr_cnt.eq(dr_cnt - 1)]
+                with m.If(dr_cnt == 0):
+                    m.d.sync += dr_act.eq(0)
+            d_sum = sr[C - 1]
+        else:
+            dr_act = dr_first = dr_row = d_sum = Const(0, 1)
 
         # -- edge: table readers at row 0, one edge unit per row --------------------------------
+        # array layers drain every row of a tile in turn (row i one cycle after row i - 1);
+        # DSP layers drain one row at a time and the reader serves that row directly
+        rd_first = Mux(dsp_on, dr_first, eng.sum_first[0])
+        rd_valid = Mux(dsp_on, dr_act, eng.sum_valid[0])
+        rd_pop = Mux(dsp_on, dr_first & (dr_row == 0), eng.sum_first[0])
         tok_head = Signal(tok_layout)
-        m.d.comb += [tok_head.eq(tokens.r_data), tokens.r_en.eq(eng.sum_first[0])]
+        m.d.comb += [tok_head.eq(tokens.r_data), tokens.r_en.eq(rd_pop)]
         t_cnt = Signal(range(C))
-        with m.If(eng.sum_first[0]):
+        with m.If(rd_first):
             m.d.sync += t_cnt.eq(C - 2 if C > 1 else 0)
-        with m.Elif(eng.sum_valid[0] & (t_cnt != 0)):
+        with m.Elif(rd_valid & (t_cnt != 0)):
             m.d.sync += t_cnt.eq(t_cnt - 1)
-        t_j = Mux(eng.sum_first[0], C - 1, t_cnt)
+        t_j = Mux(rd_first, C - 1, t_cnt)
         t_col0 = Signal(DIM_BITS); t_gbase = Signal.like(tok_head.gbase)
-        with m.If(eng.sum_first[0]):
+        with m.If(rd_pop):
             m.d.sync += [t_col0.eq(tok_head.col0), t_gbase.eq(tok_head.gbase)]
-        cur_col0 = Mux(eng.sum_first[0], tok_head.col0, t_col0)
-        cur_gbase = Mux(eng.sum_first[0], tok_head.gbase, t_gbase)
+        cur_col0 = Mux(rd_pop, tok_head.col0, t_col0)
+        cur_gbase = Mux(rd_pop, tok_head.gbase, t_gbase)
         crp = chan_mem.read_port()
         grp = grp_mem.read_port()
         m.d.comb += [crp.addr.eq(Mux(self.busy, cfg.chan_base + cur_col0 + t_j, bus_addr >> 3)),
@@ -530,13 +735,22 @@ class MixCore(wiring.Component):
         tok_src, tbl_src = tok_head, tbl0
         fin = Signal()
         for i in range(R):
-            eu = EdgeUnit(row=i, cols=C, acc_width=self.acc_width, token_layout=tok_layout,
+            eu = EdgeUnit(row=i, cols=C, acc_width=self.edge_width, token_layout=tok_layout,
                           out_depth=self.out_depth, groups=self.groups, impl=self.impl)
             m.submodules[f"edge{i}"] = eu
+            if L:
+                mine = dr_row == i
+                m.d.comb += [
+                    eu.sum.eq(Mux(dsp_on, d_sum, eng.sum[i])),
+                    eu.sum_valid.eq(Mux(dsp_on, dr_act & mine, eng.sum_valid[i])),
+                    eu.sum_first.eq(Mux(dsp_on, dr_first & mine, eng.sum_first[i])),
+                    eu.tbl_in.eq(Mux(dsp_on, tbl0, tbl_src)),
+                ]
+            else:
+                m.d.comb += [eu.sum.eq(eng.sum[i]), eu.sum_valid.eq(eng.sum_valid[i]),
+                             eu.sum_first.eq(eng.sum_first[i]), eu.tbl_in.eq(tbl_src)]
             m.d.comb += [
-                eu.sum.eq(eng.sum[i]), eu.sum_valid.eq(eng.sum_valid[i]),
-                eu.sum_first.eq(eng.sum_first[i]), eu.act_sum.eq(eng.act_sum[i]),
-                eu.tok_in.eq(tok_src), eu.tbl_in.eq(tbl_src),
+                eu.act_sum.eq(eng.act_sum[i]), eu.tok_in.eq(tok_src),
                 eu.group.eq(group_on), eu.out_mode.eq(cfg.out_mode), eu.relu.eq(cfg.relu),
                 eu.zp.eq(cfg.zp),
             ]
@@ -578,6 +792,17 @@ class MixCore(wiring.Component):
             for j in range(C):
                 with m.Case(j):
                     m.d.comb += w_byte_r.eq(gw[j])
+        dw_byte_r = Signal(8)
+        if L:
+            r_dch = Signal.like(d_chain); r_dlane = Signal.like(d_lane); r_dok = Signal()
+            r_dch2 = Signal.like(d_chain); r_dlane2 = Signal.like(d_lane); r_dok2 = Signal()
+            m.d.sync += [r_dch.eq(d_chain), r_dlane.eq(d_lane), r_dok.eq(d_lane_ok),
+                         r_dch2.eq(r_dch), r_dlane2.eq(r_dlane), r_dok2.eq(r_dok)]
+            with m.Switch(r_dch2):
+                for c in range(self.dsp_chains):
+                    with m.Case(c):
+                        m.d.comb += dw_byte_r.eq(
+                            Mux(r_dok2, dw_g[c].word_select(r_dlane2, 8), 0))
         with m.Switch(r_sel2):
             with m.Case(CoreBuffer.A):
                 m.d.sync += self.bus_rdata.eq(a_word_r.word_select(r_byte2[:2], 8))
@@ -589,4 +814,6 @@ class MixCore(wiring.Component):
                 m.d.sync += self.bus_rdata.eq(c_q.word_select(r_byte2, 8))
             with m.Case(CoreBuffer.GROUP):
                 m.d.sync += self.bus_rdata.eq(g_q.word_select(r_byte2[:2], 8))
+            with m.Case(CoreBuffer.DSPW):
+                m.d.sync += self.bus_rdata.eq(dw_byte_r)
         return m

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Mux, signed, unsigned
+from amaranth import Cat, Const, Mux, signed, unsigned
 from amaranth.lib import data
 
 from sw.numerics import (OutMode, WeightFormat, REQUANT_MULT_BITS, REQUANT_SHIFT_BITS,
                          REQUANT_ZP_BITS, GSCALE_BITS, GZERO_BITS, BIAS_BITS)
 
 __all__ = ["LAYER_LAYOUT", "GROUP_CODES", "TOKEN_LAYOUT", "TABLE_LAYOUT", "DIM_BITS",
-           "decode_descriptor", "assign_descriptor"]
+           "DSP_FORMATS", "decode_descriptor", "assign_descriptor"]
 
 DIM_BITS = 16
 
@@ -26,6 +26,8 @@ LAYER_LAYOUT = data.StructLayout({
     "mult": unsigned(REQUANT_MULT_BITS), "shift": unsigned(REQUANT_SHIFT_BITS),
     "zp": signed(REQUANT_ZP_BITS), "relu": unsigned(1),
     "w_base": unsigned(DIM_BITS), "chan_base": unsigned(DIM_BITS), "group_base": unsigned(DIM_BITS),
+    # 0: the array engine; 1 + p: the sparse DSP engine with pattern sw.numerics.NMPattern(p)
+    "sparse": unsigned(3),
 })
 
 
@@ -48,7 +50,14 @@ TABLE_LAYOUT = data.StructLayout({
 })
 
 
-def decode_descriptor(b, *, formats, group_sizes, dim_bits=DIM_BITS):
+#: weight formats the DSP engine multiplies (plain integer values); packed: 4-bit values only
+DSP_FORMATS = {False: (WeightFormat.INT8, WeightFormat.INT4, WeightFormat.INT2,
+                       WeightFormat.TERNARY),
+               True: (WeightFormat.INT4, WeightFormat.INT2, WeightFormat.TERNARY)}
+
+
+def decode_descriptor(b, *, formats, group_sizes, dim_bits=DIM_BITS, dsp_patterns=(),
+                      dsp_packed=False):
     """The wire descriptor (``sw.protocol.LayerDescriptor``, ``b``: its bytes as 8-bit
     values) as the core reads it: one decoder for LOAD_LAYER and for program layers.
 
@@ -56,6 +65,11 @@ def decode_descriptor(b, *, formats, group_sizes, dim_bits=DIM_BITS):
     values (assign them to a ``LAYER_LAYOUT`` signal), ``bad_param`` true for an output mode,
     shift, ReLU, format, group size or ``chan`` flag the core does not take (BAD_PARAM),
     ``bad_shape`` for an M, K or N wider than ``dim_bits`` (BAD_SHAPE).
+
+    ``dsp_patterns`` (``sw.numerics.NMPattern`` s) and ``dsp_packed`` describe the DSP
+    engine (none: every layer with ``sparse != 0`` is BAD_PARAM). A DSP layer is BAD_PARAM
+    for a pattern the engine lacks, a group size, or a format it does not multiply
+    (:data:`DSP_FORMATS`); its format need not be one of the array's ``formats``.
     """
     from sw.numerics import OutMode
     from sw.protocol import GROUP_SIZE_BITS
@@ -70,7 +84,16 @@ def decode_descriptor(b, *, formats, group_sizes, dim_bits=DIM_BITS):
     for g in group_sizes:
         assert g in GROUP_SIZE_BITS
         grp_ok = grp_ok | (b[13] == g)
-    bad_param = ~mode_ok | (b[9] >= 64) | (b[11] > 1) | ~fmt_ok | ~grp_ok | (b[14] > 1)
+    dsp_ok = Const(0, 1)
+    for p in dsp_patterns:
+        dsp_ok = dsp_ok | (b[21] == 1 + int(p))
+    dsp_fmt_ok = Const(0, 1)
+    for f in DSP_FORMATS[bool(dsp_packed)]:
+        dsp_fmt_ok = dsp_fmt_ok | (b[12] == int(f))
+    dsp_bad = (b[21] != 0) & (~dsp_ok | ~dsp_fmt_ok | (b[13] != 0))
+    array_bad = (b[21] == 0) & ~fmt_ok
+    bad_param = (~mode_ok | (b[9] >= 64) | (b[11] > 1) | array_bad | dsp_bad | ~grp_ok |
+                 (b[14] > 1))
     bad_shape = ((u16(0) >> dim_bits).any() | (u16(2) >> dim_bits).any() |
                  (u16(4) >> dim_bits).any())
     fields = {
@@ -79,6 +102,7 @@ def decode_descriptor(b, *, formats, group_sizes, dim_bits=DIM_BITS):
         # group size -> the descriptor's 2-bit code (32 -> 1, ...)
         "group": Mux(b[13] == 0, 0, Mux(b[13] == 32, 1, Mux(b[13] == 64, 2, 3))),
         "chan": b[14][0], "w_base": u16(15), "chan_base": u16(17), "group_base": u16(19),
+        "sparse": b[21][:3],
     }
     return fields, bad_param, bad_shape
 

@@ -149,9 +149,9 @@ class SparseDSPChain(wiring.Component):
         self.acc_width = check_int_param("acc_width", acc_width,
                                          range(self.STAGE_WIDTHS[-1], 65))
         self.tag_width = check_int_param("tag_width", tag_width, range(1, 33))
-        self.PATTERNS = tuple(p for p in NMPattern if p.m <= m_max and stages % p.n == 0) \
-            if sparse else ()
-        self.WINDOW = max(stages // p.n * p.m for p in self.PATTERNS) if sparse else stages
+        self.PATTERNS = self.patterns_for(stages=stages, m_max=m_max) if sparse else ()
+        self.WINDOW = max(self.window_for(stages=stages, pattern=p) for p in self.PATTERNS) \
+            if sparse else stages
         self.LANES = 2 if packed else 1
         self.COLUMNS = chains * self.LANES
         self.W_WIDTH = prod_w_bits
@@ -171,6 +171,16 @@ class SparseDSPChain(wiring.Component):
             ports["pattern"] = In(NMPattern)
             ports["idx"] = In(range(m_max)).array(chains, stages)
         super().__init__(ports)
+
+    @staticmethod
+    def patterns_for(*, stages: int, m_max: int = 8) -> tuple:
+        """The run-time patterns of a chain of ``stages`` (``m <= m_max``, ``n`` dividing it)."""
+        return tuple(p for p in NMPattern if p.m <= m_max and stages % p.n == 0)
+
+    @staticmethod
+    def window_for(*, stages: int, pattern: NMPattern) -> int:
+        """Activations along K one step covers with ``pattern``: ``stages / n`` blocks of ``m``."""
+        return stages // pattern.n * pattern.m
 
     # -- shared front end ---------------------------------------------------------------------
 
