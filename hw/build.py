@@ -288,10 +288,11 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
 def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int = 3_000_000,
                 top: str = "soc", seed: int = 1, program: bool = False,
                 out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
-                pe: str | None = None) -> dict:
+                pe: str | None = None, dsp: str | None = None) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
 
-    ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``).
+    ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``),
+    ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none).
 
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
@@ -305,7 +306,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
 
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
-    size = core_size(device, pe)
+    size = core_size(device, pe, dsp)
     tool_env()
     platform = platform_for(device)
     out_dir = Path(out_dir or BUILD / f"ulx3s-{device}")
@@ -328,7 +329,9 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
         (out_dir / stale).unlink(missing_ok=True)
     plan.extract(out_dir)
     progress.stage("elaborate", time.monotonic() - t0,
-                   f"{top} top, core {size.rows}x{size.cols} {size.pe}, "
+                   f"{top} top, core {size.rows}x{size.cols} {size.pe}"
+                   f"{f' + DSP engine L={size.dsp_stages}' if size.dsp_stages else ''}"
+                   f"{' packed' if size.dsp_packed else ''}, "
                    f"RTLIL {len(plan.files['top.il']) / 1e6:.1f} MB")
     commands = json.loads(plan.files["build_top.json"])["commands"]
     run_toolchain(commands, out_dir, name="top", progress=progress, verbose=verbose and not quiet)
@@ -400,12 +403,13 @@ def program_board(bitfile: Path) -> None:
     subprocess.run([tool, "--board", "ulx3s", str(bitfile)], check=True)
 
 
-def emit_verilog(device: str, out_dir: Path | None = None, pe: str | None = None) -> Path:
-    """Write the mpGEMM core of ``device``'s size (and PE kind) as Verilog."""
+def emit_verilog(device: str, out_dir: Path | None = None, pe: str | None = None,
+                 dsp: str | None = None) -> Path:
+    """Write the mpGEMM core of ``device``'s size (PE kind, DSP engine) as Verilog."""
     from amaranth.back import verilog
     from hw.sizes import core_size
     from hw.core import MixCore
-    size = core_size(device, pe)
+    size = core_size(device, pe, dsp)
     core = MixCore(**size.core_geometry())
     out_dir = Path(out_dir or BUILD / "verilog")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -422,6 +426,9 @@ def main(argv=None) -> int:
                     help="ULX3S FPGA size (default 85F)")
     ap.add_argument("--pe", choices=["mixpe", "int8-dsp"], default=None,
                     help="processing element of the array (default: the device's, hw/sizes.py)")
+    ap.add_argument("--dsp", choices=["none", "dsp4", "dsp8p"], default=None,
+                    help="the sparse DSP engine beside the array (default none; hw/sizes.py "
+                         "DSP_ENGINES)")
     ap.add_argument("--freq", type=float, default=None,
                     help="core clock in MHz (default: the device's, see hw/sizes.py DEFAULT_FREQ_MHZ)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
@@ -441,15 +448,16 @@ def main(argv=None) -> int:
     try:
         if args.target == "ulx3s":
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
-                        program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe)
+                        program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
+                        dsp=args.dsp)
         elif args.target == "verilog":
-            emit_verilog(args.device, args.out, args.pe)
+            emit_verilog(args.device, args.out, args.pe, args.dsp)
         elif args.target == "report":
             from hw.report import main_report
             main_report(args.blocks, args.out or ROOT / "docs")
         elif args.target == "sim":
             from hw.soc.simbuild import build_sim_model
-            print(build_sim_model(args.device, x_init=args.x_init, pe=args.pe))
+            print(build_sim_model(args.device, x_init=args.x_init, pe=args.pe, dsp=args.dsp))
     except (BuildError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

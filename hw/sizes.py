@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CoreSize", "DEVICES", "PE_SIZES", "core_size", "SELFTEST_GEOMETRY", "DEFAULT_FREQ_MHZ", "DEVICE_RESOURCES"]
+__all__ = ["CoreSize", "DEVICES", "PE_SIZES", "DSP_ENGINES", "DSP_DEPTH", "core_size", "SELFTEST_GEOMETRY", "DEFAULT_FREQ_MHZ", "DEVICE_RESOURCES"]
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,9 @@ class CoreSize:
 
     ``a_depth`` / ``out_depth``: 32-bit words per row bank of activations / results;
     ``w_depth``: bytes per column bank of packed weights; ``chan_depth`` / ``group_depth``:
-    entries of the per-channel / per-group tables; ``pe``: processing-element kind.
+    entries of the per-channel / per-group tables; ``pe``: processing-element kind;
+    ``dsp_stages`` / ``dsp_packed`` / ``dsp_depth``: the sparse DSP engine (0 stages: none;
+    :data:`DSP_ENGINES`).
     """
     rows: int
     cols: int
@@ -29,13 +31,20 @@ class CoreSize:
     pe: str = "mixpe"
     act_bytes: int = 8192
     max_layers: int = 32
+    dsp_stages: int = 0
+    dsp_packed: bool = False
+    dsp_depth: int = 256
 
     def geometry(self) -> dict:
         """Keyword arguments of ``hw.core.ProgramCore`` / ``hw.soc.top.SoC``."""
-        return dict(rows=self.rows, cols=self.cols, a_depth=self.a_depth, w_depth=self.w_depth,
-                    out_depth=self.out_depth, chan_depth=self.chan_depth,
-                    group_depth=self.group_depth, pe=self.pe, act_bytes=self.act_bytes,
-                    max_layers=self.max_layers)
+        g = dict(rows=self.rows, cols=self.cols, a_depth=self.a_depth, w_depth=self.w_depth,
+                 out_depth=self.out_depth, chan_depth=self.chan_depth,
+                 group_depth=self.group_depth, pe=self.pe, act_bytes=self.act_bytes,
+                 max_layers=self.max_layers)
+        if self.dsp_stages:
+            g.update(dsp_stages=self.dsp_stages, dsp_packed=self.dsp_packed,
+                     dsp_depth=self.dsp_depth)
+        return g
 
     def core_geometry(self) -> dict:
         """Keyword arguments of ``hw.core.MixCore`` (the core without layer programs)."""
@@ -73,8 +82,29 @@ DEVICES = {
 }
 
 
-def core_size(device: str, pe: str | None = None) -> CoreSize:
-    """The core size of ``device`` for PE kind ``pe`` (default: the device's default kind)."""
+#: ``--dsp`` choices: the sparse DSP engine next to the array (``hw.core.MixCore``). Chains
+#: give ``cols`` output columns: ``dsp4`` has ``cols`` chains of 4 MULT18X18D (INT8 / INT4 /
+#: ternary weights as bytes; windows of up to 16 activations: rows >= 4), ``dsp8p`` ``cols /
+#: 2`` chains of 8 carrying two 4-bit weights per MULT18X18D (windows up to 32: rows >= 8).
+DSP_ENGINES = {
+    "none": dict(dsp_stages=0, dsp_packed=False),
+    "dsp4": dict(dsp_stages=4, dsp_packed=False),
+    "dsp8p": dict(dsp_stages=8, dsp_packed=True),
+}
+
+#: DSP weight records per chain, by device (each record is one step of L weights + indices)
+DSP_DEPTH = {"12F": 64, "25F": 128, "45F": 256, "85F": 512}
+
+
+def core_size(device: str, pe: str | None = None, dsp: str | None = None) -> CoreSize:
+    """The core size of ``device`` for PE kind ``pe`` (default: the device's default kind),
+    with the DSP engine ``dsp`` (a key of :data:`DSP_ENGINES`; default: none)."""
+    import dataclasses
+    if dsp is not None and dsp != "none":
+        if dsp not in DSP_ENGINES:
+            raise ValueError(f"unknown DSP engine {dsp!r}; expected one of {sorted(DSP_ENGINES)}")
+        base = core_size(device, pe)
+        return dataclasses.replace(base, **DSP_ENGINES[dsp], dsp_depth=DSP_DEPTH[device])
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {sorted(DEVICES)}")
     if pe is None:

@@ -44,6 +44,11 @@ def program_signature(*, addr_bits: int) -> wiring.Signature:
     return wiring.Signature(members)
 
 
+def _local(sel):
+    """The buffers the program core holds itself (the others are the MixCore's)."""
+    return (sel == Buffer.ACT) | (sel == Buffer.PROG) | (sel == Buffer.LCNT)
+
+
 class ProgramCore(wiring.Component):
     """A :class:`MixCore` with ACT / PROG / LCNT memories and the layer-program runner.
 
@@ -76,7 +81,9 @@ class ProgramCore(wiring.Component):
         for name in ("rows", "cols", "a_depth", "w_depth", "out_depth", "chan_depth",
                      "group_depth", "formats", "group_sizes", "PE_KIND", "max_k", "acc_width",
                      "a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes",
-                     "MIN_PERIOD", "WATCHDOG", "pe", "ABORT_CYCLES", "max_run_cycles"):
+                     "MIN_PERIOD", "WATCHDOG", "pe", "ABORT_CYCLES", "max_run_cycles",
+                     "dsp_stages", "dsp_chains", "dsp_packed", "dsp_patterns", "dsp_depth",
+                     "dsp_bytes", "edge_width"):
             setattr(self, name, getattr(self.core, name))
         self.addr_bits = max(self.core.addr_bits, (act_bytes - 1).bit_length(),
                              (max_layers * PROGRAM_RECORD - 1).bit_length())
@@ -123,7 +130,7 @@ class ProgramCore(wiring.Component):
             core.bus_sel.eq(Mux(running, r_sel, self.bus_sel)),
             core.bus_addr.eq(Mux(running, r_addr, self.bus_addr)),
             core.bus_wdata.eq(Mux(running, r_wdata, self.bus_wdata)),
-            core.bus_we.eq(Mux(running, r_we, self.bus_we & (self.bus_sel < Buffer.ACT))),
+            core.bus_we.eq(Mux(running, r_we, self.bus_we & ~_local(self.bus_sel))),
             core.bus_re.eq(self.bus_re),
             core.cfg.eq(Mux(running, r_cfg, self.cfg)),
             core.start.eq(Mux(running, r_start, self.start)),
@@ -155,7 +162,7 @@ class ProgramCore(wiring.Component):
         m.d.sync += loc_d[1].eq(loc)
         for i in range(2, lat):
             m.d.sync += loc_d[i].eq(loc_d[i - 1])
-        m.d.sync += self.bus_rdata.eq(Mux(sel_d[lat - 1] >= Buffer.ACT, loc_d[lat - 1],
+        m.d.sync += self.bus_rdata.eq(Mux(_local(sel_d[lat - 1]), loc_d[lat - 1],
                                           core.bus_rdata))
 
         # -- the current layer record ---------------------------------------------------------

@@ -29,17 +29,18 @@ SIM_TIMEOUT = 1 << 12
 X_INIT = ("fast", "unique")
 
 
-def sim_soc(device: str, pe: str | None = None):
-    """The SoC the model of ``device`` simulates: the board's, with a shorter link timeout."""
+def sim_soc(device: str, pe: str | None = None, dsp: str | None = None):
+    """The SoC the model of ``device`` simulates: the board's, with a shorter link timeout
+    (``dsp``: the DSP engine, a key of ``hw.sizes.DSP_ENGINES``)."""
     from hw.sizes import DEFAULT_FREQ_MHZ, core_size
     from hw.soc.top import SoC
 
-    return SoC(**core_size(device, pe).geometry(), timeout=SIM_TIMEOUT,
+    return SoC(**core_size(device, pe, dsp).geometry(), timeout=SIM_TIMEOUT,
                clk_freq=DEFAULT_FREQ_MHZ[device] * 1e6)
 
 
 def build_sim_model(device: str = "12F", *, quiet: bool = True, x_init: str = "fast",
-                    pe: str | None = None) -> Path:
+                    pe: str | None = None, dsp: str | None = None) -> Path:
     """Build (once) and return the path of the simulator executable for ``device``'s core.
 
     ``x_init="unique"`` builds a model whose uninitialised registers start random (see
@@ -47,12 +48,12 @@ def build_sim_model(device: str = "12F", *, quiet: bool = True, x_init: str = "f
     """
     if x_init not in X_INIT:
         raise ValueError(f"x_init must be one of {X_INIT!r}, not {x_init!r}")
-    verilog = to_verilog(sim_soc(device, pe), "soc")
+    verilog = to_verilog(sim_soc(device, pe, dsp), "soc")
     if x_init == "unique":
         # without Amaranth's initializers, or --x-initial unique would randomise nothing
         verilog, nreg, nmem = strip_init(verilog)
         assert nreg > 100 and nmem > 0, (nreg, nmem)
-    tag = f"sim-{device}" + (f"-{pe}" if pe else "")
+    tag = f"sim-{device}" + (f"-{pe}" if pe else "") + (f"-{dsp}" if dsp and dsp != "none" else "")
     return build_harness_model(verilog, tag, x_init=x_init, quiet=quiet)
 
 
