@@ -345,7 +345,8 @@ class SimTransport(Transport):
     GRACE = 0.005
 
     def __init__(self, device: str = "85F", *, executable=None, timeout: float = 60.0,
-                 x_init: str = "fast", seed: int = 1, pe: str | None = None):
+                 x_init: str = "fast", seed: int = 1, pe: str | None = None,
+                 dsp: str | None = None):
         import subprocess
         import sys
         import tempfile
@@ -354,13 +355,14 @@ class SimTransport(Transport):
             raise ValueError(f"x_init must be 'fast' or 'unique', not {x_init!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed < (1 << 31):
             raise ValueError(f"seed must be an int in [1, 2**31), not {seed!r}")
-        self.device, self.pe = device, pe
+        self.device, self.pe, self.dsp = device, pe, dsp
         self.timeout = timeout
         self.x_init, self.seed = x_init, seed
         if executable is None:
             res = subprocess.run([sys.executable, "-m", "hw.build", "--target", "sim",
                                   "--device", device, "--x-init", x_init,
-                                  *(["--pe", pe] if pe else [])],
+                                  *(["--pe", pe] if pe else []),
+                                  *(["--dsp", dsp] if dsp else [])],
                                  capture_output=True, text=True)
             if res.returncode != 0:
                 raise TransportError(f"could not build the simulation model for {device!r}:\n"
