@@ -1,11 +1,12 @@
-"""Host link (hw.soc.link, protocol 4): every opcode, every error path, resync and a
-random-frame fuzz, on two cores: one without layer programs (RUN_PROGRAM is an unknown
-opcode, ACT / PROG / LCNT have no address space) and one with them.
+"""Host link (hw.soc.link, protocol 5): every opcode, every error path, resync and a
+random-frame fuzz, on two cores: one without layer programs or DSP engine (RUN_PROGRAM is an
+unknown opcode, ACT / PROG / LCNT / DSPW have no address space) and one with both (IDENTIFY
+reports the DSP engine's fields, DSPW is an address space like the others).
 
 The core is a small Amaranth stub with the ports of ``hw.core.core.core_signature`` (or, with
 ``programs=True``, ``hw.core.program.program_signature``) and the attributes
 ``Link.for_core`` reads: byte memories (read latency 1) of small odd sizes, five (A, W, OUT,
-CHAN, GROUP) or all eight, a subset of the weight formats (INT8, INT4) and group sizes (32,
+CHAN, GROUP) or all nine, a subset of the weight formats (INT8, INT4) and group sizes (32,
 128) so the link's refusals can be tested, a run that stays busy for ``(k % 32) * 16 + 2``
 cycles, BAD_SHAPE for a zero or too large dimension, ``abort`` ending a run at once with
 ABORTED, and counters that show the configuration the link holds:
@@ -39,7 +40,7 @@ from hw.core.desc import GROUP_CODES, LAYER_LAYOUT
 from hw.core.program import program_signature
 from hw.simulate import run_cocotb, tb_params
 from sw import protocol as P
-from sw.numerics import OutMode, WeightFormat
+from sw.numerics import NMPattern, OutMode, WeightFormat
 from sw.protocol import Buffer, ErrorCode, Opcode
 
 TIMEOUT = 200
@@ -51,16 +52,19 @@ LAYER_CYCLES = 128
 #: host address space of each buffer (bytes); not powers of two, so the checks are exact
 BUF_BYTES = {Buffer.A: 300, Buffer.W: 200, Buffer.OUT: 400, Buffer.CHAN: 56, Buffer.GROUP: 100,
              Buffer.ACT: 333, Buffer.PROG: MAX_LAYERS * P.PROGRAM_RECORD,
-             Buffer.LCNT: MAX_LAYERS * P.LCNT_RECORD}
-#: the buffers of a core without layer programs
+             Buffer.LCNT: MAX_LAYERS * P.LCNT_RECORD, Buffer.DSPW: 13 * P.DSPW_RECORD}
+#: the buffers of a core without layer programs (and without DSP engine)
 CORE_BUFFERS = (Buffer.A, Buffer.W, Buffer.OUT, Buffer.CHAN, Buffer.GROUP)
+#: the DSP engine of the stub with programs: 8 stages, 4 chains, three patterns
+DSP_PATTERNS = (NMPattern.DENSE4, NMPattern.NM2_4, NMPattern.NM2_8)
 SIZE_NAMES = {Buffer.A: "a_bytes", Buffer.W: "w_bytes", Buffer.OUT: "out_bytes",
-              Buffer.CHAN: "chan_bytes", Buffer.GROUP: "group_bytes", Buffer.ACT: "act_bytes"}
+              Buffer.CHAN: "chan_bytes", Buffer.GROUP: "group_bytes", Buffer.ACT: "act_bytes",
+              Buffer.DSPW: "dsp_bytes"}
 FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
 GROUP_SIZES = (32, 128)
 ADDR_BITS = 9
 #: descriptor fields the stub shows in ``cnt_dq_stall`` (LSB first)
-DQ_FIELDS = ("out_mode", "fmt", "group", "chan", "mult", "shift", "zp", "relu")
+DQ_FIELDS = ("out_mode", "fmt", "group", "chan", "mult", "shift", "zp", "relu", "sparse")
 #: low bits of ``cfg.k`` that follow them in ``cnt_dq_stall``
 K_BITS = 48 - sum(LAYER_LAYOUT[f].width for f in DQ_FIELDS)
 #: descriptor fields the stub shows in ``cnt_cycles`` (LSB first)
@@ -96,6 +100,8 @@ class StubCore(wiring.Component):
         if programs:
             self.max_layers = MAX_LAYERS
             self.layer_kinds = (P.LayerKind.GEMM, P.LayerKind.MAXPOOL)
+            self.dsp_stages, self.dsp_chains, self.dsp_packed = 8, 4, False
+            self.dsp_patterns = DSP_PATTERNS
             sig = program_signature(addr_bits=self.addr_bits)
         else:
             sig = core_signature(addr_bits=self.addr_bits)
@@ -204,11 +210,13 @@ class LinkTop(wiring.Component):
 
 def expected_info(programs: bool = False):
     # written out, not derived from the stub: formats INT8, INT4 -> bits 0, 1; group sizes
-    # 32, 128 -> bits 0, 2; layer kinds GEMM, MAXPOOL -> bits 0, 1
+    # 32, 128 -> bits 0, 2; layer kinds GEMM, MAXPOOL -> bits 0, 1; DSP patterns DENSE4,
+    # NM2_4, NM2_8 -> bits 0, 3, 5
     return P.DeviceInfo(P.PROTOCOL_VERSION, 0x1234ABCD, 4, 4, 300, 200, 400, 25, 64, 0b11,
                         P.MAX_DATA, CLOCK_HZ, TIMEOUT, StubCore.WATCHDOG, StubCore.MIN_PERIOD,
                         P.PeKind.MIXPE, 0b011, 0b101, 56, 100,
-                        *((333, 5, 0b11) if programs else (0, 0, 0)))
+                        *((333, 5, 0b11, 8, 4, 0, 0b101001, 208) if programs
+                          else (0, 0, 0, 0, 0, 0, 0, 0)))
 
 
 def seen(d: P.LayerDescriptor) -> dict:
@@ -216,7 +224,7 @@ def seen(d: P.LayerDescriptor) -> dict:
     return dict(m=d.m, n=d.n, k=d.k & ((1 << K_BITS) - 1), out_mode=int(d.out_mode),
                 fmt=int(d.fmt), group=GROUP_CODE[d.group], chan=d.chan, mult=d.mult,
                 shift=d.shift, zp=d.zp, relu=d.relu, w_base=d.w_base, chan_base=d.chan_base,
-                group_base=d.group_base)
+                group_base=d.group_base, sparse=d.sparse)
 
 
 def runs(c: P.Counters) -> int:
@@ -263,7 +271,8 @@ def test_stub_observes_every_field():
         if name != "bus_addr":
             assert member == prog[name], name
     d = P.LayerDescriptor(0xFFFF, 0xFFFF, 0x1234, OutMode.INT8, 0xBEEF, 63, -128, 1,
-                          WeightFormat.INT4, 128, 1, 0x8001, 0x0203, 0xFEDC)
+                          WeightFormat.INT4, 128, 1, 0x8001, 0x0203, 0xFEDC,
+                          sparse=1 + NMPattern.NM2_8)
     f = seen(d)
     c = P.Counters(0x8001 | 0x0203 << 16 | 0xFEDC << 32, 0, 7 | f["m"] << 16 | f["n"] << 32, 0, 0)
     v, off = 0, 0
@@ -301,7 +310,7 @@ def test_link_params():
     # the table buffers are checked against the address space too
     small = dataclasses.replace(info, a_bytes=256, w_bytes=200, out_bytes=256)
     Link(info=small, addr_bits=8, core_signature=sig)._MustUse__silence = True
-    for name in ("chan_bytes", "group_bytes", "act_bytes"):
+    for name in ("chan_bytes", "group_bytes", "act_bytes", "dsp_bytes"):
         with pytest.raises(ValueError, match=name):
             Link(info=dataclasses.replace(small, **{name: 257}), addr_bits=8,
                  core_signature=sig)
@@ -477,15 +486,18 @@ def present() -> list:
 async def identify_status_counters(dut):
     h = await _start(dut)
     raw = await h.ok(P.identify(), Opcode.IDENTIFY)
-    assert len(raw) == 62, len(raw)
+    assert len(raw) == 70, len(raw)
     info = P.DeviceInfo.unpack(raw)
     assert info == expected_info(programs()), info
     assert [f for f in WeightFormat if info.supports_format(f)] == list(FORMATS), info
     assert [g for g in (0, 32, 64, 128) if info.supports_group(g)] == [0, 32, 128], info
     assert [info.buffer_size(b) for b in Buffer] == [sizes()[b] for b in Buffer], info
     # the layer-program fields at the end: ACT size u32, program length u16, kinds u8
-    assert raw[55:] == ((333).to_bytes(4, "little") + bytes([5, 0, 0b11]) if programs()
-                        else bytes(7)), raw[55:].hex()
+    assert raw[55:62] == ((333).to_bytes(4, "little") + bytes([5, 0, 0b11]) if programs()
+                          else bytes(7)), raw[55:62].hex()
+    # the DSP engine's fields (protocol 5): stages, chains, packed, patterns u8, DSPW size u32
+    assert raw[62:] == (bytes([8, 4, 0, 0b101001]) + (208).to_bytes(4, "little")
+                        if programs() else bytes(8)), raw[62:].hex()
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert st == P.Status(False, False, ErrorCode.OK, 0, 0, 0), st
     # UART error pulses are counted (16-bit counters)
@@ -581,7 +593,7 @@ async def write_read(dut):
             await h.err(P.read(b, addr, 1), ErrorCode.BAD_ADDRESS, Opcode.READ)
     # bad buffer index (also ones whose low bits name a real buffer), bad READ counts,
     # WRITE without data, READ of the wrong length
-    for idx in (8, 11, 12, 13, 15, 0x80, 0x84, 0x85, 0x87, 0xFF):
+    for idx in (9, 11, 12, 13, 15, 0x80, 0x84, 0x85, 0x87, 0x88, 0xFF):
         await h.err(P.pack_frame(Opcode.WRITE, bytes([idx]) + b"\0\0\0\0\x11"),
                     ErrorCode.BAD_ADDRESS, Opcode.WRITE)
         await h.err(P.pack_frame(Opcode.READ, bytes([idx]) + b"\0\0\0\0\x01\x00"),
@@ -622,9 +634,9 @@ async def layer_run(dut):
         await h.err(P.load_layer(dataclasses.replace(base, **kw)), ErrorCode.BAD_PARAM,
                     Opcode.LOAD_LAYER)
     good = P.load_layer(base)[5:-2]
-    assert len(good) == 21
-    for body in (good[:15], good[:12], good[:20], good + b"\x00", bytes(11), bytes(22),
-                 good[:1]):                              # good[:15]: a protocol-3 descriptor
+    assert len(good) == 22
+    for body in (good[:15], good[:21], good[:12], good[:20], good + b"\x00", bytes(11),
+                 bytes(23), good[:1]):      # good[:15], good[:21]: protocol-3, -4 descriptors
         await h.err(P.pack_frame(Opcode.LOAD_LAYER, body), ErrorCode.BAD_LENGTH)
     await h.err(P.run(), ErrorCode.NOT_LOADED)          # a rejected descriptor loads nothing
     assert await held_cfg(h) == seen(P.LayerDescriptor(0, 0, 0)), await held_cfg(h)
@@ -647,6 +659,29 @@ async def layer_run(dut):
         for kw in refused[::3]:                          # a refused one keeps the last good
             await h.err(P.load_layer(dataclasses.replace(d, **kw)), ErrorCode.BAD_PARAM)
         assert await held_cfg(h) == seen(d), (d, await held_cfg(h))
+    # DSP layers (protocol 5): the core sees the engine byte for a pattern its DSP engine
+    # runs, with any format that engine multiplies (TERNARY is not one of the array's);
+    # refused without a DSP engine, for another pattern or an unknown one, with groups, with
+    # POW2 weights
+    dsp = P.LayerDescriptor(3, 16, 4, OutMode.INT8, 7, 3, 2, 0, WeightFormat.INT4, 0, 1,
+                            sparse=1 + NMPattern.NM2_4)
+    dsp_ok = [dsp,
+              dataclasses.replace(dsp, fmt=WeightFormat.TERNARY, sparse=1 + NMPattern.NM2_8),
+              dataclasses.replace(dsp, fmt=WeightFormat.INT8, chan=0,
+                                  sparse=1 + NMPattern.DENSE4)]
+    dsp_bad = [dict(sparse=1 + NMPattern.NM1_4), dict(sparse=1 + NMPattern.DENSE8),
+               dict(sparse=7), dict(sparse=9), dict(sparse=0x84), dict(sparse=255),
+               dict(group=32), dict(group=128), dict(fmt=WeightFormat.POW2), dict(fmt=5)]
+    for d in dsp_ok:
+        if programs():
+            await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
+            assert await held_cfg(h) == seen(d), (d, await held_cfg(h))
+            for kw in dsp_bad:
+                await h.err(P.load_layer(dataclasses.replace(d, **kw)), ErrorCode.BAD_PARAM,
+                            Opcode.LOAD_LAYER)
+            assert await held_cfg(h) == seen(d), (d, await held_cfg(h))
+        else:
+            await h.err(P.load_layer(d), ErrorCode.BAD_PARAM, Opcode.LOAD_LAYER)
     d = accepted[0]
     await h.ok(P.load_layer(d), Opcode.LOAD_LAYER)
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
@@ -954,7 +989,8 @@ async def fuzz(dut):
             relu=rng.randrange(3), fmt=rng.choice([0, 0, 1, 1, 2, 3, 4, 9]),
             group=rng.choice([0, 0, 32, 32, 64, 128, 128, 48]), chan=rng.randrange(3),
             w_base=rng.randrange(1 << 16), chan_base=rng.randrange(1 << 16),
-            group_base=rng.randrange(1 << 16))),
+            group_base=rng.randrange(1 << 16),
+            sparse=rng.choice([0, 0, 0, 1, 4, 5, 6, 7, 200]))),
         lambda: P.run(wait=rng.random() < 0.5),
         lambda: P.run_program(rng.randrange(MAX_LAYERS + 2), wait=rng.random() < 0.5),
         lambda: P.pack_frame(Opcode.RUN_PROGRAM, bytes(rng.randrange(256)
@@ -962,7 +998,7 @@ async def fuzz(dut):
         lambda: P.pack_frame(rng.randrange(256), bytes(rng.randrange(256)
                                                        for _ in range(rng.randrange(24)))),
         lambda: P.pack_frame(Opcode.LOAD_LAYER, bytes(rng.randrange(256)
-                                                      for _ in range(rng.choice([20, 21, 22])))),
+                                                      for _ in range(rng.choice([21, 22, 23])))),
     ]
     sent = 0
     for _ in range(nframes):

@@ -140,6 +140,18 @@ def open_accelerator(args):
     return Accelerator(open_transport(args), expect=expect or None, timeout=args.timeout)
 
 
+def _dsp_summary(info: P.DeviceInfo) -> str:
+    """One line on the sparse DSP engine of IDENTIFY (protocol 5)."""
+    from .numerics import NMPattern
+    if not info.dsp_stages:
+        return "none"
+    pats = ", ".join(f"{p.name} ({p.n}:{p.m})" for p in NMPattern if info.supports_pattern(p))
+    return (f"{info.dsp_chains} chains x {info.dsp_stages} stages"
+            f"{' (packed: 4-bit weights, 2 columns per chain)' if info.dsp_packed else ''}, "
+            f"patterns {pats or 'none'}, DSPW {info.dsp_bytes} bytes "
+            f"({info.dsp_depth} records per chain)")
+
+
 def format_info(info: P.DeviceInfo) -> str:
     from .driver import _format_names, _group_names
     modes = ", ".join(m.name for m in OutMode if info.supports(m)) or "none"
@@ -155,6 +167,7 @@ def format_info(info: P.DeviceInfo) -> str:
         f"OUT buffer        {info.out_bytes} bytes ({info.out_words} words per row bank)",
         f"CHAN table        {info.chan_bytes} bytes ({info.chan_bytes // 8} channels)",
         f"GROUP table       {info.group_bytes} bytes ({info.group_bytes // 4} entries)",
+        f"DSP engine        {_dsp_summary(info)}",
         f"max K             {info.max_k}",
         f"output modes      {modes}",
         f"max data/frame    {info.max_data} bytes",

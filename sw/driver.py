@@ -1,11 +1,12 @@
 """Host driver for the mpGEMM accelerator (board over UART, or the Verilator model).
 
-:class:`Accelerator` speaks :mod:`sw.protocol` (version 4: core v2 "MixCore" with layer
-programs) over any :class:`sw.transport.Transport`: it identifies the device (and refuses one
-that does not match), validates operands against what the device reports before anything is
-sent, tiles GEMMs of any M and N onto the on-chip buffers, and returns results that are
-bit-identical to :func:`sw.numerics.mixgemm` (and, for INT8 weights,
-:func:`sw.numerics.mpgemm`). NumPy only; never imports Amaranth.
+:class:`Accelerator` speaks :mod:`sw.protocol` (version 5: core v2 "MixCore" with layer
+programs and the optional sparse DSP engine) over any :class:`sw.transport.Transport`: it
+identifies the device (and refuses one that does not match), validates operands against what
+the device reports before anything is sent, tiles GEMMs of any M and N onto the on-chip
+buffers, and returns results that are bit-identical to :func:`sw.numerics.mixgemm` (and, for
+INT8 weights, :func:`sw.numerics.mpgemm`; for N:M sparse weights on the DSP engine,
+:func:`sw.numerics.sparse_gemm` and the same epilogue). NumPy only; never imports Amaranth.
 
 Example::
 
@@ -16,6 +17,7 @@ Example::
         y = acc.gemm(a, w)                        # int32, == sw.numerics.mpgemm(a, w)
         y4 = acc.mixgemm(a, q, fmt=WeightFormat.INT4, group=gq, requant=crq)   # int8
         y_float = acc.linear(x_float, layer)      # a sw.quant.QuantLinear, == layer.forward(x)
+        ys = acc.sparse_gemm(a, sp, requant=crq)  # N:M weights on the DSP engine (int8)
         print(acc.last.efficiency, acc.last.utilization(acc.info.rows, acc.info.cols))
 """
 
@@ -30,9 +32,10 @@ import numpy as np
 
 from . import layout, quant
 from . import protocol as P
-from .numerics import (GROUP_SIZES, WEIGHT_LANES, ChannelRequant, GroupQuant, OutMode, Requant,
-                       WeightFormat, check_int, encode_weights, int_range, pack_weights,
-                       requantize, requantize_channels, weight_range)
+from .numerics import (GROUP_SIZES, WEIGHT_LANES, ChannelRequant, GroupQuant, NMPattern,
+                       NMSparse, OutMode, Requant, WeightFormat, check_int, encode_weights,
+                       int_range, nm_pattern, pack_weights, requantize, requantize_channels,
+                       weight_range)
 from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescriptor, Opcode
 from .transport import ReplyDamaged, Transport, TransportError, TransportTimeout
 
@@ -125,7 +128,9 @@ class GemmPlan:
     outer (False) each W block (with its CHAN / GROUP tables) is sent once and A blocks are
     re-sent per N block; with M blocks outer (True) the other way round. ``fmt`` is the
     weight format, ``group`` the group size along K (0: none), ``chan`` whether the
-    per-channel table (CHAN) is used.
+    per-channel table (CHAN) is used. ``sparse`` is the descriptors' engine byte: 0 for the
+    systolic array, ``1 + NMPattern`` for the sparse DSP engine (:meth:`Accelerator.plan_sparse`:
+    then ``kc == k`` and the blocks are sized by the DSP layouts of A and DSPW).
     """
 
     m: int
@@ -140,6 +145,7 @@ class GemmPlan:
     fmt: WeightFormat = WeightFormat.INT8
     group: int = 0
     chan: bool = False
+    sparse: int = 0
 
     @property
     def k_chunks(self) -> int:
@@ -293,6 +299,16 @@ class Accelerator:
             problems.append(f"out_modes=0x{info.out_modes:02x} (neither RAW32 nor INT8)")
         if not info.formats & sum(1 << int(f) for f in WeightFormat):
             problems.append(f"formats=0x{info.formats:02x} (no weight format this host knows)")
+        if info.dsp_stages:
+            want = info.cols // 2 if info.dsp_packed else info.cols
+            if info.dsp_stages not in (4, 8):
+                problems.append(f"dsp_stages={info.dsp_stages} (a DSP chain has 4 or 8 stages)")
+            if info.dsp_chains != want:
+                kind = "a packed" if info.dsp_packed else "an unpacked"
+                problems.append(f"dsp_chains={info.dsp_chains} ({kind} DSP engine next to "
+                                f"{info.cols} columns has {want})")
+            if info.dsp_depth < 1:
+                problems.append(f"dsp_bytes={info.dsp_bytes} (less than one DSPW record per chain)")
         if problems:
             raise DeviceMismatch(f"device reports an unusable configuration: "
                                  f"{', '.join(problems)}")
@@ -560,8 +576,21 @@ class Accelerator:
         steps, and every tile end) are at least ``tile_period`` cycles apart, so a tile takes
         ``max(ceil(K / lanes), tile_period)`` cycles without groups and
         ``groups * max(ceil(G / lanes), tile_period)`` with; plus the shape check, the last
-        tile's drain through the array and the edge units, and slack."""
+        tile's drain through the array and the edge units, and slack.
+
+        A DSP layer (``sparse`` != 0) is bounded generously: each output row of each column
+        tile takes its ``S`` steps plus ``cols`` cycles for the edge units, plus the chain's
+        latency and slack (the engine's exact timing is the gateware's)."""
         info = self.info
+        if d.sparse:
+            try:
+                steps = layout.dsp_steps(max(1, d.k), stages=info.dsp_stages or 8,
+                                         pattern=d.pattern)
+            except ValueError:
+                steps = max(1, d.k)                # unknown to this host: the slowest case
+            tiles = -(-d.n // info.cols)
+            return (tiles * d.m * (steps + info.cols) + 4 * (info.dsp_stages or 8)
+                    + 2 * info.tile_period + 4 * (info.rows + info.cols) + 256)
         try:
             lanes = WEIGHT_LANES[WeightFormat(d.fmt)]
         except ValueError:
@@ -600,7 +629,7 @@ class Accelerator:
         layer it was is in :meth:`layer_counters` (the first record that is not OK)."""
         info = self.info
         if not info.max_layers:
-            raise DeviceMismatch("the device has no layer programs (protocol 4 bitstream "
+            raise DeviceMismatch("the device has no layer programs (its bitstream was built "
                                  "without them): rebuild it")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= info.max_layers:
             raise ValueError(f"count must be in [1, {info.max_layers}] (the device's program "
@@ -910,7 +939,11 @@ class Accelerator:
         ``x_zero`` (:func:`sw.quant.quantize_act`), run, and the output dequantized with
         ``y_scale`` / ``y_zero`` (:func:`sw.quant.dequantize`): exactly ``layer.forward(x)``.
         Weights, group tables and the per-channel requantization come from the layer
-        (:meth:`mixgemm`).
+        (:meth:`mixgemm`). A sparse layer (``layer.sparse`` set: ``sw.quant.quantize_linear``
+        with ``sparse=(n, m)``) runs on the sparse DSP engine (:meth:`sparse_gemm`), bit-exact
+        with ``layer.golden(x)`` as well; a device without that engine, or without the
+        layer's N:M pattern, or a packed engine with INT8 weights, is refused with
+        ``ValueError`` before anything is sent.
 
         With an integer matrix ``layer`` (K, N) of INT8 weights: ``x @ layer`` as
         :meth:`gemm` (``requant`` optional). A 1-D ``x`` gives a 1-D result.
@@ -927,13 +960,10 @@ class Accelerator:
                 raise ValueError(f"x must be (M, {K}) or ({K},) for this layer ({K} inputs, "
                                  f"{layer.out_features} outputs), got shape {np.shape(x)}")
             if xa.dtype.kind in "iu":
-                y = self.mixgemm(xa, layer.q, fmt=layer.fmt, group=layer.group,
-                                 requant=layer.requant)
+                y = self._layer_gemm(xa, layer)
             elif xa.dtype.kind == "f":
                 xq = quant.quantize_act(xa, layer.x_scale, layer.x_zero)   # checks finite
-                y = quant.dequantize(self.mixgemm(xq, layer.q, fmt=layer.fmt,
-                                                  group=layer.group, requant=layer.requant),
-                                     layer.y_scale, layer.y_zero)
+                y = quant.dequantize(self._layer_gemm(xq, layer), layer.y_scale, layer.y_zero)
             else:
                 raise TypeError(f"x must be an integer (int8 values) or float array, not of "
                                 f"dtype {xa.dtype}")
@@ -942,6 +972,203 @@ class Accelerator:
         if xa.ndim == 1:
             return self.gemm(xa[None, :], layer, requant)[0]
         return self.gemm(xa, layer, requant)
+
+    def _layer_gemm(self, xq, layer) -> np.ndarray:
+        """int8 input through a ``QuantLinear``: the array, or the DSP engine (sparse)."""
+        sp = getattr(layer, "sparse", None)
+        if sp is None:
+            return self.mixgemm(xq, layer.q, fmt=layer.fmt, group=layer.group,
+                                requant=layer.requant)
+        if layer.group is not None:
+            raise ValueError("this sparse layer has per-group tables, but the DSP engine "
+                             "requantizes per output channel only (group must be None)")
+        return self.sparse_gemm(xq, sp, requant=layer.requant)
+
+    # -- the sparse DSP engine -------------------------------------------------------------
+
+    def _check_dsp(self, n: int, m: int, fmt: WeightFormat) -> NMPattern:
+        """Refuse ``n:m`` weights of ``fmt`` the device's DSP engine cannot run; returns
+        their pattern."""
+        info = self.info
+        if not info.dsp_stages:
+            raise ValueError("the device has no sparse DSP engine (IDENTIFY dsp_stages = 0): "
+                             "run the layer dense on the array, or use a bitstream built "
+                             "with the DSP engine")
+        try:
+            pattern = nm_pattern(n, m)
+        except ValueError as e:
+            raise ValueError(f"{n}:{m} weights cannot run on the DSP engine: {e}") from None
+        if not info.supports_pattern(pattern):
+            have = [f"{p.name} ({p.n}:{p.m})" for p in NMPattern if info.supports_pattern(p)]
+            raise ValueError(f"the device's DSP engine (L = {info.dsp_stages} stages) does not "
+                             f"run pattern {pattern.name} ({n}:{m}); it runs "
+                             f"{', '.join(have) or 'none'}")
+        if fmt == WeightFormat.POW2:
+            raise ValueError("POW2 weights cannot be N:M sparse (the format has no zero)")
+        if info.dsp_packed and fmt == WeightFormat.INT8:
+            raise ValueError("the device's DSP engine is packed (two 4-bit weights per "
+                             "multiplier) and does not take INT8 weights; quantize the layer "
+                             "to INT4, INT2 or TERNARY")
+        if info.dsp_packed and info.cols % 2:
+            raise DeviceMismatch(f"a packed DSP engine next to an odd number of columns "
+                                 f"({info.cols}): IDENTIFY is inconsistent")
+        wp = layout.dsp_window(stages=info.dsp_stages, pattern=pattern)
+        if wp > 4 * info.rows:
+            raise ValueError(f"pattern {pattern.name} on the device's {info.dsp_stages}-stage "
+                             f"DSP chains reads {wp} activations per step, more than its "
+                             f"{info.rows} A row banks hold ({4 * info.rows})")
+        return pattern
+
+    def plan_sparse(self, m: int, k: int, n: int, requant=None, *, pattern,
+                    fmt=WeightFormat.INT8) -> GemmPlan:
+        """The tiling of an ``m x k x n`` GEMM on the sparse DSP engine with N:M ``pattern``
+        (an ``NMPattern``) and weights of ``fmt``; ``requant`` as in :meth:`plan`.
+
+        K is never split and at most IDENTIFY's ``max_k``. An M block of ``mb`` rows needs
+        ``mb * S`` words of each A row bank (``S = ceil(k / Wp)``,
+        :func:`sw.layout.dsp_steps`), an N block of ``nb`` columns ``ceil(nb / cols) * S``
+        DSPW records per chain and ``ceil(mb / rows) * nb`` OUT elements per bank (the
+        array's OUT layout), plus ``nb`` CHAN entries with a ``ChannelRequant``. On a packed
+        engine N blocks start at even columns. Raises ``ValueError`` for what the device
+        cannot do (no DSP engine, pattern, format, K too large for ``max_k``, A or DSPW,
+        output mode or table it lacks).
+        """
+        info = self.info
+        for name, v in (("M", m), ("K", k), ("N", n)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        m, k, n = int(m), int(k), int(n)
+        fmt = self._check_fmt(fmt)
+        if not isinstance(pattern, NMPattern):
+            raise TypeError(f"pattern must be a sw.numerics.NMPattern, not {pattern!r}")
+        self._check_requant_type(requant)
+        pattern = self._check_dsp(pattern.n, pattern.m, fmt)
+        if k % pattern.m:
+            raise ValueError(f"K={k} is not a multiple of the pattern's block size "
+                             f"m={pattern.m}")
+        if k > min(info.max_k, _U16):
+            raise ValueError(f"K={k} is more than the device takes in one run (max_k "
+                             f"{info.max_k}, which bounds DSP layers too); the DSP engine does "
+                             f"not split K")
+        R, C = info.rows, info.cols
+        L, packed = info.dsp_stages, bool(info.dsp_packed)
+        wp = layout.dsp_window(stages=L, pattern=pattern)
+        S = layout.dsp_steps(k, stages=L, pattern=pattern)
+        a_depth = info.a_bytes // (4 * R)
+        depth = info.dsp_depth
+        if S > min(a_depth, depth):
+            raise ValueError(
+                f"K={k} takes S = ceil(K / {wp}) = {S} steps of pattern {pattern.name} per "
+                f"output row, more than the device holds in one run (A row banks of "
+                f"{a_depth} words, {depth} DSPW records per chain: K <= "
+                f"{min(a_depth, depth) * wp}); the DSP engine does not split K")
+        raw_ok, int8_ok = info.supports(OutMode.RAW32), info.supports(OutMode.INT8)
+        chan_cap = info.chan_bytes // layout.CHAN_ENTRY_BYTES
+        is_chan = isinstance(requant, ChannelRequant)
+        if requant is None:
+            if not raw_ok:
+                raise ValueError("this GEMM needs RAW32 output (requant=None) but the device "
+                                 "supports only INT8 output; pass a requant")
+            mode = OutMode.RAW32
+        elif int8_ok and (chan_cap >= 1 or not is_chan):
+            mode = OutMode.INT8
+        elif not int8_ok:
+            raise ValueError(f"requantized (INT8) output needs the device's INT8 output mode, "
+                             f"which it lacks (out_modes=0x{info.out_modes:02x}: RAW32 only); "
+                             f"pass requant=None for the raw int32 sums")
+        else:
+            raise ValueError(f"per-channel requantization (ChannelRequant) needs the device's "
+                             f"CHAN table, which it lacks (chan_bytes={info.chan_bytes}); pass "
+                             f"a scalar sw.numerics.Requant")
+        chan = is_chan
+        esize = 4 if mode == OutMode.RAW32 else 1
+        words = min(info.out_words, info.out_bytes // (4 * R))
+        per_bank = words * (4 // esize)
+        if per_bank < 1:
+            raise DeviceMismatch(f"OUT buffer too small for one {mode.name} result")
+        ncap = min(per_bank, _U16)
+        if chan:
+            ncap = min(ncap, chan_cap)
+        if packed and ncap < n:
+            ncap -= ncap % 2                  # blocks start at even columns (column pairs)
+            if ncap < 1:
+                raise DeviceMismatch("a packed DSP engine needs N blocks of two columns, but "
+                                     "the device's OUT buffer or CHAN table holds one")
+        mt_max = a_depth // S                 # rows of A per M block
+        nt_max = depth // S                   # column tiles per N block
+        ch = info.dsp_chain_stride
+        # bytes per pass over each operand: DSPW records and CHAN entries / the A image
+        w_cost = -(-n // C) * S * ch * P.DSPW_RECORD + (8 * n if chan else 0)
+        a_cost = m * S * R * 4
+        best = None
+        for nt in range(1, min(nt_max, -(-n // C)) + 1):
+            nb = min(n, nt * C, ncap)
+            mb = min(m, mt_max, (per_bank // nb) * R, _U16)
+            nN, nM = -(-n // nb), -(-m // mb)
+            fixed = m * n * esize + 200 * nN * nM
+            for m_outer, ops in ((False, w_cost + a_cost * (nN if nM > 1 else 1)),
+                                 (True, a_cost + w_cost * (nM if nN > 1 else 1))):
+                if best is None or fixed + ops < best[0]:
+                    best = (fixed + ops, mb, nb, m_outer)
+            if nb < nt * C:
+                break
+        assert best is not None
+        return GemmPlan(m, k, n, best[1], k, best[2], mode, False, best[3], fmt, 0, chan,
+                        1 + int(pattern))
+
+    def sparse_gemm(self, a, sparse, *, requant: ChannelRequant | Requant | None = None
+                    ) -> np.ndarray:
+        """``sw.numerics.sparse_gemm(a, sparse)`` followed by ``requant`` on the device's
+        sparse DSP engine, bit-exactly.
+
+        Parameters
+        ----------
+        a : array_like, shape (M, K), integer dtype, values in [-128, 127]
+        sparse : sw.numerics.NMSparse
+            N:M compressed weights, ``K x N`` (e.g. ``sw.quant.quantize_linear(...,
+            sparse=(n, m)).sparse``); its pattern must be one the device's DSP engine runs
+            (IDENTIFY ``dsp_patterns``), and 4-bit (INT4, INT2, TERNARY) on a packed engine,
+            whose column pairs ``2c, 2c + 1`` must keep the same rows.
+        requant : sw.numerics.ChannelRequant or sw.numerics.Requant, optional
+            ``ChannelRequant`` -> CHAN table, ``Requant`` -> the descriptor; None -> raw
+            int32 sums (RAW32 output).
+
+        Returns
+        -------
+        numpy.ndarray, shape (M, N): int8 with ``requant``, else int32.
+
+        Notes
+        -----
+        M and N are tiled as :meth:`plan_sparse` says; each block writes A in the DSP layout
+        (:func:`sw.layout.dsp_act_image`), its columns' DSPW records
+        (:func:`sw.layout.dsp_weight_image`, ``w_base`` 0) and CHAN slice, and runs a
+        descriptor with ``sparse = 1 + pattern``; the result is read from OUT as for the
+        array. Refused before anything is sent (``ValueError`` / ``TypeError``): no DSP
+        engine, a pattern it does not run, INT8 weights on a packed engine, K beyond one
+        run, an output mode or table the device lacks, operands out of range or of the
+        wrong shape.
+        """
+        return self._measured(self._sparse_gemm, a, sparse, requant)
+
+    def _sparse_gemm(self, a, sp, requant):
+        if not isinstance(sp, NMSparse):
+            raise TypeError(f"sparse must be a sw.numerics.NMSparse, not {type(sp).__name__}")
+        self._check_requant_type(requant)
+        a = self._check_act(a)
+        M, K = a.shape
+        if K != sp.k:
+            raise ValueError(f"inner dimensions differ: a is {a.shape} (M, K) but the sparse "
+                             f"weights have K = {sp.k} rows (N = {sp.ncols}); need "
+                             f"a.shape[1] == {sp.k}")
+        N = sp.ncols
+        if isinstance(requant, ChannelRequant) and requant.channels != N:
+            raise ValueError(f"requant has {requant.channels} channels, the layer N={N} "
+                             f"output columns")
+        pattern = self._check_dsp(sp.n, sp.m, sp.fmt)
+        pl = self.plan_sparse(M, K, N, requant, pattern=pattern, fmt=sp.fmt)
+        # RAW32 needs no range check: |a| <= 128, |w| <= 128 and K < 2**16 kept weights at
+        # most, so every sum fits int32
+        return self._execute_sparse(a, sp, requant, pl, pattern)
 
     # -- operand checks --------------------------------------------------------------------
 
@@ -1089,6 +1316,52 @@ class Accelerator:
             raise ValueError("accumulators exceed int32 (K too large for raw output); "
                              "pass a Requant to get INT8 results")
         return acc.astype(np.int32)
+
+    def _execute_sparse(self, a, sp: NMSparse, requant, pl: GemmPlan,
+                        pattern: NMPattern) -> np.ndarray:
+        """Run a planned GEMM on the DSP engine, block by block (as :meth:`_execute`)."""
+        info = self.info
+        M, K = a.shape
+        N = sp.ncols
+        R, C, L = info.rows, info.cols, info.dsp_stages
+        packed = bool(info.dsp_packed)
+        raw = pl.mode == OutMode.RAW32
+        dev_rq = None if raw else requant
+        out = np.zeros((M, N), dtype=np.int32 if raw else np.int8)
+        m_blocks = [(m0, min(M, m0 + pl.mb)) for m0 in range(0, M, pl.mb)]
+        n_blocks = [(n0, min(N, n0 + pl.nb)) for n0 in range(0, N, pl.nb)]
+        if pl.m_outer:
+            order = [(mm, nn) for mm in m_blocks for nn in n_blocks]
+        else:
+            order = [(mm, nn) for nn in n_blocks for mm in m_blocks]
+        w_side: dict = {}
+        a_side: dict = {}
+        for (m0, m1), (n0, n1) in order:
+            if (n0, n1) not in w_side:
+                w_side.clear()
+                part = NMSparse(sp.n, sp.m, sp.values[:, n0:n1], sp.idx[:, n0:n1], sp.fmt)
+                imgs = [(Buffer.DSPW, layout.dsp_weight_image(part, cols=C, stages=L,
+                                                              packed=packed, pattern=pattern))]
+                if pl.chan:
+                    imgs.append((Buffer.CHAN, layout.chan_table_image(ChannelRequant(
+                        requant.multiplier[n0:n1], requant.shift[n0:n1],
+                        requant.bias[n0:n1], requant.zero_point, requant.relu))))
+                w_side[(n0, n1)] = imgs
+            if (m0, m1) not in a_side:
+                a_side.clear()
+                a_side[(m0, m1)] = layout.dsp_act_image(a[m0:m1], rows=R, stages=L,
+                                                        pattern=pattern)
+            for buffer, image in w_side[(n0, n1)]:
+                self._put(buffer, image)
+            self._put(Buffer.A, a_side[(m0, m1)])
+            mb, nb = m1 - m0, n1 - n0
+            desc = LayerDescriptor.from_requant(mb, K, nb, pl.mode, dev_rq, fmt=sp.fmt,
+                                                sparse=pattern)
+            self.load_layer(desc)
+            self.run()
+            data = self.read_buffer(Buffer.OUT, 0, layout.result_size(mb, nb, R, pl.mode))
+            out[m0:m1, n0:n1] = layout.decode_result(data, mb, nb, R, pl.mode)
+        return out
 
     def _put(self, buffer: Buffer, image: bytes) -> None:
         """Write an operand image unless the buffer already holds exactly these bytes."""

@@ -161,3 +161,268 @@ def group_table_image(gq) -> bytes:
     out[:, 1] = sc >> 8
     out[:, 2] = zp & 0xFF
     return out.tobytes()
+
+
+# -- the sparse DSP engine (protocol 5): A in the DSP layout, the DSPW records ---------------
+
+__all__ += ["dsp_window", "dsp_steps", "dsp_act_words", "dsp_act_image", "dsp_chains",
+            "dsp_chain_stride", "dsp_records", "dsp_weight_image", "DSP_MAX_BLOCK",
+            "DSP_INDEX_BITS", "DSP_RECORD_BYTES"]
+
+#: largest block size M the DSP engine takes (its stage indices have 3 bits)
+DSP_MAX_BLOCK = 8
+#: bits of one stage's index in a DSPW record
+DSP_INDEX_BITS = 3
+#: bytes of one DSPW record (``sw.protocol.DSPW_RECORD``): stage values in bytes 0..L-1, the
+#: stage indices in bytes 8..10
+DSP_RECORD_BYTES = 16
+#: first byte of the 24-bit little-endian index field of a record
+_DSP_INDEX_BYTE = 8
+#: the DSP engine's chain lengths
+_DSP_STAGES = (4, 8)
+
+
+def _check_pos(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, not {v!r}")
+    return int(v)
+
+
+def _check_nonneg(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
+    return int(v)
+
+
+def _dsp_pattern(stages, pattern) -> tuple[int, int, int]:
+    """Validated ``(L, n, m)`` of a DSP layer with ``stages`` stages and N:M ``pattern``."""
+    from .numerics import NMPattern
+    if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) \
+            or int(stages) not in _DSP_STAGES:
+        raise ValueError(f"stages (the DSP chain length L) must be one of {_DSP_STAGES}, "
+                         f"not {stages!r}")
+    if isinstance(pattern, bool) or not isinstance(pattern, (int, np.integer)) \
+            or int(pattern) not in NMPattern._value2member_map_:
+        raise ValueError(f"pattern must be a sw.numerics.NMPattern (one of "
+                         f"{[p.name for p in NMPattern]}), not {pattern!r}")
+    p = NMPattern(int(pattern))
+    L = int(stages)
+    if L % p.n:
+        raise ValueError(f"pattern {p.name} ({p.n}:{p.m}) does not run on a DSP chain of "
+                         f"L = {L} stages: n = {p.n} must divide L")
+    return L, p.n, p.m
+
+
+def dsp_window(*, stages: int, pattern) -> int:
+    """Activations one step of a DSP layer covers along K: ``Wp = L // n * m``.
+
+    Parameters
+    ----------
+    stages : int
+        ``L``, the DSP chain length (``DeviceInfo.dsp_stages``: 4 or 8).
+    pattern : sw.numerics.NMPattern
+        The layer's N:M pattern; ``n`` must divide ``L``.
+
+    Returns
+    -------
+    int
+        ``Wp`` (a multiple of 4: ``Wp // 4`` row banks of A are used).
+    """
+    L, n, m = _dsp_pattern(stages, pattern)
+    return L // n * m
+
+
+def dsp_steps(k: int, *, stages: int, pattern) -> int:
+    """Steps per output row of a DSP layer: ``S = ceil(K / Wp)`` (:func:`dsp_window`)."""
+    k = _check_pos("k", k)
+    return _tiles(k, dsp_window(stages=stages, pattern=pattern))
+
+
+def dsp_act_words(m: int, k: int, *, stages: int, pattern) -> int:
+    """32-bit words of each A row bank an ``m x k`` DSP layer uses: ``M * S``; the core
+    answers BAD_SHAPE when this exceeds the bank depth (``a_bytes / (4 * rows)``)."""
+    m = _check_pos("m", m)
+    return m * dsp_steps(k, stages=stages, pattern=pattern)
+
+
+def dsp_act_image(a, *, rows: int, stages: int, pattern) -> bytes:
+    """Bytes of the A space for the activations ``a`` (M x K, int8) of a DSP layer.
+
+    With ``Wp`` = :func:`dsp_window`, ``Bp = Wp // 4`` banks and ``S = ceil(K / Wp)`` steps,
+    ``A[r, k]`` is byte ``k % 4`` of word ``r * S + k // Wp`` of row bank ``(k // 4) % Bp``,
+    at host address ``((word * rows + bank) << 2) | byte``. Bytes past K in the last window
+    and the banks ``Bp .. rows - 1`` are zeros. The image is ``M * S * rows * 4`` bytes, to
+    be written from address 0.
+
+    Parameters
+    ----------
+    a : array_like of int, shape (M, K)
+        int8 activations (any integer dtype).
+    rows : int
+        Array rows (row banks of A, ``DeviceInfo.rows``); ``Wp <= 4 * rows`` is required.
+    stages : int
+        DSP chain length ``L`` (4 or 8).
+    pattern : sw.numerics.NMPattern
+        The layer's N:M pattern (``n`` must divide ``L``).
+
+    Raises
+    ------
+    ValueError
+        On values outside int8, a shape that is not 2-D or is empty, a bad ``rows``,
+        ``stages`` or ``pattern``, or a window wider than the row banks (``Wp > 4 * rows``).
+    """
+    rows = _check_pos("rows", rows)
+    wp = dsp_window(stages=stages, pattern=pattern)
+    if wp > 4 * rows:
+        from .numerics import NMPattern
+        raise ValueError(f"pattern {NMPattern(int(pattern)).name} on L = {stages} stages "
+                         f"reads Wp = {wp} "
+                         f"activations per step, more than the {rows} row banks hold "
+                         f"(4 * rows = {4 * rows})")
+    a = check_int(a, 8, name="a")
+    if a.ndim != 2 or 0 in a.shape:
+        raise ValueError(f"a must be a non-empty 2-D (M, K) matrix, got shape {a.shape}")
+    M, K = a.shape
+    S, bp = _tiles(K, wp), wp // 4
+    pad = np.zeros((M, S * wp), dtype=np.int64)
+    pad[:, :K] = a
+    img = np.zeros((M * S, rows, 4), dtype=np.int64)      # (word, bank, byte)
+    img[:, :bp, :] = pad.reshape(M * S, bp, 4)
+    return (img.reshape(-1) & 0xFF).astype(np.uint8).tobytes()
+
+
+def dsp_chains(*, cols: int, packed: bool) -> int:
+    """DSP chains of an engine that produces ``cols`` output columns per activation row:
+    ``cols`` unpacked, ``cols // 2`` packed (two 4-bit columns per chain; ``cols`` even)."""
+    cols = _check_pos("cols", cols)
+    if not isinstance(packed, (bool, np.bool_)):
+        raise ValueError(f"packed must be a bool, not {packed!r}")
+    if packed and cols % 2:
+        raise ValueError(f"a packed DSP engine computes two columns per chain: cols must be "
+                         f"even, not {cols}")
+    return cols // 2 if packed else cols
+
+
+def dsp_chain_stride(chains: int) -> int:
+    """``CH``: ``chains`` rounded up to a power of two; record ``r`` of chain ``c`` is at DSPW
+    byte ``(r * CH + c) * 16``."""
+    chains = _check_pos("chains", chains)
+    return 1 << (chains - 1).bit_length()
+
+
+def dsp_records(k: int, n: int, *, cols: int, stages: int, pattern) -> int:
+    """DSPW records per chain a ``k x n`` DSP layer uses: ``ceil(N / cols) * S``; the core
+    answers BAD_SHAPE when this exceeds ``dsp_depth - w_base``."""
+    n = _check_pos("n", n)
+    cols = _check_pos("cols", cols)
+    return _tiles(n, cols) * dsp_steps(k, stages=stages, pattern=pattern)
+
+
+def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=None) -> bytes:
+    """Bytes of the DSPW space for N:M compressed weights (a layer at ``w_base`` 0).
+
+    Output columns go in tiles of ``cols``, tile ``t`` covering columns ``n0 = t * cols``
+    onwards; step ``s`` of tile ``t`` is record ``r = t * S + s`` (``S = ceil(K / Wp)``,
+    :func:`dsp_steps`). Chain ``c``'s record ``r`` starts at byte ``(r * CH + c) * 16``
+    (``CH`` = :func:`dsp_chain_stride` of :func:`dsp_chains`; the bytes of chains
+    ``chains .. CH - 1`` are zeros). Stage ``j`` of step ``s`` serves block
+    ``b = s * (L // n) + j // n`` (blocks of ``m`` along K) and holds that block's kept weight
+    number ``j % n`` (row ``b * n + j % n`` of the ``NMSparse``) of the chain's column: its
+    value in record byte ``j`` and its index in bits ``3j .. 3j + 2`` of the 24-bit
+    little-endian value of bytes 8..10; the other bytes are 0. Blocks past ``K / m`` and
+    columns past N are value 0, index 0.
+
+    * Unpacked: chain ``c`` is column ``n0 + c``; byte ``j`` is the int8 value.
+    * Packed: chain ``c`` is columns ``n0 + 2c`` (lo) and ``n0 + 2c + 1`` (hi); byte ``j``
+      is ``(hi & 0xF) << 4 | (lo & 0xF)``; both columns use one index (prune with
+      ``sw.quant.prune_nm(..., pair_columns=True)``). A missing hi column (N odd) is 0.
+
+    The image is ``ceil(N / cols) * S * CH * 16`` bytes. A layer at ``w_base`` records goes
+    ``w_base * CH * 16`` bytes further.
+
+    Parameters
+    ----------
+    sparse : sw.numerics.NMSparse
+        The weights, ``K x N`` (K a multiple of ``m``).
+    cols : int
+        Output columns per tile (``DeviceInfo.cols``).
+    stages : int
+        DSP chain length ``L`` (4 or 8); the pattern's ``n`` must divide it.
+    packed : bool
+        Packed engine (``DeviceInfo.dsp_packed``): two 4-bit columns per chain.
+    pattern : sw.numerics.NMPattern, optional
+        The pattern the layer's descriptor names; checked against ``sparse``'s ``n:m``.
+
+    Raises
+    ------
+    TypeError
+        If ``sparse`` is not an ``NMSparse``.
+    ValueError
+        On an ``n:m`` that is no hardware pattern, differs from ``pattern`` or does not run
+        on ``L`` stages, a bad ``cols`` (odd when packed) or ``stages``, packed values
+        outside ``[-8, 7]``, or a packed column pair whose indices differ (the message names
+        block and columns).
+    """
+    from .numerics import NMPattern, NMSparse, nm_pattern
+    if not isinstance(sparse, NMSparse):
+        raise TypeError(f"sparse must be a sw.numerics.NMSparse, not {type(sparse).__name__}")
+    own = nm_pattern(sparse.n, sparse.m)               # ValueError: not a hardware pattern
+    if pattern is not None:
+        L, n, m = _dsp_pattern(stages, pattern)         # validates pattern itself
+        if (n, m) != (sparse.n, sparse.m):
+            raise ValueError(f"the weights are {sparse.n}:{sparse.m} ({own.name}), not "
+                             f"{n}:{m} as pattern {NMPattern(int(pattern)).name} says")
+    L, n, m = _dsp_pattern(stages, own)
+    chains = dsp_chains(cols=cols, packed=packed)
+    ch = dsp_chain_stride(chains)
+    N, blocks = sparse.ncols, sparse.blocks
+    per_step = L // n                                   # blocks per step
+    S = _tiles(blocks, per_step)                        # = ceil(K / Wp)
+    T = _tiles(N, cols)
+    vals, idx = sparse.values, sparse.idx
+    if packed:
+        lo, hi = int(vals.min()), int(vals.max())
+        if lo < -8 or hi > 7:
+            raise ValueError(f"a packed DSP engine takes 4-bit weights in [-8, 7] (INT4, INT2, "
+                             f"TERNARY); found [{lo}, {hi}] ({sparse.fmt.name})")
+    # stage j of step s: block b, kept row b * n + j % n (rows past the last block are zeros)
+    s_, j_ = np.arange(S)[:, None], np.arange(L)[None, :]
+    b = s_ * per_step + j_ // n                          # (S, L)
+    row = b * n + j_ % n
+    rows_pad = S * per_step * n
+    ncol = T * cols
+    v = np.zeros((rows_pad, ncol), dtype=np.int64)
+    x = np.zeros((rows_pad, ncol), dtype=np.int64)
+    v[:blocks * n, :N] = vals
+    x[:blocks * n, :N] = idx
+    if packed:
+        vlo, vhi = v[:, 0::2], v[:, 1::2]                # (rows_pad, T * chains)
+        xlo, xhi = x[:, 0::2], x[:, 1::2]
+        real_hi = np.zeros(ncol // 2, dtype=bool)
+        real_hi[:N // 2] = True
+        bad = np.argwhere((xlo != xhi) & real_hi[None, :])
+        if bad.size:
+            r, c = (int(t) for t in bad[0])
+            blk = slice(r // n * n, (r // n + 1) * n)
+            raise ValueError(
+                f"packed columns {2 * c} and {2 * c + 1} share a DSP chain, so their kept "
+                f"weights of block {r // n} must sit at the same indices in the same order; "
+                f"found {[int(t) for t in idx[blk, 2 * c]]} and "
+                f"{[int(t) for t in idx[blk, 2 * c + 1]]}: prune with "
+                f"sw.quant.prune_nm(..., pair_columns=True)")
+        byte = ((vhi & 0xF) << 4) | (vlo & 0xF)
+        index = xlo
+    else:
+        byte = v & 0xFF
+        index = x
+    # (rows_pad, T * chains) -> per (tile, step, chain, stage)
+    byte = byte.reshape(rows_pad, T, chains)[row]        # (S, L, T, chains)
+    index = index.reshape(rows_pad, T, chains)[row]
+    byte = byte.transpose(2, 0, 3, 1)                    # (T, S, chains, L)
+    index = index.transpose(2, 0, 3, 1)
+    packed_idx = (index << (DSP_INDEX_BITS * np.arange(L))).sum(axis=-1)   # (T, S, chains)
+    img = np.zeros((T * S, ch, DSP_RECORD_BYTES), dtype=np.int64)
+    img[:, :chains, :L] = byte.reshape(T * S, chains, L)
+    for i in range(3):
+        img[:, :chains, _DSP_INDEX_BYTE + i] = (packed_idx.reshape(T * S, chains) >> (8 * i)) & 0xFF
+    return img.reshape(-1).astype(np.uint8).tobytes()

@@ -46,7 +46,8 @@ class ModelTooLarge(ValueError):
 
 class DeviceLacks(ModelTooLarge):
     """The device cannot run the model at all: no layer programs, or a layer needs a weight
-    format, group size or layer kind its bitstream does not have (IDENTIFY)."""
+    format, group size or layer kind its bitstream does not have (IDENTIFY), or N:M sparse
+    weights (programs do not run the sparse DSP engine)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,18 @@ def gemm_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, q, fmt, group, 
     return rec, places, M * K * N
 
 
+def _refuse_sparse(name: str, lin) -> None:
+    """Layer programs run GEMM layers on the systolic array only: the device answers
+    BAD_PARAM for a program layer whose descriptor picks the DSP engine (``sparse`` != 0)."""
+    sp = getattr(lin, "sparse", None)
+    if sp is not None:
+        raise DeviceLacks(f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}), and "
+                          f"layer programs do not run layers on the sparse DSP engine yet; "
+                          f"quantize it dense (quantize_linear without sparse) to run the "
+                          f"model as a program, or run the layer alone with "
+                          f"Accelerator.linear")
+
+
 def _requant(lin) -> ChannelRequant:
     rq = lin.requant
     if isinstance(rq, numerics.Requant):
@@ -264,6 +277,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
             continue
         if isinstance(layer, mdl.Dense):
             lin = layer.lin
+            _refuse_sparse(name, lin)
             K, N = lin.q.shape
             if int(np.prod(shape)) != K:
                 raise ValueError(f"layer {name!r}: takes {K} inputs, gets shape {shape}")
@@ -276,6 +290,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
                 gather_s=(K, 0, 0, 0, 0, 1), in_base=cur_base, out_base=base)
         elif isinstance(layer, mdl.Conv2d):
             lin = layer.lin
+            _refuse_sparse(name, lin)
             H, W, Cin = shape
             k, st, pd = layer.kernel, layer.stride, layer.pad
             Ho = numerics.conv_out_size(H, k, st, pd)

@@ -4,10 +4,11 @@ The gateware (``hw.soc.link``) reads the enums and constants below directly (a p
 ``enum.Enum`` is an Amaranth shape), so host and device cannot disagree. ``docs/protocol.md``
 describes the format byte by byte; this module is its executable form. No Amaranth here.
 
-Frame (protocol versions 2 to 4; version 3 changed the descriptor, IDENTIFY and COUNTERS
+Frame (protocol versions 2 to 5; version 3 changed the descriptor, IDENTIFY and COUNTERS
 bodies and added the CHAN and GROUP buffers, version 4 the descriptor bases, the IDENTIFY
-fields of layer programs, the ACT, PROG and LCNT buffers and RUN_PROGRAM), requests and
-replies alike::
+fields of layer programs, the ACT, PROG and LCNT buffers and RUN_PROGRAM, version 5 the
+descriptor's ``sparse`` byte, the IDENTIFY fields of the sparse DSP engine and the DSPW
+buffer), requests and replies alike::
 
     SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | SEQ u8 | BODY (LENGTH - 1 bytes) | CRC u16 BE
 
@@ -29,13 +30,14 @@ from __future__ import annotations
 
 import binascii
 import enum
+import operator
 import struct
 from dataclasses import dataclass
 
 __all__ = [
     "Buffer", "ErrorCode", "Opcode", "PeKind", "SYNC", "LINK_ERRORS", "UNKNOWN_SEQ", "REPLY_FLAG", "PROTOCOL_VERSION", "MAX_DATA",
     "WRITE_HEADER", "MAX_PAYLOAD", "FRAME_OVERHEAD", "READ_PAYLOAD", "LAYER_PAYLOAD",
-    "RUN_NOWAIT", "GROUP_SIZE_BITS", "LayerKind", "PROGRAM_RECORD", "LCNT_RECORD",
+    "RUN_NOWAIT", "GROUP_SIZE_BITS", "DSPW_RECORD", "LayerKind", "PROGRAM_RECORD", "LCNT_RECORD",
     "GATHER_LOOPS", "ProgramLayer", "LayerCounters", "run_program", "crc16", "crc16_update", "ProtocolError", "DeviceError", "Frame",
     "pack_frame", "unpack_frame", "pack_reply", "FrameParser", "DeviceInfo",
     "LayerDescriptor", "Status", "Counters", "identify", "write", "read", "load_layer",
@@ -54,6 +56,7 @@ class Buffer(enum.IntEnum):
     ACT = 5     #: activation memory of layer programs, INT8 bytes (``sw.program``)
     PROG = 6    #: layer program, :data:`PROGRAM_RECORD` bytes per layer (:class:`ProgramLayer`)
     LCNT = 7    #: per-layer counters of the last program run (:class:`LayerCounters`)
+    DSPW = 8    #: the sparse DSP engine's weights, 16-byte records (``sw.layout.dsp_weight_image``)
 
 
 class ErrorCode(enum.IntEnum):
@@ -93,7 +96,7 @@ class Opcode(enum.IntEnum):
     IDENTIFY = 0x01     #: -> DeviceInfo
     WRITE = 0x02        #: buffer u8, address u32, data[1..MAX_DATA]
     READ = 0x03         #: buffer u8, address u32, count u16 -> data[count]
-    LOAD_LAYER = 0x04   #: LayerDescriptor (21 bytes)
+    LOAD_LAYER = 0x04   #: LayerDescriptor (22 bytes)
     RUN = 0x05          #: [] = run and reply when done; [RUN_NOWAIT] = reply once started
     STATUS = 0x06       #: -> flags u8 (bit0 busy, bit1 loaded), last_error u8
     COUNTERS = 0x07     #: -> cycles, busy, stall, macs, dq_stall: u48 LE each
@@ -112,8 +115,9 @@ class LayerKind(enum.IntEnum):
 SYNC = 0xA5
 #: Set in the opcode byte of replies (never in a valid request).
 REPLY_FLAG = 0x80
-#: Bumped on any incompatible change of this module (4: layer programs, descriptor bases).
-PROTOCOL_VERSION = 4
+#: Bumped on any incompatible change of this module (4: layer programs, descriptor bases;
+#: 5: the sparse DSP engine: descriptor ``sparse`` byte, DSPW buffer, IDENTIFY DSP fields).
+PROTOCOL_VERSION = 5
 #: Sequence tag the device puts in a reply to a frame whose tag it never received (a frame
 #: refused at its LENGTH, or cut off before the tag); the driver tags requests 1..255.
 UNKNOWN_SEQ = 0
@@ -130,7 +134,9 @@ READ_PAYLOAD = 7
 #: group size -> bit of ``DeviceInfo.group_sizes``
 GROUP_SIZE_BITS = {32: 0, 64: 1, 128: 2}
 #: LOAD_LAYER body length (see :class:`LayerDescriptor`).
-LAYER_PAYLOAD = 21
+LAYER_PAYLOAD = 22
+#: bytes per record of the DSPW buffer (one step of one DSP chain, ``sw.layout.dsp_weight_image``)
+DSPW_RECORD = 16
 #: bytes per layer in the PROG buffer (:class:`ProgramLayer`)
 PROGRAM_RECORD = 64
 #: bytes per layer in the LCNT buffer (:class:`LayerCounters`)
@@ -340,7 +346,7 @@ def _check_uint(name: str, value, bits: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """IDENTIFY reply data (62 bytes, little-endian).
+    """IDENTIFY reply data (70 bytes, little-endian).
 
     ``out_modes`` is a bit mask: bit ``i`` set when ``OutMode(i)`` is supported.
     ``a_bytes``/``w_bytes``/``out_bytes``/``chan_bytes``/``group_bytes`` are the sizes of the
@@ -355,6 +361,13 @@ class DeviceInfo:
     ``act_bytes`` the size of the ACT memory of layer programs, ``max_layers`` the layers a
     program may have (PROG holds ``max_layers * PROGRAM_RECORD`` bytes, LCNT
     ``max_layers * LCNT_RECORD``), ``layer_kinds`` a bit mask of :class:`LayerKind`.
+
+    The sparse DSP engine (protocol 5; all 0 when the core has none): ``dsp_stages`` the
+    stages ``L`` of each chain (0: no DSP engine), ``dsp_chains`` the chains (``cols``
+    unpacked, ``cols // 2`` packed), ``dsp_packed`` 1 when each chain computes two output
+    columns of 4-bit weights, ``dsp_patterns`` a bit mask of the ``sw.numerics.NMPattern`` s
+    it runs (bit ``p`` for ``NMPattern(p)``), ``dsp_bytes`` the size of the DSPW address
+    space (``dsp_depth * CH * DSPW_RECORD``, ``CH`` = chains rounded up to a power of two).
     """
 
     version: int
@@ -380,19 +393,31 @@ class DeviceInfo:
     act_bytes: int = 0
     max_layers: int = 0
     layer_kinds: int = 0
+    dsp_stages: int = 0
+    dsp_chains: int = 0
+    dsp_packed: int = 0
+    dsp_patterns: int = 0
+    dsp_bytes: int = 0
 
-    FORMAT = "<BIHHIIIIHBHIIIHBBBIIIHB"
+    FORMAT = "<BIHHIIIIHBHIIIHBBBIIIHBBBBBI"
     SIZE = struct.calcsize(FORMAT)
     _BITS = (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
              ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32), ("out_words", 32),
              ("max_k", 16), ("out_modes", 8), ("max_data", 16), ("clock_hz", 32),
              ("timeout_cycles", 32), ("watchdog_cycles", 32), ("tile_period", 16),
              ("pe_kind", 8), ("formats", 8), ("group_sizes", 8), ("chan_bytes", 32),
-             ("group_bytes", 32), ("act_bytes", 32), ("max_layers", 16), ("layer_kinds", 8))
+             ("group_bytes", 32), ("act_bytes", 32), ("max_layers", 16), ("layer_kinds", 8),
+             ("dsp_stages", 8), ("dsp_chains", 8), ("dsp_packed", 8), ("dsp_patterns", 8),
+             ("dsp_bytes", 32))
 
     def __post_init__(self):
         for name, bits in self._BITS:
-            _check_uint(f"DeviceInfo.{name}", int(getattr(self, name)), bits)
+            v = getattr(self, name)
+            try:
+                v = operator.index(v)          # ints, bools, IntEnums; not floats or None
+            except TypeError:
+                pass                           # _check_uint names the field and the value
+            _check_uint(f"DeviceInfo.{name}", v, bits)
 
     def pack(self) -> bytes:
         return struct.pack(self.FORMAT, *(int(getattr(self, n)) for n, _ in self._BITS))
@@ -418,12 +443,32 @@ class DeviceInfo:
             return True
         return size in GROUP_SIZE_BITS and bool(self.group_sizes >> GROUP_SIZE_BITS[size] & 1)
 
+    def supports_pattern(self, pattern) -> bool:
+        """Whether the DSP engine runs N:M pattern ``pattern`` (an ``NMPattern`` or its
+        number); False without a DSP engine."""
+        return bool(self.dsp_stages) and bool(self.dsp_patterns >> int(pattern) & 1)
+
+    @property
+    def dsp_chain_stride(self) -> int:
+        """``CH``: the DSP chains rounded up to a power of two (record ``r`` of chain ``c``
+        starts at DSPW byte ``(r * CH + c) * DSPW_RECORD``); 0 without a DSP engine."""
+        if not self.dsp_chains:
+            return 0
+        return 1 << (self.dsp_chains - 1).bit_length()
+
+    @property
+    def dsp_depth(self) -> int:
+        """DSPW records per chain (``dsp_bytes / (CH * DSPW_RECORD)``); 0 without a DSP engine."""
+        ch = self.dsp_chain_stride
+        return self.dsp_bytes // (ch * DSPW_RECORD) if ch else 0
+
     def buffer_size(self, buffer: Buffer) -> int:
         """Host address space size of ``buffer`` in bytes."""
         return {Buffer.A: self.a_bytes, Buffer.W: self.w_bytes, Buffer.OUT: self.out_bytes,
                 Buffer.CHAN: self.chan_bytes, Buffer.GROUP: self.group_bytes,
                 Buffer.ACT: self.act_bytes, Buffer.PROG: self.max_layers * PROGRAM_RECORD,
-                Buffer.LCNT: self.max_layers * LCNT_RECORD}[Buffer(buffer)]
+                Buffer.LCNT: self.max_layers * LCNT_RECORD,
+                Buffer.DSPW: self.dsp_bytes}[Buffer(buffer)]
 
     def supports(self, out_mode) -> bool:
         return bool(self.out_modes >> int(out_mode) & 1)
@@ -431,7 +476,7 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class LayerDescriptor:
-    """LOAD_LAYER payload (21 bytes, little-endian).
+    """LOAD_LAYER payload (22 bytes, little-endian).
 
     ``m, k, n`` u16, ``out_mode`` u8 (``sw.numerics.OutMode``), ``mult`` u16, ``shift`` u8
     (0..63), ``zp`` i8, ``relu`` u8 (0/1) -- the scalar requantization, used when ``chan`` is 0
@@ -444,6 +489,14 @@ class LayerDescriptor:
     (GROUP entries) where the layer's weights and tables start: a program's layers keep
     their weights resident side by side. A layer whose weights or tables would end past
     their buffer is BAD_SHAPE.
+
+    Last (protocol 5), ``sparse`` u8 picks the engine: 0 the systolic array, ``1 + p`` the
+    sparse DSP engine with N:M pattern ``sw.numerics.NMPattern(p)``. A DSP layer reads its
+    activations from A in the DSP layout (``sw.layout.dsp_act_image``) and its weights from
+    DSPW (``sw.layout.dsp_weight_image``), with ``w_base`` counting DSPW records; the
+    epilogue (CHAN table or scalar requantization) and OUT are the array's. The device
+    answers BAD_PARAM for a DSP layer without a DSP engine, with a pattern it does not run,
+    with groups, with POW2 weights, or with INT8 weights on a packed engine.
     """
 
     m: int
@@ -460,14 +513,16 @@ class LayerDescriptor:
     w_base: int = 0
     chan_base: int = 0
     group_base: int = 0
+    sparse: int = 0
 
-    FORMAT = "<HHHBHBbBBBBHHH"
+    FORMAT = "<HHHBHBbBBBBHHHB"
     SIZE = struct.calcsize(FORMAT)
 
     def __post_init__(self):
         for name, bits in (("m", 16), ("k", 16), ("n", 16), ("out_mode", 8), ("mult", 16),
                            ("shift", 8), ("relu", 8), ("fmt", 8), ("group", 8), ("chan", 8),
-                           ("w_base", 16), ("chan_base", 16), ("group_base", 16)):
+                           ("w_base", 16), ("chan_base", 16), ("group_base", 16),
+                           ("sparse", 8)):
             v = getattr(self, name)
             _check_uint(f"LayerDescriptor.{name}", int(v) if isinstance(v, enum.Enum) else v, bits)
         if isinstance(self.zp, bool) or not isinstance(self.zp, int) or not -128 <= self.zp <= 127:
@@ -476,7 +531,8 @@ class LayerDescriptor:
     def pack(self) -> bytes:
         return struct.pack(self.FORMAT, self.m, self.k, self.n, int(self.out_mode), self.mult,
                            self.shift, self.zp, int(self.relu), int(self.fmt), self.group,
-                           int(self.chan), self.w_base, self.chan_base, self.group_base)
+                           int(self.chan), self.w_base, self.chan_base, self.group_base,
+                           int(self.sparse))
 
     @classmethod
     def unpack(cls, data: bytes) -> "LayerDescriptor":
@@ -484,13 +540,40 @@ class LayerDescriptor:
             raise ProtocolError(f"LayerDescriptor needs {cls.SIZE} bytes, got {len(data)}")
         return cls(*struct.unpack(cls.FORMAT, data))
 
+    @property
+    def pattern(self):
+        """The ``sw.numerics.NMPattern`` of a DSP layer; None for an array layer (``sparse``
+        0). ValueError for a ``sparse`` value that names no pattern this host knows."""
+        if not self.sparse:
+            return None
+        from .numerics import NMPattern
+        try:
+            return NMPattern(self.sparse - 1)
+        except ValueError:
+            raise ValueError(f"LayerDescriptor.sparse = {self.sparse} names no N:M pattern "
+                             f"(1 + NMPattern: 1..{len(NMPattern)})") from None
+
     @classmethod
     def from_requant(cls, m: int, k: int, n: int, out_mode, requant=None, *, fmt=0,
                      group: int = 0, w_base: int = 0, chan_base: int = 0,
-                     group_base: int = 0) -> "LayerDescriptor":
+                     group_base: int = 0, sparse=None) -> "LayerDescriptor":
         """Build from a ``sw.numerics.Requant`` (scalar), a ``ChannelRequant`` (per-channel
-        tables: ``chan = 1``, zero point and ReLU from it) or None (raw output)."""
-        bases = dict(w_base=w_base, chan_base=chan_base, group_base=group_base)
+        tables: ``chan = 1``, zero point and ReLU from it) or None (raw output).
+
+        ``sparse``: None for the systolic array, or a ``sw.numerics.NMPattern`` for the
+        sparse DSP engine (the descriptor's ``sparse`` byte becomes ``1 + pattern``; then
+        ``w_base`` counts DSPW records). TypeError for anything else (a plain integer would
+        be ambiguous between the byte and the pattern number).
+        """
+        from .numerics import NMPattern
+        if sparse is None:
+            code = 0
+        elif isinstance(sparse, NMPattern):
+            code = 1 + int(sparse)
+        else:
+            raise TypeError(f"sparse must be None (the systolic array) or a "
+                            f"sw.numerics.NMPattern (the DSP engine), not {sparse!r}")
+        bases = dict(w_base=w_base, chan_base=chan_base, group_base=group_base, sparse=code)
         if requant is None:
             return cls(m, k, n, int(out_mode), fmt=int(fmt), group=group, **bases)
         if hasattr(requant, "channels"):
@@ -561,10 +644,12 @@ class Counters:
 class ProgramLayer:
     """One layer of a program: a :data:`PROGRAM_RECORD`-byte record of the PROG buffer.
 
-    Layout (little-endian): the :class:`LayerDescriptor` (21 bytes: the core's part, used by
-    GEMM layers), ``kind`` u8 (:class:`LayerKind`), ``stride`` u8, ``pad`` u8, ``pad_value``
-    i8, one reserved byte, ``h`` u16, ``w`` u16, ``in_base`` u16, ``out_base`` u16, the
-    :data:`GATHER_LOOPS` loop counts ``n`` u16 and strides ``s`` u16, zeros to the end.
+    Layout (little-endian): the :class:`LayerDescriptor` (22 bytes: the core's part, used by
+    GEMM layers; its ``sparse`` must be 0: the device does not run DSP layers in programs
+    yet and answers BAD_PARAM), ``kind`` u8 (:class:`LayerKind`), ``stride`` u8, ``pad``
+    u8, ``pad_value`` i8, one reserved byte, ``h`` u16, ``w`` u16, ``in_base`` u16,
+    ``out_base`` u16, the :data:`GATHER_LOOPS` loop counts ``n`` u16 and strides ``s`` u16
+    (59 bytes so far), zeros to the end.
 
     The ACT address generator walks six nested loops ``i0`` (outermost) .. ``i5`` with
     ``0 <= ij < n[j]`` and reads ``ACT[(in_base + sum_j ij * s[j]) mod 2**16]``. An element
@@ -630,6 +715,11 @@ class ProgramLayer:
         f = struct.unpack_from(cls._TAIL, data, LayerDescriptor.SIZE)
         return cls(desc, f[0], f[1], f[2], f[3], f[5], f[6], f[7], f[8], tuple(f[9:15]),
                    tuple(f[15:21]))
+
+
+# the LOAD_LAYER body is the descriptor, and a PROG record holds it and the layer's tail
+assert LAYER_PAYLOAD == LayerDescriptor.SIZE
+assert LayerDescriptor.SIZE + struct.calcsize(ProgramLayer._TAIL) <= PROGRAM_RECORD
 
 
 @dataclass(frozen=True)

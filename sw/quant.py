@@ -53,6 +53,15 @@ support). The core's ungrouped path has no zero point, so an *asymmetric per-cha
 expressed as a :class:`~sw.numerics.GroupQuant` with groups of 128 that all share the
 channel's zero point and ``gscale = 1`` (exactly the same arithmetic).
 
+N:M sparse layers (``quantize_linear(..., sparse=(n, m))``) for the sparse DSP engine: the
+float weights are pruned by magnitude (:func:`prune_nm`, every block of ``m`` rows along K
+keeps ``n`` weights per column; with ``pair_columns`` columns ``2c`` and ``2c + 1`` share one
+mask, as the packed engine needs), the pruned weights are quantized per channel and
+symmetrically (a pruned weight is code 0), and the kept codes are compressed
+(:func:`compress_nm`) into :attr:`QuantLinear.sparse`. The golden model is then
+:func:`sw.numerics.sparse_gemm` followed by the same per-channel epilogue, which equals the
+dense golden model on the pruned codes :attr:`QuantLinear.q`.
+
 Typical error of a whole layer (random Gaussian weights and inputs, K = 200-256, int8 input and
 output; relative L2 error of :meth:`QuantLinear.forward` against :meth:`QuantLinear.float_reference`,
 asserted in ``tests/test_quant.py`` against :data:`LINEAR_REL_ERROR_BOUND`): INT8 about 1.5 %
@@ -62,6 +71,7 @@ POW2 about 16-18 %, INT2 33-38 %, TERNARY about 43 %.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -468,11 +478,16 @@ class QuantLinear:
         Input and output quantization.
     relu : bool
     w : numpy.ndarray of float64, shape (K, N)
-        The float weights.
+        The float weights (of a sparse layer: as given, before pruning).
     bias : numpy.ndarray of float64, shape (N,), or None
         The float bias.
     stats : ErrorStats
-        Of :attr:`dequantized_weights` (what the integers stand for) against :attr:`w`.
+        Of :attr:`dequantized_weights` (what the integers stand for) against :attr:`w` (of a
+        sparse layer this includes the pruning error).
+    sparse : sw.numerics.NMSparse or None
+        N:M compressed weights of a sparse layer (the kept codes of :attr:`q`, which holds
+        zeros at the pruned positions); None for a dense layer. A sparse layer runs on the
+        sparse DSP engine (``sw.driver.Accelerator.linear``).
     """
 
     fmt: WeightFormat
@@ -492,6 +507,7 @@ class QuantLinear:
     w: np.ndarray
     bias: np.ndarray | None
     stats: ErrorStats
+    sparse: numerics.NMSparse | None = None
 
     @property
     def in_features(self) -> int:
@@ -507,11 +523,19 @@ class QuantLinear:
         return _dequant(self.q, self.w_scale, self.w_zero, self.group_size)
 
     def golden(self, x_q) -> np.ndarray:
-        """int8 input (M, K) -> int8 output (M, N) through :func:`sw.numerics.mixgemm`."""
+        """int8 input (M, K) -> int8 output (M, N) through :func:`sw.numerics.mixgemm`; a
+        sparse layer through :func:`sw.numerics.sparse_gemm` on :attr:`sparse` and the same
+        per-channel epilogue (:func:`sw.numerics.requantize_channels`)."""
         x_q = np.asarray(x_q)
         if x_q.ndim != 2 or x_q.shape[1] != self.in_features:
             raise ValueError(f"x_q must be (M, {self.in_features}), got shape {x_q.shape}")
-        return numerics.mixgemm(x_q, self.q, fmt=self.fmt, group=self.group, requant=self.requant)
+        if self.sparse is None:
+            return numerics.mixgemm(x_q, self.q, fmt=self.fmt, group=self.group,
+                                    requant=self.requant)
+        rq = self.requant
+        if isinstance(rq, numerics.Requant):
+            rq = ChannelRequant.from_requant(rq, self.out_features)
+        return numerics.requantize_channels(numerics.sparse_gemm(x_q, self.sparse), rq)
 
     def forward(self, x) -> np.ndarray:
         """Float input (M, K) -> quantize -> :meth:`golden` -> dequantized float output (M, N)."""
@@ -534,10 +558,33 @@ class QuantLinear:
         return np.maximum(y, 0) if self.relu else y
 
 
+def _check_sparse(sparse) -> tuple[int, int] | None:
+    """``sparse`` of :func:`quantize_linear` -> None or a validated ``(n, m)``."""
+    if sparse is None:
+        return None
+    if isinstance(sparse, numerics.NMPattern):
+        return sparse.n, sparse.m
+    if isinstance(sparse, (tuple, list)) and len(sparse) == 2:
+        return numerics._check_nm(*sparse)
+    raise ValueError(f"sparse must be None (dense), an (n, m) pair or a sw.numerics.NMPattern, "
+                     f"not {sparse!r}")
+
+
+def _sparse_mask(w: np.ndarray, n: int, m: int, pair_columns: bool) -> np.ndarray:
+    """:func:`prune_nm` of ``w``; with ``pair_columns`` and an odd N the last column is
+    paired with a zero column (it has no partner on the packed engine)."""
+    k, ncol = w.shape
+    if pair_columns and ncol % 2:
+        wide = np.concatenate([w, np.zeros((k, 1))], axis=1)
+        return prune_nm(wide, n, m, pair_columns=True)[:, :ncol]
+    return prune_nm(w, n, m, pair_columns=pair_columns)
+
+
 def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale,
                     x_zero: int = 0, y_scale, y_zero: int = 0, relu: bool = False,
-                    gscale_bits: int = 8, method: str = "mse") -> QuantLinear:
-    """Quantize ``y = x @ w + bias`` for the MixPE core.
+                    gscale_bits: int = 8, method: str = "mse", sparse=None,
+                    pair_columns: bool = False) -> QuantLinear:
+    """Quantize ``y = x @ w + bias`` for the MixPE core (or, N:M sparse, its DSP engine).
 
     Parameters
     ----------
@@ -556,6 +603,17 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     gscale_bits : int
         Resolution of the integer group scales: a channel's largest group scale becomes
         ``2**(gscale_bits - 1)``; in ``[2, sw.numerics.GSCALE_BITS]``. Unused per channel.
+    sparse : None, (n, m) or sw.numerics.NMPattern
+        None: a dense layer (default). Otherwise prune ``w`` by magnitude to ``n:m``
+        (:func:`prune_nm`; ``m`` in ``sw.numerics.NM_BLOCK_SIZES``, ``1 <= n <= m``, K a
+        multiple of ``m``) before quantizing, and keep the compressed codes in
+        :attr:`QuantLinear.sparse`. Needs ``group=None``, ``symmetric=True`` and a format
+        other than POW2 (a pruned weight must be the code 0). Any ``n:m`` is accepted here;
+        the DSP engine runs the :class:`sw.numerics.NMPattern` s its IDENTIFY reports.
+    pair_columns : bool
+        Sparse layers only: columns ``2c`` and ``2c + 1`` keep the same rows (what a packed
+        DSP engine needs: one index per column pair); with an odd N the last column is
+        pruned alone.
 
     Returns
     -------
@@ -564,7 +622,9 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     Raises
     ------
     ValueError
-        On a bad parameter or shape; when the folded bias of a channel does not fit INT32
+        On a bad parameter or shape (for ``sparse``: a bad ``n:m``, K not a multiple of
+        ``m``, groups, asymmetric or POW2 weights, ``pair_columns`` without ``sparse``);
+        when the folded bias of a channel does not fit INT32
         (in practice: a large ``x_zero`` times a large weight column sum); when a channel's
         requantization scale ``x_scale * u[n] / y_scale`` is too large for the 16-bit dyadic
         multiplier; when a channel's worst-case accumulator exceeds the epilogue's
@@ -584,6 +644,20 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     fmt = _check_fmt(fmt)
     group = _check_group(group)
     symmetric = _check_bool("symmetric", symmetric)
+    nm = _check_sparse(sparse)
+    pair_columns = _check_bool("pair_columns", pair_columns)
+    if nm is None and pair_columns:
+        raise ValueError("pair_columns applies to N:M sparse layers only; pass sparse=(n, m) "
+                         "as well, or pair_columns=False")
+    if nm is not None:
+        why = ("groups (the DSP engine requantizes per output channel only); pass group=None"
+               if group is not None else
+               "asymmetric weights (a pruned weight must be the code 0); pass symmetric=True"
+               if not symmetric else
+               "POW2 weights (the format has no zero for a pruned weight)"
+               if fmt is WeightFormat.POW2 else None)
+        if why:
+            raise ValueError(f"an N:M sparse layer (sparse={sparse!r}) cannot have {why}")
     relu = _check_bool("relu", relu)
     x_scale = _check_scale("x_scale", x_scale)
     y_scale = _check_scale("y_scale", y_scale)
@@ -600,6 +674,11 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},) for w of shape {w.shape}, "
                              f"got {bias.shape}")
+    w_float = w
+    mask = None
+    if nm is not None:
+        mask = _sparse_mask(w, *nm, pair_columns)       # raises for K not a multiple of m
+        w = np.where(mask, w, 0.0)                      # quantize what is kept
     wq = quantize_weights(w, fmt=fmt, group=group, symmetric=symmetric, method=method)
 
     b = np.zeros(n) if bias is None else bias
@@ -644,10 +723,16 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
         if fmt is not WeightFormat.TERNARY:               # recode with the effective scales
             q = _codes(w, _expand(w_scale, k, group), _expand(zero, k, group), fmt)
         gq = GroupQuant(group, gscale, zero)
-    stats = ErrorStats.of(w, _dequant(q, w_scale, zero, group))
+    stats = ErrorStats.of(w_float, _dequant(q, w_scale, zero, group))
     bias_acc = [round(float(b[c] / (x_scale * unit[c]))) for c in range(n)]
-    return _finish_linear(fmt, q, gq, w_scale, zero, unit, group, symmetric, x_scale, x_zero,
-                          y_scale, y_zero, relu, w, bias, stats, bias_acc)
+    layer = _finish_linear(fmt, q, gq, w_scale, zero, unit, group, symmetric, x_scale, x_zero,
+                           y_scale, y_zero, relu, w_float, bias, stats, bias_acc)
+    if mask is None:
+        return layer
+    if np.any(q[~mask]):                    # symmetric codes of 0.0 are 0: cannot happen
+        raise AssertionError("a pruned weight quantized to a non-zero code")
+    sp = compress_nm(q, mask, n=nm[0], m=nm[1], fmt=fmt)
+    return dataclasses.replace(layer, sparse=sp)
 
 
 def _finish_linear(fmt, q, gq, w_scale, zero, unit, group, symmetric, x_scale, x_zero, y_scale,

@@ -1,4 +1,4 @@
-"""sw.driver against a fake device: a Transport that answers sw.protocol (version 4) frames
+"""sw.driver against a fake device: a Transport that answers sw.protocol (version 5) frames
 in-process.
 
 The fake decodes the host's bytes one at a time the way ``hw.soc.link`` does (hunt for
@@ -13,11 +13,15 @@ of ``hw/core/core.py``'s docstring, from the descriptor's bases), checks the sha
 the core does (BAD_SHAPE) and computes RUN with
 sw.numerics.mixgemm, writing only the valid elements of the result into OUT. So the
 driver's tiling, per-tile re-layout, table slicing, chunking and recovery are checked end to
-end without a simulator. RUN_PROGRAM is checked like the link does (count 1..max_layers,
-flags) and recorded with the PROG records it would run; it does not execute them (the
-Verilator tests do): it writes canned LCNT records, clobbers A and OUT as the gather and the
-core would, and replies with the first failing layer's status. Fault injection: hooks on
-the bytes in either direction, dropped, held (late) and error replies, a busy core.
+end without a simulator. Optionally the device has the sparse DSP engine (``dsp_stages``):
+a descriptor with ``sparse = 1 + NMPattern`` is checked as the protocol says (BAD_PARAM,
+BAD_SHAPE) and run from A and DSPW read with the documented address formulas (its own
+arithmetic, not ``sw.layout``'s): every stage value times the activation its index selects.
+RUN_PROGRAM is checked like the link does (count 1..max_layers, flags) and recorded with the
+PROG records it would run; it does not execute them (the Verilator tests do): it writes
+canned LCNT records, clobbers A and OUT as the gather and the core would, and replies with
+the first failing layer's status. Fault injection: hooks on the bytes in either direction,
+dropped, held (late) and error replies, a busy core.
 
 Time: the fake reports board-like cycle numbers (50 MHz, 2**22 cycles inter-byte timeout)
 but its ``seconds`` runs the device clock ``TIME_SCALE`` times faster in wall time, so the
@@ -35,9 +39,10 @@ import pytest
 from sw import protocol as P
 from sw import quant
 from sw.driver import Accelerator, DeviceMismatch, DeviceTimeout
-from sw.numerics import (WEIGHT_LANES, ChannelRequant, GroupQuant, OutMode,
-                         Requant, WeightFormat, group_dequant, mixgemm, mpgemm, pack_weights,
-                         to_dyadic, unpack_weights, wrap_int)
+from sw.numerics import (NM_PATTERNS, WEIGHT_LANES, ChannelRequant, GroupQuant, NMPattern,
+                         NMSparse, OutMode, Requant, WeightFormat, group_dequant, mixgemm,
+                         mpgemm, pack_weights, requantize_channels, sparse_gemm, to_dyadic,
+                         unpack_weights, wrap_int)
 from sw import layout
 from sw.protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, Opcode
 from sw.transport import FaultInjector, Transport, TransportTimeout
@@ -60,7 +65,10 @@ class FakeDevice(Transport):
     IDENTIFY reports (``group_sizes=0``, ``formats=1``, ``pe_kind=INT8_DSP``: a core on
     MULT18X18D PEs). ``act_bytes`` / ``max_layers`` / ``layer_kinds`` the layer-program
     fields (``max_layers=0``: a device without programs, RUN_PROGRAM is UNKNOWN_OPCODE).
-    ``identify_data`` replaces the IDENTIFY reply data (an older device).
+    ``identify_data`` replaces the IDENTIFY reply data (an older device). ``dsp_stages``
+    (0: none, 4 or 8) adds the sparse DSP engine: ``dsp_packed`` chains of two 4-bit
+    columns, ``dsp_patterns`` the ``NMPattern`` s it runs (default: every pattern whose
+    ``n`` divides L and whose window fits the row banks), ``dsp_depth`` records per chain.
 
     Programs: ``programs`` lists ``(count, flags, PROG bytes of the layers run)`` per
     RUN_PROGRAM executed; ``layer_status`` (layer index -> ErrorCode) makes that layer fail,
@@ -87,7 +95,8 @@ class FakeDevice(Transport):
                  group_sizes=ALL_GROUPS, pe_kind=P.PeKind.MIXPE, version=P.PROTOCOL_VERSION,
                  config_hash=HASH, max_data=P.MAX_DATA, timeout_cycles=TIMEOUT_CYCLES,
                  staged_write=True, latency=0.02, info_extra=b"", identify_data=None,
-                 act_bytes=2048, max_layers=6, layer_kinds=0b11):
+                 act_bytes=2048, max_layers=6, layer_kinds=0b11, dsp_stages=0,
+                 dsp_packed=False, dsp_patterns=None, dsp_depth=64):
         super().__init__()
         self.timeout = 1.0
         lanes = max([WEIGHT_LANES[f] for f in WeightFormat if formats >> int(f) & 1], default=1)
@@ -99,11 +108,22 @@ class FakeDevice(Transport):
         # MixCore.max_run_cycles, twice
         watchdog = 2 * (tile_period * (w_depth * 4 * a_depth + 4 * out_words * rows)
                         + 4 * DIM_BITS + 256)
+        dsp = {}
+        if dsp_stages:
+            chains = cols // 2 if dsp_packed else cols
+            stride = 1 << (chains - 1).bit_length()
+            if dsp_patterns is None:
+                dsp_patterns = [p for p, (n, m) in NM_PATTERNS.items()
+                                if dsp_stages % n == 0 and dsp_stages // n * m <= 4 * rows]
+            dsp = dict(dsp_stages=dsp_stages, dsp_chains=chains, dsp_packed=int(dsp_packed),
+                       dsp_patterns=sum(1 << int(p) for p in dsp_patterns),
+                       dsp_bytes=dsp_depth * stride * 16)
+        self.dsp_depth = dsp_depth
         self.info = DeviceInfo(version, config_hash, rows, cols, 4 * rows * a_depth,
                                cols * w_depth, 4 * rows * out_words, out_words, max_k, out_modes,
                                max_data, CLOCK_HZ, timeout_cycles, watchdog, tile_period,
                                pe_kind, formats, group_sizes, 8 * chan_depth, 4 * group_depth,
-                               act_bytes, max_layers, layer_kinds)
+                               act_bytes, max_layers, layer_kinds, **dsp)
         self.identify_data = identify_data
         self.info_extra = info_extra
         self.staged_write = staged_write
@@ -121,6 +141,7 @@ class FakeDevice(Transport):
         self.link_errors = 0
         self.cnt = P.Counters(0, 0, 0, 0, 0)
         self.programs: list[tuple[int, int, bytes]] = []
+        self.dsp_runs: list[P.LayerDescriptor] = []
         self.layer_status: dict[int, int] = {}
         self.garbage = b""
         self.silent = False
@@ -291,8 +312,15 @@ class FakeDevice(Transport):
             d = P.LayerDescriptor.unpack(pl)
             group_ok = d.group == 0 or (d.group in P.GROUP_SIZE_BITS
                                         and info.group_sizes >> P.GROUP_SIZE_BITS[d.group] & 1)
-            if (d.out_mode not in (0, 1) or d.shift > 63 or d.relu > 1 or d.fmt > 7
-                    or not info.formats >> d.fmt & 1 or not group_ok or d.chan > 1):
+            if d.sparse:              # the DSP engine: the protocol's BAD_PARAM list
+                fmt_ok = d.fmt in (0, 1, 2, 3) and not (info.dsp_packed and d.fmt == 0)
+                dsp_ok = bool(info.dsp_stages and d.sparse - 1 < len(NMPattern)
+                              and info.dsp_patterns >> (d.sparse - 1) & 1 and d.group == 0)
+            else:
+                fmt_ok = d.fmt <= 7 and info.formats >> d.fmt & 1
+                dsp_ok = True
+            if (d.out_mode not in (0, 1) or d.shift > 63 or d.relu > 1 or not fmt_ok
+                    or not group_ok or d.chan > 1 or not dsp_ok):
                 return err(ErrorCode.BAD_PARAM)
             self.layer = d
             self.layers.append(d)
@@ -358,9 +386,93 @@ class FakeDevice(Transport):
     def _bytes(self, buffer):
         return np.frombuffer(bytes(self.bufs[buffer]), np.uint8).astype(np.int64)
 
+    def _epilogue(self, d: P.LayerDescriptor, N: int):
+        """The requantization of a run: None (RAW32), the CHAN table's or the scalar one."""
+        if d.out_mode == OutMode.RAW32:
+            return None
+        if d.chan:                # entry chan_base + n: bias i32, multiplier u16, shift u8, pad
+            t = self._bytes(Buffer.CHAN)[8 * d.chan_base:8 * (d.chan_base + N)].reshape(N, 8)
+            bias = t[:, 0] | t[:, 1] << 8 | t[:, 2] << 16 | t[:, 3] << 24
+            return ChannelRequant(t[:, 4] | t[:, 5] << 8, t[:, 6] & 63,
+                                  np.where(bias >= 1 << 31, bias - (1 << 32), bias), d.zp,
+                                  bool(d.relu))
+        return Requant(d.mult, d.shift, d.zp, bool(d.relu))
+
+    def _store(self, d: P.LayerDescriptor, y) -> None:
+        """The valid results into OUT: element (m, n) has index e = (m // R) * N + n in row
+        bank m % R."""
+        R = self.info.rows
+        m, n = np.meshgrid(np.arange(d.m), np.arange(d.n), indexing="ij")
+        e, bank = (m // R) * d.n + n, m % R
+        out = np.frombuffer(self.bufs[Buffer.OUT], np.uint8)     # a writable view
+        y = np.asarray(y).astype(np.int64)
+        if d.out_mode == OutMode.RAW32:
+            for b in range(4):
+                out[(e * R + bank) * 4 + b] = (y >> 8 * b) & 0xFF
+        else:
+            out[((e >> 2) * R + bank) * 4 + (e & 3)] = y & 0xFF
+
+    def run_dsp(self, d: P.LayerDescriptor) -> int:
+        """The sparse DSP engine: the shape checks of the protocol, then every stage of every
+        DSPW record (the documented layouts, read with their own formulas) times the
+        activation its index selects, then the array's epilogue and OUT."""
+        i, dp = self.info, self.depth
+        R, C, L = i.rows, i.cols, i.dsp_stages
+        packed = bool(i.dsp_packed)
+        n, m = NM_PATTERNS[NMPattern(d.sparse - 1)]
+        M, K, N = d.m, d.k, d.n
+        wp = L // n * m                  # activations per step
+        bp = wp // 4                     # row banks used
+        S = -(-K // wp)
+        T = -(-N // C)
+        chains, CH = i.dsp_chains, i.dsp_chain_stride
+        out_cap = dp["out"] if d.out_mode == OutMode.RAW32 else 4 * dp["out"]
+        if (0 in (M, K, N) or K > i.max_k or M * S > dp["a"]
+                or d.w_base + T * S > self.dsp_depth or -(-M // R) * N > out_cap
+                or (d.chan and d.chan_base + N > dp["chan"])):
+            return ErrorCode.BAD_SHAPE
+        self.dsp_runs.append(d)
+        # A[r, k] (k up to S * Wp: the engine reads whole windows) is byte k % 4 of word
+        # r * S + k // Wp of row bank (k // 4) % Bp, at ((word * rows + bank) << 2) | byte
+        r, k = np.meshgrid(np.arange(M), np.arange(S * wp), indexing="ij")
+        word, bank = r * S + k // wp, (k // 4) % bp
+        a = self._bytes(Buffer.A)[((word * R + bank) << 2) | (k % 4)]
+        a = np.where(a >= 128, a - 256, a)
+        # every stage of every record adds value x A[r, row] to its column
+        w = np.zeros((S * wp, T * C), dtype=np.int64)
+        dspw = self._bytes(Buffer.DSPW)
+        for t in range(T):
+            for s in range(S):
+                for c in range(chains):
+                    at = ((d.w_base + t * S + s) * CH + c) * 16
+                    rec = dspw[at:at + 16]
+                    bits = int(rec[8] | rec[9] << 8 | rec[10] << 16)
+                    for j in range(L):
+                        row = (s * (L // n) + j // n) * m + (bits >> 3 * j & 7)
+                        v = int(rec[j])
+                        if packed:
+                            lo, hi = v & 0xF, v >> 4
+                            w[row, t * C + 2 * c] += lo - 16 * (lo >= 8)
+                            w[row, t * C + 2 * c + 1] += hi - 16 * (hi >= 8)
+                        else:
+                            w[row, t * C + c] += v - 256 * (v >= 128)
+        acc = a @ w[:, :N]
+        rq = self._epilogue(d, N)
+        if rq is None:
+            y = wrap_int(acc, 32)
+        else:
+            if isinstance(rq, Requant):
+                rq = ChannelRequant.from_requant(rq, N)
+            y = requantize_channels(acc, rq)
+        self._store(d, y)
+        self.cnt = P.Counters(T * M * S + L + 16, T * M * S, 0, M * N * K, 0)
+        return ErrorCode.OK
+
     def run(self, d: P.LayerDescriptor) -> int:
         """The core: shape check as MixCore's CHECK state, then the golden model on the
         operands and tables read out of the buffers, then the valid results into OUT."""
+        if d.sparse:
+            return self.run_dsp(d)
         i, dp = self.info, self.depth
         R, C = i.rows, i.cols
         M, K, N = d.m, d.k, d.n
@@ -390,31 +502,13 @@ class FakeDevice(Transport):
             t = self._bytes(Buffer.GROUP)[g0:g0 + 4 * ng * N].reshape(ng, N, 4)
             gq = GroupQuant(d.group, t[..., 0] | t[..., 1] << 8,
                             np.where(t[..., 2] >= 128, t[..., 2] - 256, t[..., 2]))
-        if d.out_mode == OutMode.RAW32:
-            rq = None
-        elif d.chan:              # entry chan_base + n: bias i32, multiplier u16, shift u8, pad
-            t = self._bytes(Buffer.CHAN)[8 * d.chan_base:8 * (d.chan_base + N)].reshape(N, 8)
-            bias = t[:, 0] | t[:, 1] << 8 | t[:, 2] << 16 | t[:, 3] << 24
-            rq = ChannelRequant(t[:, 4] | t[:, 5] << 8, t[:, 6] & 63,
-                                np.where(bias >= 1 << 31, bias - (1 << 32), bias), d.zp,
-                                bool(d.relu))
-        else:
-            rq = Requant(d.mult, d.shift, d.zp, bool(d.relu))
+        rq = self._epilogue(d, N)
         try:
             y = mixgemm(a, q, fmt=fmt, group=gq, requant=rq)
         except ValueError:                  # RAW32 beyond int32: the core keeps 32 bits
             assert rq is None
             y = wrap_int(a @ q if gq is None else group_dequant(a, q, gq), 32)
-        # OUT: element (m, n) has index e = (m // R) * N + n in row bank m % R
-        m, n = np.meshgrid(np.arange(M), np.arange(N), indexing="ij")
-        e, bank = (m // R) * N + n, m % R
-        out = np.frombuffer(self.bufs[Buffer.OUT], np.uint8)     # a writable view
-        y = np.asarray(y).astype(np.int64)
-        if d.out_mode == OutMode.RAW32:
-            for b in range(4):
-                out[(e * R + bank) * 4 + b] = (y >> 8 * b) & 0xFF
-        else:
-            out[((e >> 2) * R + bank) * 4 + (e & 3)] = y & 0xFF
+        self._store(d, y)
         # counters: steps of each group (the last one ragged); group ends >= period apart
         if d.group:
             gs = d.group // lanes
@@ -556,10 +650,10 @@ def test_mismatch_whole_info_and_bad_expect():
 
 
 @pytest.mark.parametrize("extra", [b"", b"\x00" * 7])
-def test_protocol_version_5_refused(extra):
+def test_protocol_version_6_refused(extra):
     # a newer bitstream (maybe with a longer DeviceInfo): refused on the version byte
-    dev = FakeDevice(version=5, info_extra=extra)
-    with pytest.raises(DeviceMismatch, match="protocol version 5, this driver version 4: "
+    dev = FakeDevice(version=6, info_extra=extra)
+    with pytest.raises(DeviceMismatch, match="protocol version 6, this driver version 5: "
                                              "update the host software"):
         open_acc(dev)
     assert dev.closed
@@ -570,6 +664,11 @@ def v3_identify_data(version=3):
     return FakeDevice(version=version).info.pack()[:55]
 
 
+def v4_identify_data(version=4):
+    """A protocol-4 device's IDENTIFY data: the 62 bytes before the DSP engine's fields."""
+    return FakeDevice(version=version).info.pack()[:62]
+
+
 def test_v2_device_refused():
     """A protocol-2 bitstream (core v1) answers IDENTIFY with its 45-byte DeviceInfo: refused
     at once on the version byte, with a message that says to rebuild the bitstream."""
@@ -578,14 +677,15 @@ def test_v2_device_refused():
     with pytest.raises(DeviceMismatch) as e:
         open_acc(dev)
     msg = str(e.value)
-    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 4" in msg
+    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 5" in msg
     assert "rebuild" in msg and "python -m hw.build" in msg
     assert len(dev.log) == 1 and dev.closed           # no retries, nothing else sent
     assert time.monotonic() - t0 < 0.5
-    # a v4 version byte on a reply of the wrong size is not taken for a DeviceInfo either
-    for data, size in ((v2_identify_data(version=4), 45), (v3_identify_data(version=4), 55)):
+    # a v5 version byte on a reply of the wrong size is not taken for a DeviceInfo either
+    for data, size in ((v2_identify_data(version=5), 45), (v3_identify_data(version=5), 55),
+                       (v4_identify_data(version=5), 62)):
         bad = FakeDevice(identify_data=data)
-        with pytest.raises(DeviceMismatch, match=f"not a DeviceInfo .*62 bytes, got {size}"):
+        with pytest.raises(DeviceMismatch, match=f"not a DeviceInfo .*70 bytes, got {size}"):
             open_acc(bad)
 
 
@@ -596,7 +696,19 @@ def test_v3_device_refused():
     with pytest.raises(DeviceMismatch) as e:
         open_acc(dev)
     msg = str(e.value)
-    assert "protocol version 3 (a 55-byte IDENTIFY reply), this driver version 4" in msg
+    assert "protocol version 3 (a 55-byte IDENTIFY reply), this driver version 5" in msg
+    assert "rebuild" in msg and "python -m hw.build" in msg
+    assert len(dev.log) == 1 and dev.closed
+
+
+def test_v4_device_refused():
+    """A protocol-4 bitstream (no DSP engine fields, 21-byte descriptor) answers IDENTIFY
+    with its 62-byte DeviceInfo: refused on the version byte, nothing else sent."""
+    dev = FakeDevice(identify_data=v4_identify_data())
+    with pytest.raises(DeviceMismatch) as e:
+        open_acc(dev)
+    msg = str(e.value)
+    assert "protocol version 4 (a 62-byte IDENTIFY reply), this driver version 5" in msg
     assert "rebuild" in msg and "python -m hw.build" in msg
     assert len(dev.log) == 1 and dev.closed
 
@@ -1619,7 +1731,7 @@ def test_descriptor_bases_through_low_level_commands():
                                           group=G, w_base=w_base, chan_base=chan_base,
                                           group_base=group_base)
     acc.load_layer(desc)
-    assert dev.ops(Opcode.LOAD_LAYER)[-1].payload == desc.pack() and len(desc.pack()) == 21
+    assert dev.ops(Opcode.LOAD_LAYER)[-1].payload == desc.pack() and len(desc.pack()) == 22
     acc.run()
     got = layout.decode_result(acc.read_buffer(Buffer.OUT, 0, layout.result_size(M, N, 2,
                                                                                    OutMode.INT8)),
@@ -1779,9 +1891,9 @@ def test_cli(monkeypatch, argv):
     text = out.getvalue()
     assert devs[0].closed
     if argv[0] == "info":
-        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  4" in text
+        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  5" in text
         assert "INT8, INT4, INT2, TERNARY, POW2" in text and "32, 64, 128" in text
-        assert "MIXPE" in text and "CHAN table" in text
+        assert "MIXPE" in text and "CHAN table" in text and "DSP engine        none" in text
     else:
         assert "bit-exact vs sw.numerics.mixgemm" in text and "efficiency" in text
         assert "utilization" in text and "dequantization" in text
@@ -1812,3 +1924,254 @@ def test_cli_v1_device_exit_code(monkeypatch, capsys):
     monkeypatch.setattr(cli, "open_transport", lambda args: V1Device())
     assert cli.main(["info"]) == 2
     assert "protocol version 1" in capsys.readouterr().err
+
+
+# -- the sparse DSP engine (protocol 5) -----------------------------------------------------
+
+I8, I4, I2, TER = (WeightFormat.INT8, WeightFormat.INT4, WeightFormat.INT2,
+                   WeightFormat.TERNARY)
+#: (stages, packed, rows, cols) of the DSP devices under test: L = 8 and 4, unpacked and
+#: packed; rows = 2 with L = 4 leaves out the patterns whose window exceeds 8 activations
+DSP_CONFIGS = [(8, False, 8, 4), (4, False, 4, 4), (8, True, 8, 4), (4, True, 2, 4)]
+
+
+def dsp_device(stages=8, packed=False, rows=8, cols=4, **kw):
+    f = dict(rows=rows, cols=cols, a_depth=64, w_depth=64, out_words=64, chan_depth=64,
+             dsp_stages=stages, dsp_packed=packed, dsp_depth=64)
+    f.update(kw)
+    return FakeDevice(**f)
+
+
+def sparse_layer(rng, k, n, nm, fmt, *, pair=False, relu=False):
+    """A sparse QuantLinear of random Gaussian weights."""
+    return quant.quantize_linear(rng.normal(size=(k, n)), rng.normal(size=n) * 0.2, fmt=fmt,
+                                 x_scale=0.02, x_zero=3, y_scale=0.08, y_zero=-5, relu=relu,
+                                 sparse=nm, pair_columns=pair)
+
+
+def supported(dev) -> list:
+    return [p for p in NMPattern if dev.info.supports_pattern(p)]
+
+
+def test_dsp_device_reports_the_engine():
+    dev = dsp_device(4, True, 2, 4)
+    acc = open_acc(dev)
+    i = acc.info
+    assert (i.dsp_stages, i.dsp_chains, i.dsp_packed, i.dsp_chain_stride, i.dsp_depth) == \
+        (4, 2, 1, 2, 64)
+    assert supported(dev) == [NMPattern.DENSE4, NMPattern.NM4_8, NMPattern.NM2_4]
+    assert i.buffer_size(Buffer.DSPW) == 64 * 2 * 16
+    # DSPW is an address space like the others: written and read back, range-checked
+    acc.write_buffer(Buffer.DSPW, 100, b"\x01\x02\x03")
+    assert acc.read_buffer(Buffer.DSPW, 99, 5) == b"\x00\x01\x02\x03\x00"
+    with pytest.raises(ValueError, match=r"DSPW access of 2 bytes at 2047 outside the buffer "
+                                         r"\(2048 bytes\)"):
+        acc.write_buffer(Buffer.DSPW, 2047, b"\x00\x00")
+    # a device without the engine has no DSPW space
+    plain = open_acc(FakeDevice())
+    assert plain.info.dsp_stages == 0 and plain.info.buffer_size(Buffer.DSPW) == 0
+    with pytest.raises(ValueError, match="DSPW access"):
+        plain.write_buffer(Buffer.DSPW, 0, b"\x00")
+
+
+@pytest.mark.parametrize("stages, packed, rows, cols", DSP_CONFIGS)
+def test_sparse_linear_bit_exact_every_pattern_and_format(stages, packed, rows, cols):
+    """Every pattern the engine runs and every format it takes: ``acc.linear`` equals the
+    layer's golden model (sparse_gemm + epilogue) with ragged K and N, int and float input."""
+    dev = dsp_device(stages, packed, rows, cols)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(100 + stages + 10 * packed)
+    pats = supported(dev)
+    assert pats
+    for p in pats:
+        for fmt in ((I4, I2, TER) if packed else (I8, I4, I2, TER)):
+            k = 5 * p.m                             # 5 blocks: the last window ragged
+            layer = sparse_layer(rng, k, 7, (p.n, p.m), fmt, pair=packed, relu=fmt == I2)
+            x = rng.integers(-128, 128, (6, k))
+            runs = len(dev.dsp_runs)
+            y = acc.linear(x, layer)
+            np.testing.assert_array_equal(y, layer.golden(x), strict=True)
+            d = dev.dsp_runs[-1]
+            assert len(dev.dsp_runs) == runs + 1 and d.pattern is p and d.w_base == 0
+            assert (d.m, d.k, d.n, d.fmt, d.group, d.chan) == (6, k, 7, fmt, 0, 1)
+            assert acc.last.macs == 6 * k * 7          # dense-equivalent MACs
+    # the float path is layer.forward; a 1-D input gives a 1-D result
+    xf = rng.normal(size=(3, layer.in_features))
+    np.testing.assert_array_equal(acc.linear(xf, layer), layer.forward(xf), strict=True)
+    np.testing.assert_array_equal(acc.linear(x[0], layer), layer.golden(x[:1])[0], strict=True)
+    # what went out: A in the DSP layout, the DSPW records, the CHAN table
+    assert dev.writes(Buffer.DSPW) and dev.writes(Buffer.CHAN)
+
+
+def test_sparse_gemm_raw_and_scalar_requant():
+    dev = dsp_device(8, False, 8, 4)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(3)
+    for p in (NMPattern.NM2_8, NMPattern.NM1_4, NMPattern.DENSE8):
+        k, n = 6 * p.m, 9
+        mask = quant.prune_nm(rng.normal(size=(k, n)), p.n, p.m)
+        q = rng.integers(-128, 128, (k, n))
+        sp = quant.compress_nm(q, mask, n=p.n, m=p.m)
+        a = rng.integers(-128, 128, (5, k))
+        raw = acc.sparse_gemm(a, sp)
+        np.testing.assert_array_equal(raw, sparse_gemm(a, sp).astype(np.int32), strict=True)
+        assert dev.layers[-1].out_mode == OutMode.RAW32 and dev.layers[-1].chan == 0
+        rq = Requant(*to_dyadic(0.002), -4, True)
+        got = acc.sparse_gemm(a, sp, requant=rq)
+        want = requantize_channels(sparse_gemm(a, sp), ChannelRequant.from_requant(rq, n))
+        np.testing.assert_array_equal(got, want, strict=True)
+        d = dev.layers[-1]
+        assert (d.out_mode, d.chan, d.mult, d.shift, d.zp, d.relu, d.pattern) == \
+            (OutMode.INT8, 0, rq.multiplier, rq.shift, -4, 1, p)
+    # extremes: every activation -128, every kept weight -128 (RAW32 still fits int32)
+    sp = NMSparse(8, 8, np.full((8 * 32, 3), -128), np.tile(np.arange(8), 32)[:, None]
+                  .repeat(3, axis=1))
+    a = np.full((2, 256), -128)
+    np.testing.assert_array_equal(acc.sparse_gemm(a, sp), np.full((2, 3), 128 * 128 * 256,
+                                                                  np.int32), strict=True)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_sparse_tiling_over_m_and_n(packed):
+    """A and DSPW too small for the layer, and (packed) a CHAN table of an odd number of
+    entries: several M and N blocks, N blocks on even columns, results bit-exact."""
+    # NM2_4 on L = 4: Wp = 8; K = 32 -> S = 4 steps: 3 rows of A per bank of 12 words,
+    # 2 column tiles (8 columns) per 9 DSPW records, 5 CHAN entries -> blocks of 4 packed
+    dev = dsp_device(4, packed, 4, 4, a_depth=12, dsp_depth=9, chan_depth=5)
+    acc = open_acc(dev)
+    rng = np.random.default_rng(8)
+    layer = sparse_layer(rng, 32, 11, (2, 4), I4, pair=packed)
+    x = rng.integers(-128, 128, (10, 32))
+    np.testing.assert_array_equal(acc.linear(x, layer), layer.golden(x), strict=True)
+    pl = acc.plan_sparse(10, 32, 11, layer.requant, pattern=NMPattern.NM2_4, fmt=I4)
+    assert (pl.mb, pl.kc, pl.sparse) == (3, 32, 1 + NMPattern.NM2_4)
+    assert pl.nb <= 5 and (pl.nb % 2 == 0 or not packed)      # column pairs stay together
+    assert pl.n_blocks == 3
+    runs = dev.dsp_runs[-pl.m_blocks * pl.n_blocks:]
+    assert len(dev.dsp_runs) == pl.runs == 4 * 3
+    assert sorted({d.m for d in runs}) == [1, 3] and max(d.n for d in runs) == pl.nb
+    assert all(d.w_base == 0 and d.k == 32 for d in runs)
+    # the layer's own DSPW records, A words and OUT elements fit each block
+    for d in runs:
+        assert d.m * 4 <= 12 and -(-d.n // 4) * 4 <= 9
+
+
+def _nothing_sent(dev):
+    assert [f.opcode for f in dev.log] == [Opcode.IDENTIFY], dev.log
+
+
+@pytest.mark.parametrize("dev_kw, make, exc, match", [
+    (dict(dsp_stages=0), lambda rng: sparse_layer(rng, 16, 4, (2, 4), I8), ValueError,
+     r"the device has no sparse DSP engine \(IDENTIFY dsp_stages = 0\)"),
+    (dict(dsp_patterns=[NMPattern.DENSE4, NMPattern.NM1_4]),
+     lambda rng: sparse_layer(rng, 16, 4, (2, 4), I8), ValueError,
+     r"does not run pattern NM2_4 \(2:4\); it runs DENSE4 \(4:4\), NM1_4 \(1:4\)"),
+    (dict(dsp_packed=True), lambda rng: sparse_layer(rng, 16, 4, (2, 4), I8, pair=True),
+     ValueError, "packed .* does not take INT8 weights; quantize the layer to INT4"),
+    (dict(), lambda rng: sparse_layer(rng, 16, 4, (3, 4), I8), ValueError,
+     "3:4 weights cannot run on the DSP engine: 3:4 is not a hardware N:M pattern"),
+    (dict(rows=2), lambda rng: sparse_layer(rng, 16, 4, (1, 4), I8), ValueError,
+     "does not run pattern NM1_4"),                 # Wp = 32 > 4 * rows: not reported
+    (dict(dsp_patterns=list(NMPattern), rows=2), lambda rng: sparse_layer(rng, 16, 4, (1, 4), I8),
+     ValueError, r"reads 32 activations per step, more than its 2 A row banks hold \(8\)"),
+    (dict(a_depth=4, max_k=1024), lambda rng: sparse_layer(rng, 96, 4, (2, 4), I8), ValueError,
+     r"K=96 takes S = ceil\(K / 16\) = 6 steps of pattern NM2_4 .* K <= 64\); the DSP "
+     r"engine does not split K"),
+    (dict(dsp_depth=5), lambda rng: sparse_layer(rng, 96, 4, (2, 4), I8), ValueError,
+     r"5 DSPW records per chain: K <= 80"),
+    (dict(max_k=64), lambda rng: sparse_layer(rng, 96, 4, (2, 4), I8), ValueError,
+     r"K=96 is more than the device takes in one run \(max_k 64, which bounds DSP layers"),
+    (dict(dsp_packed=True), lambda rng: sparse_layer(rng, 16, 4, (2, 4), I4, pair=False),
+     ValueError, "packed columns 0 and 1 share a DSP chain"),
+    (dict(), lambda rng: dataclasses.replace(
+        sparse_layer(rng, 16, 4, (2, 4), I8),
+        group=GroupQuant(32, np.ones((1, 4), np.int64), np.zeros((1, 4), np.int64))),
+     ValueError, "per-group tables, but the DSP engine requantizes per output channel"),
+])
+def test_sparse_refused_before_sending(dev_kw, make, exc, match):
+    dev = dsp_device(**dev_kw)
+    acc = open_acc(dev)
+    layer = make(np.random.default_rng(1))
+    with pytest.raises(exc, match=match):
+        acc.linear(np.zeros((2, layer.in_features), np.int8), layer)
+    _nothing_sent(dev)
+
+
+def test_sparse_gemm_operand_refusals():
+    dev = dsp_device()
+    acc = open_acc(dev)
+    rng = np.random.default_rng(2)
+    sp = sparse_layer(rng, 16, 4, (2, 4), I8).sparse
+    with pytest.raises(TypeError, match="sparse must be a sw.numerics.NMSparse, not ndarray"):
+        acc.sparse_gemm(np.zeros((2, 16), np.int8), np.zeros((16, 4), np.int8))
+    with pytest.raises(ValueError, match=r"inner dimensions differ: a is \(2, 12\) .* K = 16"):
+        acc.sparse_gemm(np.zeros((2, 12), np.int8), sp)
+    with pytest.raises(ValueError, match="requant has 3 channels, the layer N=4"):
+        acc.sparse_gemm(np.zeros((2, 16), np.int8), sp,
+                        requant=ChannelRequant([1] * 3, [0] * 3, [0] * 3))
+    with pytest.raises(TypeError, match="requant must be"):
+        acc.sparse_gemm(np.zeros((2, 16), np.int8), sp, requant=(1, 2))
+    with pytest.raises(ValueError, match=r"a must hold int8 values|\[-128, 127\]"):
+        acc.sparse_gemm(np.full((2, 16), 128), sp)
+    with pytest.raises(TypeError, match="pattern must be a sw.numerics.NMPattern"):
+        acc.plan_sparse(2, 16, 4, pattern=3)
+    _nothing_sent(dev)
+    # an INT8-only device without RAW32: requant=None refused as for the array
+    dev = dsp_device(out_modes=0b10)
+    acc = open_acc(dev)
+    with pytest.raises(ValueError, match="needs RAW32 output"):
+        acc.sparse_gemm(np.zeros((2, 16), np.int8), sp)
+    _nothing_sent(dev)
+
+
+def test_device_refuses_bad_dsp_descriptors():
+    """What the protocol says the device answers BAD_PARAM to (the fake as the gateware):
+    the driver's low-level commands pass it on."""
+    acc = open_acc(dsp_device(8, True, 8, 4, dsp_patterns=[NMPattern.NM2_4]))
+    base = P.LayerDescriptor(4, 16, 4, fmt=I4, sparse=1 + NMPattern.NM2_4)
+    acc.load_layer(base)
+    for kw in (dict(sparse=1 + NMPattern.NM2_8), dict(sparse=len(NMPattern) + 1),
+               dict(fmt=I8), dict(fmt=WeightFormat.POW2), dict(group=32)):
+        with pytest.raises(DeviceError, match="BAD_PARAM"):
+            acc.load_layer(dataclasses.replace(base, **kw))
+    with pytest.raises(DeviceError, match="BAD_PARAM"):
+        open_acc(FakeDevice()).load_layer(base)
+
+
+def test_identify_refuses_an_inconsistent_dsp_engine():
+    good = dsp_device().info
+    for kw, match in ((dict(dsp_chains=3), "dsp_chains=3 .an unpacked DSP engine next to 4 "
+                                           "columns has 4"),
+                      (dict(dsp_packed=1), "dsp_chains=4 .a packed DSP engine next to 4 columns "
+                                           "has 2"),
+                      (dict(dsp_stages=6), "dsp_stages=6"),
+                      (dict(dsp_bytes=63), "dsp_bytes=63")):
+        bad = dataclasses.replace(good, **kw).pack()
+        with pytest.raises(DeviceMismatch, match=match):
+            open_acc(FakeDevice(identify_data=bad))
+
+
+def test_layer_programs_refuse_sparse_layers():
+    """Programs run GEMM layers on the array only: compiling a model with a sparse layer
+    raises DeviceLacks naming the layer, and load_model sends nothing."""
+    from sw import model as M
+    from sw import program
+    rng = np.random.default_rng(4)
+    dense = quant.quantize_linear(rng.normal(size=(16, 8)), None, fmt=I8, x_scale=0.02,
+                                  y_scale=0.05)
+    sp = quant.quantize_linear(rng.normal(size=(8, 4)), None, fmt=I8, x_scale=0.05,
+                               y_scale=0.05, sparse=(2, 4))
+    model = M.Model([M.Dense(dense, name="fc1"), M.Dense(sp, name="fc2")], input_shape=(16,),
+                    in_scale=0.02, in_zero=0, out_scale=0.05, out_zero=0)
+    dev = dsp_device()
+    acc = open_acc(dev)
+    with pytest.raises(program.DeviceLacks, match="layer 'fc2': its weights are N:M sparse "
+                                                  r"\(2:4\), and layer programs do not run"):
+        program.compile_model(model, acc.info)
+    with pytest.raises(program.DeviceLacks, match="fc2"):
+        acc.load_model(model)
+    _nothing_sent(dev)
+    # the same model dense compiles
+    program.compile_model(M.Model([M.Dense(dense, name="fc1")], input_shape=(16,),
+                                  in_scale=0.02, in_zero=0, out_scale=0.05, out_zero=0),
+                          acc.info)

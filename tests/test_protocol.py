@@ -1,8 +1,9 @@
-"""sw.protocol (version 4): CRC, frame layout byte by byte, payload round trips (the 62-byte
-DeviceInfo with formats, group sizes, table sizes and the layer-program fields; the 21-byte
-LayerDescriptor with its bases; COUNTERS with dq_stall; the 64-byte ProgramLayer record and
-the 32-byte LayerCounters record), the RUN_PROGRAM request, the streaming parser under abuse,
-recognition of a protocol-1 reply, link efficiency."""
+"""sw.protocol (version 5): CRC, frame layout byte by byte, payload round trips (the 70-byte
+DeviceInfo with formats, group sizes, table sizes, the layer-program fields and the DSP
+engine's fields; the 22-byte LayerDescriptor with its bases and its engine byte ``sparse``;
+COUNTERS with dq_stall; the 64-byte ProgramLayer record and the 32-byte LayerCounters
+record), the RUN_PROGRAM request, the streaming parser under abuse, recognition of a
+protocol-1 reply, link efficiency."""
 
 import binascii
 import dataclasses
@@ -12,7 +13,7 @@ import struct
 import pytest
 
 from sw import protocol as P
-from sw.numerics import GROUP_SIZES, ChannelRequant, OutMode, Requant, WeightFormat
+from sw.numerics import GROUP_SIZES, ChannelRequant, NMPattern, OutMode, Requant, WeightFormat
 
 
 def crc_ccitt_false_bitwise(data: bytes) -> int:
@@ -82,7 +83,7 @@ def test_crc_detects_every_1_to_3_bit_error_in_a_frame():
 def test_enums_and_constants_stable():
     assert [(b.name, b.value) for b in P.Buffer] == [("A", 0), ("W", 1), ("OUT", 2),
                                                       ("CHAN", 3), ("GROUP", 4), ("ACT", 5),
-                                                      ("PROG", 6), ("LCNT", 7)]
+                                                      ("PROG", 6), ("LCNT", 7), ("DSPW", 8)]
     assert [(c.name, c.value) for c in P.ErrorCode] == [
         ("OK", 0), ("BAD_SHAPE", 1), ("NOT_LOADED", 2), ("BUSY", 3), ("BAD_CRC", 4),
         ("UNKNOWN_OPCODE", 5), ("BAD_LENGTH", 6), ("BAD_ADDRESS", 7), ("TIMEOUT", 8),
@@ -93,11 +94,12 @@ def test_enums_and_constants_stable():
                                   P.ErrorCode.TIMEOUT}
     assert [(k.name, k.value) for k in P.PeKind] == [("INT8_DSP", 0), ("MIXPE", 1)]
     assert [(k.name, k.value) for k in P.LayerKind] == [("GEMM", 0), ("MAXPOOL", 1)]
-    assert P.PROTOCOL_VERSION == 4 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
+    assert P.PROTOCOL_VERSION == 5 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
     assert P.GROUP_SIZE_BITS == {32: 0, 64: 1, 128: 2}
     assert set(P.GROUP_SIZE_BITS) == set(GROUP_SIZES)
-    assert P.LAYER_PAYLOAD == P.LayerDescriptor.SIZE == 21
+    assert P.LAYER_PAYLOAD == P.LayerDescriptor.SIZE == 22
     assert P.PROGRAM_RECORD == 64 and P.LCNT_RECORD == 32 and P.GATHER_LOOPS == 6
+    assert P.DSPW_RECORD == 16
     # SYNC, OPCODE, LENGTH(2), SEQ, CRC(2); LENGTH counts SEQ + body
     assert P.FRAME_OVERHEAD == 1 + 1 + 2 + 1 + 2
     assert P.MAX_PAYLOAD == 1 + 5 + 4096 == 4102
@@ -135,19 +137,30 @@ def test_round_trips():
 def test_device_info_round_trip_and_fields():
     info = P.DeviceInfo(P.PROTOCOL_VERSION, 0xDEADBEEF, 8, 8, 4096, 4096, 8192, 2048, 1024, 3,
                         P.MAX_DATA, 75_000_000, 1 << 22, 123_456_789, 8, P.PeKind.MIXPE,
-                        0b10101, 0b101, 2048, 4096, 32768, 48, 0b11)
+                        0b10101, 0b101, 2048, 4096, 32768, 48, 0b11, 8, 4, 1, 0b100101,
+                        0x12345)
     raw = info.pack()
-    assert len(raw) == P.DeviceInfo.SIZE == 62
+    assert len(raw) == P.DeviceInfo.SIZE == 70
     assert P.DeviceInfo.unpack(raw) == info
     # byte by byte, in the documented order (docs/protocol.md)
-    assert raw == (bytes([4]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
+    assert raw == (bytes([5]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
                    + struct.pack("<IIII", 4096, 4096, 8192, 2048) + struct.pack("<H", 1024)
                    + bytes([3]) + struct.pack("<H", 4096) + struct.pack("<I", 75_000_000)
                    + struct.pack("<I", 1 << 22) + struct.pack("<I", 123_456_789)
                    + struct.pack("<H", 8) + bytes([1, 0b10101, 0b101])
                    + struct.pack("<II", 2048, 4096)
-                   + struct.pack("<I", 32768) + struct.pack("<H", 48) + bytes([0b11]))
+                   + struct.pack("<I", 32768) + struct.pack("<H", 48) + bytes([0b11])
+                   + bytes([8, 4, 1, 0b100101]) + struct.pack("<I", 0x12345))
     assert (raw[55:59], raw[59:61], raw[61]) == (struct.pack("<I", 32768), b"\x30\x00", 3)
+    # the DSP engine's fields, appended in protocol 5 (offsets 62..69)
+    assert raw[62:66] == bytes([8, 4, 1, 0b100101]) and raw[66:] == b"\x45\x23\x01\x00"
+    assert (info.dsp_stages, info.dsp_chains, info.dsp_packed, info.dsp_patterns,
+            info.dsp_bytes) == (8, 4, 1, 0b100101, 0x12345)
+    assert [p for p in NMPattern if info.supports_pattern(p)] == [
+        NMPattern.DENSE4, NMPattern.NM4_8, NMPattern.NM2_8]               # bits 0, 2, 5
+    assert info.supports_pattern(5) and not info.supports_pattern(NMPattern.DENSE8)
+    # DSPW records: chains rounded up to a power of two, 16 bytes each
+    assert (info.dsp_chain_stride, info.dsp_depth) == (4, 0x12345 // 64)
     assert info.pe is P.PeKind.MIXPE
     assert P.DeviceInfo.unpack(raw[:44] + b"\x07" + raw[45:]).pe == 7   # unknown: a number
     assert info.supports(0) and info.supports(1) and not info.supports(2)
@@ -156,18 +169,31 @@ def test_device_info_round_trip_and_fields():
     assert [g for g in (0, 32, 48, 64, 128) if info.supports_group(g)] == [0, 32, 128]
     # ACT is act_bytes, PROG and LCNT hold max_layers records
     assert [info.buffer_size(b) for b in P.Buffer] == [4096, 4096, 8192, 2048, 4096, 32768,
-                                                       48 * 64, 48 * 32]
-    # defaults: an INT8-only array without groups, tables or layer programs
+                                                       48 * 64, 48 * 32, 0x12345]
+    # defaults: an INT8-only array without groups, tables, layer programs or DSP engine
     d = P.DeviceInfo(4, 0, 1, 1, 4, 1, 4, 1, 1, 1)
     assert (d.formats, d.group_sizes, d.chan_bytes, d.group_bytes) == (1, 0, 0, 0)
     assert (d.act_bytes, d.max_layers, d.layer_kinds) == (0, 0, 0)
-    assert [d.buffer_size(b) for b in (P.Buffer.ACT, P.Buffer.PROG, P.Buffer.LCNT)] == [0, 0, 0]
+    assert (d.dsp_stages, d.dsp_chains, d.dsp_packed, d.dsp_patterns, d.dsp_bytes) == (0,) * 5
+    assert [d.buffer_size(b) for b in (P.Buffer.ACT, P.Buffer.PROG, P.Buffer.LCNT,
+                                       P.Buffer.DSPW)] == [0, 0, 0, 0]
+    assert (d.dsp_chain_stride, d.dsp_depth) == (0, 0)
+    assert not any(d.supports_pattern(p) for p in NMPattern)
+    # a pattern bit without stages is no DSP engine
+    assert not dataclasses.replace(d, dsp_patterns=0xFF).supports_pattern(NMPattern.NM2_4)
     assert d.supports_format(WeightFormat.INT8) and not d.supports_group(32)
-    with pytest.raises(P.ProtocolError, match="62"):
+    # chains that are not a power of two: records of CH = the next power apart
+    odd = dataclasses.replace(d, dsp_stages=4, dsp_chains=3, dsp_bytes=4 * 16 * 10 + 5)
+    assert (odd.dsp_chain_stride, odd.dsp_depth) == (4, 10)
+    assert dataclasses.replace(odd, dsp_chains=1).dsp_chain_stride == 1
+    assert dataclasses.replace(odd, dsp_chains=5).dsp_chain_stride == 8
+    with pytest.raises(P.ProtocolError, match="70"):
+        P.DeviceInfo.unpack(raw[:62])                                 # a protocol-4 DeviceInfo
+    with pytest.raises(P.ProtocolError, match="70"):
         P.DeviceInfo.unpack(raw[:55])                                 # a protocol-3 DeviceInfo
-    with pytest.raises(P.ProtocolError, match="62"):
+    with pytest.raises(P.ProtocolError, match="70"):
         P.DeviceInfo.unpack(raw[:45])                                 # a protocol-2 DeviceInfo
-    with pytest.raises(P.ProtocolError, match="62"):
+    with pytest.raises(P.ProtocolError, match="70"):
         P.DeviceInfo.unpack(raw + b"\x00")
     with pytest.raises(ValueError, match="clock_hz"):
         P.DeviceInfo(2, 0, 1, 1, 1, 1, 4, 1, 1, 1, P.MAX_DATA, 1 << 32)
@@ -178,7 +204,10 @@ def test_device_info_round_trip_and_fields():
     with pytest.raises(ValueError, match="group_bytes"):
         P.DeviceInfo(3, 0, 1, 1, 1, 1, 4, 1, 1, 1, group_bytes=-1)
     for name, bad in (("act_bytes", 1 << 32), ("act_bytes", -1), ("max_layers", 1 << 16),
-                      ("layer_kinds", 256)):
+                      ("layer_kinds", 256), ("dsp_stages", 256), ("dsp_stages", -1),
+                      ("dsp_chains", 256), ("dsp_packed", 256), ("dsp_patterns", 256),
+                      ("dsp_bytes", 1 << 32), ("dsp_bytes", -1), ("dsp_bytes", 1.5),
+                      ("dsp_chains", None)):
         with pytest.raises(ValueError, match=name):
             P.DeviceInfo(4, 0, 1, 1, 1, 1, 4, 1, 1, 1, **{name: bad})
 
@@ -187,10 +216,12 @@ def test_layer_descriptor():
     d = P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1, WeightFormat.TERNARY, 64, 1,
                           0xBEEF, 513, 0xFFFF)
     raw = d.pack()
-    assert len(raw) == P.LAYER_PAYLOAD == 21
+    assert len(raw) == P.LAYER_PAYLOAD == 22
     assert raw == (struct.pack("<HHH", 1, 2, 3) + bytes([1]) + struct.pack("<H", 40000)
-                   + bytes([63, 0x80, 1, 3, 64, 1]) + struct.pack("<HHH", 0xBEEF, 513, 0xFFFF))
-    assert raw[15:] == bytes([0xEF, 0xBE, 0x01, 0x02, 0xFF, 0xFF])   # bases at 15, 17, 19
+                   + bytes([63, 0x80, 1, 3, 64, 1]) + struct.pack("<HHH", 0xBEEF, 513, 0xFFFF)
+                   + bytes([0]))
+    assert raw[15:21] == bytes([0xEF, 0xBE, 0x01, 0x02, 0xFF, 0xFF])  # bases at 15, 17, 19
+    assert raw[21] == 0 and d.sparse == 0 and d.pattern is None      # the array engine
     back = P.LayerDescriptor.unpack(raw)
     assert back == P.LayerDescriptor(1, 2, 3, 1, 40000, 63, -128, 1, 3, 64, 1, 0xBEEF, 513,
                                      0xFFFF)
@@ -199,13 +230,27 @@ def test_layer_descriptor():
     for i, name in enumerate(("w_base", "chan_base", "group_base")):
         one = P.LayerDescriptor(4, 5, 6, **{name: 0x1234}).pack()
         assert one[:15] == P.LayerDescriptor(4, 5, 6).pack()[:15]
-        assert one[15:] == bytes(2 * i) + b"\x34\x12" + bytes(4 - 2 * i), name
+        assert one[15:] == bytes(2 * i) + b"\x34\x12" + bytes(4 - 2 * i) + b"\x00", name
         assert getattr(P.LayerDescriptor.unpack(one), name) == 0x1234
-    assert P.LayerDescriptor(4, 5, 6).pack()[7:] == bytes(14)         # RAW32, INT8, no tables
-    with pytest.raises(P.ProtocolError, match="21"):
+    assert P.LayerDescriptor(4, 5, 6).pack()[7:] == bytes(15)         # RAW32, INT8, no tables
+    # the engine byte: last, 1 + NMPattern for the DSP engine
+    for p in NMPattern:
+        one = P.LayerDescriptor(4, 5, 6, sparse=1 + p)
+        assert one.pack()[:21] == P.LayerDescriptor(4, 5, 6).pack()[:21]
+        assert one.pack()[21] == 1 + int(p) and P.LayerDescriptor.unpack(one.pack()) == one
+        assert one.pattern is p
+    with pytest.raises(ValueError, match="names no N:M pattern"):
+        P.LayerDescriptor(4, 5, 6, sparse=len(NMPattern) + 1).pattern
+    assert P.LayerDescriptor.unpack(raw[:21] + b"\xff").sparse == 255     # any u8 decodes
+    with pytest.raises(P.ProtocolError, match="22"):
+        P.LayerDescriptor.unpack(raw[:21])                            # a protocol-4 descriptor
+    with pytest.raises(P.ProtocolError, match="22"):
         P.LayerDescriptor.unpack(raw[:15])                            # a protocol-3 descriptor
-    with pytest.raises(P.ProtocolError, match="21"):
+    with pytest.raises(P.ProtocolError, match="22"):
         P.LayerDescriptor.unpack(raw + b"\x00")
+    for bad in (256, -1, True, 1.5, None):
+        with pytest.raises(ValueError, match="sparse"):
+            P.LayerDescriptor(1, 1, 1, sparse=bad)
     for name in ("fmt", "group", "chan"):
         with pytest.raises(ValueError, match=name):
             P.LayerDescriptor(1, 1, 1, **{name: 256})
@@ -233,6 +278,20 @@ def test_layer_descriptor():
         assert got == dataclasses.replace(
             P.LayerDescriptor.from_requant(9, 8, 2, OutMode.INT8 if r else OutMode.RAW32, r),
             **bases)
+    # ... and the engine: None is the array, an NMPattern the DSP engine (1 + pattern)
+    for r in (rq, crq, None):
+        mode = OutMode.INT8 if r else OutMode.RAW32
+        assert P.LayerDescriptor.from_requant(9, 8, 2, mode, r, sparse=None).sparse == 0
+        for p in NMPattern:
+            got = P.LayerDescriptor.from_requant(9, 8, 2, mode, r, fmt=WeightFormat.INT4,
+                                                 sparse=p, w_base=3)
+            assert got == dataclasses.replace(
+                P.LayerDescriptor.from_requant(9, 8, 2, mode, r, fmt=WeightFormat.INT4,
+                                               w_base=3), sparse=1 + int(p))
+            assert got.pattern is p
+    for bad in (0, 3, 1 + NMPattern.NM2_4, "NM2_4", (2, 4), True):
+        with pytest.raises(TypeError, match="NMPattern"):
+            P.LayerDescriptor.from_requant(9, 8, 2, OutMode.RAW32, sparse=bad)
 
 
 def test_status_and_other_payload_round_trips():
@@ -277,18 +336,18 @@ def test_program_layer_record():
                                                                        0x1234, 0xFEDC)
             + struct.pack("<6H", 1, 2, 3, 4, 5, 6) + struct.pack("<6H", 0xFFFF, 0x0100, 0, 7,
                                                                   0x8000, 1))
-    assert len(want) == 58 and raw == want + bytes(6)
-    assert raw[21] == P.LayerKind.MAXPOOL and raw[24] == 0x80
-    assert raw[34:36] == b"\x01\x00" and raw[46:48] == b"\xff\xff"    # n[0], s[0]
+    assert len(want) == 59 and raw == want + bytes(5)
+    assert raw[22] == P.LayerKind.MAXPOOL and raw[25] == 0x80
+    assert raw[35:37] == b"\x01\x00" and raw[47:49] == b"\xff\xff"    # n[0], s[0]
     back = P.ProgramLayer.unpack(raw)
     assert back == rec and back.desc == rec.desc
     assert (back.n, back.s) == ((1, 2, 3, 4, 5, 6), (0xFFFF, 0x0100, 0, 7, 0x8000, 1))
     # every field lands in its own bytes: changing one changes the record there only
-    for name, value, where in (("kind", P.LayerKind.GEMM, [21]), ("stride", 3, [22]),
-                               ("pad", 0, [23]), ("pad_value", 127, [24]), ("h", 29, [26]),
-                               ("w", 0x1D1D, [28]), ("in_base", 0x1235, [30]),
-                               ("out_base", 0xFEDD, [32]), ("n", (1, 2, 3, 4, 5, 7), [44]),
-                               ("s", (0xFFFF, 0x0100, 0, 7, 0x8000, 0), [56])):
+    for name, value, where in (("kind", P.LayerKind.GEMM, [22]), ("stride", 3, [23]),
+                               ("pad", 0, [24]), ("pad_value", 127, [25]), ("h", 29, [27]),
+                               ("w", 0x1D1D, [29]), ("in_base", 0x1235, [31]),
+                               ("out_base", 0xFEDD, [33]), ("n", (1, 2, 3, 4, 5, 7), [45]),
+                               ("s", (0xFFFF, 0x0100, 0, 7, 0x8000, 0), [57])):
         other = _layer(**{name: value}).pack()
         assert [i for i in range(64) if other[i] != raw[i]] == where, name
         assert P.ProgramLayer.unpack(other) == _layer(**{name: value}), name
@@ -301,6 +360,11 @@ def test_program_layer_record():
     # lists are taken and kept as tuples (the record is frozen and hashable)
     lst = _layer(n=[1, 2, 3, 4, 5, 6], s=[0xFFFF, 0x0100, 0, 7, 0x8000, 1])
     assert lst == rec and isinstance(lst.n, tuple) and hash(lst) == hash(rec)
+    # the descriptor's engine byte is the record's byte 21 (a DSP descriptor packs and
+    # unpacks; the device refuses it in a program, sw.program never builds one)
+    dsp = _layer(desc=dataclasses.replace(rec.desc, sparse=1 + NMPattern.NM2_8))
+    assert [i for i in range(64) if dsp.pack()[i] != raw[i]] == [21]
+    assert P.ProgramLayer.unpack(dsp.pack()) == dsp
     with pytest.raises(P.ProtocolError, match="64"):
         P.ProgramLayer.unpack(raw[:63])
     with pytest.raises(P.ProtocolError, match="64"):
@@ -308,7 +372,7 @@ def test_program_layer_record():
 
 
 @pytest.mark.parametrize("kw, exc, match", [
-    (dict(desc=b"\x00" * 21), TypeError, "desc"),
+    (dict(desc=b"\x00" * 22), TypeError, "desc"),
     (dict(desc=None), TypeError, "desc"),
     (dict(kind=256), ValueError, "kind"),
     (dict(kind=-1), ValueError, "kind"),
@@ -337,9 +401,9 @@ def test_program_layer_unpack_checks_fields():
     # a record with a loop count of 0 (e.g. one never written: all zeros) is not a layer
     with pytest.raises(ValueError, match="n must be >= 1"):
         P.ProgramLayer.unpack(bytes(P.PROGRAM_RECORD))
-    # the signed bytes decode as such: zp (descriptor byte 10) and pad_value (record byte 24)
+    # the signed bytes decode as such: zp (descriptor byte 10) and pad_value (record byte 25)
     raw = bytearray(_layer().pack())
-    raw[10] = raw[24] = 0xFF
+    raw[10] = raw[25] = 0xFF
     back = P.ProgramLayer.unpack(bytes(raw))
     assert (back.desc.zp, back.pad_value) == (-1, -1)
 
@@ -420,8 +484,10 @@ def test_request_builders_with_seq():
     with pytest.raises(ValueError, match="count"):
         P.read(P.Buffer.A, 0, 0)
     with pytest.raises(ValueError):
-        P.read(8, 0, 1)                                               # LCNT (7) is the last
+        P.read(9, 0, 1)                                               # DSPW (8) is the last
     assert P.unpack_frame(P.read(P.Buffer.LCNT, 32, 64)).payload == b"\x07\x20\0\0\0\x40\x00"
+    assert P.unpack_frame(P.write(P.Buffer.DSPW, 16, b"\x01", seq=1)).payload == \
+        b"\x08\x10\0\0\0\x01"
     with pytest.raises(ValueError, match="zp"):
         P.LayerDescriptor(1, 1, 1, zp=200)
     big = P.write(P.Buffer.A, 0, bytes(P.MAX_DATA))
@@ -562,15 +628,15 @@ def test_parser_random_bytes_never_raise():
 # -- efficiency ----------------------------------------------------------------------------
 # Wire cost per the frame format: a WRITE chunk of d bytes is a request of 7 + 5 + d bytes
 # and a reply of 7 + 1 (status); a READ chunk a request of 7 + 7 and a reply of 7 + 1 + d;
-# a small command (LOAD_LAYER) a request of 7 + 21 and a reply of 7 + 1.
+# a small command (LOAD_LAYER) a request of 7 + 22 and a reply of 7 + 1.
 
 def test_efficiency_256_gemm():
     # 256x256 INT8 A and W written once (32 chunks of 4096), the 256x256 INT8 result read
     # back (16 chunks of 4096), 3 small commands
-    wire = 32 * (12 + 4096 + 8) + 16 * (14 + 8 + 4096) + 3 * (28 + 8)
-    assert wire == 197708
+    wire = 32 * (12 + 4096 + 8) + 16 * (14 + 8 + 4096) + 3 * (29 + 8)
+    assert wire == 197711
     eff = P.efficiency(2 * 256 * 256, 256 * 256, commands=3)
-    assert eff == 196608 / 197708
+    assert eff == 196608 / 197711
     assert round(eff, 4) == 0.9944
 
 

@@ -520,3 +520,131 @@ def test_accuracy_names_the_extra_when_sklearn_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(ImportError, match=r"scikit-learn.*\[onnx\]"):
         accuracy.load_data()
+
+
+# -- N:M sparse layers (the sparse DSP engine) ------------------------------------------------
+
+SPARSE_FMTS = (F.INT8, F.INT4, F.INT2, F.TERNARY)
+
+
+def sparse_args(rng, k=64, n=6):
+    return dict(w=rng.normal(size=(k, n)), bias=rng.normal(size=n) * 0.3, x_scale=0.03,
+                x_zero=-7, y_scale=0.1, y_zero=4)
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FMTS, ids=lambda f: f.name)
+@pytest.mark.parametrize("nm", [(2, 4), (1, 4), (4, 8), (2, 8), (4, 4), (8, 8), (3, 8)])
+@pytest.mark.parametrize("pair", [False, True])
+def test_sparse_golden_is_the_dense_golden_of_the_pruned_weights(fmt, nm, pair):
+    rng = np.random.default_rng(sum(nm) + int(fmt) + 10 * pair)
+    a = sparse_args(rng, n=7 if pair else 6)            # odd N: the last column pairs alone
+    w, bias = a.pop("w"), a.pop("bias")
+    ql = quant.quantize_linear(w, bias, fmt=fmt, relu=fmt is F.INT2, sparse=nm,
+                               pair_columns=pair, **a)
+    sp = ql.sparse
+    n, m = nm
+    assert isinstance(sp, numerics.NMSparse) and (sp.n, sp.m, sp.fmt) == (n, m, fmt)
+    assert (sp.k, sp.ncols) == w.shape and ql.group is None and ql.symmetric
+    # the kept weights are prune_nm's (magnitude), the codes are zero elsewhere
+    if pair and w.shape[1] % 2:
+        mask = quant.prune_nm(np.c_[w, np.zeros(len(w))], n, m, pair_columns=True)[:, :-1]
+    else:
+        mask = quant.prune_nm(w, n, m, pair_columns=pair)
+    np.testing.assert_array_equal(numerics.to_dense(sp), ql.q, strict=True)
+    assert not ql.q[~mask].any()
+    kept_rows = np.argwhere(mask.T)[:, 1].reshape(w.shape[1], -1).T     # ascending per column
+    np.testing.assert_array_equal(np.sort(sp.rows(), axis=0), kept_rows, strict=True)
+    if pair:                                            # one index per column pair
+        np.testing.assert_array_equal(sp.idx[:, 0:-1:2], sp.idx[:, 1::2], strict=True)
+    # golden: sparse_gemm + the per-channel epilogue == the dense golden of the pruned codes
+    x = rng.integers(-128, 128, (9, w.shape[0]))
+    dense = numerics.mixgemm(x, ql.q, fmt=fmt, requant=ql.requant)
+    np.testing.assert_array_equal(ql.golden(x), dense, strict=True)
+    np.testing.assert_array_equal(
+        ql.golden(x), numerics.requantize_channels(numerics.sparse_gemm(x, sp), ql.requant),
+        strict=True)
+    # the same layer without its compressed form is the dense one, with the same output
+    np.testing.assert_array_equal(dataclasses.replace(ql, sparse=None).golden(x), dense,
+                                  strict=True)
+    xf = rng.normal(size=(4, w.shape[0]))
+    np.testing.assert_array_equal(ql.forward(xf), quant.dequantize(
+        dense_golden(ql, quant.quantize_act(xf, ql.x_scale, ql.x_zero)), ql.y_scale, ql.y_zero),
+        strict=True)
+
+
+def dense_golden(ql, xq):
+    return numerics.mixgemm(xq, ql.q, fmt=ql.fmt, requant=ql.requant)
+
+
+def test_sparse_layer_keeps_the_float_layer_and_counts_the_pruning():
+    rng = np.random.default_rng(3)
+    a = sparse_args(rng)
+    w, bias = a.pop("w"), a.pop("bias")
+    dense = quant.quantize_linear(w, bias, fmt=F.INT8, **a)
+    sparse = quant.quantize_linear(w, bias, fmt=F.INT8, sparse=numerics.NMPattern.NM2_4, **a)
+    assert dense.sparse is None
+    np.testing.assert_array_equal(sparse.w, w, strict=True)            # as given, unpruned
+    np.testing.assert_array_equal(sparse.float_reference(np.eye(64)[:3]),
+                                  dense.float_reference(np.eye(64)[:3]), strict=True)
+    # half the weights are gone: the error against the float layer is much larger
+    assert sparse.stats.mse > 10 * dense.stats.mse
+    # an NMPattern and its (n, m) give the same layer
+    again = quant.quantize_linear(w, bias, fmt=F.INT8, sparse=(2, 4), **a)
+    np.testing.assert_array_equal(again.q, sparse.q, strict=True)
+    np.testing.assert_array_equal(again.sparse.values, sparse.sparse.values, strict=True)
+    np.testing.assert_array_equal(again.sparse.idx, sparse.sparse.idx, strict=True)
+    # scales come from the kept weights only: minmax maps each column's largest kept |w|
+    mm = quant.quantize_linear(w, bias, fmt=F.INT4, method="minmax", sparse=(1, 4), **a)
+    kept = np.where(quant.prune_nm(w, 1, 4), np.abs(w), 0).max(axis=0)
+    np.testing.assert_allclose(mm.w_scale, kept / 7)
+
+
+def test_dense_layers_unchanged_by_the_sparse_parameters():
+    rng = np.random.default_rng(4)
+    for fmt, group, sym in ((F.INT4, 32, True), (F.INT8, None, False), (F.POW2, None, True)):
+        a = sparse_args(rng)
+        w, bias = a.pop("w"), a.pop("bias")
+        old = quant.quantize_linear(w, bias, fmt=fmt, group=group, symmetric=sym, **a)
+        new = quant.quantize_linear(w, bias, fmt=fmt, group=group, symmetric=sym, sparse=None,
+                                    pair_columns=False, **a)
+        assert new.sparse is None and old.sparse is None
+        for f in ("q", "w_scale", "w_zero", "unit"):
+            np.testing.assert_array_equal(getattr(new, f), getattr(old, f), strict=True)
+        x = rng.integers(-128, 128, (3, w.shape[0]))
+        np.testing.assert_array_equal(new.golden(x), old.golden(x), strict=True)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(sparse=(2, 4), group=32), ValueError,
+     r"an N:M sparse layer \(sparse=\(2, 4\)\) cannot have groups .*; pass group=None"),
+    (dict(sparse=(2, 4), symmetric=False), ValueError,
+     "cannot have asymmetric weights .*; pass symmetric=True"),
+    (dict(sparse=(2, 4), fmt=F.POW2), ValueError, "cannot have POW2 weights"),
+    (dict(pair_columns=True), ValueError, "pair_columns applies to N:M sparse layers only"),
+    (dict(sparse=(2, 4), pair_columns=1), ValueError, "pair_columns must be a bool"),
+    (dict(sparse=(2, 3)), ValueError, r"m \(the block size\) must be one of \(4, 8\), not 3"),
+    (dict(sparse=(0, 4)), ValueError, r"n \(weights kept per block of 4\)"),
+    (dict(sparse=(5, 4)), ValueError, r"n \(weights kept per block of 4\)"),
+    (dict(sparse=(2, 4, 1)), ValueError, r"sparse must be None \(dense\), an \(n, m\) pair"),
+    (dict(sparse="2:4"), ValueError, "sparse must be None"),
+    (dict(sparse=3), ValueError, "sparse must be None"),
+    (dict(sparse=(2, 8), w=np.ones((12, 4))), ValueError,
+     "K = 12 is not a multiple of the block size m = 8; pad K with zero rows to 16"),
+])
+def test_sparse_quantize_linear_refusals(kw, exc, match):
+    args = dict(w=np.ones((16, 4)), bias=np.zeros(4), fmt=F.INT8, x_scale=0.1, y_scale=0.1)
+    args.update(kw)
+    w, bias = args.pop("w"), args.pop("bias")
+    with pytest.raises(exc, match=match):
+        quant.quantize_linear(w, bias, **args)
+
+
+def test_sparse_golden_refusals():
+    rng = np.random.default_rng(5)
+    a = sparse_args(rng, k=16, n=3)
+    w, bias = a.pop("w"), a.pop("bias")
+    ql = quant.quantize_linear(w, bias, fmt=F.INT4, sparse=(2, 4), **a)
+    with pytest.raises(ValueError, match=r"x_q must be \(M, 16\)"):
+        ql.golden(np.zeros((2, 12), np.int8))
+    with pytest.raises(ValueError, match="a"):
+        ql.golden(np.full((2, 16), 300))

@@ -1,4 +1,4 @@
-"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 4).
+"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 5).
 
 The link consumes the host's byte stream (UART RX, or the simulation harness), checks each
 frame, executes it against the mpGEMM core's command interface and emits the reply frame.
@@ -87,7 +87,8 @@ class Link(wiring.Component):
             raise TypeError(f"info must be a sw.protocol.DeviceInfo, not {info!r}")
         if not isinstance(addr_bits, int) or not 1 <= addr_bits <= 32:
             raise ValueError(f"addr_bits must be an int in [1, 32], not {addr_bits!r}")
-        for name in ("a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes", "act_bytes"):
+        for name in ("a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes", "act_bytes",
+                     "dsp_bytes"):
             if getattr(info, name) > (1 << addr_bits):
                 raise ValueError(f"info.{name}={getattr(info, name)!r} exceeds the "
                                  f"{addr_bits}-bit bus address space")
@@ -125,7 +126,10 @@ class Link(wiring.Component):
                  out_modes: int | None = None):
         """A link for ``core`` (a :class:`hw.core.MixCore` or an object with its IDENTIFY
         attributes: buffer sizes, ``config_hash()``, ``READ_LATENCY``, ``WATCHDOG``,
-        ``MIN_PERIOD``, ``PE_KIND``, ``formats``, ``group_sizes``, ``signature``)."""
+        ``MIN_PERIOD``, ``PE_KIND``, ``formats``, ``group_sizes``, ``signature``; optional:
+        the layer-program fields ``act_bytes``, ``max_layers``, ``layer_kinds`` and the DSP
+        engine's ``dsp_stages``, ``dsp_chains``, ``dsp_packed``, ``dsp_patterns`` (a tuple
+        of ``sw.numerics.NMPattern``), ``dsp_bytes``: 0 / empty when absent)."""
         if out_modes is None:
             out_modes = getattr(core, "out_modes", None)
             if out_modes is None:
@@ -138,7 +142,12 @@ class Link(wiring.Component):
                           sum(1 << GROUP_SIZE_BITS[g] for g in core.group_sizes),
                           core.chan_bytes, core.group_bytes, getattr(core, "act_bytes", 0),
                           getattr(core, "max_layers", 0),
-                          sum(1 << int(k) for k in getattr(core, "layer_kinds", ())))
+                          sum(1 << int(k) for k in getattr(core, "layer_kinds", ())),
+                          dsp_stages=int(getattr(core, "dsp_stages", 0)),
+                          dsp_chains=int(getattr(core, "dsp_chains", 0)),
+                          dsp_packed=int(bool(getattr(core, "dsp_packed", False))),
+                          dsp_patterns=sum(1 << int(p) for p in getattr(core, "dsp_patterns", ())),
+                          dsp_bytes=int(getattr(core, "dsp_bytes", 0)))
         return cls(info=info, addr_bits=core.addr_bits, core_signature=core.signature,
                    read_latency=core.READ_LATENCY, dim_bits=len(core.cfg.m))
 
@@ -217,6 +226,8 @@ class Link(wiring.Component):
 
         # -- reply registers -------------------------------------------------------------
         SNAP_BYTES = max(DeviceInfo.SIZE, Counters.SIZE, Status.SIZE)
+        SNAP_IDX = (SNAP_BYTES - 1).bit_length()  # bits of tidx that select a snapshot byte
+        SEL_BITS = max(Buffer).bit_length()       # bits of the buffer index the core sees
         r_op = Signal(8)
         r_seq = Signal(8)
         r_status = Signal(8)
@@ -230,7 +241,7 @@ class Link(wiring.Component):
         err_w = len(last_error)
 
         m.d.comb += [
-            self.bus_sel.eq(p_buf[:3]),            # Buffer: A..LCNT = 0..7
+            self.bus_sel.eq(p_buf[:SEL_BITS]),     # Buffer: A..DSPW = 0..8
             self.bus_addr.eq(baddr[:self.addr_bits]),
             # the staging EBR's output is registered before it travels to the core's
             # buffers (on the 85F they are far apart, and EBR clock-to-out is slow)
@@ -349,7 +360,9 @@ class Link(wiring.Component):
                                 hdr, formats=[f for f in range(8) if info.formats >> f & 1],
                                 group_sizes=[g for g, bit in GROUP_SIZE_BITS.items()
                                              if info.group_sizes >> bit & 1],
-                                dim_bits=self.dim_bits)
+                                dim_bits=self.dim_bits,
+                                dsp_patterns=[p for p in range(8) if info.dsp_patterns >> p & 1],
+                                dsp_packed=bool(info.dsp_packed))
                             with m.If(length != 1 + LAYER_PAYLOAD):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
                             with m.Elif(core_busy):
@@ -475,7 +488,7 @@ class Link(wiring.Component):
                     m.d.sync += [rbyte.eq(self.bus_rdata), baddr.eq(baddr + 1)]
                     m.next = "TX_DATA"
             with m.State("TX_DATA"):
-                value = Mux(r_bus, rbyte, snap.word_select(tidx[:6], 8))
+                value = Mux(r_bus, rbyte, snap.word_select(tidx[:SNAP_IDX], 8))
                 with m.If(send(value)):
                     m.d.comb += [tx_crc.valid.eq(1), tx_crc.data.eq(value)]
                     m.d.sync += tidx.eq(tidx + 1)
