@@ -57,6 +57,55 @@ def utilization(device="85F", pe=None):
     return result
 
 
+def dsp_rates(device="85F", dsp="dsp4"):
+    """Dense-equivalent MACs per cycle and per MULT18X18D of ``device``'s core with the DSP
+    engine ``dsp`` (``hw.sizes.DSP_ENGINES``) per N:M pattern, from the counters of the
+    Verilator model (docs/results.md). K = 256; M and N are the most the A buffer and the
+    DSP weight memory hold for the pattern in one run (at most 256)."""
+    from hw.simulate import run_cocotb
+    from hw.sizes import core_size
+    from hw.core import MixCore
+    from sw import layout
+    from sw.numerics import WeightFormat
+    size = core_size(device, None, dsp)
+    core = MixCore(**size.core_geometry())
+    fmt = WeightFormat.INT4 if core.dsp_packed else WeightFormat.INT8
+    runs = []
+    for pat in core.dsp_patterns:
+        S = layout.dsp_steps(256, stages=core.dsp_stages, pattern=pat)
+        # as much of 256 x 256 x 256 as one run holds: M * S A words, N / cols * S records
+        runs.append([min(256, core.a_depth // S), 256,
+                     min(256, core.cols * (core.dsp_depth // S)), int(pat), int(fmt)])
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "dsp.json"
+        t0 = time.monotonic()
+        run_cocotb(core, name="mixcore_dsp", test_module="bench_dsp",
+                   params=dict(rows=core.rows, cols=core.cols, read_latency=core.READ_LATENCY,
+                               out_bytes=core.out_bytes, cfg_fields=_cfg_fields(),
+                               timeout=core.WATCHDOG, runs=runs, out=str(out),
+                               chains=core.dsp_chains, dsp_stages=core.dsp_stages),
+                   **_top_only("mixcore_dsp"))
+        wall = time.monotonic() - t0
+        rows = json.loads(out.read_text())
+    dense = [r for r in rows if r["pattern"].startswith("DENSE")][0]["macs_per_dsp_cycle"]
+    result = {"device": device, "dsp": dsp, "core": asdict(size), "fmt": fmt.name,
+              "dsps": core.dsp_chains * core.dsp_stages, "wall_seconds": round(wall, 1),
+              "runs": rows}
+    (ROOT / "docs").mkdir(exist_ok=True)
+    (ROOT / "docs" / f"results_dsp_{device}_{dsp}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"core {size.rows}x{size.cols} {size.pe} + DSP engine {dsp} ({core.dsp_chains} chains x "
+          f"L = {core.dsp_stages} = {core.dsp_chains * core.dsp_stages} MULT18X18D, "
+          f"{fmt.name} weights), `python -m hw.bench dsp --device {device} --dsp {dsp}`\n")
+    print("| pattern | M x K x N | cycles | feed cycles | dense-equivalent MACs/cycle | "
+          "per DSP and cycle | vs dense |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['pattern']} | {r['M']}x{r['K']}x{r['N']} | {r['cycles']} | {r['busy']} | "
+              f"{r['macs_per_cycle']:.1f} | {r['macs_per_dsp_cycle']:.2f} | "
+              f"{r['macs_per_dsp_cycle'] / dense:.2f}x |")
+    return result
+
+
 def _cfg_fields():
     from hw.core import LAYER_LAYOUT
     return {n: (f.offset, f.width) for n, f in LAYER_LAYOUT}
@@ -284,12 +333,15 @@ def faults(device="12F", gemms=2000, seed=1):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m hw.bench")
-    ap.add_argument("what", choices=["utilization", "roofline", "faults", "pe"])
+    ap.add_argument("what", choices=["utilization", "roofline", "faults", "pe", "dsp"])
+    ap.add_argument("--dsp", default="dsp4", help="dsp: the DSP engine (hw.sizes.DSP_ENGINES)")
     ap.add_argument("--device", default=None, help="default: 85F (faults: 12F)")
     ap.add_argument("--gemms", type=int, default=2000, help="faults: GEMMs per path")
     args = ap.parse_args(argv)
     if args.what == "pe":
         pe_compare()
+    elif args.what == "dsp":
+        dsp_rates(args.device or "85F", args.dsp)
     elif args.what == "utilization":
         utilization(args.device or "85F")
     elif args.what == "faults":
