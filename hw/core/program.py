@@ -180,7 +180,8 @@ class ProgramCore(wiring.Component):
         n_loop = [u16(D + 13 + 2 * j) for j in range(GATHER_LOOPS)]
         s_loop = [u16(D + 13 + 2 * GATHER_LOOPS + 2 * j) for j in range(GATHER_LOOPS)]
         fields, bad_param, bad_shape = decode_descriptor(
-            rb[:D], formats=core.formats, group_sizes=core.group_sizes, dim_bits=len(core.cfg.m))
+            rb[:D], formats=core.formats, group_sizes=core.group_sizes, dim_bits=len(core.cfg.m),
+            dsp_patterns=core.dsp_patterns, dsp_packed=core.dsp_packed)
 
         layer = Signal(8); count = Signal(8)
         fidx = Signal(range(PROGRAM_RECORD + 2))
@@ -239,14 +240,24 @@ class ProgramCore(wiring.Component):
                     if j == 2:
                         m.d.sync += x2.eq(x2 + stride)
 
-        # A bus address of element (m, k): bank m % R, word (m // R) * kw + k // 4, byte k % 4
+        # A bus address of element (m, k): bank m % R, word (m // R) * kw + k // 4, byte k % 4;
+        # for a DSP layer (striped along K, sw.layout.dsp_act_image): bank (k // 4) % (Wp / 4),
+        # word m * S + k // Wp, byte k % 4, with the row's base advancing S * 4R bytes per row
         kw_bytes = Signal(2 * 16)           # ceil(K / 4) * 4 * R: bytes per R rows of A
         a_rowbase = Signal(32); a_bank = Signal(range(R)) if R > 1 else Signal(1)
         a_k = Signal(16)
         a_byte = Signal(32)
-        m.d.comb += a_byte.eq(a_rowbase + ((a_k >> 2) << (lr + 2)) + (a_bank << 2) + a_k[:2])
+        d_layer = Signal()                  # the layer runs on the DSP engine
+        d_wlog = Signal(range(6))           # log2 of the pattern's window Wp
+        d_bmask = Signal(4)                 # Wp / 4 - 1: the banks a window spans
+        arr_byte = a_rowbase + ((a_k >> 2) << (lr + 2)) + (a_bank << 2) + a_k[:2]
+        dsp_byte = (a_rowbase + ((a_k >> d_wlog) << (lr + 2)) + (((a_k >> 2) & d_bmask) << 2) +
+                    a_k[:2])
+        m.d.comb += a_byte.eq(Mux(d_layer, dsp_byte, arr_byte))
         with m.If(g_run & g_on):
-            with m.If(m_step):
+            with m.If(m_step & d_layer):
+                m.d.sync += [a_k.eq(0), a_rowbase.eq(a_rowbase + kw_bytes)]
+            with m.Elif(m_step):
                 m.d.sync += a_k.eq(0)
                 if R > 1:
                     m.d.sync += a_bank.eq(a_bank + 1)
@@ -350,8 +361,17 @@ class ProgramCore(wiring.Component):
                 m.d.sync += [c_core.eq(0), c_busy.eq(0), c_macs.eq(0), t_out.eq(0),
                              a_rowbase.eq(0), a_bank.eq(0), a_k.eq(0), *gen_reset(),
                              r_cfg.eq(0), *assign_descriptor(r_cfg, fields)]
-                # bytes of A per R rows: ceil(K / 4) words of 4 bytes in each of R banks
-                m.d.sync += kw_bytes.eq(((fields["k"] + 3) >> 2) << (lr + 2))
+                # bytes of A per R rows: ceil(K / 4) words of 4 bytes in each of R banks;
+                # DSP layers: per row, S = ceil(K / Wp) words of 4 bytes in each of R banks
+                m.d.sync += [kw_bytes.eq(((fields["k"] + 3) >> 2) << (lr + 2)),
+                             d_layer.eq(fields["sparse"] != 0)]
+                with m.Switch(fields["sparse"]):
+                    for pat, win in core.dsp_windows.items():
+                        with m.Case(1 + int(pat)):
+                            wl = win.bit_length() - 1
+                            m.d.sync += [
+                                kw_bytes.eq(((fields["k"] + win - 1) >> wl) << (lr + 2)),
+                                d_wlog.eq(wl), d_bmask.eq(win // 4 - 1)]
                 zero_loop = Cat(*(n == 0 for n in n_loop)).any()
                 with m.If(zero_loop | ((kind == LayerKind.GEMM) &
                                        (bad_param | (fields["out_mode"] != OutMode.INT8)))):
