@@ -60,8 +60,9 @@ def utilization(device="85F", pe=None):
 def dsp_rates(device="85F", dsp="dsp4"):
     """Dense-equivalent MACs per cycle and per MULT18X18D of ``device``'s core with the DSP
     engine ``dsp`` (``hw.sizes.DSP_ENGINES``) per N:M pattern, from the counters of the
-    Verilator model (docs/results.md). K = 256; M and N are the most the A buffer and the
-    DSP weight memory hold for the pattern in one run (at most 256)."""
+    Verilator model (docs/results.md). K = 256 (and, where a row of 256 takes fewer than
+    ``cols`` steps, the K whose rows take ``cols``); M and N are the most the A buffer and
+    the DSP weight memory hold for the pattern in one run (at most 256)."""
     from hw.simulate import run_cocotb
     from hw.sizes import core_size
     from hw.core import MixCore
@@ -73,9 +74,14 @@ def dsp_rates(device="85F", dsp="dsp4"):
     runs = []
     for pat in core.dsp_patterns:
         S = layout.dsp_steps(256, stages=core.dsp_stages, pattern=pat)
-        # as much of 256 x 256 x 256 as one run holds: M * S A words, N / cols * S records
-        runs.append([min(256, core.a_depth // S), 256,
-                     min(256, core.cols * (core.dsp_depth // S)), int(pat), int(fmt)])
+        # as much of 256 x 256 x 256 as one run holds: M * S A words, N / cols * S records;
+        # where a row of K = 256 takes fewer than ``cols`` steps the drain (one row per
+        # ``cols`` cycles) limits the rate: also the smallest K whose rows take ``cols`` steps
+        ks = [256] if S >= core.cols else [256, 256 * core.cols // S]
+        for K in ks:
+            S = layout.dsp_steps(K, stages=core.dsp_stages, pattern=pat)
+            runs.append([min(256, core.a_depth // S), K,
+                         min(256, core.cols * (core.dsp_depth // S)), int(pat), int(fmt)])
     with tempfile.TemporaryDirectory() as td:
         out = Path(td) / "dsp.json"
         t0 = time.monotonic()
@@ -87,7 +93,7 @@ def dsp_rates(device="85F", dsp="dsp4"):
                    **_top_only("mixcore_dsp"))
         wall = time.monotonic() - t0
         rows = json.loads(out.read_text())
-    dense = [r for r in rows if r["pattern"].startswith("DENSE")][0]["macs_per_dsp_cycle"]
+    dense = max(r["macs_per_dsp_cycle"] for r in rows if r["pattern"].startswith("DENSE"))
     result = {"device": device, "dsp": dsp, "core": asdict(size), "fmt": fmt.name,
               "dsps": core.dsp_chains * core.dsp_stages, "wall_seconds": round(wall, 1),
               "runs": rows}
