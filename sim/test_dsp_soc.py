@@ -127,3 +127,91 @@ def test_refused_before_sending_and_by_the_device(acc, transport):
     sp = random_sparse(rng, NMPattern.NM2_4, 16, 5, WeightFormat.INT8)
     np.testing.assert_array_equal(acc.sparse_gemm(a, sp),
                                   numerics.sparse_gemm(a, sp).astype(np.int32), strict=True)
+
+
+# -- N:M sparse layers inside layer programs ---------------------------------------------------
+
+def _sparse_models(rng):
+    """Two small MLPs (sw.model) with sparse layers for programs: (1) Dense 64->32 pruned 2:4
+    INT8 with ReLU, then Dense 32->10 dense INT8; (2) Dense 64->32 dense INT4 with ReLU, then
+    Dense 32->12 pruned 1:4 INT4 with ReLU and Dense 12->10 pruned 2:4 ternary (two sparse
+    layers side by side in DSPW, a ragged last window: K = 12 with Wp = 8)."""
+    from sw import model as mdl
+    from sw.quant import quantize_linear
+
+    def lin(K, N, fmt, sparse, xz, yz, relu):
+        return quantize_linear(rng.normal(size=(K, N)) / np.sqrt(K), rng.normal(size=N) * 0.2,
+                               fmt=fmt, sparse=sparse, x_scale=0.05, x_zero=xz, y_scale=0.05,
+                               y_zero=yz, relu=relu)
+    I8, I4, TER = WeightFormat.INT8, WeightFormat.INT4, WeightFormat.TERNARY
+    m1 = mdl.Model([mdl.Dense(lin(64, 32, I8, (2, 4), 3, -9, True), name="fc1"),
+                    mdl.Dense(lin(32, 10, I8, None, -9, 1, False), name="fc2")],
+                   input_shape=(64,), in_scale=0.05, in_zero=3, out_scale=0.05, out_zero=1,
+                   name="mlp_2of4")
+    m2 = mdl.Model([mdl.Dense(lin(64, 32, I4, None, -2, -20, True), name="fc1"),
+                    mdl.Dense(lin(32, 12, I4, (1, 4), -20, 4, True), name="fc2"),
+                    mdl.Dense(lin(12, 10, TER, (2, 4), 4, 0, False), name="fc3")],
+                   input_shape=(64,), in_scale=0.05, in_zero=-2, out_scale=0.05, out_zero=0,
+                   name="mlp_1of4")
+    return m1, m2
+
+
+def test_sparse_layers_in_programs_bit_exact(acc):
+    """Models with N:M sparse Dense layers loaded as layer programs: the DSP layers' records
+    resident in DSPW, A gathered in the DSP layout; results bit-exact with the model's golden
+    run over several program runs (the last one padded), the batch bounded by the DSP
+    layer's A words, per-layer counters with dense-equivalent MACs; other work that uses DSPW
+    (sparse_gemm) makes the next run reload the model, still exact."""
+    from sw.program import max_batch
+    rng = np.random.default_rng(44)
+    info = acc.identify()
+    a_depth = info.a_bytes // (4 * info.rows)
+    m1, m2 = _sparse_models(rng)
+
+    lm1 = acc.load_model(m1)
+    cp1 = lm1.compiled
+    B1 = cp1.batch
+    S1 = 64 // 8                                    # NM2_4 on L = 4: Wp = 8
+    assert B1 == max_batch(m1, info) and B1 * S1 <= a_depth < (B1 + 1) * S1
+    d = cp1.layers[0].desc
+    assert (d.sparse, d.fmt, d.w_base) == (1 + NMPattern.NM2_4, WeightFormat.INT8, 0)
+    assert cp1.layers[1].desc.sparse == 0
+    x = rng.integers(-128, 128, size=(B1 + 5, 64))
+    np.testing.assert_array_equal(lm1.run(x), m1.golden(x), strict=True)
+    run = lm1.last
+    assert run.program_runs == 2 and lm1.loads == 1
+    # per-layer counters: dense-equivalent MACs of every (padded) batch row
+    assert run.macs == [2 * B1 * 64 * 32, 2 * B1 * 32 * 10] == [2 * m for m in cp1.macs]
+    recs = acc.layer_counters(2)
+    assert [r.status for r in recs] == [P.ErrorCode.OK] * 2
+    assert recs[0].macs == B1 * 64 * 32 and recs[0].cycles > recs[0].core_cycles > 0
+    ext = np.stack([np.full(64, v) for v in (-128, 127, 0, 3)])
+    np.testing.assert_array_equal(lm1.run(ext), m1.golden(ext), strict=True)
+
+    # the second model: a 1:4 INT4 and a 2:4 ternary layer side by side in DSPW
+    lm2 = acc.load_model(m2)
+    cp2 = lm2.compiled
+    d2, d3 = cp2.layers[1].desc, cp2.layers[2].desc
+    assert (d2.sparse, d2.fmt, d2.w_base) == (1 + NMPattern.NM1_4, WeightFormat.INT4, 0)
+    # fc3's records follow fc2's: ceil(12 / 8) = 2 tiles x S = ceil(32 / 16) = 2 steps
+    assert (d3.sparse, d3.fmt, d3.w_base) == (1 + NMPattern.NM2_4, WeightFormat.TERNARY, 4)
+    x2 = rng.integers(-128, 128, size=(cp2.batch + 3, 64))
+    np.testing.assert_array_equal(lm2.run(x2), m2.golden(x2), strict=True)
+    assert lm2.last.program_runs == 2
+    assert lm2.last.macs == [2 * cp2.batch * k * n for k, n in ((64, 32), (32, 12), (12, 10))]
+    # the first model again: PROG, DSPW, ... hold the second one's, so it reloads
+    np.testing.assert_array_equal(lm1.run(x[:7]), m1.golden(x[:7]), strict=True)
+    assert lm1.loads == 2
+
+    # sparse_gemm writes DSPW from record 0 (and A, CHAN): the next run reloads, still exact
+    sp = random_sparse(rng, NMPattern.NM2_4, 64, 13, WeightFormat.INT8)
+    a = rng.integers(-128, 128, size=(6, 64))
+    np.testing.assert_array_equal(acc.sparse_gemm(a, sp),
+                                  numerics.sparse_gemm(a, sp).astype(np.int32), strict=True)
+    np.testing.assert_array_equal(lm1.run(x), m1.golden(x), strict=True)
+    assert lm1.loads == 3
+    # linear on a sparse layer of the model itself, then the model
+    fc1 = m1.layers[0].lin
+    np.testing.assert_array_equal(acc.linear(x[:9], fc1), fc1.golden(x[:9]), strict=True)
+    np.testing.assert_array_equal(lm1.run(x[:9]), m1.golden(x[:9]), strict=True)
+    assert lm1.loads == 4

@@ -506,7 +506,7 @@ class Accelerator:
         buffer, data = Buffer(buffer), bytes(data)
         self._check_range(buffer, address, len(data))
         self._resident.pop(buffer, None)
-        if buffer in (Buffer.W, Buffer.CHAN, Buffer.GROUP, Buffer.PROG):
+        if buffer in (Buffer.W, Buffer.CHAN, Buffer.GROUP, Buffer.DSPW, Buffer.PROG):
             self._program_owner = None           # a resident model must be loaded again
         for off in range(0, len(data), self._chunk):
             part = data[off:off + self._chunk]
@@ -655,7 +655,10 @@ class Accelerator:
     def load_model(self, model, *, batch: int | None = None) -> "LoadedModel":
         """Compile ``model`` (:class:`sw.model.Model`) for this device and load its weights,
         tables and program once; returns a :class:`LoadedModel` whose :meth:`~LoadedModel.run`
-        sends only inputs and reads only outputs.
+        sends only inputs and reads only outputs. N:M sparse Dense layers run on the sparse
+        DSP engine (their records resident in DSPW); other work that writes W, DSPW, CHAN,
+        GROUP or PROG (e.g. :meth:`gemm`, :meth:`sparse_gemm`) makes the next run load the
+        model again.
 
         ``batch``: samples per program run (default: the most that fit,
         :func:`sw.program.max_batch`). A model that does not fit raises
@@ -1414,7 +1417,8 @@ class LoadedModel:
         self.loads = 0
 
     def load(self) -> None:
-        """Write the weights, tables and program (again, e.g. after other work used W)."""
+        """Write the weights (W, and DSPW for sparse layers), tables and program (again,
+        e.g. after other work used W, DSPW, CHAN, GROUP or PROG)."""
         acc = self.acc
         for p in self.compiled.placements:
             acc.write_buffer(p.buffer, p.address, p.data)

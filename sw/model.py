@@ -18,7 +18,12 @@ With ``x`` int8 and the quantization ``real = scale * (int - zero)``:
 
 * :class:`Dense` ``(B, K) -> (B, N)``: ``lin.golden(x)`` = :func:`sw.numerics.mixgemm` with the
   layer's weights, group tables and :class:`~sw.numerics.ChannelRequant` (dyadic multiplier,
-  folded INT32 bias, output zero point, ReLU as the clamp at the output zero point).
+  folded INT32 bias, output zero point, ReLU as the clamp at the output zero point). With
+  N:M sparse weights (``lin.sparse``, an :class:`~sw.numerics.NMSparse`: from
+  ``sw.quant.quantize_linear(..., sparse=(n, m))`` or :meth:`Dense.from_sparse`) it is
+  :func:`sw.numerics.sparse_gemm` on the compressed weights and the same per-channel
+  epilogue (:meth:`sw.quant.QuantLinear.golden`), which equals the dense golden model on the
+  pruned codes ``lin.q``; such a layer runs on the device's sparse DSP engine.
 * :class:`Conv2d` ``(B, H, W, C) -> (B, Ho, Wo, Cout)``: ``lin.golden(im2col(x, kernel, stride,
   pad, pad_value=lin.x_zero))`` reshaped; ``lin.q`` is ``(kernel * kernel * C, Cout)`` in
   :func:`sw.numerics.im2col`'s column order ``(ky * kernel + kx) * C + c``.
@@ -130,11 +135,27 @@ class _LinearLayer(Layer):
 class Dense(_LinearLayer):
     """Fully connected layer ``(B, K) -> (B, N)`` on INT8: ``lin.golden(x)``.
 
+    A layer whose ``lin.sparse`` is set carries N:M sparse weights (the device runs it on its
+    sparse DSP engine, also inside layer programs): its golden model is
+    :func:`sw.numerics.sparse_gemm` on ``lin.sparse`` and the per-channel epilogue
+    ``lin.requant`` (one implementation, :meth:`sw.quant.QuantLinear.golden`), equal to the
+    dense golden model of the pruned codes ``lin.q``. Build one with
+    ``sw.quant.quantize_linear(..., sparse=(n, m))`` (pruning float weights) or
+    :meth:`from_sparse` (weights already compressed).
+
     Parameters
     ----------
     lin : QuantLinear
-        Weights ``(K, N)``, requantization, input and output quantization, ReLU.
+        Weights ``(K, N)``, requantization, input and output quantization, ReLU; optionally
+        N:M sparse (``lin.sparse``: then ``lin.q`` must be its dense form and ``lin.group``
+        None).
     name : str
+
+    Raises
+    ------
+    ValueError
+        On a ``lin`` that is not a ``QuantLinear``, or sparse weights that do not match
+        ``lin.q`` (shape or values) or come with group tables.
     """
 
     lin: QuantLinear
@@ -145,6 +166,70 @@ class Dense(_LinearLayer):
         if not isinstance(self.lin, QuantLinear):
             raise ValueError(f"Dense.lin must be a sw.quant.QuantLinear, not {self.lin!r}")
         _check_name(self.name)
+        sp = self.lin.sparse
+        if sp is None:
+            return
+        if not isinstance(sp, numerics.NMSparse):
+            raise ValueError(f"{self._where()}: lin.sparse must be a sw.numerics.NMSparse or "
+                             f"None, not {type(sp).__name__}")
+        if (sp.k, sp.ncols) != self.lin.q.shape:
+            raise ValueError(f"{self._where()}: the sparse weights are {sp.k}x{sp.ncols}, "
+                             f"lin.q is {self.lin.q.shape[0]}x{self.lin.q.shape[1]}")
+        if self.lin.group is not None:
+            raise ValueError(f"{self._where()}: N:M sparse weights requantize per output "
+                             f"channel only, but lin has group tables")
+        diff = np.argwhere(numerics.to_dense(sp) != self.lin.q)
+        if diff.size:
+            r, c = (int(v) for v in diff[0])
+            raise ValueError(f"{self._where()}: lin.q is not the dense form of lin.sparse "
+                             f"(first difference at row {r}, column {c}: "
+                             f"{int(self.lin.q[r, c])} against "
+                             f"{int(numerics.to_dense(sp)[r, c])})")
+
+    @classmethod
+    def from_sparse(cls, sparse, *, w_scale, bias_float=None, bias_int32=None, x_scale,
+                    x_zero: int = 0, y_scale, y_zero: int = 0, relu: bool = False,
+                    w_float=None, name: str = "dense") -> "Dense":
+        """A Dense layer of N:M sparse weights already compressed and quantized elsewhere.
+
+        The weights stand for ``w[k, n] = w_scale[n] * q[k, n]`` with ``q`` the dense form of
+        ``sparse`` (symmetric, per output channel); the requantization and folded bias are
+        :func:`sw.quant.linear_from_integers`'s (one implementation), and the layer keeps
+        ``sparse`` as ``lin.sparse``.
+
+        Parameters
+        ----------
+        sparse : sw.numerics.NMSparse
+            ``K x N`` compressed weights of format ``sparse.fmt``.
+        w_scale : array_like of float, shape (N,)
+        bias_float, bias_int32, x_scale, x_zero, y_scale, y_zero, relu, w_float
+            As in :func:`sw.quant.linear_from_integers`.
+        name : str
+
+        Returns
+        -------
+        Dense
+
+        Raises
+        ------
+        TypeError
+            If ``sparse`` is not an ``NMSparse``.
+        ValueError
+            As :func:`sw.quant.linear_from_integers`.
+        """
+        if not isinstance(sparse, numerics.NMSparse):
+            raise TypeError(f"sparse must be a sw.numerics.NMSparse, not "
+                            f"{type(sparse).__name__}")
+        lin = quant.linear_from_integers(
+            numerics.to_dense(sparse), fmt=sparse.fmt, w_scale=w_scale, bias_float=bias_float,
+            bias_int32=bias_int32, x_scale=x_scale, x_zero=x_zero, y_scale=y_scale,
+            y_zero=y_zero, relu=relu, w_float=w_float)
+        return cls(replace(lin, sparse=sparse), name=name)
+
+    @property
+    def sparse(self):
+        """The N:M compressed weights (``lin.sparse``), or None for a dense layer."""
+        return self.lin.sparse
 
     def out_shape(self, in_shape):
         if tuple(in_shape) != (self.lin.in_features,):
@@ -157,6 +242,7 @@ class Dense(_LinearLayer):
         return self.lin.golden(x)
 
     def macs(self, in_shape) -> int:
+        """``K * N`` per sample (dense-equivalent for sparse weights, as the device counts)."""
         return self.lin.in_features * self.lin.out_features
 
     def gemm_shape(self, in_shape) -> tuple[int, int, int]:
@@ -548,6 +634,8 @@ class Model:
             wdesc = ""
             if lin is not None:
                 wdesc = f"{lin.fmt.name} {lin.q.shape[0]}x{lin.q.shape[1]}"
+                if lin.sparse is not None:
+                    wdesc += f" {lin.sparse.n}:{lin.sparse.m}"
                 if not lin.symmetric:
                     wdesc += " asym"
                 if lin.relu:

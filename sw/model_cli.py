@@ -285,8 +285,9 @@ def report_lines(f: dict, *, simulated: bool = False) -> list:
         f"sample(s) per program run, {f['program_runs']} program run(s) for {f['samples']} "
         f"sample(s)" + (" (the last one padded)" if f["samples"] % prog["batch"] else ""),
         f"resident          {prog['resident_bytes']:,} B loaded once in "
-        f"{1e3 * prog['load_seconds']:.1f} ms (W {res.get('W', 0):,} B, CHAN "
-        f"{res.get('CHAN', 0):,} B, GROUP {res.get('GROUP', 0):,} B, program "
+        f"{1e3 * prog['load_seconds']:.1f} ms (W {res.get('W', 0):,} B, "
+        + (f"DSPW {res['DSPW']:,} B, " if res.get("DSPW") else "") +
+        f"CHAN {res.get('CHAN', 0):,} B, GROUP {res.get('GROUP', 0):,} B, program "
         f"{res.get('PROG', 0):,} B); ACT peak {prog['act_peak_bytes']:,} B",
         f"device counters over the {f['program_runs']} program run(s) (utilization = MACs / "
         f"(PEs x lanes x core cycles)):",

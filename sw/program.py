@@ -7,12 +7,18 @@ and its activations on chip (``hw.core.program.ProgramCore``):
 * the packed weights of every GEMM layer side by side in the W banks (each layer's
   descriptor carries its ``w_base``), its per-channel table in CHAN (``chan_base``) and its
   per-group table in GROUP (``group_base``);
+* the DSPW records of every N:M sparse Dense layer side by side in DSPW (its descriptor's
+  ``w_base`` counts DSPW records, ``sparse = 1 + pattern``): such a layer runs on the sparse
+  DSP engine, whose gather writes A in the DSP layout (``sw.layout.dsp_act_image``);
 * where in ACT the input goes and the output comes from. Activations ping-pong between the
   two ends of ACT: layer ``i`` reads the region layer ``i - 1`` wrote.
 
 Lowering (``NHWC`` activations, ``B`` samples per run stacked along M):
 
-* Dense ``(B, K) -> (B, N)``: a GEMM whose A rows are the samples.
+* Dense ``(B, K) -> (B, N)``: a GEMM whose A rows are the samples; with N:M sparse weights
+  (``lin.sparse``) on the DSP engine, its weights ``sw.layout.dsp_weight_image`` at the
+  layer's first DSPW record, its A ``M * S`` words per row bank (``S = ceil(K / Wp)``,
+  ``sw.layout.dsp_steps``) and the array's CHAN table and OUT layout.
 * Conv2d: a GEMM over the im2col matrix ``(B * Ho * Wo, k * k * C)`` which the device's
   address generator gathers from ACT (``sw.numerics.im2col`` order), padding filled with the
   input zero point.
@@ -31,11 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import layout, numerics
-from .numerics import OutMode, WeightFormat, WEIGHT_LANES, ChannelRequant
+from .numerics import OutMode, WeightFormat, WEIGHT_LANES, ChannelRequant, NMPattern
 from .protocol import Buffer, DeviceInfo, LayerDescriptor, LayerKind, ProgramLayer
 
 __all__ = ["ModelTooLarge", "DeviceLacks", "Placement", "CompiledProgram", "DeviceGeometry", "gemm_layer",
-           "compile_model", "max_batch"]
+           "dsp_layer", "compile_model", "max_batch"]
 
 _U16 = 1 << 16
 
@@ -47,7 +53,8 @@ class ModelTooLarge(ValueError):
 class DeviceLacks(ModelTooLarge):
     """The device cannot run the model at all: no layer programs, or a layer needs a weight
     format, group size or layer kind its bitstream does not have (IDENTIFY), or N:M sparse
-    weights (programs do not run the sparse DSP engine)."""
+    weights the device's sparse DSP engine cannot run (no engine, a pattern it lacks, INT8
+    weights on a packed engine)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,13 @@ class Placement:
 
 @dataclass(frozen=True)
 class DeviceGeometry:
-    """The sizes a program must fit, from IDENTIFY."""
+    """The sizes a program must fit, from IDENTIFY.
+
+    The sparse DSP engine (all 0 without one): ``dsp_stages`` its chain length L,
+    ``dsp_chains`` its chains, ``dsp_packed`` two 4-bit columns per chain, ``dsp_patterns``
+    the mask of ``NMPattern`` s it runs, ``dsp_depth`` DSPW records per chain and
+    ``dsp_stride`` the chain stride CH of the DSPW address map.
+    """
     rows: int
     cols: int
     a_depth: int
@@ -74,17 +87,29 @@ class DeviceGeometry:
     formats: int
     group_sizes: int
     layer_kinds: int
+    dsp_stages: int = 0
+    dsp_chains: int = 0
+    dsp_packed: bool = False
+    dsp_patterns: int = 0
+    dsp_depth: int = 0
+    dsp_stride: int = 0
 
     @classmethod
     def of(cls, info: DeviceInfo) -> "DeviceGeometry":
         if not info.act_bytes or not info.max_layers:
             raise DeviceLacks("the device has no layer programs (IDENTIFY reports no ACT "
                                 "memory); its bitstream predates them: rebuild it")
+        dsp = {}
+        if info.dsp_stages:
+            dsp = dict(dsp_stages=info.dsp_stages, dsp_chains=info.dsp_chains,
+                       dsp_packed=bool(info.dsp_packed), dsp_patterns=info.dsp_patterns,
+                       dsp_depth=info.dsp_depth, dsp_stride=info.dsp_chain_stride)
         return cls(info.rows, info.cols, info.a_bytes // (4 * info.rows),
                    info.w_bytes // info.cols, info.out_words,
                    info.chan_bytes // layout.CHAN_ENTRY_BYTES,
                    info.group_bytes // layout.GROUP_ENTRY_BYTES, info.act_bytes,
-                   info.max_layers, info.max_k, info.formats, info.group_sizes, info.layer_kinds)
+                   info.max_layers, info.max_k, info.formats, info.group_sizes,
+                   info.layer_kinds, **dsp)
 
 
 @dataclass
@@ -107,7 +132,7 @@ class CompiledProgram:
     output_shape : tuple
         Per-sample output shape.
     weight_bytes : dict
-        Bytes used of W, CHAN, GROUP (for the summary).
+        Bytes used of W, CHAN, GROUP, DSPW and PROG (for the summary).
     """
     layers: list
     names: list
@@ -142,18 +167,21 @@ def _cdiv(a: int, b: int) -> int:
 
 
 class _Alloc:
-    """Bump allocators for the W banks, CHAN and GROUP tables, with fit checks."""
+    """Bump allocators for the W banks, CHAN and GROUP tables and the DSPW chain memories,
+    with fit checks."""
 
     def __init__(self, geo: DeviceGeometry):
         self.geo = geo
-        self.w = self.chan = self.group = 0
+        self.w = self.chan = self.group = self.dsp = 0
 
     def take(self, what: str, name: str, need: int, unit: str):
         geo = self.geo
-        cap = {"w": geo.w_depth, "chan": geo.chan_depth, "group": geo.group_depth}[what]
+        cap = {"w": geo.w_depth, "chan": geo.chan_depth, "group": geo.group_depth,
+               "dsp": geo.dsp_depth}[what]
         base = getattr(self, what)
         if base + need > cap:
-            label = {"w": "W bank", "chan": "CHAN table", "group": "GROUP table"}[what]
+            label = {"w": "W bank", "chan": "CHAN table", "group": "GROUP table",
+                     "dsp": "DSPW chain memory"}[what]
             raise ModelTooLarge(
                 f"layer {name!r}: its weights need {need} {unit} of each {label} after the "
                 f"{base} used by earlier layers, {base + need - cap} more than the device's "
@@ -164,12 +192,19 @@ class _Alloc:
 
 def gemm_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, q, fmt, group, requant,
                M: int, gather_n, gather_s, in_base: int, out_base: int, stride: int = 0,
-               pad: int = 0, pad_value: int = 0, h: int = 1, w: int = 1):
+               pad: int = 0, pad_value: int = 0, h: int = 1, w: int = 1, sparse=None):
     """One GEMM layer: its record and the placements of its weights and tables.
 
     ``q`` (K, N) weight values of ``fmt``; ``group`` a ``GroupQuant`` or None; ``requant`` a
-    ``ChannelRequant`` (always per channel: the bias is folded into it).
+    ``ChannelRequant`` (always per channel: the bias is folded into it). ``sparse``: None
+    for the systolic array, or the layer's ``sw.numerics.NMSparse`` (the compressed ``q``)
+    for the sparse DSP engine (:func:`dsp_layer`).
     """
+    if sparse is not None:
+        return dsp_layer(name=name, geo=geo, alloc=alloc, sparse=sparse, group=group,
+                         requant=requant, M=M, gather_n=gather_n, gather_s=gather_s,
+                         in_base=in_base, out_base=out_base, stride=stride, pad=pad,
+                         pad_value=pad_value, h=h, w=w)
     fmt = WeightFormat(fmt)
     K, N = q.shape
     R, C = geo.rows, geo.cols
@@ -218,16 +253,113 @@ def gemm_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, q, fmt, group, 
     return rec, places, M * K * N
 
 
-def _refuse_sparse(name: str, lin) -> None:
-    """Layer programs run GEMM layers on the systolic array only: the device answers
-    BAD_PARAM for a program layer whose descriptor picks the DSP engine (``sparse`` != 0)."""
+def _dsp_pattern(name: str, geo: DeviceGeometry, sp) -> NMPattern:
+    """The pattern of layer ``name``'s N:M weights ``sp``; :class:`DeviceLacks` when the
+    device's DSP engine cannot run them (the cases the device answers BAD_PARAM to)."""
+    what = f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}, {sp.fmt.name})"
+    if not geo.dsp_stages:
+        raise DeviceLacks(f"{what}, but the device has no sparse DSP engine (IDENTIFY "
+                          f"dsp_stages = 0): quantize the layer dense, or use a bitstream "
+                          f"built with the DSP engine")
+    try:
+        pattern = numerics.nm_pattern(sp.n, sp.m)
+    except ValueError as e:
+        raise DeviceLacks(f"{what}, which the DSP engine cannot run: {e}") from None
+    have = [p for p in NMPattern if geo.dsp_patterns >> int(p) & 1]
+    if pattern not in have:
+        runs = ", ".join(f"{p.name} ({p.n}:{p.m})" for p in have) or "none"
+        raise DeviceLacks(f"{what}, but the device's DSP engine (L = {geo.dsp_stages} "
+                          f"stages) does not run pattern {pattern.name}; it runs {runs}")
+    if geo.dsp_packed and sp.fmt == WeightFormat.INT8:
+        raise DeviceLacks(f"{what}, but the device's DSP engine is packed (two 4-bit weights "
+                          f"per multiplier) and does not take INT8 weights; quantize the "
+                          f"layer to INT4, INT2 or TERNARY (with pair_columns=True)")
+    wp = layout.dsp_window(stages=geo.dsp_stages, pattern=pattern)
+    if wp > 4 * geo.rows:
+        raise DeviceLacks(f"{what}: pattern {pattern.name} reads {wp} activations per step, "
+                          f"more than the device's {geo.rows} A row banks hold "
+                          f"({4 * geo.rows})")
+    return pattern
+
+
+def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, requant,
+              M: int, gather_n, gather_s, in_base: int, out_base: int, stride: int = 0,
+              pad: int = 0, pad_value: int = 0, h: int = 1, w: int = 1):
+    """One GEMM layer on the sparse DSP engine: its record and placements.
+
+    The descriptor has ``sparse = 1 + pattern``, ``fmt = sparse.fmt`` and ``w_base`` = the
+    layer's first DSPW record (bump-allocated after the earlier sparse layers'); its
+    ``ceil(N / cols) * S`` records per chain (``S = ceil(K / Wp)``) are
+    ``sw.layout.dsp_weight_image`` placed at DSPW byte ``w_base * CH * 16``. The CHAN table
+    and the OUT / ACT handling are the array's. The runner's gather writes A in the DSP
+    layout, ``M * S`` words of each row bank.
+
+    Raises
+    ------
+    DeviceLacks
+        No DSP engine, a pattern it does not run, INT8 weights on a packed engine, column
+        pairs that do not share their indices on a packed engine, or group tables.
+    ModelTooLarge
+        A dimension beyond the descriptor, K beyond ``max_k``, the A words ``M * S`` beyond
+        a row bank, the result beyond OUT, the DSPW records or CHAN entries beyond what the
+        earlier layers left.
+    """
+    sp = sparse
+    K, N = sp.k, sp.ncols
+    R, C = geo.rows, geo.cols
+    pattern = _dsp_pattern(name, geo, sp)
+    if group is not None:
+        raise DeviceLacks(f"layer {name!r}: its N:M sparse weights come with group tables, but "
+                          f"the DSP engine requantizes per output channel only")
+    for dim, v in (("M", M), ("K", K), ("N", N)):
+        if v >= _U16:
+            raise ModelTooLarge(f"layer {name!r}: {dim}={v} exceeds the descriptor's 16 bits")
+    if K > geo.max_k:
+        raise ModelTooLarge(f"layer {name!r}: K={K} exceeds the device's largest K "
+                            f"({geo.max_k})")
+    wp = layout.dsp_window(stages=geo.dsp_stages, pattern=pattern)
+    S = layout.dsp_steps(K, stages=geo.dsp_stages, pattern=pattern)
+    a_words = M * S
+    if a_words > geo.a_depth:
+        hint = ("use a smaller batch" if S <= geo.a_depth else
+                f"K is too large for the DSP engine's A banks (at most {geo.a_depth} steps "
+                f"of {wp} activations: K <= {geo.a_depth * wp})")
+        raise ModelTooLarge(f"layer {name!r}: its A operand (M={M} x K={K}) in the DSP "
+                            f"layout of {pattern.name} needs M x S = {M} x {S} = {a_words} "
+                            f"words of each A row bank ({a_words * 4 * R} bytes of the A "
+                            f"buffer), {(a_words - geo.a_depth) * 4 * R} bytes more than its "
+                            f"{geo.a_depth * 4 * R}: {hint}")
+    o_elems = _cdiv(M, R) * N
+    if o_elems > 4 * geo.out_depth:
+        raise ModelTooLarge(f"layer {name!r}: its output (M={M} x N={N}) needs "
+                            f"{o_elems * R} bytes of the OUT buffer, "
+                            f"{(o_elems - 4 * geo.out_depth) * R} more than its "
+                            f"{4 * geo.out_depth * R}: use a smaller batch")
+    try:
+        image = layout.dsp_weight_image(sp, cols=C, stages=geo.dsp_stages,
+                                        packed=geo.dsp_packed, pattern=pattern)
+    except ValueError as e:                 # a packed engine's column pairs differ
+        raise DeviceLacks(f"layer {name!r}: {e}") from None
+    records = layout.dsp_records(K, N, cols=C, stages=geo.dsp_stages, pattern=pattern)
+    w_base = alloc.take("dsp", name, records, "records")
+    chan_base = alloc.take("chan", name, N, "entries")
+    desc = LayerDescriptor.from_requant(M, K, N, OutMode.INT8, requant, fmt=sp.fmt,
+                                        w_base=w_base, chan_base=chan_base, sparse=pattern)
+    rec = ProgramLayer(desc, LayerKind.GEMM, stride, pad, pad_value, h, w, in_base % _U16,
+                       out_base, tuple(gather_n), tuple(s % _U16 for s in gather_s))
+    places = [Placement(Buffer.DSPW, w_base * geo.dsp_stride * layout.DSP_RECORD_BYTES, image),
+              Placement(Buffer.CHAN, chan_base * layout.CHAN_ENTRY_BYTES,
+                        layout.chan_table_image(requant))]
+    return rec, places, M * K * N
+
+
+def _refuse_sparse_conv(name: str, lin) -> None:
+    """Programs place N:M sparse weights for Dense layers only."""
     sp = getattr(lin, "sparse", None)
     if sp is not None:
-        raise DeviceLacks(f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}), and "
-                          f"layer programs do not run layers on the sparse DSP engine yet; "
-                          f"quantize it dense (quantize_linear without sparse) to run the "
-                          f"model as a program, or run the layer alone with "
-                          f"Accelerator.linear")
+        raise DeviceLacks(f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}); layer "
+                          f"programs run sparse weights in Dense layers only, not in Conv2d: "
+                          f"quantize the convolution dense (quantize_linear without sparse)")
 
 
 def _requant(lin) -> ChannelRequant:
@@ -277,7 +409,6 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
             continue
         if isinstance(layer, mdl.Dense):
             lin = layer.lin
-            _refuse_sparse(name, lin)
             K, N = lin.q.shape
             if int(np.prod(shape)) != K:
                 raise ValueError(f"layer {name!r}: takes {K} inputs, gets shape {shape}")
@@ -287,10 +418,11 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
             rec, pl, mac = gemm_layer(
                 name=name, geo=geo, alloc=alloc, q=lin.q, fmt=lin.fmt, group=lin.group,
                 requant=_requant(lin), M=B, gather_n=(B, 1, 1, 1, 1, K),
-                gather_s=(K, 0, 0, 0, 0, 1), in_base=cur_base, out_base=base)
+                gather_s=(K, 0, 0, 0, 0, 1), in_base=cur_base, out_base=base,
+                sparse=getattr(lin, "sparse", None))
         elif isinstance(layer, mdl.Conv2d):
             lin = layer.lin
-            _refuse_sparse(name, lin)
+            _refuse_sparse_conv(name, lin)
             H, W, Cin = shape
             k, st, pd = layer.kernel, layer.stride, layer.pad
             Ho = numerics.conv_out_size(H, k, st, pd)
@@ -349,14 +481,19 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
     prog = b"".join(r.pack() for r in records)
     places.append(Placement(Buffer.PROG, 0, prog))
     used = {"W": alloc.w * geo.cols, "CHAN": alloc.chan * layout.CHAN_ENTRY_BYTES,
-            "GROUP": alloc.group * layout.GROUP_ENTRY_BYTES, "PROG": len(prog)}
+            "GROUP": alloc.group * layout.GROUP_ENTRY_BYTES,
+            "DSPW": alloc.dsp * geo.dsp_stride * layout.DSP_RECORD_BYTES, "PROG": len(prog)}
     return CompiledProgram(records, names, macs, places, B, input_base, input_bytes, cur_base,
                            cur_size, tuple(shape), peak, used, regions)
 
 
 def max_batch(model, info: DeviceInfo, *, limit: int = 256) -> int:
     """The largest batch (<= ``limit``) the device runs ``model`` with; raises
-    :class:`ModelTooLarge` (the batch-1 reason) when not even one sample fits."""
+    :class:`ModelTooLarge` (the batch-1 reason) when not even one sample fits.
+
+    Every bound :func:`compile_model` checks counts: A, OUT and ACT for array layers and, for
+    sparse layers on the DSP engine, ``M * S <= a_depth`` (``M`` = the batch, ``S`` the
+    layer's steps per row)."""
     compile_model(model, info, batch=1)          # raises with the reason
     lo, hi = 1, limit
     while lo < hi:

@@ -645,8 +645,9 @@ class ProgramLayer:
     """One layer of a program: a :data:`PROGRAM_RECORD`-byte record of the PROG buffer.
 
     Layout (little-endian): the :class:`LayerDescriptor` (22 bytes: the core's part, used by
-    GEMM layers; its ``sparse`` must be 0: the device does not run DSP layers in programs
-    yet and answers BAD_PARAM), ``kind`` u8 (:class:`LayerKind`), ``stride`` u8, ``pad``
+    GEMM layers; with ``sparse = 1 + pattern`` the layer runs on the sparse DSP engine: the
+    gather writes A in the DSP layout of ``sw.layout.dsp_act_image`` and ``w_base`` counts
+    DSPW records), ``kind`` u8 (:class:`LayerKind`), ``stride`` u8, ``pad``
     u8, ``pad_value`` i8, one reserved byte, ``h`` u16, ``w`` u16, ``in_base`` u16,
     ``out_base`` u16, the :data:`GATHER_LOOPS` loop counts ``n`` u16 and strides ``s`` u16
     (59 bytes so far), zeros to the end.

@@ -2151,27 +2151,56 @@ def test_identify_refuses_an_inconsistent_dsp_engine():
             open_acc(FakeDevice(identify_data=bad))
 
 
-def test_layer_programs_refuse_sparse_layers():
-    """Programs run GEMM layers on the array only: compiling a model with a sparse layer
-    raises DeviceLacks naming the layer, and load_model sends nothing."""
+def test_load_model_sparse_layers_resident_in_dspw_and_reloaded():
+    """A model with N:M sparse Dense layers compiles for the DSP engine: load_model writes
+    their records to DSPW (where the compiled placements say), and other work that uses DSPW
+    (sparse_gemm / linear on a sparse layer write from record 0) makes the next run load
+    the model again, as W / CHAN / GROUP / PROG do; A does not."""
     from sw import model as M
     from sw import program
     rng = np.random.default_rng(4)
-    dense = quant.quantize_linear(rng.normal(size=(16, 8)), None, fmt=I8, x_scale=0.02,
-                                  y_scale=0.05)
-    sp = quant.quantize_linear(rng.normal(size=(8, 4)), None, fmt=I8, x_scale=0.05,
-                               y_scale=0.05, sparse=(2, 4))
-    model = M.Model([M.Dense(dense, name="fc1"), M.Dense(sp, name="fc2")], input_shape=(16,),
-                    in_scale=0.02, in_zero=0, out_scale=0.05, out_zero=0)
+    fc1 = quant.quantize_linear(rng.normal(size=(16, 8)), None, fmt=I8, x_scale=0.02,
+                                y_scale=0.05, sparse=(2, 4), relu=True)
+    fc2 = quant.quantize_linear(rng.normal(size=(8, 4)), None, fmt=I4, x_scale=0.05,
+                                y_scale=0.05)
+    fc3 = quant.quantize_linear(rng.normal(size=(4, 8)), None, fmt=TER, x_scale=0.05,
+                                y_scale=0.05, sparse=(1, 4))
+    model = M.Model([M.Dense(fc1, name="fc1"), M.Dense(fc2, name="fc2"),
+                     M.Dense(fc3, name="fc3")], input_shape=(16,), in_scale=0.02, in_zero=0,
+                    out_scale=0.05, out_zero=0)
     dev = dsp_device()
     acc = open_acc(dev)
-    with pytest.raises(program.DeviceLacks, match="layer 'fc2': its weights are N:M sparse "
-                                                  r"\(2:4\), and layer programs do not run"):
-        program.compile_model(model, acc.info)
-    with pytest.raises(program.DeviceLacks, match="fc2"):
-        acc.load_model(model)
-    _nothing_sent(dev)
-    # the same model dense compiles
-    program.compile_model(M.Model([M.Dense(dense, name="fc1")], input_shape=(16,),
-                                  in_scale=0.02, in_zero=0, out_scale=0.05, out_zero=0),
-                          acc.info)
+    lm = acc.load_model(model, batch=2)
+    cp = lm.compiled
+    assert [r.desc.sparse for r in cp.layers] == [1 + NMPattern.NM2_4, 0, 1 + NMPattern.NM1_4]
+    dspw = [p for p in cp.placements if p.buffer == Buffer.DSPW]
+    assert len(dspw) == 2 and dspw[1].address == cp.layers[2].desc.w_base * 4 * 16
+    for p in cp.placements:
+        assert bytes(dev.bufs[p.buffer][p.address:p.address + len(p.data)]) == p.data, p.buffer
+    assert lm.loads == 1
+    x = rng.integers(-128, 128, (3, 16))
+    lm.run(x)                                  # the fake does not execute programs
+    assert lm.loads == 1
+    acc.write_buffer(Buffer.A, 0, b"\x01")     # A is not resident model state
+    lm.run(x)
+    assert lm.loads == 1
+    other = sparse_layer(rng, 16, 8, (2, 4), I8)
+    xo = rng.integers(-128, 128, (2, 16))
+    np.testing.assert_array_equal(acc.linear(xo, other), other.golden(xo), strict=True)
+    assert bytes(dev.bufs[Buffer.DSPW][:len(dspw[0].data)]) != dspw[0].data   # clobbered
+    lm.run(x)
+    assert lm.loads == 2
+    for p in cp.placements:
+        assert bytes(dev.bufs[p.buffer][p.address:p.address + len(p.data)]) == p.data, p.buffer
+    # a DSPW write alone is enough
+    acc.write_buffer(Buffer.DSPW, 0, b"\x00")
+    lm.run(x)
+    assert lm.loads == 3
+    # a device without the DSP engine refuses the model before sending anything
+    dev0 = FakeDevice()
+    acc0 = open_acc(dev0)
+    with pytest.raises(program.DeviceLacks, match="layer 'fc1': its weights are N:M sparse "
+                                                  r"\(2:4, INT8\), but the device has no "
+                                                  "sparse DSP engine"):
+        acc0.load_model(model)
+    _nothing_sent(dev0)

@@ -2,6 +2,7 @@
 independent convolution by explicit loops, pooling, GlobalAvgPool against the float average,
 Conv2d == Dense on im2col, Flatten order, Model chaining and its errors."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -296,3 +297,71 @@ def test_linear_from_integers_matches_quantize_linear():
     with pytest.raises(ValueError, match="w_scale"):
         quant.linear_from_integers(np.zeros((4, 2), dtype=int), fmt="INT8", w_scale=[1.0],
                                    x_scale=1.0, y_scale=1.0)
+
+
+# -- N:M sparse Dense layers ----------------------------------------------------------------
+
+@pytest.mark.parametrize("nm, fmt", [((2, 4), "INT8"), ((1, 4), "INT4"), ((2, 8), "TERNARY"),
+                                     ((4, 8), "INT2"), ((8, 8), "INT8")])
+def test_sparse_dense_golden_is_sparse_gemm_and_equals_dense_of_pruned_codes(nm, fmt,
+                                                                             monkeypatch):
+    """A Dense with N:M weights computes sparse_gemm on the compressed weights plus the
+    per-channel epilogue, which equals the dense golden model on the pruned codes."""
+    r = rng(20 + nm[0])
+    ql = quant.quantize_linear(r.normal(size=(48, 13)), r.normal(size=13) * 0.3, fmt=fmt,
+                               x_scale=0.05, x_zero=3, y_scale=0.1, y_zero=-4, relu=True,
+                               sparse=nm)
+    d = M.Dense(ql, name="fc")
+    assert d.sparse is ql.sparse and (d.sparse.n, d.sparse.m) == nm
+    x = r.integers(-128, 128, (9, 48)).astype(np.int8)
+    calls = []
+    real = numerics.sparse_gemm
+    monkeypatch.setattr(numerics, "sparse_gemm", lambda a, sp, **kw: calls.append(sp) or
+                        real(a, sp, **kw))
+    y = d.golden(x)
+    assert calls == [ql.sparse]                           # computed from the compressed form
+    monkeypatch.undo()
+    want = numerics.requantize_channels(numerics.sparse_gemm(x, ql.sparse), ql.requant)
+    np.testing.assert_array_equal(y, want, strict=True)
+    dense = M.Dense(dataclasses.replace(ql, sparse=None), name="fc")
+    np.testing.assert_array_equal(y, dense.golden(x), strict=True)
+    # pruned: n of every m rows per column are kept
+    assert (np.count_nonzero(ql.q.reshape(-1, nm[1], 13), axis=1) <= nm[0]).all()
+    m = M.Model([d], input_shape=(48,), in_scale=0.05, in_zero=3, out_scale=0.1, out_zero=-4)
+    np.testing.assert_array_equal(m.golden(x), y, strict=True)
+    assert m.macs() == [48 * 13]                          # dense-equivalent
+    assert f"{fmt} 48x13 {nm[0]}:{nm[1]} +relu" in m.summary()
+
+
+def test_dense_from_sparse_and_validation():
+    r = rng(30)
+    k, n = 32, 6
+    mask = quant.prune_nm(r.normal(size=(k, n)), 2, 4)
+    q = np.where(mask, r.integers(-8, 8, (k, n)), 0)
+    sp = quant.compress_nm(q, mask, n=2, m=4, fmt="INT4")
+    scale = r.uniform(0.01, 0.02, n)
+    d = M.Dense.from_sparse(sp, w_scale=scale, bias_float=r.normal(size=n) * 0.1,
+                            x_scale=0.05, x_zero=-2, y_scale=0.08, y_zero=1, relu=False,
+                            name="imported")
+    assert d.name == "imported" and d.sparse is sp and d.lin.fmt == numerics.WeightFormat.INT4
+    np.testing.assert_array_equal(d.lin.q, q)
+    ref = quant.linear_from_integers(q, fmt="INT4", w_scale=scale, bias_float=d.lin.bias,
+                                     x_scale=0.05, x_zero=-2, y_scale=0.08, y_zero=1)
+    for a in ("multiplier", "shift", "bias"):
+        np.testing.assert_array_equal(getattr(d.lin.requant, a), getattr(ref.requant, a))
+    x = r.integers(-128, 128, (4, k)).astype(np.int8)
+    np.testing.assert_array_equal(d.golden(x), ref.golden(x), strict=True)
+    with pytest.raises(TypeError, match="NMSparse"):
+        M.Dense.from_sparse(q, w_scale=scale, x_scale=0.05, y_scale=0.08)
+    # lin.q must be the dense form of lin.sparse; no group tables
+    bad = q.copy()
+    bad[~mask] = 1
+    with pytest.raises(ValueError, match=r"Dense 'fc': lin.q is not the dense form of "
+                                         r"lin.sparse \(first difference at row"):
+        M.Dense(dataclasses.replace(d.lin, q=bad), name="fc")
+    other = quant.compress_nm(q[:16], mask[:16], n=2, m=4, fmt="INT4")
+    with pytest.raises(ValueError, match=r"the sparse weights are 16x6, lin.q is 32x6"):
+        M.Dense(dataclasses.replace(d.lin, sparse=other))
+    gq = numerics.GroupQuant(32, np.ones((1, n), np.int64), np.zeros((1, n), np.int64))
+    with pytest.raises(ValueError, match="per output channel only"):
+        M.Dense(dataclasses.replace(d.lin, group=gq))

@@ -1,0 +1,267 @@
+"""sw.program for N:M sparse Dense layers (the sparse DSP engine inside layer programs), pure:
+descriptors (``sparse = 1 + pattern``, fmt, ``w_base`` in DSPW records, ``chan_base``), the
+DSPW images of several sparse layers side by side (decoded back to the pruned weights with
+the protocol's address and record formulas, not with ``sw.layout``), CHAN tables, the A
+bound ``M * S <= a_depth`` in ``max_batch``, and the refusals (no engine, a pattern it lacks,
+INT8 on a packed engine, unpaired columns, DSPW / A / OUT too small)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sw import layout, model as M, quant
+from sw.numerics import NM_PATTERNS, NMPattern, WeightFormat
+from sw.program import DeviceLacks, ModelTooLarge, compile_model, max_batch
+from sw.protocol import Buffer, DeviceInfo, LayerKind
+
+I8, I4, I2, TER = (WeightFormat.INT8, WeightFormat.INT4, WeightFormat.INT2,
+                   WeightFormat.TERNARY)
+ALL_FORMATS = sum(1 << int(f) for f in WeightFormat)
+
+
+def device(*, rows=4, cols=8, a_depth=256, w_depth=512, out_words=256, chan_depth=128,
+           act_bytes=8192, max_layers=8, formats=ALL_FORMATS, dsp_stages=4, dsp_packed=False,
+           dsp_patterns=None, dsp_depth=64, max_k=None) -> DeviceInfo:
+    """An IDENTIFY reply of a ProgramCore device with (``dsp_stages`` > 0) a DSP engine."""
+    dsp = {}
+    if dsp_stages:
+        chains = cols // 2 if dsp_packed else cols
+        ch = 1 << (chains - 1).bit_length()
+        if dsp_patterns is None:
+            dsp_patterns = [p for p, (n, m) in NM_PATTERNS.items()
+                            if dsp_stages % n == 0 and dsp_stages // n * m <= 4 * rows]
+        dsp = dict(dsp_stages=dsp_stages, dsp_chains=chains, dsp_packed=int(dsp_packed),
+                   dsp_patterns=sum(1 << int(p) for p in dsp_patterns),
+                   dsp_bytes=dsp_depth * ch * 16)
+    if max_k is None:
+        max_k = min(4 * a_depth, w_depth, 65535)
+    return DeviceInfo(5, 0x1234, rows, cols, 4 * rows * a_depth, cols * w_depth,
+                      4 * rows * out_words, out_words, max_k, 0b11, formats=formats,
+                      group_sizes=0b111, chan_bytes=8 * chan_depth, group_bytes=4 * 256,
+                      act_bytes=act_bytes, max_layers=max_layers, layer_kinds=0b11, **dsp)
+
+
+def qlin(rng, k, n, *, fmt=I8, sparse=None, pair=False, xz=0, yz=0, relu=False):
+    return quant.quantize_linear(rng.normal(size=(k, n)) / np.sqrt(k), rng.normal(size=n) * 0.2,
+                                 fmt=fmt, x_scale=0.05, x_zero=xz, y_scale=0.05, y_zero=yz,
+                                 relu=relu, sparse=sparse, pair_columns=pair)
+
+
+def mlp(rng, *, nm1=(2, 4), fmt1=I8, nm3=(1, 4), fmt3=I8, pair=False, k=64):
+    """sparse k->32 + ReLU, dense 32->16, sparse 16->12: two sparse layers around a dense one."""
+    l1 = qlin(rng, k, 32, fmt=fmt1, sparse=nm1, pair=pair, xz=3, yz=-9, relu=True)
+    l2 = qlin(rng, 32, 16, xz=-9, yz=2)
+    l3 = qlin(rng, 16, 12, fmt=fmt3, sparse=nm3, pair=pair, xz=2, yz=0)
+    return M.Model([M.Dense(l1, name="fc1"), M.Dense(l2, name="fc2"), M.Dense(l3, name="fc3")],
+                   input_shape=(k,), in_scale=0.05, in_zero=3, out_scale=0.05, out_zero=0)
+
+
+def memory(cp, buffer: Buffer, size: int) -> bytearray:
+    """The bytes the placements leave in ``buffer``; placements must not overlap."""
+    mem = bytearray(size)
+    used = np.zeros(size, dtype=bool)
+    for p in cp.placements:
+        if p.buffer == buffer:
+            assert p.address + len(p.data) <= size
+            assert not used[p.address:p.address + len(p.data)].any(), "placements overlap"
+            used[p.address:p.address + len(p.data)] = True
+            mem[p.address:p.address + len(p.data)] = p.data
+    return mem
+
+
+def decode_dspw(mem, *, w_base, K, N, n, m, L, cols, chains, packed) -> tuple:
+    """The K x N weights a DSP layer reads from DSPW (the protocol's formulas): record
+    ``r = w_base + t * S + s`` of chain ``c`` at byte ``((r * CH + c) << 4) | b``; stage j's
+    value in byte j, its index in bits 3j.. of bytes 8..10; stage j of step s serves block
+    ``s * (L // n) + j // n``. Returns the weights and whether every padding stage (a block
+    past K / m or a column past N) is value 0, index 0, and the unused bytes are 0."""
+    ch = 1 << (chains - 1).bit_length()
+    S = -(-K // (L // n * m))
+    w = np.zeros((K, N), dtype=np.int64)
+    clean = True
+    for t in range(-(-N // cols)):
+        for s in range(S):
+            r = w_base + t * S + s
+            for c in range(chains):
+                rec = mem[(r * ch + c) << 4:((r * ch + c) << 4) + 16]
+                idx24 = int.from_bytes(rec[8:11], "little")
+                clean &= not any(rec[L:8]) and not any(rec[11:16])
+                for j in range(L):
+                    b = s * (L // n) + j // n
+                    idx = idx24 >> (3 * j) & 7
+                    byte = rec[j]
+                    if packed:
+                        vals = [((byte & 0xF) ^ 8) - 8, ((byte >> 4) ^ 8) - 8]
+                        cs = [t * cols + 2 * c, t * cols + 2 * c + 1]
+                    else:
+                        vals, cs = [byte - 256 if byte > 127 else byte], [t * cols + c]
+                    for v, col in zip(vals, cs):
+                        if b < K // m and col < N:
+                            assert w[b * m + idx, col] == 0 or v == 0
+                            w[b * m + idx, col] += v
+                        else:
+                            clean &= v == 0 and idx == 0
+    return w, clean
+
+
+# -- the golden model of a sparse Dense --------------------------------------------------------
+
+def test_sparse_dense_in_a_model_compiles_with_records_and_images():
+    rng = np.random.default_rng(1)
+    model = mlp(rng)
+    info = device()
+    B = 5
+    cp = compile_model(model, info, batch=B)
+    assert cp.names == ["fc1", "fc2", "fc3"] and len(cp.layers) == 3
+    d1, d2, d3 = (r.desc for r in cp.layers)
+    sp1, sp3 = model.layers[0].sparse, model.layers[2].sparse
+    # descriptors: DSP layers name their pattern and format; w_base counts DSPW records
+    S1 = -(-64 // 8)                                    # NM2_4 on L = 4: Wp = 8
+    S3 = -(-16 // 16)                                   # NM1_4: Wp = 16
+    R1, R3 = -(-32 // 8) * S1, -(-12 // 8) * S3         # records per chain
+    assert (d1.sparse, d1.fmt, d1.w_base, d1.chan, d1.chan_base, d1.group) == \
+        (1 + NMPattern.NM2_4, I8, 0, 1, 0, 0)
+    assert (d2.sparse, d2.w_base, d2.chan_base) == (0, 0, 32)          # W bank bytes
+    assert (d3.sparse, d3.fmt, d3.w_base, d3.chan_base) == (1 + NMPattern.NM1_4, I8, R1, 48)
+    assert (d1.m, d1.k, d1.n, d3.m, d3.k, d3.n) == (B, 64, 32, B, 16, 12)
+    assert all(r.kind == LayerKind.GEMM for r in cp.layers)
+    # row-major gather of the batch rows, as for array layers
+    assert cp.layers[0].n == (B, 1, 1, 1, 1, 64) and cp.layers[0].s == (64, 0, 0, 0, 0, 1)
+    # dense-equivalent MACs, as the device counts them
+    assert cp.macs == [B * 64 * 32, B * 32 * 16, B * 16 * 12]
+    # DSPW: both sparse layers resident side by side, decoded with the protocol's formulas
+    ch = info.dsp_chain_stride
+    assert ch == 8 and info.dsp_depth == 64
+    dspw = [p for p in cp.placements if p.buffer == Buffer.DSPW]
+    assert [(p.address, len(p.data)) for p in dspw] == [(0, R1 * ch * 16),
+                                                        (R1 * ch * 16, R3 * ch * 16)]
+    mem = memory(cp, Buffer.DSPW, info.dsp_bytes)
+    for d, sp, lay in ((d1, sp1, model.layers[0]), (d3, sp3, model.layers[2])):
+        w, clean = decode_dspw(mem, w_base=d.w_base, K=d.k, N=d.n, n=sp.n, m=sp.m, L=4,
+                               cols=8, chains=8, packed=False)
+        np.testing.assert_array_equal(w, lay.lin.q)       # the pruned codes
+        assert clean
+    assert not any(mem[(R1 + R3) * ch * 16:])           # nothing past the last layer
+    assert cp.weight_bytes["DSPW"] == (R1 + R3) * ch * 16
+    # CHAN tables of all three layers side by side; the dense layer's weights in W
+    chan = memory(cp, Buffer.CHAN, info.chan_bytes)
+    for d, lay in zip((d1, d2, d3), model.layers):
+        img = layout.chan_table_image(lay.lin.requant)
+        assert chan[d.chan_base * 8:d.chan_base * 8 + len(img)] == img
+    (wp,) = [p for p in cp.placements if p.buffer == Buffer.W]
+    assert wp.data == layout.weight_image(model.layers[1].lin.packed(), 8)
+    # a pure function: the same model and device give the same program
+    again = compile_model(model, info, batch=B)
+    assert again.placements == cp.placements and again.layers == cp.layers
+
+
+@pytest.mark.parametrize("fmt", [I4, I2, TER])
+def test_packed_engine_images(fmt):
+    """L = 8 packed (two 4-bit columns per chain): pairs of columns share the indices."""
+    rng = np.random.default_rng(2 + int(fmt))
+    info = device(rows=8, cols=8, dsp_stages=8, dsp_packed=True)
+    model = mlp(rng, nm1=(2, 8), fmt1=fmt, nm3=(4, 8), fmt3=fmt, pair=True)
+    cp = compile_model(model, info, batch=3)
+    d1, _, d3 = (r.desc for r in cp.layers)
+    assert (d1.sparse, d3.sparse, d1.fmt, d3.fmt) == (1 + NMPattern.NM2_8, 1 + NMPattern.NM4_8,
+                                                      fmt, fmt)
+    S1 = -(-64 // 32)                                   # NM2_8 on L = 8: Wp = 32
+    assert d3.w_base == -(-32 // 8) * S1
+    mem = memory(cp, Buffer.DSPW, info.dsp_bytes)
+    for d, lay in ((d1, model.layers[0]), (d3, model.layers[2])):
+        sp = lay.sparse
+        w, clean = decode_dspw(mem, w_base=d.w_base, K=d.k, N=d.n, n=sp.n, m=sp.m, L=8,
+                               cols=8, chains=4, packed=True)
+        np.testing.assert_array_equal(w, lay.lin.q)
+        assert clean
+
+
+def test_dsp_layer_format_need_not_be_an_array_format():
+    """The DSP engine multiplies INT4 bytes even when the array computes INT8 only."""
+    rng = np.random.default_rng(3)
+    model = mlp(rng, fmt1=I4, fmt3=TER)
+    cp = compile_model(model, device(formats=1 << int(I8)), batch=2)
+    assert [r.desc.fmt for r in cp.layers] == [I4, I8, TER]
+
+
+def test_max_batch_counts_the_dsp_a_words():
+    """A DSP layer needs M * S words of each A row bank: with a_depth 64 and S = 8 the batch
+    stops at 8 although the array layers and ACT would take more."""
+    rng = np.random.default_rng(4)
+    model = mlp(rng)
+    info = device(a_depth=64)
+    assert max_batch(model, info) == 8                   # 8 * 8 = 64 words per bank
+    compile_model(model, info, batch=8)
+    with pytest.raises(ModelTooLarge, match=r"layer 'fc1': its A operand \(M=9 x K=64\) in "
+                                            r"the DSP layout of NM2_4 needs M x S = 9 x 8 = "
+                                            r"72 words of each A row bank \(1152 bytes of the "
+                                            r"A buffer\), 128 bytes more than its 1024: use a "
+                                            r"smaller batch"):
+        compile_model(model, info, batch=9)
+    # the same model dense is bounded by the array's A layout instead: ceil(M / 4) * 16 <= 64
+    dense = M.Model([M.Dense(dataclasses.replace(layer.lin, sparse=None), name=layer.name)
+                     for layer in model.layers], input_shape=(64,), in_scale=0.05, in_zero=3,
+                    out_scale=0.05, out_zero=0)
+    assert max_batch(dense, info) == 16
+    # a K that does not fit even one row: no batch helps
+    with pytest.raises(ModelTooLarge, match=r"K is too large for the DSP engine's A banks "
+                                            r"\(at most 4 steps of 8 activations: K <= 32\)"):
+        max_batch(model, device(a_depth=4, max_k=64))
+
+
+def test_too_large_names_layer_and_buffer():
+    rng = np.random.default_rng(5)
+    model = mlp(rng)
+    # DSPW: fc1 takes 4 tiles x 8 steps = 32 records; fc3 needs 2 more of 33
+    with pytest.raises(ModelTooLarge, match=r"layer 'fc3': its weights need 2 records of each "
+                                            r"DSPW chain memory after the 32 used by earlier "
+                                            r"layers, 1 more than the device's 33"):
+        compile_model(model, device(dsp_depth=33), batch=1)
+    compile_model(model, device(dsp_depth=34), batch=1)
+    with pytest.raises(ModelTooLarge, match=r"layer 'fc1': its weights need 32 records "
+                                            r"of each DSPW chain memory after the 0 used by "
+                                            r"earlier layers, 16 more than the device's 16"):
+        max_batch(model, device(dsp_depth=16))
+    # OUT and CHAN as for array layers
+    with pytest.raises(ModelTooLarge, match=r"layer 'fc1': its output \(M=9 x N=32\).*OUT"):
+        compile_model(model, device(out_words=16), batch=9)
+    with pytest.raises(ModelTooLarge, match=r"layer 'fc2'.*CHAN table"):
+        compile_model(model, device(chan_depth=40), batch=1)
+    with pytest.raises(ModelTooLarge, match=r"layer 'fc1': K=64 exceeds the device's largest "
+                                            r"K \(48\)"):
+        compile_model(model, device(max_k=48), batch=1)
+
+
+def test_refusals_name_the_layer():
+    rng = np.random.default_rng(6)
+    model = mlp(rng)
+    with pytest.raises(DeviceLacks, match=r"layer 'fc1': its weights are N:M sparse \(2:4, "
+                                          r"INT8\), but the device has no sparse DSP engine"):
+        compile_model(model, device(dsp_stages=0))
+    with pytest.raises(DeviceLacks, match=r"layer 'fc3'.*\(1:4, INT8\), but the device's DSP "
+                                          r"engine \(L = 4 stages\) does not run pattern "
+                                          r"NM1_4; it runs DENSE4 \(4:4\), NM2_4 \(2:4\)"):
+        compile_model(model, device(dsp_patterns=[NMPattern.DENSE4, NMPattern.NM2_4]))
+    with pytest.raises(DeviceLacks, match=r"layer 'fc1'.*packed .* does not take INT8 weights"):
+        compile_model(model, device(dsp_stages=8, dsp_packed=True, rows=8))
+    # 3:4 is no hardware pattern
+    odd = mlp(rng, nm1=(3, 4))
+    with pytest.raises(DeviceLacks, match=r"layer 'fc1'.*\(3:4, INT8\), which the DSP engine "
+                                          r"cannot run: 3:4 is not a hardware N:M pattern"):
+        compile_model(odd, device())
+    # a packed engine: columns pruned without pair_columns
+    unpaired = mlp(rng, fmt1=I4, fmt3=I4, nm1=(2, 8), nm3=(2, 8), pair=False)
+    with pytest.raises(DeviceLacks, match=r"layer 'fc1': packed columns \d+ and \d+ share a "
+                                          r"DSP chain.*pair_columns=True"):
+        compile_model(unpaired, device(rows=8, dsp_stages=8, dsp_packed=True))
+    # a program without the DSP engine is no reason to refuse dense models
+    dense = M.Model([model.layers[1]], input_shape=(32,), in_scale=0.05, in_zero=-9,
+                    out_scale=0.05, out_zero=2)
+    compile_model(dense, device(dsp_stages=0))
+    # sparse convolutions are not compiled
+    conv = M.Model([M.Conv2d(qlin(rng, 8, 4, sparse=(2, 4)), kernel=1, in_shape=(3, 3, 8),
+                             name="c1")], input_shape=(3, 3, 8), in_scale=0.05, in_zero=0,
+                   out_scale=0.05, out_zero=0)
+    with pytest.raises(DeviceLacks, match=r"layer 'c1'.*Dense layers only"):
+        compile_model(conv, device())
