@@ -84,7 +84,8 @@ class MixCore(wiring.Component):
     cycle (the host writes a DSP layer's A striped along K: ``A[m, k]`` is byte ``k % 4`` of
     word ``m * S + k // Wp`` of bank ``(k // 4) % (Wp / 4)``, ``S = ceil(K / Wp)`` steps per
     row). Each row's ``cols`` dot products drain through the row's edge unit (same tables,
-    requantization and OUT layout as the array), at most one row per ``cols`` cycles.
+    requantization and OUT layout as the array), two rows together (the odd one a cycle
+    behind), at most one pair per ``cols`` cycles.
 
     Parameters
     ----------
@@ -457,8 +458,10 @@ class MixCore(wiring.Component):
                 abortable()
             with m.State("DRUN"):
                 m.d.comb += [self.busy.eq(1), d_last.eq(step == kb - 1)]
-                with m.If(d_last & (since != self.MIN_PERIOD)):
-                    # each row's sums need the edge for ``cols`` cycles
+                # rows drain in pairs (one row with a single row bank), each pair's sums
+                # take the edge ``cols`` cycles: pair ends at least that far apart
+                pair_end = drow[0] if R > 1 else Const(1, 1)
+                with m.If(d_last & pair_end & (since != self.MIN_PERIOD)):
                     m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
                 with m.Else():
                     m.d.comb += [d_issue.eq(1), d_push.eq(d_last & (drow == 0))]
@@ -466,8 +469,10 @@ class MixCore(wiring.Component):
                     with m.If(d_last):
                         # rows past M get one step: their (unwritten) drain carries the
                         # tile's token to the last edge unit
-                        m.d.sync += [since.eq(1), drow.eq(drow + 1), a_tile.eq(a_tile + kw),
+                        m.d.sync += [drow.eq(drow + 1), a_tile.eq(a_tile + kw),
                                      step.eq(Mux(drow + 1 < rows_left, 0, kb - 1))]
+                        with m.If(pair_end):
+                            m.d.sync += since.eq(1)
                         with m.If(drow == R - 1):
                             m.d.sync += [drow.eq(0), step.eq(0)]
                             with m.If(row_last & col_last):
@@ -681,22 +686,44 @@ class MixCore(wiring.Component):
             with m.If(dm_en):
                 m.d.sync += self.cnt_macs.eq(self.cnt_macs + dm)
 
-        # -- DSP drain: a row's ``cols`` dot products, one per cycle from column cols - 1 -------
+        # -- DSP drain: two rows' ``cols`` dot products at a time (rows 2p, 2p + 1), one per
+        # cycle from column cols - 1, the odd row one cycle behind the even one: the skew of
+        # the array's drain, so the odd row takes its table records and its token from the
+        # even row's edge unit as in array layers, and two rows share one table read
+        pairs = R > 1
         if L:
             ew = self.edge_width
-            sr = [Signal(signed(ew), name=f"dsr{q}", reset_less=True) for q in range(C)]
+            out = dsp.sum_valid[L - 1]
+            sa = [Signal(signed(ew), name=f"dsa{q}", reset_less=True) for q in range(C)]
             dr_act, dr_first = Signal(), Signal()
             dr_cnt = Signal(range(C)); dr_row = Signal(range(R))
-            with m.If(dsp.sum_valid[L - 1]):
-                m.d.sync += [sr[q].eq(dsp.sum[q][L - 1]) for q in range(C)]
-                m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
-                             dr_row.eq(dsp.sum_tag)]
-            with m.Elif(dr_act):
-                m.d.sync += [sr[q].eq(sr[q - 1]) for q in range(1, C)]
+            with m.If(dr_act):
+                m.d.sync += [sa[q].eq(sa[q - 1]) for q in range(1, C)]
                 m.d.sync += [dr_first.eq(0), dr_cnt.eq(dr_cnt - 1)]
                 with m.If(dr_cnt == 0):
                     m.d.sync += dr_act.eq(0)
-            d_sum = sr[C - 1]
+            load = out & (dsp.sum_tag[0] if pairs else 1)
+            new = [dsp.sum[q][L - 1] for q in range(C)]
+            if pairs:
+                hold = [Signal(signed(ew), name=f"dhold{q}", reset_less=True) for q in range(C)]
+                sb = [Signal(signed(ew), name=f"dsb{q}", reset_less=True) for q in range(C)]
+                with m.If(out & ~dsp.sum_tag[0]):
+                    m.d.sync += [hold[q].eq(new[q]) for q in range(C)]
+                with m.If(dr_act):
+                    m.d.sync += [sb[q].eq(sb[q - 1]) for q in range(1, C)]
+                with m.If(load):
+                    m.d.sync += [sb[q].eq(new[q]) for q in range(C)]
+            with m.If(load):
+                m.d.sync += [sa[q].eq(hold[q] if pairs else new[q]) for q in range(C)]
+                m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
+                             dr_row.eq(Cat(Const(0, 1), dsp.sum_tag[1:]) if pairs else dsp.sum_tag)]
+            d_sum = sa[C - 1]
+            if pairs:
+                # the odd row: the same stream one register later
+                ob_sum = Signal(signed(ew)); ob_act = Signal(); ob_first = Signal()
+                ob_row = Signal.like(dr_row)
+                m.d.sync += [ob_sum.eq(sb[C - 1]), ob_act.eq(dr_act), ob_first.eq(dr_first),
+                             ob_row.eq(dr_row)]
         else:
             dr_act = dr_first = dr_row = d_sum = Const(0, 1)
 
@@ -738,7 +765,16 @@ class MixCore(wiring.Component):
             eu = EdgeUnit(row=i, cols=C, acc_width=self.edge_width, token_layout=tok_layout,
                           out_depth=self.out_depth, groups=self.groups, impl=self.impl)
             m.submodules[f"edge{i}"] = eu
-            if L:
+            if L and pairs and i % 2:
+                # odd rows: one cycle behind the even row above, tables from its edge unit
+                mine = ob_row == i - 1
+                m.d.comb += [
+                    eu.sum.eq(Mux(dsp_on, ob_sum, eng.sum[i])),
+                    eu.sum_valid.eq(Mux(dsp_on, ob_act & mine, eng.sum_valid[i])),
+                    eu.sum_first.eq(Mux(dsp_on, ob_first & mine, eng.sum_first[i])),
+                    eu.tbl_in.eq(tbl_src),
+                ]
+            elif L:
                 mine = dr_row == i
                 m.d.comb += [
                     eu.sum.eq(Mux(dsp_on, d_sum, eng.sum[i])),
