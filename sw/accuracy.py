@@ -301,15 +301,17 @@ def sparse_qlayers(qlayers, masks, n: int, m: int):
     return out
 
 
-def sparse_int_predict(qlayers, sparse, x) -> np.ndarray:
+def sparse_int_predict(qlayers, sparse, x, device=None) -> np.ndarray:
     """Class predictions of the integer network whose GEMMs run on N:M compressed weights.
 
     Per layer: the accumulators by :func:`sw.numerics.sparse_gemm` (the sparse DSP engine's
     golden model), which must equal the dense integer GEMM on :func:`sw.numerics.to_dense`;
     then the layer's own epilogue (:func:`sw.numerics.requantize_channels` with the
     :class:`~sw.quant.QuantLinear`'s requantization), whose int8 output must equal
-    :meth:`~sw.quant.QuantLinear.golden` on the dense zero-filled weights. ``AssertionError``
-    on any difference."""
+    :meth:`~sw.quant.QuantLinear.golden` on the dense zero-filled weights. With ``device`` (an
+    :class:`sw.driver.Accelerator` with a sparse DSP engine) every layer also runs there
+    (:meth:`~sw.driver.Accelerator.sparse_gemm` with the layer's requantization) and must
+    give the same int8 outputs. ``AssertionError`` on any difference."""
     h = quant.quantize_act(x, qlayers[0].x_scale, qlayers[0].x_zero)
     for i, (ql, sp) in enumerate(zip(qlayers, sparse)):
         acc = numerics.sparse_gemm(h, sp)
@@ -322,6 +324,11 @@ def sparse_int_predict(qlayers, sparse, x) -> np.ndarray:
         if not np.array_equal(out, gold):
             raise AssertionError(f"layer {i}: the sparse path differs from QuantLinear.golden "
                                  f"in {int(np.sum(out != gold))} outputs")
+        if device is not None:
+            dev = device.sparse_gemm(h, sp, requant=ql.requant)
+            if not np.array_equal(dev, out):
+                raise AssertionError(f"layer {i}: the device differs from the golden model "
+                                     f"in {int(np.sum(dev != out))} outputs")
         h = out
     return np.argmax(h, axis=1)
 
@@ -356,18 +363,21 @@ class SparseReport:
     #: control: the dense float network fine-tuned the same way (no mask)
     float_finetuned_accuracy: float
     rows: tuple[SparseRow, ...]
+    #: where every sparse network also ran (e.g. "sim 45F dsp4"), equal to the golden model
+    device: str = ""
 
 
 def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SPARSE_PATTERNS,
                formats=SPARSE_FORMATS, pair_columns=(False, True), finetune_epochs: int = 10,
-               finetune_lr: float = 1e-3) -> SparseReport:
+               finetune_lr: float = 1e-3, device=None, device_name: str = "") -> SparseReport:
     """Accuracy with N:M pruned weights, without and with fine-tuning, against dense.
 
     Trains the float MLP as :func:`run` does; for every pattern and mask variant prunes it by
     magnitude (:func:`prune_mlp`) and fine-tunes a copy with the masks fixed
     (:func:`train_mlp` from the pruned weights, ``finetune_epochs`` at ``finetune_lr``); each
     float network is quantized per channel, symmetric in every format (activation scales
-    calibrated on it) and evaluated through :func:`sparse_int_predict`."""
+    calibrated on it) and evaluated through :func:`sparse_int_predict` (also on ``device``,
+    an :class:`sw.driver.Accelerator` with a sparse DSP engine, if given)."""
     x_tr, x_te, y_tr, y_te = load_data(seed=seed)
     layers = train_mlp(x_tr, y_tr, hidden=hidden, seed=seed, epochs=epochs)
 
@@ -397,13 +407,13 @@ def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SP
                 for ls in (pruned, tuned):
                     qlayers, _ = quantize_mlp(ls, x_tr, fmt=fmt)
                     res.append(acc(sparse_int_predict(qlayers, sparse_qlayers(qlayers, masks, n, m),
-                                                      x_te)))
+                                                      x_te, device)))
                 rows.append(SparseRow(n, m, pair, fmt, res[0], res[1], float_acc(pruned),
                                       float_acc(tuned), dense[fmt]))
     control = train_mlp(x_tr, y_tr, seed=seed + 1, epochs=finetune_epochs, lr=finetune_lr,
                         init=layers)
     return SparseReport(hidden, seed, epochs, finetune_epochs, finetune_lr, len(y_tr), len(y_te),
-                        float_acc(layers), float_acc(control), tuple(rows))
+                        float_acc(layers), float_acc(control), tuple(rows), device_name)
 
 
 def sparse_markdown(rep: SparseReport, command: str) -> str:
@@ -429,9 +439,13 @@ def sparse_markdown(rep: SparseReport, command: str) -> str:
         "epilogue, asserted equal to `QuantLinear.golden` on the dense zero-filled weights. "
         "\"dense\" is the unpruned network in the same format (per channel, symmetric); as a "
         "control, the dense float network fine-tuned the same way (no mask) scores "
-        f"{100 * rep.float_finetuned_accuracy:.2f} % (before: {100 * f:.2f} %). These "
-        "figures come from the golden models (the sparse engine is bit-exact with `sparse_gemm` "
-        f"in its own tests); one test image is {100 / rep.n_test:.2f} points.",
+        f"{100 * rep.float_finetuned_accuracy:.2f} % (before: {100 * f:.2f} %). " +
+        (f"Every sparse network also ran layer by layer on {rep.device} (the sparse DSP "
+         "engine, `Accelerator.sparse_gemm`), whose int8 outputs equalled the golden model's "
+         "on every test image and layer" if rep.device else
+         "These figures come from the golden models (the sparse engine is bit-exact with "
+         "`sparse_gemm` in its own tests)") +
+        f"; one test image is {100 / rep.n_test:.2f} points.",
         "",
         "| pattern | masks | weights | pruned | fine-tuned | dense | fine-tuned vs dense | "
         "float pruned / fine-tuned |",
@@ -478,6 +492,8 @@ def main(argv=None) -> int:
                         "--device's MixPE SoC, serial = the board on --port (default: none)")
     p.add_argument("--device", default="12F", help="sim backend: device size (default 12F)")
     p.add_argument("--port", default=None, help="serial backend: port, e.g. /dev/ttyUSB0")
+    p.add_argument("--dsp", default="dsp4", choices=["dsp4", "dsp8p"],
+                   help="--sparse with the sim backend: the DSP engine of the model (default dsp4)")
     p.add_argument("--sparse", action="store_true",
                    help="instead: accuracy with N:M pruned weights (2:4, 1:4, 2:8; with and "
                         "without fine-tuning) vs dense, on the golden models; replaces only the "
@@ -487,10 +503,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     command = " ".join(["python -m sw.accuracy", *argv])
     if args.sparse:
-        if args.backend != "none":
-            p.error("--sparse runs on the golden models only (no --backend)")
-        rep = run_sparse(hidden=args.hidden, seed=args.seed, epochs=args.epochs,
-                         finetune_epochs=args.finetune_epochs)
+        kw = dict(hidden=args.hidden, seed=args.seed, epochs=args.epochs,
+                  finetune_epochs=args.finetune_epochs)
+        if args.backend == "none":
+            rep = run_sparse(**kw)
+        else:
+            from .driver import Accelerator
+            if args.backend == "sim":
+                from .transport import SimTransport
+                transport = SimTransport(args.device, dsp=args.dsp)
+                name = f"the Verilator model of the {args.device} SoC with `--dsp {args.dsp}`"
+            else:
+                from .transport import SerialTransport
+                transport = SerialTransport(args.port)
+                name = f"the board on {args.port}"
+            with Accelerator(transport) as acc:
+                rep = run_sparse(**kw, device=acc, device_name=name)
         section = sparse_markdown(rep, command)
         print(section, end="")
         if args.out != "-":

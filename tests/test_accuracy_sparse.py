@@ -123,5 +123,34 @@ def test_cli_sparse_replaces_only_its_section(tmp_path, capsys):
     assert rest == "# Dense report\n\n| a | b |\n## Later\n\ntext\n"
     assert section.startswith(accuracy.SPARSE_HEADING) and "## Later" not in section
     with pytest.raises(SystemExit):
-        accuracy.main(["--sparse", "--backend", "sim", "--out", "-"])
+        accuracy.main(["--sparse", "--backend", "sim", "--dsp", "bogus", "--out", "-"])
     capsys.readouterr()
+
+
+def test_sparse_path_compares_the_device(trained):
+    """With a device, every layer's int8 output from it must equal the golden model's: a
+    device that returns the golden outputs passes, one that is off in one output fails."""
+    x_tr, x_te, _, _, layers = trained
+    pruned, masks = accuracy.prune_mlp(layers, 2, 4)
+    qlayers, _ = accuracy.quantize_mlp(pruned, x_tr, fmt=F.INT8)
+    sparse = accuracy.sparse_qlayers(qlayers, masks, 2, 4)
+
+    class Device:
+        def __init__(self, off):
+            self.off, self.calls = off, 0
+
+        def sparse_gemm(self, h, sp, *, requant):
+            self.calls += 1
+            y = numerics.requantize_channels(numerics.sparse_gemm(h, sp), requant)
+            if self.off:
+                y = y.copy()
+                y[0, 0] = y[0, 0] - 1 if y[0, 0] > -128 else 127
+            return y
+
+    good = Device(False)
+    np.testing.assert_array_equal(accuracy.sparse_int_predict(qlayers, sparse, x_te, good),
+                                  accuracy.sparse_int_predict(qlayers, sparse, x_te),
+                                  strict=True)
+    assert good.calls == len(qlayers)
+    with pytest.raises(AssertionError, match="layer 0: the device differs"):
+        accuracy.sparse_int_predict(qlayers, sparse, x_te, Device(True))
