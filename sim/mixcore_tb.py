@@ -105,6 +105,14 @@ class MixCoreTB:
         fields = dict(m=M, k=K, n=N, fmt=int(fmt), group=GROUP_CODE[group.size if group else None])
         if group is not None:
             await self.write(4, layout.group_table_image(group))
+        return await self._run(fields, requant, out_mode, timeout,
+                               f"run {M}x{K}x{N} {fmt.name} G={group and group.size}")
+
+    async def _run(self, fields, requant, out_mode, timeout, what):
+        """Load the requantization (CHAN table or the descriptor's scalar form), start the
+        layer ``fields``, wait, read OUT back and check that nothing outside the result was
+        written; returns (result, counters)."""
+        M, N, R = fields["m"], fields["n"], self.rows
         mode = OutMode.RAW32 if requant is None else OutMode.INT8
         if out_mode is not None:
             mode = out_mode
@@ -117,7 +125,7 @@ class MixCoreTB:
                           zp=requant.zero_point, relu=int(requant.relu))
         await self.start(**fields)
         err, cnt = await self.wait_done(timeout or self.p["watchdog"] + 1000)
-        assert err == ErrorCode.OK, f"run {M}x{K}x{N} {fmt.name} G={group and group.size}: {err!r}"
+        assert err == ErrorCode.OK, f"{what}: {err!r}"
         pos = layout.result_positions(M, N, R, mode)
         used = max(self.p["checked_out_bytes"], int(pos.max()) + 1)
         data = await self.read(2, used)
@@ -143,26 +151,8 @@ class MixCoreTB:
         ch = layout.dsp_chain_stride(layout.dsp_chains(cols=C, packed=packed))
         await self.write(8, w_img, base=w_base * ch * 16)
         fields = dict(m=M, k=K, n=N, fmt=int(fmt), sparse=1 + int(pat), w_base=w_base)
-        mode = OutMode.RAW32 if requant is None else OutMode.INT8
-        fields["out_mode"] = int(mode)
-        if isinstance(requant, numerics.ChannelRequant):
-            await self.write(3, layout.chan_table_image(requant))
-            fields.update(chan=1, zp=requant.zero_point, relu=int(requant.relu))
-        elif isinstance(requant, numerics.Requant):
-            fields.update(chan=0, mult=requant.multiplier, shift=requant.shift,
-                          zp=requant.zero_point, relu=int(requant.relu))
-        await self.start(**fields)
-        err, cnt = await self.wait_done(timeout or self.p["watchdog"] + 1000)
-        assert err == ErrorCode.OK, f"DSP run {M}x{K}x{N} {pat.name} {fmt!r}: {err!r}"
-        pos = layout.result_positions(M, N, R, mode)
-        used = max(self.p["checked_out_bytes"], int(pos.max()) + 1)
-        data = await self.read(2, used)
-        res = layout.decode_result(data, M, N, R, mode)
-        new = bytearray(self.out_image)
-        for p in np.ravel(pos):
-            new[p] = data[p]
-        assert bytes(new[:used]) == bytes(data[:used]), "the run wrote outside its result"
-        self.out_image = new
+        res, cnt = await self._run(fields, requant, None, timeout,
+                                   f"DSP run {M}x{K}x{N} {pat.name} {fmt!r}")
         return res, cnt, w_img
 
     async def run_expect_error(self, code, **fields):

@@ -188,6 +188,18 @@ def _group_names(mask: int) -> str:
 _EXPECT_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceInfo))
 
 
+def _refuse_int8(info, int8_ok: bool):
+    """The ValueError for requantized output the device cannot give: no INT8 output mode,
+    or (with it) no CHAN table for a ChannelRequant."""
+    if not int8_ok:
+        raise ValueError(f"requantized (INT8) output needs the device's INT8 output mode, "
+                         f"which it lacks (out_modes=0x{info.out_modes:02x}: RAW32 only); "
+                         f"pass requant=None for the raw int32 sums")
+    raise ValueError(f"per-channel requantization (ChannelRequant) needs the device's "
+                     f"CHAN table, which it lacks (chan_bytes={info.chan_bytes}); pass "
+                     f"a scalar sw.numerics.Requant")
+
+
 class Accelerator:
     """The mpGEMM device behind ``transport``.
 
@@ -770,14 +782,8 @@ class Accelerator:
         elif kc < k:
             raise ValueError(f"this GEMM needs RAW32 output (K={k} > {kmax} is split) but "
                              f"the device supports only INT8 output; keep K <= {kmax}")
-        elif not int8_ok:
-            raise ValueError(f"requantized (INT8) output needs the device's INT8 output mode, "
-                             f"which it lacks (out_modes=0x{info.out_modes:02x}: RAW32 only); "
-                             f"pass requant=None for the raw int32 sums")
         else:
-            raise ValueError(f"per-channel requantization (ChannelRequant) needs the device's "
-                             f"CHAN table, which it lacks (chan_bytes={info.chan_bytes}); pass "
-                             f"a scalar sw.numerics.Requant")
+            _refuse_int8(info, int8_ok)
         chan = is_chan and not host_requant
         esize = 4 if mode == OutMode.RAW32 else 1
         words = min(info.out_words, info.out_bytes // (4 * R))
@@ -1075,14 +1081,8 @@ class Accelerator:
             mode = OutMode.RAW32
         elif int8_ok and (chan_cap >= 1 or not is_chan):
             mode = OutMode.INT8
-        elif not int8_ok:
-            raise ValueError(f"requantized (INT8) output needs the device's INT8 output mode, "
-                             f"which it lacks (out_modes=0x{info.out_modes:02x}: RAW32 only); "
-                             f"pass requant=None for the raw int32 sums")
         else:
-            raise ValueError(f"per-channel requantization (ChannelRequant) needs the device's "
-                             f"CHAN table, which it lacks (chan_bytes={info.chan_bytes}); pass "
-                             f"a scalar sw.numerics.Requant")
+            _refuse_int8(info, int8_ok)
         chan = is_chan
         esize = 4 if mode == OutMode.RAW32 else 1
         words = min(info.out_words, info.out_bytes // (4 * R))

@@ -166,6 +166,17 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _check_out(name: str, M: int, N: int, geo) -> None:
+    """ModelTooLarge when layer ``name``'s INT8 output (M x N) does not fit OUT."""
+    R = geo.rows
+    o_elems = _cdiv(M, R) * N
+    if o_elems > 4 * geo.out_depth:
+        raise ModelTooLarge(f"layer {name!r}: its output (M={M} x N={N}) needs "
+                            f"{o_elems * R} bytes of the OUT buffer, "
+                            f"{(o_elems - 4 * geo.out_depth) * R} more than its "
+                            f"{4 * geo.out_depth * R}: use a smaller batch")
+
+
 class _Alloc:
     """Bump allocators for the W banks, CHAN and GROUP tables and the DSPW chain memories,
     with fit checks."""
@@ -229,12 +240,7 @@ def gemm_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, q, fmt, group, 
                             f"{a_words * 4 * R} bytes of the A buffer, "
                             f"{(a_words - geo.a_depth) * 4 * R} more than its "
                             f"{geo.a_depth * 4 * R}: use a smaller batch")
-    o_elems = _cdiv(M, R) * N
-    if o_elems > 4 * geo.out_depth:
-        raise ModelTooLarge(f"layer {name!r}: its output (M={M} x N={N}) needs "
-                            f"{o_elems * R} bytes of the OUT buffer, "
-                            f"{(o_elems - 4 * geo.out_depth) * R} more than its "
-                            f"{4 * geo.out_depth * R}: use a smaller batch")
+    _check_out(name, M, N, geo)
     w_base = alloc.take("w", name, _cdiv(N, C) * kb, "bytes")
     chan_base = alloc.take("chan", name, N, "entries")
     group_base = alloc.take("group", name, group.groups(K) * N, "entries") if size else 0
@@ -329,12 +335,7 @@ def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, r
                             f"words of each A row bank ({a_words * 4 * R} bytes of the A "
                             f"buffer), {(a_words - geo.a_depth) * 4 * R} bytes more than its "
                             f"{geo.a_depth * 4 * R}: {hint}")
-    o_elems = _cdiv(M, R) * N
-    if o_elems > 4 * geo.out_depth:
-        raise ModelTooLarge(f"layer {name!r}: its output (M={M} x N={N}) needs "
-                            f"{o_elems * R} bytes of the OUT buffer, "
-                            f"{(o_elems - 4 * geo.out_depth) * R} more than its "
-                            f"{4 * geo.out_depth * R}: use a smaller batch")
+    _check_out(name, M, N, geo)
     try:
         image = layout.dsp_weight_image(sp, cols=C, stages=geo.dsp_stages,
                                         packed=geo.dsp_packed, pattern=pattern)

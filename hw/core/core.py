@@ -345,6 +345,24 @@ class MixCore(wiring.Component):
         with m.If(since != self.MIN_PERIOD):
             m.d.sync += since.eq(since + 1)
 
+        def next_tile(*, next_a_rows):
+            """After a tile: done, or the first M tile of the next column tile, or the next M
+            tile (``next_a_rows``: A's word pointer moves on to its rows here)."""
+            with m.If(row_last & col_last):
+                m.next = "FLUSH"
+            with m.Elif(row_last):
+                m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
+                             a_tile.eq(0), w_tile.eq(w_tile + kb),
+                             row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N),
+                             rows_left.eq(clip(M, R)),
+                             cols_left.eq(clip(N - col0 - C, C))]
+            with m.Else():
+                m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + N),
+                             row_last.eq(row0 + 2 * R >= M),
+                             rows_left.eq(clip(M - row0 - R, R))]
+                if next_a_rows:
+                    m.d.sync += a_tile.eq(a_tile + kw)
+
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 with m.If(start):
@@ -443,18 +461,7 @@ class MixCore(wiring.Component):
                         m.d.sync += [gstep.eq(0), since.eq(1), gbase.eq(gbase + N)]
                     with m.If(tile_end):
                         m.d.sync += [step.eq(0), gbase.eq(cfg.group_base)]
-                        with m.If(row_last & col_last):
-                            m.next = "FLUSH"
-                        with m.Elif(row_last):
-                            m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
-                                         a_tile.eq(0), w_tile.eq(w_tile + kb),
-                                         row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N),
-                                         rows_left.eq(clip(M, R)),
-                                         cols_left.eq(clip(N - col0 - C, C))]
-                        with m.Else():
-                            m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + N),
-                                         a_tile.eq(a_tile + kw), row_last.eq(row0 + 2 * R >= M),
-                                         rows_left.eq(clip(M - row0 - R, R))]
+                        next_tile(next_a_rows=True)
                 abortable()
             with m.State("DRUN"):
                 m.d.comb += [self.busy.eq(1), d_last.eq(step == kb - 1)]
@@ -475,18 +482,8 @@ class MixCore(wiring.Component):
                             m.d.sync += since.eq(1)
                         with m.If(drow == R - 1):
                             m.d.sync += [drow.eq(0), step.eq(0)]
-                            with m.If(row_last & col_last):
-                                m.next = "FLUSH"
-                            with m.Elif(row_last):
-                                m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
-                                             a_tile.eq(0), w_tile.eq(w_tile + kb),
-                                             row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N),
-                                             rows_left.eq(clip(M, R)),
-                                             cols_left.eq(clip(N - col0 - C, C))]
-                            with m.Else():
-                                m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + N),
-                                             row_last.eq(row0 + 2 * R >= M),
-                                             rows_left.eq(clip(M - row0 - R, R))]
+                            # a_tile already moved on with every row
+                            next_tile(next_a_rows=False)
                 abortable()
             with m.State("FLUSH"):
                 m.d.comb += self.busy.eq(1)
