@@ -380,7 +380,8 @@ class MixCore(wiring.Component):
                             with m.Case(1 + int(pat)):
                                 wl = win.bit_length() - 1
                                 m.d.comb += d_steps.eq((c.k + win - 1) >> wl)
-                    d_on = c.sparse != 0
+                    # without a DSP engine the flag is a constant 0 and its logic goes away
+                    d_on = (c.sparse != 0) if self.dsp_stages else Const(0, 1)
                     m.d.sync += [
                         cfg.eq(c), lanes_log.eq(lanes), dsp_on.eq(d_on),
                         kb.eq(Mux(d_on, d_steps, (c.k + (1 << lanes) - 1) >> lanes)),

@@ -364,7 +364,7 @@ class ProgramCore(wiring.Component):
                 # bytes of A per R rows: ceil(K / 4) words of 4 bytes in each of R banks;
                 # DSP layers: per row, S = ceil(K / Wp) words of 4 bytes in each of R banks
                 m.d.sync += [kw_bytes.eq(((fields["k"] + 3) >> 2) << (lr + 2)),
-                             d_layer.eq(fields["sparse"] != 0)]
+                             d_layer.eq((fields["sparse"] != 0) if core.dsp_stages else 0)]
                 with m.Switch(fields["sparse"]):
                     for pat, win in core.dsp_windows.items():
                         with m.Case(1 + int(pat)):
