@@ -123,10 +123,10 @@ def core_size(device: str, pe: str | None = None, dsp: str | None = None) -> Cor
 SELFTEST_GEOMETRY = dict(rows=2, cols=4, a_depth=256, w_depth=256, out_depth=256,
                          chan_depth=16, group_depth=16, pe="int8-dsp")
 
-#: Default core clock per device (MHz), ``--freq`` overrides. With layer programs the 85F
-#: SoC reached 49.3 / 50.1 MHz at a 60 MHz constraint (two seeds) and 52.3 MHz with ACT's
-#: registers (docs/results.md, "85F with layer programs"), so it runs at 40 MHz; the 12F reached 59.9 MHz at 50 MHz; the 25F and 45F
-#: values are not measured.
+#: Default core clock per device (MHz), ``--freq`` overrides. The 85F SoC with layer
+#: programs reached 54.70 / 52.30 / 54.29 MHz at this 40 MHz default (three nextpnr seeds,
+#: docs/results.md "85F default build over three seeds"); the 12F reached 64.1 MHz at
+#: 50 MHz; the 25F and 45F values are not measured.
 DEFAULT_FREQ_MHZ = {"12F": 50.0, "25F": 60.0, "45F": 60.0, "85F": 40.0}
 
 #: LUT4, EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)

@@ -1,6 +1,7 @@
 """End to end on the sparse DSP engine: the real driver through SimTransport (the Verilator
-model of the 45F-sized SoC with the ``dsp4`` engine: 8 chains of 4 MULT18X18D beside the
-4x8 MixPE array). IDENTIFY reports the engine; every pattern it runs x INT8 / INT4 / ternary
+model of the 25F-sized SoC with the ``dsp4`` engine: 4 chains of 4 MULT18X18D beside the
+4x4 INT8-DSP array; the quickest SoC model with the 4 row banks the engine's windows need,
+though a real 25F lacks the MULT18X18D for both: the 45F takes the same engine). IDENTIFY reports the engine; every pattern it runs x INT8 / INT4 / ternary
 weights on ragged shapes, per-channel and scalar requantization and RAW32, quantized sparse
 linear layers (``sw.quant.quantize_linear(..., sparse=...)``), array layers in between
 (shared buffers and epilogue), bit-exact against ``sw.numerics``; patterns and formats the
@@ -13,7 +14,7 @@ import pytest
 from sw import numerics, protocol as P
 from sw.numerics import NMPattern, NMSparse, WeightFormat, Requant, weight_range
 
-DEVICE, DSP = "45F", "dsp4"
+DEVICE, DSP = "25F", "dsp4"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_identify_reports_the_engine(acc):
     core = sim_soc(DEVICE, dsp=DSP).core
     info = acc.identify()
     assert (info.dsp_stages, info.dsp_chains, bool(info.dsp_packed)) == \
-        (core.dsp_stages, core.dsp_chains, core.dsp_packed) == (4, 8, False)
+        (core.dsp_stages, core.dsp_chains, core.dsp_packed) == (4, core.cols, False)
     assert [p for p in NMPattern if info.dsp_patterns >> int(p) & 1] == list(core.dsp_patterns)
     assert info.dsp_bytes == core.dsp_bytes
     assert info.config_hash == core.config_hash()
@@ -133,7 +134,7 @@ def test_refused_before_sending_and_by_the_device(acc, transport):
 
 def _sparse_models(rng):
     """Two small MLPs (sw.model) with sparse layers for programs: (1) Dense 64->32 pruned 2:4
-    INT8 with ReLU, then Dense 32->10 dense INT8; (2) Dense 64->32 dense INT4 with ReLU, then
+    INT8 with ReLU, then Dense 32->10 dense INT8 (the array); (2) Dense 64->32 dense INT8 with ReLU, then
     Dense 32->12 pruned 1:4 INT4 with ReLU and Dense 12->10 pruned 2:4 ternary (two sparse
     layers side by side in DSPW, a ragged last window: K = 12 with Wp = 8)."""
     from sw import model as mdl
@@ -148,7 +149,7 @@ def _sparse_models(rng):
                     mdl.Dense(lin(32, 10, I8, None, -9, 1, False), name="fc2")],
                    input_shape=(64,), in_scale=0.05, in_zero=3, out_scale=0.05, out_zero=1,
                    name="mlp_2of4")
-    m2 = mdl.Model([mdl.Dense(lin(64, 32, I4, None, -2, -20, True), name="fc1"),
+    m2 = mdl.Model([mdl.Dense(lin(64, 32, I8, None, -2, -20, True), name="fc1"),
                     mdl.Dense(lin(32, 12, I4, (1, 4), -20, 4, True), name="fc2"),
                     mdl.Dense(lin(12, 10, TER, (2, 4), 4, 0, False), name="fc3")],
                    input_shape=(64,), in_scale=0.05, in_zero=-2, out_scale=0.05, out_zero=0,
@@ -193,8 +194,9 @@ def test_sparse_layers_in_programs_bit_exact(acc):
     cp2 = lm2.compiled
     d2, d3 = cp2.layers[1].desc, cp2.layers[2].desc
     assert (d2.sparse, d2.fmt, d2.w_base) == (1 + NMPattern.NM1_4, WeightFormat.INT4, 0)
-    # fc3's records follow fc2's: ceil(12 / 8) = 2 tiles x S = ceil(32 / 16) = 2 steps
-    assert (d3.sparse, d3.fmt, d3.w_base) == (1 + NMPattern.NM2_4, WeightFormat.TERNARY, 4)
+    # fc3's records follow fc2's: ceil(12 / cols) tiles x S = ceil(32 / 16) = 2 steps
+    assert (d3.sparse, d3.fmt, d3.w_base) == (1 + NMPattern.NM2_4, WeightFormat.TERNARY,
+                                              -(-12 // info.cols) * 2)
     x2 = rng.integers(-128, 128, size=(cp2.batch + 3, 64))
     np.testing.assert_array_equal(lm2.run(x2), m2.golden(x2), strict=True)
     assert lm2.last.program_runs == 2
