@@ -188,6 +188,13 @@ def _group_names(mask: int) -> str:
 _EXPECT_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceInfo))
 
 
+def _chan_slice(requant, n0: int, n1: int) -> bytes:
+    """The CHAN table image of output channels ``n0 .. n1 - 1`` of ``requant``."""
+    return layout.chan_table_image(ChannelRequant(
+        requant.multiplier[n0:n1], requant.shift[n0:n1], requant.bias[n0:n1],
+        requant.zero_point, requant.relu))
+
+
 def _refuse_int8(info, int8_ok: bool):
     """The ValueError for requantized output the device cannot give: no INT8 output mode,
     or (with it) no CHAN table for a ChannelRequant."""
@@ -1286,9 +1293,7 @@ class Accelerator:
                         imgs.append((Buffer.GROUP, layout.group_table_image(GroupQuant(
                             gq.size, gq.scale[:, n0:n1], gq.zero[:, n0:n1]))))
                     if pl.chan:
-                        imgs.append((Buffer.CHAN, layout.chan_table_image(ChannelRequant(
-                            requant.multiplier[n0:n1], requant.shift[n0:n1],
-                            requant.bias[n0:n1], requant.zero_point, requant.relu))))
+                        imgs.append((Buffer.CHAN, _chan_slice(requant, n0, n1)))
                     w_side[(n0, n1)] = imgs
                 if (m0, m1) not in a_side:
                     a_side.clear()
@@ -1346,9 +1351,7 @@ class Accelerator:
                 imgs = [(Buffer.DSPW, layout.dsp_weight_image(part, cols=C, stages=L,
                                                               packed=packed, pattern=pattern))]
                 if pl.chan:
-                    imgs.append((Buffer.CHAN, layout.chan_table_image(ChannelRequant(
-                        requant.multiplier[n0:n1], requant.shift[n0:n1],
-                        requant.bias[n0:n1], requant.zero_point, requant.relu))))
+                    imgs.append((Buffer.CHAN, _chan_slice(requant, n0, n1)))
                 w_side[(n0, n1)] = imgs
             if (m0, m1) not in a_side:
                 a_side.clear()
