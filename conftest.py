@@ -10,10 +10,14 @@ MODULE_COST = {
     "tests/test_build.py": 150,
     "sim/test_netlist.py": 170,
     "sim/test_soc.py": 160,
+    "sim/test_mixcore.py": 160,
+    "sim/test_mixcore_dsp.py": 100,
+    "sim/test_dsp_soc.py": 90,
     "sim/test_dsp_model.py": 30,
     "sim/test_dsp_chain.py": 100,
     "sim/test_link.py": 70,
     "sim/test_uart_soc.py": 60,
+    "sim/test_programcore.py": 45,
     # the arith modules share one build (sim/arith_harness.py): the first to run pays it, the
     # rest only simulate; scheduled last, they find it built (not waiting on its lock)
     "sim/test_arith_int.py": 50,

@@ -16,7 +16,6 @@ script and the Yosys version, like :mod:`hw.simulate` caches Verilator builds.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -27,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hw.simulate import SIM_BUILD
+from hw.simulate import SIM_BUILD, cxx_opt
 
 __all__ = ["synth_script", "synthesize", "cell_models", "vpi_top_only", "port_names",
            "cxx_opt", "build_soc_netlist_model", "NetlistError", "NETLIST_CXX_OPT"]
@@ -245,39 +244,3 @@ def port_names(component) -> list[str]:
     """Top-level port names of ``component`` as Amaranth emits them (plus ``clk``, ``rst``)."""
     names = ["__".join(map(str, path)) for path, _, _ in component.signature.flatten(component)]
     return names + ["clk", "rst"]
-
-
-@contextlib.contextmanager
-def cxx_opt(level: str = NETLIST_CXX_OPT):
-    """Within the block, C++ compiles of Verilator models run at ``level`` (``-O0`` for the
-    constructor/initialisation code, which runs once).
-
-    Whatever optimisation flags a build passes (``-CFLAGS -O2`` in the SoC model's build;
-    verilated.mk puts its own ``OPT_FAST``/``OPT_SLOW`` *before* the user's flags), the last
-    ``-O`` on a compiler command line wins: this sets verilated.mk's ``OBJCACHE`` (the
-    command prefix of every compile, meant for ccache) through ``MAKEFLAGS`` to a small
-    wrapper that appends the level, and restores ``MAKEFLAGS`` afterwards.
-    """
-    if not re.fullmatch(r"-O[0-3sg]", level):
-        raise ValueError(f"level must be a -O option, not {level!r}")
-    from hw.simulate import objcache_wrapper
-    wrapper = SIM_BUILD / f"cxx{level}.sh"
-    # the compile itself still goes through hw.simulate's cache of Verilator's runtime objects
-    run = "" if os.environ.get("MPGEMM_NO_OBJCACHE") else f"{objcache_wrapper()} "
-    text = ("#!/bin/sh\n# written by hw.netlist.cxx_opt: the last -O on the command line wins\n"
-            f'case "$*" in *[Ss]low*) exec {run}"$@" -O0 ;; *) exec {run}"$@" {level} ;; esac\n')
-    SIM_BUILD.mkdir(parents=True, exist_ok=True)
-    if not wrapper.exists() or wrapper.read_text() != text:
-        tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        tmp.replace(wrapper)
-    old = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = " ".join(x for x in (old, f"OBJCACHE={wrapper}") if x)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = old

