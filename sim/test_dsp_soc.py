@@ -217,3 +217,36 @@ def test_sparse_layers_in_programs_bit_exact(acc):
     np.testing.assert_array_equal(acc.linear(x[:9], fc1), fc1.golden(x[:9]), strict=True)
     np.testing.assert_array_equal(lm1.run(x[:9]), m1.golden(x[:9]), strict=True)
     assert lm1.loads == 4
+
+
+def test_sparse_convolutions_in_a_program_bit_exact(acc):
+    """A CNN whose two 3x3 convolutions are N:M sparse (2:4 INT8 with padding 1; 1:4 INT4
+    with stride 2): the runner gathers the im2col rows, padding included, in the DSP layout;
+    bit-exact with the model's golden run over several program runs."""
+    from sw import model as mdl
+    from sw.quant import quantize_linear
+    rng = np.random.default_rng(45)
+
+    def lin(K, N, fmt, sparse, xz, yz, relu):
+        return quantize_linear(rng.normal(size=(K, N)) / np.sqrt(K), rng.normal(size=N) * 0.2,
+                               fmt=fmt, sparse=sparse, x_scale=0.05, x_zero=xz, y_scale=0.05,
+                               y_zero=yz, relu=relu)
+    I8, I4 = WeightFormat.INT8, WeightFormat.INT4
+    cnn = mdl.Model([mdl.Conv2d(lin(36, 8, I8, (2, 4), -5, -20, True), kernel=3, pad=1,
+                                in_shape=(5, 5, 4), name="c1"),
+                     mdl.Conv2d(lin(72, 8, I4, (1, 4), -20, 3, True), kernel=3, stride=2,
+                                pad=1, in_shape=(5, 5, 8), name="c2"),
+                     mdl.Flatten(),
+                     mdl.Dense(lin(72, 10, I8, None, 3, 0, False), name="fc")],
+                    input_shape=(5, 5, 4), in_scale=0.05, in_zero=-5, out_scale=0.05,
+                    out_zero=0, name="sparse_cnn")
+    lm = acc.load_model(cnn)
+    c1, c2 = (r.desc for r in lm.compiled.layers[:2])
+    assert (c1.sparse, c2.sparse) == (1 + NMPattern.NM2_4, 1 + NMPattern.NM1_4)
+    B = lm.compiled.batch
+    x = rng.integers(-128, 128, size=(2 * B + 1, 5, 5, 4))
+    x[0] = -128                                    # padding and extremes side by side
+    x[1] = 127
+    np.testing.assert_array_equal(lm.run(x), cnn.golden(x), strict=True)
+    assert lm.last.program_runs == 3
+

@@ -7,9 +7,10 @@ and its activations on chip (``hw.core.program.ProgramCore``):
 * the packed weights of every GEMM layer side by side in the W banks (each layer's
   descriptor carries its ``w_base``), its per-channel table in CHAN (``chan_base``) and its
   per-group table in GROUP (``group_base``);
-* the DSPW records of every N:M sparse Dense layer side by side in DSPW (its descriptor's
-  ``w_base`` counts DSPW records, ``sparse = 1 + pattern``): such a layer runs on the sparse
-  DSP engine, whose gather writes A in the DSP layout (``sw.layout.dsp_act_image``);
+* the DSPW records of every N:M sparse Dense or Conv2d layer side by side in DSPW (its
+  descriptor's ``w_base`` counts DSPW records, ``sparse = 1 + pattern``): such a layer runs
+  on the sparse DSP engine, whose gather writes A in the DSP layout
+  (``sw.layout.dsp_act_image``);
 * where in ACT the input goes and the output comes from. Activations ping-pong between the
   two ends of ACT: layer ``i`` reads the region layer ``i - 1`` wrote.
 
@@ -21,7 +22,9 @@ Lowering (``NHWC`` activations, ``B`` samples per run stacked along M):
   ``sw.layout.dsp_steps``) and the array's CHAN table and OUT layout.
 * Conv2d: a GEMM over the im2col matrix ``(B * Ho * Wo, k * k * C)`` which the device's
   address generator gathers from ACT (``sw.numerics.im2col`` order), padding filled with the
-  input zero point.
+  input zero point; with N:M sparse weights it runs on the DSP engine as Dense does (the
+  gather writes the im2col rows in the DSP layout; ``K = k * k * C`` must be a multiple of
+  the pattern's M).
 * GlobalAvgPool: a GEMM with ``M = B * C`` (A gathered transposed), ``K = H * W``, ``N = 1``,
   weights all 1 and the layer's one-channel requantization.
 * MaxPool2d: a MAXPOOL layer. Flatten: nothing (NHWC rows are already what Dense reads).
@@ -354,15 +357,6 @@ def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, r
     return rec, places, M * K * N
 
 
-def _refuse_sparse_conv(name: str, lin) -> None:
-    """Programs place N:M sparse weights for Dense layers only."""
-    sp = getattr(lin, "sparse", None)
-    if sp is not None:
-        raise DeviceLacks(f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}); layer "
-                          f"programs run sparse weights in Dense layers only, not in Conv2d: "
-                          f"quantize the convolution dense (quantize_linear without sparse)")
-
-
 def _requant(lin) -> ChannelRequant:
     rq = lin.requant
     if isinstance(rq, numerics.Requant):
@@ -423,7 +417,6 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
                 sparse=getattr(lin, "sparse", None))
         elif isinstance(layer, mdl.Conv2d):
             lin = layer.lin
-            _refuse_sparse_conv(name, lin)
             H, W, Cin = shape
             k, st, pd = layer.kernel, layer.stride, layer.pad
             Ho = numerics.conv_out_size(H, k, st, pd)
@@ -440,7 +433,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
                 requant=_requant(lin), M=B * Ho * Wo, gather_n=(B, Ho, Wo, k, k, Cin),
                 gather_s=(H * W * Cin, st * W * Cin, st * Cin, W * Cin, Cin, 1),
                 in_base=cur_base - pd * W * Cin - pd * Cin, out_base=base, stride=st, pad=pd,
-                pad_value=int(lin.x_zero), h=H, w=W)
+                pad_value=int(lin.x_zero), h=H, w=W, sparse=getattr(lin, "sparse", None))
         elif isinstance(layer, mdl.GlobalAvgPool):
             H, W, Cin = shape
             out_shape = (Cin,)

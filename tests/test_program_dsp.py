@@ -1,4 +1,5 @@
-"""sw.program for N:M sparse Dense layers (the sparse DSP engine inside layer programs), pure:
+"""sw.program for N:M sparse Dense and Conv2d layers (the sparse DSP engine inside layer
+programs), pure:
 descriptors (``sparse = 1 + pattern``, fmt, ``w_base`` in DSPW records, ``chan_base``), the
 DSPW images of several sparse layers side by side (decoded back to the pruned weights with
 the protocol's address and record formulas, not with ``sw.layout``), CHAN tables, the A
@@ -156,6 +157,37 @@ def test_sparse_dense_in_a_model_compiles_with_records_and_images():
     assert again.placements == cp.placements and again.layers == cp.layers
 
 
+def test_sparse_conv2d_compiles_like_its_dense_twin():
+    """A sparse Conv2d runs on the DSP engine with the dense convolution's gather (im2col
+    loops, stride, padding with the input zero point), its pruned weights in DSPW."""
+    rng = np.random.default_rng(8)
+    sp_lin = qlin(rng, 3 * 3 * 4, 8, sparse=(2, 4), xz=-3, yz=1, relu=True)
+    dense_lin = dataclasses.replace(sp_lin, sparse=None)
+    kw = dict(kernel=3, stride=2, pad=1, in_shape=(5, 6, 4), name="c1")
+    models = [M.Model([M.Conv2d(lin, **kw)], input_shape=(5, 6, 4), in_scale=0.05,
+                      in_zero=-3, out_scale=0.05, out_zero=1) for lin in (sp_lin, dense_lin)]
+    info = device()
+    B = 2
+    sparse_cp, dense_cp = (compile_model(m, info, batch=B) for m in models)
+    (rs,), (rd,) = sparse_cp.layers, dense_cp.layers
+    assert rs.kind == rd.kind == LayerKind.GEMM
+    # the same gather: loops, strides, input base, padding
+    gather = lambda r: (r.stride, r.pad, r.pad_value, r.h, r.w, r.in_base, r.n, r.s)  # noqa: E731
+    assert gather(rs) == gather(rd) == (2, 1, -3, 5, 6, rs.in_base, (B, 3, 3, 3, 3, 4),
+                                         (5 * 6 * 4, 2 * 6 * 4, 2 * 4, 6 * 4, 4, 1))
+    assert (rs.desc.m, rs.desc.k, rs.desc.n) == (B * 3 * 3, 36, 8)
+    assert (rs.desc.sparse, rs.desc.fmt, rs.desc.w_base, rd.desc.sparse) == \
+        (1 + NMPattern.NM2_4, I8, 0, 0)
+    assert sparse_cp.macs == dense_cp.macs == [B * 9 * 36 * 8]
+    mem = memory(sparse_cp, Buffer.DSPW, info.dsp_bytes)
+    w, clean = decode_dspw(mem, w_base=0, K=36, N=8, n=2, m=4, L=4, cols=8, chains=8,
+                           packed=False)
+    np.testing.assert_array_equal(w, sp_lin.q)
+    assert clean
+    # the A bound counts the DSP layout: M * S = B * 9 * ceil(36 / 8) words per row bank
+    assert max_batch(models[0], device(a_depth=9 * 5 * 3)) == 3
+
+
 @pytest.mark.parametrize("fmt", [I4, I2, TER])
 def test_packed_engine_images(fmt):
     """L = 8 packed (two 4-bit columns per chain): pairs of columns share the indices."""
@@ -259,9 +291,3 @@ def test_refusals_name_the_layer():
     dense = M.Model([model.layers[1]], input_shape=(32,), in_scale=0.05, in_zero=-9,
                     out_scale=0.05, out_zero=2)
     compile_model(dense, device(dsp_stages=0))
-    # sparse convolutions are not compiled
-    conv = M.Model([M.Conv2d(qlin(rng, 8, 4, sparse=(2, 4)), kernel=1, in_shape=(3, 3, 8),
-                             name="c1")], input_shape=(3, 3, 8), in_scale=0.05, in_zero=0,
-                   out_scale=0.05, out_zero=0)
-    with pytest.raises(DeviceLacks, match=r"layer 'c1'.*Dense layers only"):
-        compile_model(conv, device())
