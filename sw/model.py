@@ -26,7 +26,8 @@ With ``x`` int8 and the quantization ``real = scale * (int - zero)``:
   pruned codes ``lin.q``; such a layer runs on the device's sparse DSP engine.
 * :class:`Conv2d` ``(B, H, W, C) -> (B, Ho, Wo, Cout)``: ``lin.golden(im2col(x, kernel, stride,
   pad, pad_value=lin.x_zero))`` reshaped; ``lin.q`` is ``(kernel * kernel * C, Cout)`` in
-  :func:`sw.numerics.im2col`'s column order ``(ky * kernel + kx) * C + c``.
+  :func:`sw.numerics.im2col`'s column order ``(ky * kernel + kx) * C + c``; N:M sparse
+  weights as in Dense (then ``K`` must be a multiple of ``m``).
 * :class:`MaxPool2d`: :func:`sw.numerics.maxpool2d` (input and output share one quantization).
 * :class:`GlobalAvgPool` ``(B, H, W, C) -> (B, C)``: the core runs it as a GEMM with
   ``K = H * W``, ``N = 1`` and all-one weights, on the ``B * C`` rows of channel sums::
@@ -130,6 +131,30 @@ class _LinearLayer(Layer):
     def quant_out(self):
         return self.lin.y_scale, self.lin.y_zero
 
+    def _check_sparse(self):
+        """N:M sparse weights (``lin.sparse``) must be the compressed form of ``lin.q``
+        without group tables: the device runs them on its DSP engine, which requantizes per
+        output channel."""
+        sp = self.lin.sparse
+        if sp is None:
+            return
+        if not isinstance(sp, numerics.NMSparse):
+            raise ValueError(f"{self._where()}: lin.sparse must be a sw.numerics.NMSparse or "
+                             f"None, not {type(sp).__name__}")
+        if (sp.k, sp.ncols) != self.lin.q.shape:
+            raise ValueError(f"{self._where()}: the sparse weights are {sp.k}x{sp.ncols}, "
+                             f"lin.q is {self.lin.q.shape[0]}x{self.lin.q.shape[1]}")
+        if self.lin.group is not None:
+            raise ValueError(f"{self._where()}: N:M sparse weights requantize per output "
+                             f"channel only, but lin has group tables")
+        diff = np.argwhere(numerics.to_dense(sp) != self.lin.q)
+        if diff.size:
+            r, c = (int(v) for v in diff[0])
+            raise ValueError(f"{self._where()}: lin.q is not the dense form of lin.sparse "
+                             f"(first difference at row {r}, column {c}: "
+                             f"{int(self.lin.q[r, c])} against "
+                             f"{int(numerics.to_dense(sp)[r, c])})")
+
 
 @dataclass(frozen=True, eq=False)
 class Dense(_LinearLayer):
@@ -166,25 +191,7 @@ class Dense(_LinearLayer):
         if not isinstance(self.lin, QuantLinear):
             raise ValueError(f"Dense.lin must be a sw.quant.QuantLinear, not {self.lin!r}")
         _check_name(self.name)
-        sp = self.lin.sparse
-        if sp is None:
-            return
-        if not isinstance(sp, numerics.NMSparse):
-            raise ValueError(f"{self._where()}: lin.sparse must be a sw.numerics.NMSparse or "
-                             f"None, not {type(sp).__name__}")
-        if (sp.k, sp.ncols) != self.lin.q.shape:
-            raise ValueError(f"{self._where()}: the sparse weights are {sp.k}x{sp.ncols}, "
-                             f"lin.q is {self.lin.q.shape[0]}x{self.lin.q.shape[1]}")
-        if self.lin.group is not None:
-            raise ValueError(f"{self._where()}: N:M sparse weights requantize per output "
-                             f"channel only, but lin has group tables")
-        diff = np.argwhere(numerics.to_dense(sp) != self.lin.q)
-        if diff.size:
-            r, c = (int(v) for v in diff[0])
-            raise ValueError(f"{self._where()}: lin.q is not the dense form of lin.sparse "
-                             f"(first difference at row {r}, column {c}: "
-                             f"{int(self.lin.q[r, c])} against "
-                             f"{int(numerics.to_dense(sp)[r, c])})")
+        self._check_sparse()
 
     @classmethod
     def from_sparse(cls, sparse, *, w_scale, bias_float=None, bias_int32=None, x_scale,
@@ -281,6 +288,7 @@ class Conv2d(_LinearLayer):
         if not isinstance(self.lin, QuantLinear):
             raise ValueError(f"Conv2d.lin must be a sw.quant.QuantLinear, not {self.lin!r}")
         _check_name(self.name)
+        self._check_sparse()
         if self.kernel not in (1, 3) or isinstance(self.kernel, bool):
             raise ValueError(f"{self._where()}: kernel must be 1 or 3, not {self.kernel!r}")
         if self.stride not in (1, 2) or isinstance(self.stride, bool):

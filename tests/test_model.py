@@ -365,3 +365,24 @@ def test_dense_from_sparse_and_validation():
     gq = numerics.GroupQuant(32, np.ones((1, n), np.int64), np.zeros((1, n), np.int64))
     with pytest.raises(ValueError, match="per output channel only"):
         M.Dense(dataclasses.replace(d.lin, group=gq))
+
+
+def test_sparse_conv2d_golden_and_validation():
+    """A Conv2d with N:M weights: its golden model is the sparse Dense golden of the im2col
+    rows (padding = the input zero point); the same checks as Dense refuse a lin.q that is
+    not the sparse weights' dense form."""
+    r = rng(31)
+    ql = quant.quantize_linear(r.normal(size=(36, 5)) / 6, r.normal(size=5) * 0.1, fmt="INT8",
+                               x_scale=0.05, x_zero=-4, y_scale=0.08, y_zero=2, relu=True,
+                               sparse=(1, 4))
+    conv = M.Conv2d(ql, kernel=3, stride=1, pad=1, in_shape=(4, 5, 4), name="c")
+    x = r.integers(-128, 128, (3, 4, 5, 4)).astype(np.int8)
+    cols = numerics.im2col(x, kernel=3, stride=1, pad=1, pad_value=-4)
+    want = M.Dense(ql).golden(cols).reshape(3, 4, 5, 5)
+    np.testing.assert_array_equal(conv.golden(x), want, strict=True)
+    bad = ql.q.copy()
+    bad[ql.q == 0] = 1
+    with pytest.raises(ValueError, match=r"Conv2d 'c': lin.q is not the dense form of "
+                                         r"lin.sparse"):
+        M.Conv2d(dataclasses.replace(ql, q=bad), kernel=3, pad=1, in_shape=(4, 5, 4),
+                 name="c")
