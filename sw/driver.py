@@ -34,7 +34,7 @@ from . import layout, quant
 from . import protocol as P
 from .numerics import (GROUP_SIZES, WEIGHT_LANES, ChannelRequant, GroupQuant, NMPattern,
                        NMSparse, OutMode, Requant, WeightFormat, check_int, encode_weights,
-                       int_range, nm_pattern, pack_weights, requantize, requantize_channels,
+                       int_range, pack_weights, requantize, requantize_channels,
                        weight_range)
 from .protocol import Buffer, DeviceError, DeviceInfo, ErrorCode, LayerDescriptor, Opcode
 from .transport import ReplyDamaged, Transport, TransportError, TransportTimeout
@@ -1003,36 +1003,13 @@ class Accelerator:
     # -- the sparse DSP engine -------------------------------------------------------------
 
     def _check_dsp(self, n: int, m: int, fmt: WeightFormat) -> NMPattern:
-        """Refuse ``n:m`` weights of ``fmt`` the device's DSP engine cannot run; returns
-        their pattern."""
+        """Refuse ``n:m`` weights of ``fmt`` the device's DSP engine cannot run
+        (:func:`sw.layout.dsp_engine_pattern`); returns their pattern."""
         info = self.info
-        if not info.dsp_stages:
-            raise ValueError("the device has no sparse DSP engine (IDENTIFY dsp_stages = 0): "
-                             "run the layer dense on the array, or use a bitstream built "
-                             "with the DSP engine")
-        try:
-            pattern = nm_pattern(n, m)
-        except ValueError as e:
-            raise ValueError(f"{n}:{m} weights cannot run on the DSP engine: {e}") from None
-        if not info.supports_pattern(pattern):
-            have = [f"{p.name} ({p.n}:{p.m})" for p in NMPattern if info.supports_pattern(p)]
-            raise ValueError(f"the device's DSP engine (L = {info.dsp_stages} stages) does not "
-                             f"run pattern {pattern.name} ({n}:{m}); it runs "
-                             f"{', '.join(have) or 'none'}")
-        if fmt == WeightFormat.POW2:
-            raise ValueError("POW2 weights cannot be N:M sparse (the format has no zero)")
-        if info.dsp_packed and fmt == WeightFormat.INT8:
-            raise ValueError("the device's DSP engine is packed (two 4-bit weights per "
-                             "multiplier) and does not take INT8 weights; quantize the layer "
-                             "to INT4, INT2 or TERNARY")
+        pattern = layout.dsp_engine_pattern(info, n, m, fmt)
         if info.dsp_packed and info.cols % 2:
             raise DeviceMismatch(f"a packed DSP engine next to an odd number of columns "
                                  f"({info.cols}): IDENTIFY is inconsistent")
-        wp = layout.dsp_window(stages=info.dsp_stages, pattern=pattern)
-        if wp > 4 * info.rows:
-            raise ValueError(f"pattern {pattern.name} on the device's {info.dsp_stages}-stage "
-                             f"DSP chains reads {wp} activations per step, more than its "
-                             f"{info.rows} A row banks hold ({4 * info.rows})")
         return pattern
 
     def plan_sparse(self, m: int, k: int, n: int, requant=None, *, pattern,

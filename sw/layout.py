@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numerics import OutMode, check_int
+from .numerics import NMPattern, OutMode, WeightFormat, check_int, nm_pattern
 
 __all__ = ["a_image", "w_image", "out_size", "decode_out"]
 
@@ -165,7 +165,7 @@ def group_table_image(gq) -> bytes:
 
 # -- the sparse DSP engine (protocol 5): A in the DSP layout, the DSPW records ---------------
 
-__all__ += ["dsp_window", "dsp_steps", "dsp_act_words", "dsp_act_image", "dsp_chains",
+__all__ += ["dsp_window", "dsp_engine_pattern", "dsp_steps", "dsp_act_words", "dsp_act_image", "dsp_chains",
             "dsp_chain_stride", "dsp_records", "dsp_weight_image", "DSP_MAX_BLOCK",
             "DSP_INDEX_BITS", "DSP_RECORD_BYTES"]
 
@@ -230,6 +230,52 @@ def dsp_window(*, stages: int, pattern) -> int:
     """
     L, n, m = _dsp_pattern(stages, pattern)
     return L // n * m
+
+
+def dsp_engine_pattern(dev, n: int, m: int, fmt) -> NMPattern:
+    """The pattern of ``n:m`` sparse weights of ``fmt`` on ``dev``'s DSP engine, or the reason
+    it cannot run them, the cases the device answers BAD_PARAM to.
+
+    Parameters
+    ----------
+    dev : sw.protocol.DeviceInfo or sw.program.DeviceGeometry
+        Anything with the IDENTIFY fields ``dsp_stages``, ``dsp_packed``, ``dsp_patterns``
+        (the mask) and ``rows``.
+    n, m : int
+    fmt : sw.numerics.WeightFormat
+
+    Raises
+    ------
+    ValueError
+        No DSP engine, an ``n:m`` that is no hardware pattern or one the engine lacks, POW2
+        weights, INT8 weights on a packed engine, or a window wider than the A row banks. The
+        message says what the device has; the driver raises it as is, ``sw.program`` with
+        the layer's name.
+    """
+    if not dev.dsp_stages:
+        raise ValueError("the device has no sparse DSP engine (IDENTIFY dsp_stages = 0): run "
+                         "the layer dense, or use a bitstream built with the DSP engine")
+    try:
+        pattern = nm_pattern(n, m)
+    except ValueError as e:
+        raise ValueError(f"{n}:{m} weights cannot run on the DSP engine: {e}") from None
+    have = [p for p in NMPattern if dev.dsp_patterns >> int(p) & 1]
+    if pattern not in have:
+        runs = ", ".join(f"{p.name} ({p.n}:{p.m})" for p in have) or "none"
+        raise ValueError(f"the device's DSP engine (L = {dev.dsp_stages} stages) does not run "
+                         f"pattern {pattern.name} ({n}:{m}); it runs {runs}")
+    if fmt == WeightFormat.POW2:
+        raise ValueError("POW2 weights cannot be N:M sparse (the format has no zero)")
+    if dev.dsp_packed and fmt == WeightFormat.INT8:
+        raise ValueError("the device's DSP engine is packed (two 4-bit weights per "
+                         "multiplier) and does not take INT8 weights; quantize the layer to "
+                         "INT4, INT2 or TERNARY (with pair_columns=True)")
+    wp = dsp_window(stages=dev.dsp_stages, pattern=pattern)
+    if wp > 4 * dev.rows:
+        raise ValueError(f"pattern {pattern.name} on the device's {dev.dsp_stages}-stage DSP "
+                         f"chains reads {wp} activations per step, more than its {dev.rows} "
+                         f"A row banks hold ({4 * dev.rows})")
+    return pattern
 
 
 def dsp_steps(k: int, *, stages: int, pattern) -> int:

@@ -264,31 +264,12 @@ def gemm_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, q, fmt, group, 
 
 def _dsp_pattern(name: str, geo: DeviceGeometry, sp) -> NMPattern:
     """The pattern of layer ``name``'s N:M weights ``sp``; :class:`DeviceLacks` when the
-    device's DSP engine cannot run them (the cases the device answers BAD_PARAM to)."""
-    what = f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}, {sp.fmt.name})"
-    if not geo.dsp_stages:
-        raise DeviceLacks(f"{what}, but the device has no sparse DSP engine (IDENTIFY "
-                          f"dsp_stages = 0): quantize the layer dense, or use a bitstream "
-                          f"built with the DSP engine")
+    device's DSP engine cannot run them (:func:`sw.layout.dsp_engine_pattern`)."""
     try:
-        pattern = numerics.nm_pattern(sp.n, sp.m)
+        return layout.dsp_engine_pattern(geo, sp.n, sp.m, sp.fmt)
     except ValueError as e:
-        raise DeviceLacks(f"{what}, which the DSP engine cannot run: {e}") from None
-    have = [p for p in NMPattern if geo.dsp_patterns >> int(p) & 1]
-    if pattern not in have:
-        runs = ", ".join(f"{p.name} ({p.n}:{p.m})" for p in have) or "none"
-        raise DeviceLacks(f"{what}, but the device's DSP engine (L = {geo.dsp_stages} "
-                          f"stages) does not run pattern {pattern.name}; it runs {runs}")
-    if geo.dsp_packed and sp.fmt == WeightFormat.INT8:
-        raise DeviceLacks(f"{what}, but the device's DSP engine is packed (two 4-bit weights "
-                          f"per multiplier) and does not take INT8 weights; quantize the "
-                          f"layer to INT4, INT2 or TERNARY (with pair_columns=True)")
-    wp = layout.dsp_window(stages=geo.dsp_stages, pattern=pattern)
-    if wp > 4 * geo.rows:
-        raise DeviceLacks(f"{what}: pattern {pattern.name} reads {wp} activations per step, "
-                          f"more than the device's {geo.rows} A row banks hold "
-                          f"({4 * geo.rows})")
-    return pattern
+        raise DeviceLacks(f"layer {name!r}: its weights are N:M sparse ({sp.n}:{sp.m}, "
+                          f"{sp.fmt.name}): {e}") from None
 
 
 def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, requant,

@@ -2207,7 +2207,7 @@ def test_load_model_sparse_layers_resident_in_dspw_and_reloaded():
     dev0 = FakeDevice()
     acc0 = open_acc(dev0)
     with pytest.raises(program.DeviceLacks, match="layer 'fc1': its weights are N:M sparse "
-                                                  r"\(2:4, INT8\), but the device has no "
+                                                  r"\(2:4, INT8\): the device has no "
                                                   "sparse DSP engine"):
         acc0.load_model(model)
     _nothing_sent(dev0)

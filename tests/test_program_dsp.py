@@ -269,18 +269,19 @@ def test_refusals_name_the_layer():
     rng = np.random.default_rng(6)
     model = mlp(rng)
     with pytest.raises(DeviceLacks, match=r"layer 'fc1': its weights are N:M sparse \(2:4, "
-                                          r"INT8\), but the device has no sparse DSP engine"):
+                                          r"INT8\): the device has no sparse DSP engine"):
         compile_model(model, device(dsp_stages=0))
-    with pytest.raises(DeviceLacks, match=r"layer 'fc3'.*\(1:4, INT8\), but the device's DSP "
+    with pytest.raises(DeviceLacks, match=r"layer 'fc3'.*\(1:4, INT8\): the device's DSP "
                                           r"engine \(L = 4 stages\) does not run pattern "
-                                          r"NM1_4; it runs DENSE4 \(4:4\), NM2_4 \(2:4\)"):
+                                          r"NM1_4 \(1:4\); it runs DENSE4 \(4:4\), NM2_4 \(2:4\)"):
         compile_model(model, device(dsp_patterns=[NMPattern.DENSE4, NMPattern.NM2_4]))
     with pytest.raises(DeviceLacks, match=r"layer 'fc1'.*packed .* does not take INT8 weights"):
         compile_model(model, device(dsp_stages=8, dsp_packed=True, rows=8))
     # 3:4 is no hardware pattern
     odd = mlp(rng, nm1=(3, 4))
-    with pytest.raises(DeviceLacks, match=r"layer 'fc1'.*\(3:4, INT8\), which the DSP engine "
-                                          r"cannot run: 3:4 is not a hardware N:M pattern"):
+    with pytest.raises(DeviceLacks, match=r"layer 'fc1'.*\(3:4, INT8\): 3:4 weights cannot run "
+                                          r"on the DSP engine: 3:4 is not a hardware N:M "
+                                          r"pattern"):
         compile_model(odd, device())
     # a packed engine: columns pruned without pair_columns
     unpaired = mlp(rng, fmt1=I4, fmt3=I4, nm1=(2, 8), nm3=(2, 8), pair=False)
