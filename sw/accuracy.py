@@ -494,6 +494,10 @@ def main(argv=None) -> int:
     p.add_argument("--port", default=None, help="serial backend: port, e.g. /dev/ttyUSB0")
     p.add_argument("--dsp", default="dsp4", choices=["dsp4", "dsp8p"],
                    help="--sparse with the sim backend: the DSP engine of the model (default dsp4)")
+    p.add_argument("--rate-min", type=float, default=None,
+                   help="sim backend: the slowest simulated clock (cycles/s) the driver's "
+                        "timeouts assume (default: SimTransport's per device); smaller on a "
+                        "busy machine")
     p.add_argument("--sparse", action="store_true",
                    help="instead: accuracy with N:M pruned weights (2:4, 1:4, 2:8; with and "
                         "without fine-tuning) vs dense, on the golden models; replaces only the "
@@ -511,7 +515,7 @@ def main(argv=None) -> int:
             from .driver import Accelerator
             if args.backend == "sim":
                 from .transport import SimTransport
-                transport = SimTransport(args.device, dsp=args.dsp)
+                transport = SimTransport(args.device, dsp=args.dsp, rate_min=args.rate_min)
                 name = f"the Verilator model of the {args.device} SoC with `--dsp {args.dsp}`"
             else:
                 from .transport import SerialTransport
@@ -533,7 +537,7 @@ def main(argv=None) -> int:
         from .driver import Accelerator
         if args.backend == "sim":
             from .transport import SimTransport
-            transport = SimTransport(args.device, pe="mixpe")
+            transport = SimTransport(args.device, pe="mixpe", rate_min=args.rate_min)
         else:
             from .transport import SerialTransport
             transport = SerialTransport(args.port)

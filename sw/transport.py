@@ -332,6 +332,12 @@ class SimTransport(Transport):
         drawn from ``seed`` (to show that no result depends on them).
     seed : int
         Seed of the random initial state (``x_init="unique"`` only).
+    pe, dsp : str, optional
+        The model's processing element and DSP engine (``hw.build --pe / --dsp``).
+    rate_min : float, optional
+        Slowest simulated clock (cycles per wall second) the driver's timeouts assume
+        (default :data:`RATE_MIN_BY_DEVICE` or :data:`RATE_MIN`). Long runs on a machine busy
+        with other work pass a smaller one: the timeouts grow, results do not change.
     """
 
     #: Slowest simulated clock assumed for timeouts (cycles per wall-clock second): the 85F
@@ -346,7 +352,7 @@ class SimTransport(Transport):
 
     def __init__(self, device: str = "85F", *, executable=None, timeout: float = 60.0,
                  x_init: str = "fast", seed: int = 1, pe: str | None = None,
-                 dsp: str | None = None):
+                 dsp: str | None = None, rate_min: float | None = None):
         import subprocess
         import sys
         import tempfile
@@ -355,7 +361,13 @@ class SimTransport(Transport):
             raise ValueError(f"x_init must be 'fast' or 'unique', not {x_init!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed < (1 << 31):
             raise ValueError(f"seed must be an int in [1, 2**31), not {seed!r}")
+        if rate_min is not None and (isinstance(rate_min, bool) or
+                                     not isinstance(rate_min, (int, float)) or
+                                     not 0 < rate_min < float("inf")):
+            raise ValueError(f"rate_min must be a positive number of cycles per second, "
+                             f"not {rate_min!r}")
         self.device, self.pe, self.dsp = device, pe, dsp
+        self._rate_min = rate_min
         self.timeout = timeout
         self.x_init, self.seed = x_init, seed
         if executable is None:
@@ -381,6 +393,8 @@ class SimTransport(Transport):
 
     @property
     def rate_min(self) -> float:
+        if self._rate_min is not None:
+            return float(self._rate_min)
         return self.RATE_MIN_BY_DEVICE.get(self.device, self.RATE_MIN)
 
     def seconds(self, cycles: int, clock_hz: int) -> float:

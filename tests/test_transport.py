@@ -258,3 +258,29 @@ def test_closed_and_bad_args():
         SerialTransport("loop://", timeout=0)
     with pytest.raises(TypeError):
         Transport()
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1e5"])
+def test_sim_transport_rate_min_validated_before_building(bad):
+    """A bad rate_min is refused before anything is built or started."""
+    from sw.transport import SimTransport
+    with pytest.raises(ValueError, match="rate_min must be a positive number"):
+        SimTransport("12F", executable="/nonexistent", rate_min=bad)
+
+
+def test_sim_transport_rate_min_sets_the_timeouts(tmp_path):
+    """rate_min replaces the per-device default in the driver's time bounds."""
+    from sw.transport import SimTransport
+    exe = tmp_path / "model"
+    exe.write_text("#!/bin/sh\ncat > /dev/null\n")
+    exe.chmod(0o755)
+    default, slow = SimTransport("45F", executable=exe), SimTransport("45F", executable=exe,
+                                                                      rate_min=1e3)
+    try:
+        assert default.rate_min == SimTransport.RATE_MIN_BY_DEVICE["45F"]
+        assert slow.rate_min == 1e3
+        assert slow.seconds(10_000, 40_000_000) == pytest.approx(SimTransport.GRACE + 10.0)
+        assert slow.wire_seconds(1000) > default.wire_seconds(1000)
+    finally:
+        default.close()
+        slow.close()
