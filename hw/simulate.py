@@ -77,6 +77,18 @@ def _tool_env() -> None:
             os.environ["MAKEFLAGS"] = f"{opt} {flags}"
 
 
+def _write_script(path: Path, text: str) -> Path:
+    """Write the shell script ``path`` (executable) unless it already holds ``text``; atomic,
+    as parallel workers may write the same one."""
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(path)
+    return path
+
+
 def objcache_wrapper() -> Path:
     """The compiler-command prefix (verilated.mk's ``OBJCACHE``) that sends compiles of
     Verilator's runtime sources through :mod:`hw.objcache` (cache in ``sim_build/objcache/``)
@@ -89,13 +101,7 @@ def objcache_wrapper() -> Path:
             f"case \"$*\" in */include/verilated*) exec {shlex.quote(sys.executable)} {script} "
             f"{shlex.quote(str(SIM_BUILD / 'objcache'))} \"$@\" ;; esac\n"
             'exec "$@"\n')
-    SIM_BUILD.mkdir(parents=True, exist_ok=True)
-    if not wrapper.exists() or wrapper.read_text() != text:
-        tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        tmp.replace(wrapper)
-    return wrapper
+    return _write_script(wrapper, text)
 
 
 _REG_INIT = re.compile(r"^(\s*reg\b[^=;]*?)\s*=\s*[^;]+;[ \t]*$", re.M)
@@ -163,12 +169,7 @@ def cxx_opt(level: str = COCOTB_CXX_OPT):
     run = "" if os.environ.get("MPGEMM_NO_OBJCACHE") else f"{objcache_wrapper()} "
     text = ("#!/bin/sh\n# written by hw.simulate.cxx_opt: the last -O on the command line wins\n"
             f'case "$*" in *[Ss]low*) exec {run}"$@" -O0 ;; *) exec {run}"$@" {level} ;; esac\n')
-    SIM_BUILD.mkdir(parents=True, exist_ok=True)
-    if not wrapper.exists() or wrapper.read_text() != text:
-        tmp = wrapper.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        tmp.replace(wrapper)
+    _write_script(wrapper, text)
     old = os.environ.get("MAKEFLAGS")
     os.environ["MAKEFLAGS"] = " ".join(x for x in (old, f"OBJCACHE={wrapper}") if x)
     try:
