@@ -250,3 +250,46 @@ def test_sparse_convolutions_in_a_program_bit_exact(acc):
     np.testing.assert_array_equal(lm.run(x), cnn.golden(x), strict=True)
     assert lm.last.program_runs == 3
 
+
+
+def test_cli_run_sparse_onnx_model(transport, tmp_path):
+    """``python -m sw run MODEL --sparse``: an ONNX MLP whose float weights were pruned 2:4
+    and 1:4 before onnxruntime quantized it runs its pruned layers on the DSP engine,
+    bit-exact with the golden model (the report and the JSON say which layers moved)."""
+    import io
+    import json
+    pytest.importorskip("onnxruntime")
+    from sw import demo, quant, transport as tr
+    from sw.__main__ import main
+    rng = np.random.default_rng(46)
+    w1 = rng.normal(0, 0.2, (64, 24))
+    w2 = rng.normal(0, 0.3, (24, 10))
+    w1 = np.where(quant.prune_nm(w1, 2, 4), w1, 0.0)
+    w2 = np.where(quant.prune_nm(w2, 1, 4), w2, 0.0)
+    calib = rng.random((64, 64)).astype(np.float32)
+    qdq = demo.quantize_onnx(demo.mlp_to_onnx([(w1, rng.normal(0, 0.1, 24)),
+                                               (w2, rng.normal(0, 0.1, 10))]), calib)
+    path, xpath, jpath = tmp_path / "mlp.onnx", tmp_path / "x.npy", tmp_path / "run.json"
+    path.write_bytes(qdq.SerializeToString())
+    np.save(xpath, rng.random((9, 64)).astype(np.float32))
+    exe = transport.executable
+
+    class Prebuilt(tr.SimTransport):           # the fixture's model: no second elaboration
+        def __init__(self, device="85F", **kw):
+            assert (device, kw.get("dsp")) == (DEVICE, DSP), (device, kw)
+            super().__init__(device, executable=exe, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tr, "SimTransport", Prebuilt)
+    out = io.StringIO()
+    try:
+        rc = main(["run", str(path), "--input", str(xpath), "--sparse", "--json", str(jpath),
+                   "--quiet", "--backend", "sim", "--device", DEVICE, "--dsp", DSP], out=out)
+    finally:
+        mp.undo()
+    text = out.getvalue()
+    assert rc == 0, text
+    assert "sparse layers     fc0 2:4, fc1 1:4" in text, text
+    assert "result            bit-exact vs the golden model (9 samples)" in text
+    f = json.loads(jpath.read_text())
+    assert f["bit_exact"] and f["sparse_layers"] == {"fc0": "2:4", "fc1": "1:4"}

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pe", choices=("mixpe", "int8-dsp"), default=None,
                        help="processing element of the simulated SoC (sim backend; default: "
                             "the device's, see hw/sizes.py)")
+        p.add_argument("--dsp", choices=("none", "dsp4", "dsp8p"), default=None,
+                       help="sparse DSP engine of the simulated SoC (sim backend; default "
+                            "none, see hw/sizes.py DSP_ENGINES)")
         p.add_argument("--timeout", type=float, default=None,
                        help="timeout in seconds for the first IDENTIFY (default: the transport's); "
                             "later timeouts follow from what the device reports")
@@ -130,6 +133,8 @@ def open_transport(args):
         kw["timeout"] = args.timeout
     if args.pe is not None:
         kw["pe"] = args.pe
+    if args.dsp is not None:
+        kw["dsp"] = args.dsp
     return SimTransport(**kw)
 
 

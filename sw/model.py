@@ -131,6 +131,11 @@ class _LinearLayer(Layer):
     def quant_out(self):
         return self.lin.y_scale, self.lin.y_zero
 
+    @property
+    def sparse(self):
+        """The N:M compressed weights (``lin.sparse``), or None for a dense layer."""
+        return self.lin.sparse
+
     def _check_sparse(self):
         """N:M sparse weights (``lin.sparse``) must be the compressed form of ``lin.q``
         without group tables: the device runs them on its DSP engine, which requantizes per
@@ -233,10 +238,6 @@ class Dense(_LinearLayer):
             y_zero=y_zero, relu=relu, w_float=w_float)
         return cls(replace(lin, sparse=sparse), name=name)
 
-    @property
-    def sparse(self):
-        """The N:M compressed weights (``lin.sparse``), or None for a dense layer."""
-        return self.lin.sparse
 
     def out_shape(self, in_shape):
         if tuple(in_shape) != (self.lin.in_features,):

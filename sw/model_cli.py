@@ -89,6 +89,10 @@ def add_parsers(sub, common) -> None:
     r.add_argument("--narrow-weights", action="store_true",
                    help="pick each layer's weight format from its codes (TERNARY / INT2 / "
                         "INT4 / INT8) instead of the declared element type")
+    r.add_argument("--sparse", action="store_true",
+                   help="run layers whose weights are already N:M sparse (pruned before "
+                        "quantization) on the device's sparse DSP engine, if it has one "
+                        "(sw.program.use_sparse_engine); the results are the same")
     _shared(r)
 
     d = sub.add_parser("demo", help="end-to-end demo: train, quantize with onnxruntime, run "
@@ -444,7 +448,11 @@ def cmd_run(args, out, open_accelerator) -> int:
                        f"{_one_line(e)}") from None
     acc = open_accelerator(args)
     bar = Progress(model.name, enabled=not args.quiet)
+    sparse = None
     try:
+        if args.sparse:
+            from .program import use_sparse_engine
+            model, sparse = use_sparse_engine(model, acc.info)
         lm, load_s = _load(acc, model, args.batch)
         try:
             y_q = lm.run(xq, progress=bar)
@@ -464,6 +472,12 @@ def cmd_run(args, out, open_accelerator) -> int:
             raise CliError(f"cannot write --output {args.output}: {e.strerror or e}") from None
     print(f"model             {args.model}", file=out)
     print(model.summary(), file=out)
+    if sparse is not None:
+        print("sparse layers     " + (", ".join(f"{k} {v}" for k, v in sparse.items()) or
+                                      ("none: the device has no sparse DSP engine"
+                                       if not acc.info.dsp_stages else
+                                       "none: no layer's weights fit a pattern of the "
+                                       "device's DSP engine")), file=out)
     for line in report_lines(f, simulated=simulated):
         print(line, file=out)
     bad = int(np.any((y_q != want).reshape(len(y_q), -1), axis=1).sum()) if not ok else 0
@@ -477,6 +491,7 @@ def cmd_run(args, out, open_accelerator) -> int:
         _write_json(args.json, {"command": "run", "model_path": args.model,
                                 "input_path": args.input, "output_path": args.output,
                                 "narrow_weights": bool(args.narrow_weights),
+                                "sparse_layers": sparse,
                                 "bit_exact": bool(ok), "mismatched_samples": bad, **f})
     return 0 if ok else 1
 

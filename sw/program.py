@@ -44,7 +44,7 @@ from .numerics import OutMode, WeightFormat, WEIGHT_LANES, ChannelRequant, NMPat
 from .protocol import Buffer, DeviceInfo, LayerDescriptor, LayerKind, ProgramLayer
 
 __all__ = ["ModelTooLarge", "DeviceLacks", "Placement", "CompiledProgram", "DeviceGeometry", "gemm_layer",
-           "dsp_layer", "compile_model", "max_batch"]
+           "dsp_layer", "compile_model", "max_batch", "use_sparse_engine"]
 
 _U16 = 1 << 16
 
@@ -479,3 +479,54 @@ def max_batch(model, info: DeviceInfo, *, limit: int = 256) -> int:
         except ModelTooLarge:
             hi = mid - 1
     return lo
+
+
+def use_sparse_engine(model, info: DeviceInfo):
+    """``model`` with every Dense / Conv2d layer whose integer weights are already N:M sparse
+    (pruned before quantization, e.g. in an imported ONNX model) set to run on the device's
+    sparse DSP engine.
+
+    A layer qualifies when it has no group tables and its codes fit one of the device's
+    patterns with ``n < m`` (``sw.quant.find_nm``; the sparsest pattern first, then the
+    narrower window; a packed engine needs non-INT8 weights whose column pairs share their
+    non-zero rows), and the engine can run that pattern and format
+    (:func:`sw.layout.dsp_engine_pattern`). Other layers stay on the array. The numbers do not
+    change: the compressed weights are the same codes, so ``golden`` is the same function.
+
+    Returns
+    -------
+    (sw.model.Model, dict)
+        The model (``model`` itself when nothing changes) and ``{layer name: "n:m"}`` of the
+        layers that moved to the DSP engine.
+    """
+    import dataclasses
+    from . import model as mdl, quant
+    geo = DeviceGeometry.of(info)
+    if not geo.dsp_stages:
+        return model, {}
+    cands = sorted((p for p in NMPattern if p.n < p.m and geo.dsp_patterns >> int(p) & 1),
+                   key=lambda p: (p.n / p.m, p.m))
+    layers, picked = [], {}
+    for i, layer in enumerate(model.layers):
+        lin = getattr(layer, "lin", None)
+        if (isinstance(layer, (mdl.Dense, mdl.Conv2d)) and lin.sparse is None
+                and lin.group is None):
+            ok = []
+            for p in cands:
+                try:
+                    layout.dsp_engine_pattern(geo, p.n, p.m, lin.fmt)
+                    ok.append((p.n, p.m))
+                except ValueError:
+                    pass
+            sp = quant.find_nm(lin.q, ok, pair_columns=bool(geo.dsp_packed), fmt=lin.fmt) \
+                if ok else None
+            if sp is not None:
+                layer = dataclasses.replace(layer, lin=dataclasses.replace(lin, sparse=sp))
+                picked[getattr(layer, "name", None) or f"{type(layer).__name__.lower()}{i}"] = \
+                    f"{sp.n}:{sp.m}"
+        layers.append(layer)
+    if not picked:
+        return model, {}
+    return mdl.Model(layers, input_shape=model.input_shape, in_scale=model.in_scale,
+                     in_zero=model.in_zero, out_scale=model.out_scale,
+                     out_zero=model.out_zero, name=model.name), picked

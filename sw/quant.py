@@ -899,7 +899,7 @@ def linear_from_integers(q, *, fmt, w_scale, w_zero=None, bias_float=None, bias_
 
 # -- N:M pruning (sparse DSP engine) --------------------------------------------------------
 
-__all__ += ["prune_nm", "compress_nm"]
+__all__ += ["prune_nm", "compress_nm", "find_nm"]
 
 
 def _check_nm_blocks(k: int, n, m) -> tuple[int, int]:
@@ -995,3 +995,56 @@ def compress_nm(q, mask, *, n: int, m: int, fmt=WeightFormat.INT8) -> numerics.N
     pos = np.argsort(~mk.reshape(k // m, m, ncol), axis=1, kind="stable")[:, :n]
     vals = np.take_along_axis(qa.astype(np.int64).reshape(k // m, m, ncol), pos, axis=1)
     return numerics.NMSparse(n, m, vals.reshape(-1, ncol), pos.reshape(-1, ncol), fmt)
+
+
+def find_nm(q, patterns, *, pair_columns: bool = False, fmt=WeightFormat.INT8):
+    """Integer weights that are already N:M sparse: their compressed form.
+
+    For weights pruned elsewhere (e.g. a model imported from ONNX whose weights were pruned
+    2:4 before quantization), finds the first ``(n, m)`` of ``patterns`` such that every
+    block of ``m`` rows of every column holds at most ``n`` non-zero codes (with
+    ``pair_columns``, the non-zeros of columns ``2c`` and ``2c + 1`` together), and
+    compresses them: the non-zeros are kept, and zeros at the lowest free rows fill each
+    block up to ``n``. The result is exact: ``to_dense`` gives ``q`` back.
+
+    Parameters
+    ----------
+    q : array_like of int, shape (K, N)
+    patterns : sequence of (n, m)
+        Tried in order (put the sparsest first); those whose ``m`` does not divide K are
+        skipped.
+    pair_columns : bool
+    fmt : WeightFormat or str
+
+    Returns
+    -------
+    sw.numerics.NMSparse or None
+        None when no pattern holds ``q``.
+    """
+    fmt = _check_fmt(fmt)
+    pair_columns = _check_bool("pair_columns", pair_columns)
+    qa = np.asarray(q)
+    if qa.dtype.kind not in "iu":
+        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
+    if qa.ndim != 2 or 0 in qa.shape:
+        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    k, ncol = qa.shape
+    if pair_columns and ncol % 2:
+        raise ValueError(f"pair_columns needs an even number of columns, not {ncol}")
+    nz = qa != 0
+    if pair_columns:
+        nz = np.repeat(nz[:, 0::2] | nz[:, 1::2], 2, axis=1)
+    for n, m in patterns:
+        n, m = numerics._check_nm(n, m)
+        if k % m:
+            continue
+        blocks = nz.reshape(k // m, m, ncol)
+        counts = blocks.sum(axis=1)
+        if (counts > n).any():
+            continue
+        # keep the non-zeros, then the lowest zero rows until n per block and column
+        extra = n - counts
+        fill = (~blocks) & (np.cumsum(~blocks, axis=1) <= extra[:, None, :])
+        return compress_nm(qa, (blocks | fill).reshape(k, ncol), n=n, m=m, fmt=fmt)
+    return None
+

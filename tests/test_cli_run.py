@@ -230,3 +230,13 @@ def test_demo_digits(files):
         assert r["max_lsb_device_onnxruntime"] <= 4
         gemm = [x["weights"] for x in r["layers"] if x["name"] != "gap" and x["weights"]]
         assert set(gemm) == {fmt}, (net, fmt, gemm)
+
+
+def test_run_sparse_without_a_dsp_engine_runs_dense(files):
+    """--sparse on a device without the sparse DSP engine says so and runs every layer on
+    the array, still bit-exact."""
+    rc, out, err = call(["run", str(files["mlp"]), "--input", str(files["x_vec"]), "--sparse",
+                         "--quiet", "--narrow-weights", *SIM])
+    assert rc == 0, out + err
+    assert "sparse layers     none: the device has no sparse DSP engine" in out
+    assert "result            bit-exact vs the golden model (5 samples)" in out

@@ -13,7 +13,7 @@ import pytest
 
 from sw import layout, model as M, quant
 from sw.numerics import NM_PATTERNS, NMPattern, WeightFormat
-from sw.program import DeviceLacks, ModelTooLarge, compile_model, max_batch
+from sw.program import DeviceLacks, ModelTooLarge, compile_model, max_batch, use_sparse_engine
 from sw.protocol import Buffer, DeviceInfo, LayerKind
 
 I8, I4, I2, TER = (WeightFormat.INT8, WeightFormat.INT4, WeightFormat.INT2,
@@ -292,3 +292,44 @@ def test_refusals_name_the_layer():
     dense = M.Model([model.layers[1]], input_shape=(32,), in_scale=0.05, in_zero=-9,
                     out_scale=0.05, out_zero=2)
     compile_model(dense, device(dsp_stages=0))
+
+
+def _pruned_dense(rng, k, n, nm, *, fmt=I8, pair=False, group=None, xz=0, yz=0):
+    """A dense QuantLinear whose float weights were pruned n:m before quantization."""
+    w = rng.normal(size=(k, n)) / np.sqrt(k)
+    if nm is not None:
+        w = np.where(quant.prune_nm(w, *nm, pair_columns=pair), w, 0.0)
+    return quant.quantize_linear(w, rng.normal(size=n) * 0.2, fmt=fmt, group=group,
+                                 x_scale=0.05, x_zero=xz, y_scale=0.05, y_zero=yz)
+
+
+def test_use_sparse_engine_moves_only_layers_that_fit():
+    """Layers pruned before quantization move to the DSP engine with the sparsest pattern
+    the device runs; dense layers, group-quantized ones and a device without the engine
+    leave the model as it is; the golden results do not change."""
+    rng = np.random.default_rng(12)
+    conv = M.Conv2d(_pruned_dense(rng, 36, 8, (2, 4), xz=1, yz=-2), kernel=3, pad=1,
+                    in_shape=(4, 4, 4), name="c1")
+    fc1 = M.Dense(_pruned_dense(rng, 128, 16, (1, 4), xz=-2, yz=3), name="fc1")
+    fc2 = M.Dense(_pruned_dense(rng, 16, 12, None, xz=3, yz=0), name="fc2")            # dense
+    fc3 = M.Dense(_pruned_dense(rng, 64, 10, (1, 4), fmt=I4, group=32, yz=4), name="fc3")
+    model = M.Model([conv, M.Flatten(), fc1, fc2,
+                     M.Dense(_pruned_dense(rng, 12, 64, (2, 4), xz=0, yz=0), name="up"), fc3],
+                    input_shape=(4, 4, 4), in_scale=0.05, in_zero=1, out_scale=0.05,
+                    out_zero=4)
+    out, picked = use_sparse_engine(model, device())
+    assert picked == {"c1": "2:4", "fc1": "1:4", "up": "2:4"}
+    assert [getattr(lay, "sparse", None) is not None for lay in out.layers] == \
+        [True, False, True, False, True, False]
+    x = rng.integers(-128, 128, size=(3, 4, 4, 4))
+    np.testing.assert_array_equal(out.golden(x), model.golden(x), strict=True)
+    cp = compile_model(out, device(), batch=1)
+    assert [r.desc.sparse for r in cp.layers] == [1 + NMPattern.NM2_4, 1 + NMPattern.NM1_4, 0,
+                                                  1 + NMPattern.NM2_4, 0]
+    # a device whose engine lacks 1:4 runs fc1 as 2:4 (1:4 weights fit 2:4 too)
+    _, picked = use_sparse_engine(model, device(dsp_patterns=[NMPattern.DENSE4,
+                                                              NMPattern.NM2_4]))
+    assert picked == {"c1": "2:4", "fc1": "2:4", "up": "2:4"}
+    # no engine, or a packed engine and INT8 weights: nothing moves
+    assert use_sparse_engine(model, device(dsp_stages=0)) == (model, {})
+    assert use_sparse_engine(model, device(rows=8, dsp_stages=8, dsp_packed=True)) == (model, {})

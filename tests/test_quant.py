@@ -648,3 +648,44 @@ def test_sparse_golden_refusals():
         ql.golden(np.zeros((2, 12), np.int8))
     with pytest.raises(ValueError, match="a"):
         ql.golden(np.full((2, 16), 300))
+
+
+# -- weights already N:M sparse: find_nm ---------------------------------------------------------
+
+@pytest.mark.parametrize("nm", [(1, 4), (2, 4), (2, 8), (4, 8), (3, 4)])
+@pytest.mark.parametrize("pair", [False, True])
+def test_find_nm_recovers_pruned_codes_exactly(nm, pair):
+    """Codes pruned n:m (some kept codes zero too) are found as n:m, not denser, and
+    compressed exactly; every block keeps its non-zeros."""
+    n, m = nm
+    rng = np.random.default_rng(n * 10 + m + pair)
+    w = rng.normal(size=(8 * m, 6))
+    mask = quant.prune_nm(w, n, m, pair_columns=pair)
+    q = np.where(mask, rng.integers(-8, 8, size=w.shape), 0)     # kept codes may be 0 too
+    order = [(1, 8), (1, 4), (2, 8), (2, 4), (4, 8), (3, 4)]       # sparsest first
+    sp = quant.find_nm(q, order, pair_columns=pair, fmt="INT4")
+    np.testing.assert_array_equal(numerics.to_dense(sp), q, strict=True)
+    # the first pattern in the list that holds every block of q
+    nz = q != 0
+    if pair:
+        nz = np.repeat(nz[:, 0::2] | nz[:, 1::2], 2, axis=1)
+    fits = [(a, b) for a, b in order
+            if q.shape[0] % b == 0 and nz.reshape(-1, b, 6).sum(axis=1).max() <= a]
+    assert (sp.n, sp.m) == fits[0] and sp.n / sp.m <= n / m
+    assert sp.fmt == F.INT4
+    if pair:                                   # the packed engine's pairs share their indices
+        np.testing.assert_array_equal(sp.idx[:, 0::2], sp.idx[:, 1::2])
+
+
+def test_find_nm_none_and_errors():
+    q = np.ones((8, 3), dtype=np.int64)
+    q[::4] = 0                                 # 3 of 4 non-zero
+    assert quant.find_nm(q, [(1, 4), (2, 4), (2, 8)]) is None
+    assert (quant.find_nm(q, [(2, 4), (3, 4)]).n, 4) == (3, 4)
+    assert quant.find_nm(np.zeros((6, 2), np.int64), [(1, 4)]) is None      # 4 does not divide 6
+    with pytest.raises(TypeError, match="integer dtype"):
+        quant.find_nm(np.zeros((4, 2)), [(1, 4)])
+    with pytest.raises(ValueError, match="even number of columns"):
+        quant.find_nm(np.zeros((4, 3), np.int64), [(1, 4)], pair_columns=True)
+    with pytest.raises(ValueError):
+        quant.find_nm(np.zeros((4, 2), np.int64), [(5, 4)])
