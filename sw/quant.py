@@ -171,6 +171,16 @@ def _check_weights(w) -> np.ndarray:
     return w
 
 
+def _check_int_matrix(q) -> np.ndarray:
+    """``q`` as an array: a non-empty (K, N) matrix of an integer dtype."""
+    qa = np.asarray(q)
+    if qa.dtype.kind not in "iu":
+        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
+    if qa.ndim != 2 or 0 in qa.shape:
+        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    return qa
+
+
 def _check_method(method) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -846,11 +856,7 @@ def linear_from_integers(q, *, fmt, w_scale, w_zero=None, bias_float=None, bias_
     y_scale = _check_scale("y_scale", y_scale)
     x_zero = _check_zp("x_zero", x_zero)
     y_zero = _check_zp("y_zero", y_zero)
-    qa = np.asarray(q)
-    if qa.dtype.kind not in "iu":
-        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
-    if qa.ndim != 2 or 0 in qa.shape:
-        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    qa = _check_int_matrix(q)
     numerics.encode_weights(qa, fmt)                     # raises on values outside the format
     q = qa.astype(np.int64)
     k, n = q.shape
@@ -973,11 +979,7 @@ def compress_nm(q, mask, *, n: int, m: int, fmt=WeightFormat.INT8) -> numerics.N
         or a kept value outside ``fmt``.
     """
     fmt = _check_fmt(fmt)
-    qa = np.asarray(q)
-    if qa.dtype.kind not in "iu":
-        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
-    if qa.ndim != 2 or 0 in qa.shape:
-        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    qa = _check_int_matrix(q)
     mk = np.asarray(mask)
     if mk.dtype != bool:
         raise TypeError(f"mask must be a bool array, not of dtype {mk.dtype}")
@@ -1023,11 +1025,7 @@ def find_nm(q, patterns, *, pair_columns: bool = False, fmt=WeightFormat.INT8):
     """
     fmt = _check_fmt(fmt)
     pair_columns = _check_bool("pair_columns", pair_columns)
-    qa = np.asarray(q)
-    if qa.dtype.kind not in "iu":
-        raise TypeError(f"q must have an integer dtype, not {qa.dtype}")
-    if qa.ndim != 2 or 0 in qa.shape:
-        raise ValueError(f"q must be a non-empty (K, N) matrix, got shape {qa.shape}")
+    qa = _check_int_matrix(q)
     k, ncol = qa.shape
     if pair_columns and ncol % 2:
         raise ValueError(f"pair_columns needs an even number of columns, not {ncol}")
