@@ -1,7 +1,8 @@
 """Test ordering for ``pytest -n 2``: the modules that build big models run first.
 
-xdist hands tests to its two workers in collection order; a multi-minute build collected
-last (the 12F bitstream, a gate-level netlist) would run alone while the other worker idles.
+xdist (``--dist loadfile``, pyproject.toml) hands whole test files to its two workers in
+collection order; a multi-minute build collected last (the 12F bitstream, a gate-level
+netlist) would run alone while the other worker idles.
 Modules keep their own test order (module fixtures such as the simulated SoC stay shared).
 """
 
