@@ -338,6 +338,11 @@ def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, r
     return rec, places, M * K * N
 
 
+def _layer_name(i: int, layer) -> str:
+    """How programs, counters and errors name layer ``i``: its name, else type and index."""
+    return getattr(layer, "name", None) or f"{type(layer).__name__.lower()}{i}"
+
+
 def _requant(lin) -> ChannelRequant:
     rq = lin.requant
     if isinstance(rq, numerics.Requant):
@@ -379,7 +384,7 @@ def compile_model(model, info: DeviceInfo, *, batch: int = 1) -> CompiledProgram
         return base
 
     for i, layer in enumerate(model.layers):
-        name = getattr(layer, "name", None) or f"{type(layer).__name__.lower()}{i}"
+        name = _layer_name(i, layer)
         if isinstance(layer, mdl.Flatten):
             shape = (int(np.prod(shape)),)
             continue
@@ -509,8 +514,9 @@ def use_sparse_engine(model, info: DeviceInfo):
     layers, picked = [], {}
     for i, layer in enumerate(model.layers):
         lin = getattr(layer, "lin", None)
+        # a packed engine pairs columns 2c, 2c + 1: an odd N has no partner for its last one
         if (isinstance(layer, (mdl.Dense, mdl.Conv2d)) and lin.sparse is None
-                and lin.group is None):
+                and lin.group is None and not (geo.dsp_packed and lin.q.shape[1] % 2)):
             ok = []
             for p in cands:
                 try:
@@ -522,8 +528,7 @@ def use_sparse_engine(model, info: DeviceInfo):
                 if ok else None
             if sp is not None:
                 layer = dataclasses.replace(layer, lin=dataclasses.replace(lin, sparse=sp))
-                picked[getattr(layer, "name", None) or f"{type(layer).__name__.lower()}{i}"] = \
-                    f"{sp.n}:{sp.m}"
+                picked[_layer_name(i, layer)] = f"{sp.n}:{sp.m}"
         layers.append(layer)
     if not picked:
         return model, {}

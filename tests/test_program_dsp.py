@@ -333,3 +333,16 @@ def test_use_sparse_engine_moves_only_layers_that_fit():
     # no engine, or a packed engine and INT8 weights: nothing moves
     assert use_sparse_engine(model, device(dsp_stages=0)) == (model, {})
     assert use_sparse_engine(model, device(rows=8, dsp_stages=8, dsp_packed=True)) == (model, {})
+    # a packed engine takes 4-bit layers whose column pairs share their non-zero rows (1:4
+    # per column: a pair's non-zeros fit 2:4); an odd N (no partner for the last column)
+    # stays on the array
+    paired = M.Dense(_pruned_dense(rng, 64, 8, (1, 4), fmt=I4, pair=True), name="p")
+    unpaired = M.Dense(_pruned_dense(rng, 64, 8, (1, 4), fmt=I4), name="u")
+    odd = M.Dense(_pruned_dense(rng, 64, 7, (1, 4), fmt=I4), name="o")
+    for lay, want in ((paired, {"p": "1:4"}), (unpaired, {"u": "2:4"}), (odd, {})):
+        m1 = M.Model([lay], input_shape=(64,), in_scale=0.05, in_zero=0, out_scale=0.05,
+                     out_zero=0)
+        got, picked = use_sparse_engine(m1, device(rows=8, dsp_stages=8, dsp_packed=True))
+        assert picked == want, lay.name
+        xs = rng.integers(-128, 128, size=(4, 64))
+        np.testing.assert_array_equal(got.golden(xs), m1.golden(xs), strict=True)

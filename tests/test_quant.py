@@ -681,7 +681,9 @@ def test_find_nm_none_and_errors():
     q = np.ones((8, 3), dtype=np.int64)
     q[::4] = 0                                 # 3 of 4 non-zero
     assert quant.find_nm(q, [(1, 4), (2, 4), (2, 8)]) is None
-    assert (quant.find_nm(q, [(2, 4), (3, 4)]).n, 4) == (3, 4)
+    sp = quant.find_nm(q, [(2, 4), (3, 4)])
+    assert (sp.n, sp.m) == (3, 4)
+    np.testing.assert_array_equal(numerics.to_dense(sp), q, strict=True)
     assert quant.find_nm(np.zeros((6, 2), np.int64), [(1, 4)]) is None      # 4 does not divide 6
     with pytest.raises(TypeError, match="integer dtype"):
         quant.find_nm(np.zeros((4, 2)), [(1, 4)])
