@@ -133,7 +133,9 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
 
     The log is the tool's stdout and stderr, or, with ``tool_writes_log``, the file the tool
     writes itself (``cmd`` must name ``log_path``; it is followed while the tool runs). Yosys
-    needs that: YoWASP Yosys's stdout loses everything after its first ABC call.
+    and nextpnr need that: YoWASP Yosys's stdout loses everything after its first ABC call,
+    and YoWASP nextpnr's stderr reaches a pipe in large blocks (an 85F placement printed
+    nothing for its first 20 minutes), while the log files they write are written line by line.
     ``verbose`` also copies the log to stdout; ``on_line(line)`` sees every line as it
     arrives. A non-zero exit raises :class:`BuildError` naming ``stage`` (a name, or a function
     that returns the stage running when the tool failed), with the log's last
@@ -263,8 +265,10 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
                         progress.stage("place", times["place"],
                                        "estimated " + _fmax_text(place["fmax"]))
 
+            cmd[1:1] = ["--log", log_name]
             run_tool(cmd, log_path, cwd=build_dir, verbose=verbose, on_line=watch,
-                     stage=lambda: "place" if place["done"] is None else "route")
+                     stage=lambda: "place" if place["done"] is None else "route",
+                     tool_writes_log=True)
             if place["done"] is None:     # the log never said routing started
                 times["place"] = time.monotonic() - t0
                 progress.stage("place", times["place"], "estimated " + _fmax_text(place["fmax"])
