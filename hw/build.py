@@ -135,7 +135,8 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
     writes itself (``cmd`` must name ``log_path``; it is followed while the tool runs). Yosys
     and nextpnr need that: YoWASP Yosys's stdout loses everything after its first ABC call,
     and YoWASP nextpnr's stderr reaches a pipe in large blocks (an 85F placement printed
-    nothing for its first 20 minutes), while the log files they write are written line by line.
+    nothing for more than half an hour), while the log files they write are written line by
+    line.
     ``verbose`` also copies the log to stdout; ``on_line(line)`` sees every line as it
     arrives. A non-zero exit raises :class:`BuildError` naming ``stage`` (a name, or a function
     that returns the stage running when the tool failed), with the log's last
