@@ -293,11 +293,13 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
 def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int = 3_000_000,
                 top: str = "soc", seed: int = 1, program: bool = False,
                 out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
-                pe: str | None = None, dsp: str | None = None) -> dict:
+                pe: str | None = None, dsp: str | None = None, rows: int | None = None,
+                cols: int | None = None) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
 
     ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``),
-    ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none).
+    ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none),
+    ``rows`` / ``cols`` replace the array's shape (``hw.sizes.core_size``).
 
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
@@ -311,7 +313,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
 
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
-    size = core_size(device, pe, dsp)
+    size = core_size(device, pe, dsp, rows=rows, cols=cols)
     tool_env()
     platform = platform_for(device)
     out_dir = Path(out_dir or BUILD / f"ulx3s-{device}")
@@ -409,12 +411,14 @@ def program_board(bitfile: Path) -> None:
 
 
 def emit_verilog(device: str, out_dir: Path | None = None, pe: str | None = None,
-                 dsp: str | None = None) -> Path:
-    """Write the mpGEMM core of ``device``'s size (PE kind, DSP engine) as Verilog."""
+                 dsp: str | None = None, *, rows: int | None = None,
+                 cols: int | None = None) -> Path:
+    """Write the mpGEMM core of ``device``'s size (PE kind, DSP engine, array shape) as
+    Verilog."""
     from amaranth.back import verilog
     from hw.sizes import core_size
     from hw.core import MixCore
-    size = core_size(device, pe, dsp)
+    size = core_size(device, pe, dsp, rows=rows, cols=cols)
     core = MixCore(**size.core_geometry())
     out_dir = Path(out_dir or BUILD / "verilog")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -434,6 +438,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dsp", choices=["none", "dsp4", "dsp8p"], default=None,
                     help="the sparse DSP engine beside the array (default none; hw/sizes.py "
                          "DSP_ENGINES)")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="ulx3s/verilog targets: array rows, a power of two (default: the "
+                         "device's, hw/sizes.py)")
+    ap.add_argument("--cols", type=int, default=None,
+                    help="ulx3s/verilog targets: array columns, a power of two (default: the "
+                         "device's)")
     ap.add_argument("--freq", type=float, default=None,
                     help="core clock in MHz (default: the device's, see hw/sizes.py DEFAULT_FREQ_MHZ)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
@@ -450,13 +460,17 @@ def main(argv=None) -> int:
                     help="sim target: registers without reset start at 0 (fast) or random, "
                          "chosen by the model's +verilator+seed+N argument (unique)")
     args = ap.parse_args(argv)
+    if (args.rows or args.cols) and args.target not in ("ulx3s", "verilog"):
+        ap.error(f"--rows / --cols apply to the ulx3s and verilog targets, not {args.target!r} "
+                 f"(the sim target builds the device's own size, as SimTransport expects)")
     try:
         if args.target == "ulx3s":
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
                         program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
-                        dsp=args.dsp)
+                        dsp=args.dsp, rows=args.rows, cols=args.cols)
         elif args.target == "verilog":
-            emit_verilog(args.device, args.out, args.pe, args.dsp)
+            emit_verilog(args.device, args.out, args.pe, args.dsp, rows=args.rows,
+                         cols=args.cols)
         elif args.target == "report":
             from hw.report import main_report
             main_report(args.blocks, args.out or ROOT / "docs")

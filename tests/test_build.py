@@ -67,6 +67,39 @@ def test_core_size_per_pe_kind():
         sizes.core_size("85F", "fp8")
 
 
+def test_core_size_array_shape_override():
+    """--rows / --cols replace the array's shape and keep everything else, engine included."""
+    import dataclasses
+    import hw.sizes as sizes
+    base = sizes.core_size("85F", dsp="dsp4")
+    small = sizes.core_size("85F", dsp="dsp4", rows=4)
+    assert (small.rows, small.cols) == (4, base.cols)
+    assert dataclasses.replace(small, rows=base.rows) == base
+    assert sizes.core_size("45F", cols=16).cols == 16
+    assert sizes.core_size("45F", rows=None, cols=None) is sizes.DEVICES["45F"]
+    for bad in (0, 3, 6, 128, True, 4.0):
+        with pytest.raises(ValueError, match="power of two in \\[1, 64\\]"):
+            sizes.core_size("85F", rows=bad)
+        with pytest.raises(ValueError, match="cols must be"):
+            sizes.core_size("85F", cols=bad)
+
+
+def test_verilog_target_with_array_shape(tmp_path):
+    assert build.main(["--target", "verilog", "--device", "12F", "--rows", "4", "--cols", "2",
+                       "--out", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.glob("*.v")] == ["mpgemm_core_4x2_int8-dsp.v"]
+
+
+def test_array_shape_errors_are_clear(tmp_path, capsys):
+    assert build.main(["--target", "verilog", "--device", "12F", "--rows", "6",
+                       "--out", str(tmp_path)]) == 1
+    assert "rows must be a power of two in [1, 64], not 6" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main(["--target", "sim", "--rows", "4"])
+    assert "--rows / --cols apply to the ulx3s and verilog targets" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hw_imports_fpga_only_in_build():
     """DESIGN: nothing in hw/ imports fpga/ except the entry point hw/build.py."""
     import re
