@@ -57,10 +57,11 @@ def utilization(device="85F", pe=None):
     return result
 
 
-def dsp_rates(device="85F", dsp="dsp4"):
+def dsp_rates(device="85F", dsp="dsp4", *, rows=None, cols=None):
     """Dense-equivalent MACs per cycle and per MULT18X18D of ``device``'s core with the DSP
     engine ``dsp`` (``hw.sizes.DSP_ENGINES``) per N:M pattern, from the counters of the
-    Verilator model (docs/results.md). K = 256 (and, where a row of 256 takes fewer than
+    Verilator model (docs/results.md); ``rows`` / ``cols`` replace the array's shape as
+    ``hw.build --rows / --cols`` do. K = 256 (and, where a row of 256 takes fewer than
     ``cols`` steps, the K whose rows take ``cols``); M and N are the most the A buffer and
     the DSP weight memory hold for the pattern in one run (at most 256)."""
     from hw.simulate import run_cocotb
@@ -68,7 +69,7 @@ def dsp_rates(device="85F", dsp="dsp4"):
     from hw.core import MixCore
     from sw import layout
     from sw.numerics import WeightFormat
-    size = core_size(device, None, dsp)
+    size = core_size(device, None, dsp, rows=rows, cols=cols)
     core = MixCore(**size.core_geometry())
     fmt = WeightFormat.INT4 if core.dsp_packed else WeightFormat.INT8
     runs = []
@@ -92,20 +93,23 @@ def dsp_rates(device="85F", dsp="dsp4"):
                                chains=core.dsp_chains, dsp_stages=core.dsp_stages),
                    **_top_only("mixcore_dsp"))
         wall = time.monotonic() - t0
-        rows = json.loads(out.read_text())
-    dense = max(r["macs_per_dsp_cycle"] for r in rows if r["pattern"].startswith("DENSE"))
+        runs_out = json.loads(out.read_text())
+    dense = max(r["macs_per_dsp_cycle"] for r in runs_out if r["pattern"].startswith("DENSE"))
     result = {"device": device, "dsp": dsp, "core": asdict(size), "fmt": fmt.name,
               "dsps": core.dsp_chains * core.dsp_stages, "wall_seconds": round(wall, 1),
-              "runs": rows}
+              "runs": runs_out}
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / f"results_dsp_{device}_{dsp}.json").write_text(json.dumps(result, indent=1) + "\n")
+    shape = "" if rows is None and cols is None else f"_{size.rows}x{size.cols}"
+    (ROOT / "docs" / f"results_dsp_{device}_{dsp}{shape}.json").write_text(
+        json.dumps(result, indent=1) + "\n")
+    opts = "".join(f" --{k} {v}" for k, v in (("rows", rows), ("cols", cols)) if v is not None)
     print(f"core {size.rows}x{size.cols} {size.pe} + DSP engine {dsp} ({core.dsp_chains} chains x "
           f"L = {core.dsp_stages} = {core.dsp_chains * core.dsp_stages} MULT18X18D, "
-          f"{fmt.name} weights), `python -m hw.bench dsp --device {device} --dsp {dsp}`\n")
+          f"{fmt.name} weights), `python -m hw.bench dsp --device {device} --dsp {dsp}{opts}`\n")
     print("| pattern | M x K x N | cycles | feed cycles | dense-equivalent MACs/cycle | "
           "per DSP and cycle | vs dense |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for r in rows:
+    for r in runs_out:
         print(f"| {r['pattern']} | {r['M']}x{r['K']}x{r['N']} | {r['cycles']} | {r['busy']} | "
               f"{r['macs_per_cycle']:.1f} | {r['macs_per_dsp_cycle']:.2f} | "
               f"{r['macs_per_dsp_cycle'] / dense:.2f}x |")
@@ -343,11 +347,17 @@ def main(argv=None):
     ap.add_argument("--dsp", default="dsp4", help="dsp: the DSP engine (hw.sizes.DSP_ENGINES)")
     ap.add_argument("--device", default=None, help="default: 85F (faults: 12F)")
     ap.add_argument("--gemms", type=int, default=2000, help="faults: GEMMs per path")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="dsp: array rows (default: the device's), as hw.build --rows")
+    ap.add_argument("--cols", type=int, default=None,
+                    help="dsp: array columns (default: the device's), as hw.build --cols")
     args = ap.parse_args(argv)
+    if (args.rows or args.cols) and args.what != "dsp":
+        ap.error("--rows / --cols apply to the dsp benchmark only")
     if args.what == "pe":
         pe_compare()
     elif args.what == "dsp":
-        dsp_rates(args.device or "85F", args.dsp)
+        dsp_rates(args.device or "85F", args.dsp, rows=args.rows, cols=args.cols)
     elif args.what == "utilization":
         utilization(args.device or "85F")
     elif args.what == "faults":

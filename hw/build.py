@@ -76,6 +76,8 @@ def parse_nextpnr_report(path: Path) -> tuple[dict, dict]:
 
 #: build stages, in order; "place" and "route" are one nextpnr run
 STAGES = ("elaborate", "synth", "place", "route", "pack")
+#: nextpnr routers ``--router`` offers (``nextpnr-ecp5 --router``)
+ROUTERS = ("router2", "router1")
 
 #: the tool of each toolchain command (Amaranth's name) -> (stage, log file in the build folder)
 TOOL_STAGES = {"yosys": ("synth", "yosys.log"), "nextpnr-ecp5": ("place", "nextpnr.log"),
@@ -294,12 +296,14 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 top: str = "soc", seed: int = 1, program: bool = False,
                 out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
                 pe: str | None = None, dsp: str | None = None, rows: int | None = None,
-                cols: int | None = None) -> dict:
+                cols: int | None = None, router: str = "router2") -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
 
     ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``),
     ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none),
-    ``rows`` / ``cols`` replace the array's shape (``hw.sizes.core_size``).
+    ``rows`` / ``cols`` replace the array's shape (``hw.sizes.core_size``); ``router`` is
+    nextpnr's router (``router2``, or ``router1`` for a placement on which router2's
+    congestion negotiation oscillates instead of converging; docs/results.md).
 
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
@@ -311,6 +315,8 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     from fpga.ulx3s import SelfTestTop, SoCTop, platform_for
     from hw.sizes import DEVICE_RESOURCES, DEFAULT_FREQ_MHZ, core_size
 
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
     size = core_size(device, pe, dsp, rows=rows, cols=cols)
@@ -330,7 +336,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     else:
         raise ValueError(f"top must be 'soc' or 'selftest', not {top!r}")
     plan = platform.prepare(top_obj, name="top", verbose=True,
-                            nextpnr_opts=f"--router router2 --timing-allow-fail "
+                            nextpnr_opts=f"--router {router} --timing-allow-fail "
                                          f"--report nextpnr_report.json --seed {seed}")
     for stale in ("nextpnr_report.json", "top.bit"):
         (out_dir / stale).unlink(missing_ok=True)
@@ -447,6 +453,8 @@ def main(argv=None) -> int:
     ap.add_argument("--freq", type=float, default=None,
                     help="core clock in MHz (default: the device's, see hw/sizes.py DEFAULT_FREQ_MHZ)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    ap.add_argument("--router", choices=ROUTERS, default="router2",
+                    help="nextpnr router (default router2; router1 where router2 oscillates)")
     ap.add_argument("--baud", type=int, default=3_000_000, help="UART baud rate (default 3000000)")
     ap.add_argument("--top", choices=["soc", "selftest"], default="soc",
                     help="soc: host link on the USB UART (default); selftest: LED self-test")
@@ -467,7 +475,7 @@ def main(argv=None) -> int:
         if args.target == "ulx3s":
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
                         program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
-                        dsp=args.dsp, rows=args.rows, cols=args.cols)
+                        dsp=args.dsp, rows=args.rows, cols=args.cols, router=args.router)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out, args.pe, args.dsp, rows=args.rows,
                          cols=args.cols)

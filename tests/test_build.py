@@ -131,6 +131,7 @@ def info(line):
     print(line, file=sys.stderr)
     log.write(line + "\n")
     log.flush()
+info("Info: argv " + " ".join(sys.argv[1:]))
 info("Info: Running simulated annealing placer for refinement.")
 info("Info: Max frequency for clock '$glbnet$clk': 80.50 MHz (PASS at 65.00 MHz)")
 info("Info: Routing globals...")
@@ -238,3 +239,20 @@ def test_build_ulx3s_with_fake_tools(fake_tools, capsys):
     assert capsys.readouterr().out == ""
 
 
+
+
+def test_bench_array_shape_only_for_the_dsp_benchmark(capsys):
+    from hw import bench
+    with pytest.raises(SystemExit):
+        bench.main(["utilization", "--rows", "4"])
+    assert "--rows / --cols apply to the dsp benchmark only" in capsys.readouterr().err
+
+
+def test_build_ulx3s_router_choice(fake_tools, capsys):
+    """--router reaches nextpnr (router2 by default); anything else is refused before a build."""
+    build.build_ulx3s("12F", out_dir=fake_tools, quiet=True)
+    assert " --router router2 " in (fake_tools / "nextpnr.log").read_text()
+    assert build.main(["--device", "12F", "--router", "router1", "--out", str(fake_tools)]) == 0
+    assert " --router router1 " in (fake_tools / "nextpnr.log").read_text()
+    with pytest.raises(ValueError, match="router must be one of"):
+        build.build_ulx3s("12F", out_dir=fake_tools, router="router3")
