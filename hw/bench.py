@@ -352,7 +352,7 @@ def main(argv=None):
     ap.add_argument("--cols", type=int, default=None,
                     help="dsp: array columns (default: the device's), as hw.build --cols")
     args = ap.parse_args(argv)
-    if (args.rows or args.cols) and args.what != "dsp":
+    if (args.rows is not None or args.cols is not None) and args.what != "dsp":
         ap.error("--rows / --cols apply to the dsp benchmark only")
     if args.what == "pe":
         pe_compare()

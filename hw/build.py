@@ -468,7 +468,7 @@ def main(argv=None) -> int:
                     help="sim target: registers without reset start at 0 (fast) or random, "
                          "chosen by the model's +verilator+seed+N argument (unique)")
     args = ap.parse_args(argv)
-    if (args.rows or args.cols) and args.target not in ("ulx3s", "verilog"):
+    if (args.rows is not None or args.cols is not None) and args.target not in ("ulx3s", "verilog"):
         ap.error(f"--rows / --cols apply to the ulx3s and verilog targets, not {args.target!r} "
                  f"(the sim target builds the device's own size, as SimTransport expects)")
     try:

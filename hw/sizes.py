@@ -101,18 +101,16 @@ def core_size(device: str, pe: str | None = None, dsp: str | None = None, *,
     """The core size of ``device`` for PE kind ``pe`` (default: the device's default kind),
     with the DSP engine ``dsp`` (a key of :data:`DSP_ENGINES`; default: none).
 
-    ``rows`` / ``cols`` replace the array's shape (powers of two in [1, 64]); the buffers keep
-    their depth per bank. A smaller array beside the DSP engine keeps the 85F's LUT fill where
-    nextpnr still routes it (``docs/results.md``); ``dsp4`` has one chain per column.
+    ``rows`` / ``cols`` replace the array's shape; the buffers keep their depth per bank.
+    ``hw.core.MixCore`` validates the shape (powers of two in [1, 64]) when it is built. A
+    smaller array beside the DSP engine keeps the 85F's LUT fill where nextpnr still routes it
+    (``docs/results.md``); ``dsp4`` has one chain per column.
     """
     import dataclasses
     if rows is not None or cols is not None:
-        for name, v in (("rows", rows), ("cols", cols)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                  or v > 64 or v & (v - 1)):
-                raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
         base = core_size(device, pe, dsp)
-        return dataclasses.replace(base, rows=rows or base.rows, cols=cols or base.cols)
+        return dataclasses.replace(base, rows=base.rows if rows is None else rows,
+                                   cols=base.cols if cols is None else cols)
     if dsp is not None and dsp != "none":
         if dsp not in DSP_ENGINES:
             raise ValueError(f"unknown DSP engine {dsp!r}; expected one of {sorted(DSP_ENGINES)}")

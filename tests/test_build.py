@@ -77,11 +77,14 @@ def test_core_size_array_shape_override():
     assert dataclasses.replace(small, rows=base.rows) == base
     assert sizes.core_size("45F", cols=16).cols == 16
     assert sizes.core_size("45F", rows=None, cols=None) is sizes.DEVICES["45F"]
+    # the shape is passed on as given (0 included) and the core refuses what it cannot build
+    from hw.core import MixCore
     for bad in (0, 3, 6, 128, True, 4.0):
-        with pytest.raises(ValueError, match="power of two in \\[1, 64\\]"):
-            sizes.core_size("85F", rows=bad)
-        with pytest.raises(ValueError, match="cols must be"):
-            sizes.core_size("85F", cols=bad)
+        for name in ("rows", "cols"):
+            size = sizes.core_size("85F", **{name: bad})
+            assert getattr(size, name) is bad
+            with pytest.raises(ValueError, match=f"{name} must be a power of two in \\[1, 64\\]"):
+                MixCore(**size.core_geometry())
 
 
 def test_verilog_target_with_array_shape(tmp_path):
@@ -94,9 +97,10 @@ def test_array_shape_errors_are_clear(tmp_path, capsys):
     assert build.main(["--target", "verilog", "--device", "12F", "--rows", "6",
                        "--out", str(tmp_path)]) == 1
     assert "rows must be a power of two in [1, 64], not 6" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        build.main(["--target", "sim", "--rows", "4"])
-    assert "--rows / --cols apply to the ulx3s and verilog targets" in capsys.readouterr().err
+    for shape in (["--rows", "4"], ["--cols", "0"]):
+        with pytest.raises(SystemExit):
+            build.main(["--target", "sim", *shape])
+        assert "--rows / --cols apply to the ulx3s and verilog targets" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -238,8 +242,6 @@ def test_build_ulx3s_with_fake_tools(fake_tools, capsys):
     assert json.loads((fake_tools / "report.json").read_text()) == json.loads(json.dumps(rep))
     build.build_ulx3s("12F", out_dir=fake_tools, quiet=True)
     assert capsys.readouterr().out == ""
-
-
 
 
 def test_bench_array_shape_only_for_the_dsp_benchmark(capsys):
