@@ -534,8 +534,12 @@ class MixCore(wiring.Component):
             data = Signal(8 * gran_bytes, name=f"{name}_wdata", reset_less=True)
             en = Signal(gran_bytes, name=f"{name}_we")
             we = ~self.busy & bus_we & sel
-            m.d.sync += [addr.eq(idx), data.eq(bus_wdata.replicate(gran_bytes)),
-                         en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))]
+            # address and data load only when this buffer is written: each buffer keeps its
+            # own copy near its EBRs, which Yosys would otherwise merge into one register
+            # broadcast to every buffer (the link-to-buffer write path that limited Fmax)
+            with m.If(we):
+                m.d.sync += [addr.eq(idx), data.eq(bus_wdata.replicate(gran_bytes))]
+            m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
 
         a_rd = []
