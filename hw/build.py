@@ -90,6 +90,57 @@ _NEXTPNR_FMAX = re.compile(r"^Info: Max frequency for clock '([^']+)': ([\d.]+) 
                            r"\((?:PASS|FAIL) at ([\d.]+) MHz\)")
 #: the first line nextpnr prints once placement is done and routing starts
 _NEXTPNR_ROUTE = re.compile(r"^Info: (Routing globals|Running router[12]|Routing\.\.)")
+#: router2's line at the end of each iteration, e.g.
+#: "Info:     iter=143 wires=914337 overused=658 overuse=661 archfail=NA"
+_ROUTER2_ITER = re.compile(r"^Info:\s+iter=(\d+)\s.*?\boverused=(\d+)\b")
+
+#: router2 iterations without a new lowest count of overused wires before the build gives up.
+#: router2 never gives up itself: on an 85F placement the count fell from 61k to 4 by
+#: iteration 73, then climbed back to 2269 by iteration 147, and went on; a converging 85F
+#: route took 28 iterations in all, its count falling.
+ROUTE_PATIENCE = 40
+
+
+def check_route_patience(patience) -> int:
+    """``patience`` if it is a valid route patience (an integer >= 0), else ValueError."""
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"route patience must be an integer >= 0 (0 turns the check off), "
+                         f"not {patience!r}")
+    return patience
+
+
+class RouteWatchdog:
+    """An ``on_line`` callback for nextpnr (:func:`run_tool`) that stops a route which does
+    not converge.
+
+    It follows router2's ``iter=N ... overused=K`` lines and raises :class:`BuildError`
+    (stage "route") once ``patience`` iterations have passed without a new lowest ``K``;
+    ``patience`` 0 turns it off. ``log_path`` is named in the error.
+    """
+
+    def __init__(self, patience: int, log_path: Path):
+        self.patience = check_route_patience(patience)
+        self.log_path = log_path
+        self.best = self.last_iter = None      # (overused, iteration) of the best iteration
+
+    def __call__(self, line: str) -> None:
+        mm = _ROUTER2_ITER.match(line) if self.patience else None
+        if mm is None:
+            return
+        it, overused = int(mm.group(1)), int(mm.group(2))
+        # iteration numbers starting again mean a new router2 run, with its own progress;
+        # no overused wires means a legal route (later iterations only rip up for timing)
+        if (self.best is None or it <= self.last_iter or overused < self.best[0]
+                or overused == 0):
+            self.best = (overused, it)
+        self.last_iter = it
+        best, best_it = self.best
+        if it - best_it >= self.patience:
+            raise BuildError(
+                f"route failed: did not converge; router2's overused wires best {best} at "
+                f"iteration {best_it}, now {overused} at iteration {it}, no improvement for "
+                f"{it - best_it} iterations. Try another --seed, --router router1, or a larger "
+                f"--route-patience (0 turns this check off).\nfull log: {self.log_path}")
 
 
 class Progress:
@@ -140,8 +191,9 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
     nothing for more than half an hour), while the log files they write are written line by
     line.
     ``verbose`` also copies the log to stdout; ``on_line(line)`` sees every line as it
-    arrives. A non-zero exit raises :class:`BuildError` naming ``stage`` (a name, or a function
-    that returns the stage running when the tool failed), with the log's last
+    arrives, and whatever it raises (:class:`RouteWatchdog`'s verdict) kills the tool and
+    propagates as it is. A non-zero exit raises :class:`BuildError` naming ``stage`` (a name,
+    or a function that returns the stage running when the tool failed), with the log's last
     :data:`LOG_TAIL` lines and its path.
     """
     log_path = Path(log_path)
@@ -168,11 +220,12 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
                                     stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1)
         except OSError as e:
             raise BuildError(f"{stage_now()} failed: cannot run {cmd[0]}: {e}") from None
+        reader = follow = None
         try:
             if tool_writes_log:
                 reader = threading.Thread(target=lambda: console.extend(proc.stdout), daemon=True)
                 reader.start()
-                follow, pending = None, ""
+                pending = ""
                 while True:
                     finished = proc.poll() is not None
                     if follow is None and log_path.exists():
@@ -187,19 +240,21 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
                     time.sleep(0.2)
                 if pending:
                     emit(pending + "\n")
-                if follow is not None:
-                    follow.close()
-                reader.join()
             else:
                 for line in proc.stdout:
                     log.write(line)
                     emit(line)
             rc = proc.wait()
         except BaseException:
+            # on_line's verdict, Ctrl-C, ...: the tool must not outlive the build
             proc.kill()
             proc.wait()
             raise
         finally:
+            if follow is not None:
+                follow.close()
+            if reader is not None:
+                reader.join()       # the tool is gone, so its pipe is at its end; then close it
             proc.stdout.close()
     finally:
         if log is not None:
@@ -230,12 +285,18 @@ def _tool_command(argv: list[str], name: str) -> list[str]:
 
 
 def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "top",
-                  progress: Progress | None = None, verbose: bool = False) -> dict:
+                  progress: Progress | None = None, verbose: bool = False,
+                  route_patience: int = ROUTE_PATIENCE) -> dict:
     """Run Amaranth's Yosys -> nextpnr-ecp5 -> ecppack ``commands`` (``build_<name>.json``)
     in ``build_dir``, one log per tool there (:data:`TOOL_STAGES`), reporting each stage.
 
+    ``route_patience`` is how many router2 iterations may pass without a new lowest count of
+    overused wires before the route is stopped as not converging (:class:`RouteWatchdog`;
+    0: never).
+
     Returns ``{stage: seconds}``.
     """
+    check_route_patience(route_patience)       # refused before Yosys's minutes
     progress = progress or Progress(quiet=True)
     build_dir = Path(build_dir)
     times = {}
@@ -256,8 +317,10 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
             progress.stage(stage, times[stage], _cells_text(cells))
         elif tool == "nextpnr-ecp5":
             place = {"fmax": {}, "done": None}
+            check_route = RouteWatchdog(route_patience, log_path)
 
             def watch(line):
+                check_route(line)
                 if place["done"] is None:
                     mm = _NEXTPNR_FMAX.match(line)
                     if mm:
@@ -296,14 +359,18 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 top: str = "soc", seed: int = 1, program: bool = False,
                 out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
                 pe: str | None = None, dsp: str | None = None, rows: int | None = None,
-                cols: int | None = None, router: str = "router2") -> dict:
+                cols: int | None = None, router: str = "router2",
+                route_patience: int = ROUTE_PATIENCE) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
 
     ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``),
     ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none),
     ``rows`` / ``cols`` replace the array's shape (``hw.sizes.core_size``); ``router`` is
     nextpnr's router (``router2``, or ``router1`` for a placement on which router2's
-    congestion negotiation oscillates instead of converging; docs/results.md).
+    congestion negotiation oscillates instead of converging; docs/results.md), and
+    ``route_patience`` how many router2 iterations may pass without a new lowest count of
+    overused wires before the build stops with :class:`BuildError` instead of routing forever
+    (:class:`RouteWatchdog`; 0: never).
 
     ``top`` is ``"soc"`` (host link on the USB-serial UART) or ``"selftest"`` (a stored GEMM
     checked at reset, result on the LEDs).
@@ -317,6 +384,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
 
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    check_route_patience(route_patience)       # refused before minutes of elaboration
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
     size = core_size(device, pe, dsp, rows=rows, cols=cols)
@@ -347,7 +415,8 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                    f"{' packed' if size.dsp_packed else ''}, "
                    f"RTLIL {len(plan.files['top.il']) / 1e6:.1f} MB")
     commands = json.loads(plan.files["build_top.json"])["commands"]
-    run_toolchain(commands, out_dir, name="top", progress=progress, verbose=verbose and not quiet)
+    run_toolchain(commands, out_dir, name="top", progress=progress, verbose=verbose and not quiet,
+                  route_patience=route_patience)
     elapsed = time.monotonic() - t0
     util, fmax = parse_nextpnr_report(out_dir / "nextpnr_report.json")
     cells = parse_yosys_cells((out_dir / "yosys.log").read_text(errors="replace"))
@@ -434,6 +503,14 @@ def emit_verilog(device: str, out_dir: Path | None = None, pe: str | None = None
     return path
 
 
+def _route_patience_arg(text: str) -> int:
+    """``--route-patience``'s value, or an argparse error saying what it must be."""
+    try:
+        return check_route_patience(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=["ulx3s", "verilog", "sim", "report"], default="ulx3s")
@@ -455,6 +532,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     ap.add_argument("--router", choices=ROUTERS, default="router2",
                     help="nextpnr router (default router2; router1 where router2 oscillates)")
+    ap.add_argument("--route-patience", type=_route_patience_arg, default=ROUTE_PATIENCE,
+                    metavar="N",
+                    help=f"stop the build when router2 has gone N iterations without reducing "
+                         f"its overused wires (default {ROUTE_PATIENCE}; 0: let it route forever)")
     ap.add_argument("--baud", type=int, default=3_000_000, help="UART baud rate (default 3000000)")
     ap.add_argument("--top", choices=["soc", "selftest"], default="soc",
                     help="soc: host link on the USB UART (default); selftest: LED self-test")
@@ -475,7 +556,8 @@ def main(argv=None) -> int:
         if args.target == "ulx3s":
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
                         program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
-                        dsp=args.dsp, rows=args.rows, cols=args.cols, router=args.router)
+                        dsp=args.dsp, rows=args.rows, cols=args.cols, router=args.router,
+                        route_patience=args.route_patience)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out, args.pe, args.dsp, rows=args.rows,
                          cols=args.cols)

@@ -128,7 +128,7 @@ with open(log, "w") as f:
 print("this stdout line is not the log")
 """,
     "NEXTPNR_ECP5": r"""
-import json, os, sys
+import json, os, sys, time
 # like nextpnr: every line to stderr and to the --log file
 log = open(sys.argv[sys.argv.index("--log") + 1], "w")
 def info(line):
@@ -144,6 +144,18 @@ if os.environ.get("FAKE_ROUTE_FAILS"):
         info(f"Info: router line {i}")
     info("ERROR: failed to route")
     sys.exit(1)
+# FAKE_ROUTER2="900,500,...": router2's overused wires per iteration; one last count above 0 is a
+# route that never converges, as router2 never gives up (bounded, so a broken watchdog fails a test
+# instead of hanging it)
+if os.environ.get("FAKE_ROUTER2"):
+    info(f"Info: fake nextpnr pid {os.getpid()}")
+    for it, overused in enumerate(os.environ["FAKE_ROUTER2"].split(","), 1):
+        info(f"Info:     iter={it} wires={90000 - it} overused={overused} overuse={overused} "
+             f"archfail={'NA' if int(overused) else 0}")
+    if int(overused):
+        time.sleep(60)
+        info("ERROR: the fake router2 was not stopped")
+        sys.exit(1)
 info("Info: Max frequency for clock '$glbnet$clk': 70.25 MHz (PASS at 65.00 MHz)")
 json.dump({"utilization": {"TRELLIS_COMB": {"used": 15, "available": 24288}},
            "fmax": {"$glbnet$clk": {"achieved": 70.25, "constraint": 65.0}}},
@@ -251,10 +263,122 @@ def test_bench_array_shape_only_for_the_dsp_benchmark(capsys):
     assert "--rows / --cols apply to the dsp benchmark only" in capsys.readouterr().err
 
 
-def test_build_ulx3s_router_choice(fake_tools, capsys):
-    """--router reaches nextpnr (router2 by default, checked above); anything else is refused
-    before a build."""
-    assert build.main(["--device", "12F", "--router", "router1", "--out", str(fake_tools)]) == 0
-    assert " --router router1 " in (fake_tools / "nextpnr.log").read_text()
+def test_build_ulx3s_router_choice(fake_tools, monkeypatch, capsys):
+    """--router reaches nextpnr (router2 by default, checked above), and --route-patience the
+    stage runner's route watchdog; anything else is refused before a build."""
+    patience, run_toolchain = [], build.run_toolchain
+    monkeypatch.setattr(build, "run_toolchain", lambda *a, **kw: patience.append(
+        kw["route_patience"]) or run_toolchain(*a, **kw))
+    assert build.main(["--device", "12F", "--router", "router1", "--route-patience", "5",
+                       "--out", str(fake_tools)]) == 0
+    assert " --router router1 " in (fake_tools / "nextpnr.log").read_text() and patience == [5]
     with pytest.raises(ValueError, match="router must be one of"):
         build.build_ulx3s("12F", out_dir=fake_tools, router="router3")
+
+
+# --- the route watchdog: router2 can negotiate congestion forever; the build must stop instead
+
+def _gone(pid):
+    """True if process ``pid`` has ended and been reaped."""
+    import os
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("tool_writes_log", [False, True])
+def test_run_tool_kills_the_tool_when_on_line_raises(tmp_path, tool_writes_log):
+    """What on_line raises comes out as it is, and the tool (here: asleep for a minute) is
+    killed, whether run_tool reads the log from its output or from the file it writes."""
+    import sys
+    import time
+    log_path = tmp_path / "tool.log"
+    script = ("import os, sys, time\n"
+              "out = open(sys.argv[1], 'w') if len(sys.argv) > 1 else sys.stdout\n"
+              "print(f'pid {os.getpid()}', file=out, flush=True)\n"
+              "time.sleep(60)\n")
+    cmd = [sys.executable, "-c", script] + ([str(log_path)] if tool_writes_log else [])
+    pids = []
+
+    def stop(line):
+        if line.startswith("pid "):
+            pids.append(int(line.split()[1]))
+            raise build.BuildError("route failed: stopped by on_line")
+
+    t0 = time.monotonic()
+    with pytest.raises(build.BuildError) as exc:
+        build.run_tool(cmd, log_path, stage="place", on_line=stop, tool_writes_log=tool_writes_log)
+    assert str(exc.value) == "route failed: stopped by on_line"       # not a "place failed"
+    assert time.monotonic() - t0 < 10 and len(pids) == 1 and _gone(pids[0])
+    assert f"pid {pids[0]}" in log_path.read_text()
+
+
+def test_route_watchdog_stops_a_route_that_does_not_converge(fake_tools, monkeypatch, capsys):
+    import time
+    # best 30 at iteration 3; 30 again is no improvement; the third iteration after it stops it
+    monkeypatch.setenv("FAKE_ROUTER2", "900,40,30,35,30,31,32,33")
+    t0 = time.monotonic()
+    with pytest.raises(build.BuildError) as exc:
+        build.run_toolchain(_COMMANDS, fake_tools, progress=build.Progress(), route_patience=3)
+    assert time.monotonic() - t0 < 10            # the fake router2 would run for a minute
+    msg = str(exc.value)
+    assert msg.startswith("route failed: did not converge; ")
+    assert ("router2's overused wires best 30 at iteration 3, now 31 at iteration 6, "
+            "no improvement for 3 iterations") in msg
+    assert "another --seed" in msg and "--router router1" in msg and "--route-patience" in msg
+    log = fake_tools / "nextpnr.log"
+    assert msg.endswith(f"full log: {log}")
+    text = log.read_text()
+    assert _gone(int(text.split("Info: fake nextpnr pid ")[1].split()[0]))
+    assert "iter=6 " in text and "not stopped" not in text
+    assert [line.split()[1] for line in _stage_lines(capsys.readouterr().out)] == ["synth", "place"]
+
+
+def test_route_watchdog_lets_a_converging_route_finish(fake_tools, monkeypatch, capsys):
+    """Plateaus shorter than the patience, a count back up and down, iterations at 0 overused
+    (router2 ripping up for timing) and a second router2 run do not stop the route; with
+    ``route_patience=0`` nothing does."""
+    monkeypatch.setenv("FAKE_ROUTER2", "900,500,500,700,200,200,10,0,0,0,0,0")
+    build.run_toolchain(_COMMANDS, fake_tools, progress=build.Progress(), route_patience=3)
+    assert [line.split()[1] for line in _stage_lines(capsys.readouterr().out)] == [
+        "synth", "place", "route", "pack"]
+    watch = build.RouteWatchdog(2, fake_tools / "nextpnr.log")
+    for it, overused in [(1, 50), (2, 9), (3, 9), (1, 800), (2, 700), (3, 700)]:    # two runs
+        watch(f"Info:     iter={it} wires=1 overused={overused} overuse={overused} archfail=NA")
+    # a long plateau, which patience 3 stops, finishes with patience 0
+    monkeypatch.setenv("FAKE_ROUTER2", "50,30,30,30,30,30,30,0")
+    with pytest.raises(build.BuildError, match="best 30 at iteration 2, now 30 at iteration 5"):
+        build.run_toolchain(_COMMANDS[1:2], fake_tools, route_patience=3)
+    build.run_toolchain(_COMMANDS[1:2], fake_tools, route_patience=0)
+    assert "iter=8 " in (fake_tools / "nextpnr.log").read_text()
+
+
+def test_route_patience_option(monkeypatch, capsys):
+    """--route-patience N reaches build_ulx3s (default ROUTE_PATIENCE, 0 turns the watchdog
+    off); a negative or non-integer N is an argparse error, and build_ulx3s / run_toolchain
+    refuse one before any work."""
+    import inspect
+    calls = []
+    monkeypatch.setattr(build, "build_ulx3s", lambda *a, **kw: calls.append(kw))
+    for argv, want in (([], build.ROUTE_PATIENCE), (["--route-patience", "0"], 0),
+                       (["--route-patience", "7"], 7)):
+        assert build.main(["--device", "12F", *argv]) == 0
+        assert calls.pop()["route_patience"] == want
+    for bad in ("-1", "2.5", "many"):
+        with pytest.raises(SystemExit) as exc:
+            build.main(["--device", "12F", "--route-patience", bad])
+        assert exc.value.code == 2
+        assert (f"argument --route-patience: must be an integer >= 0, not '{bad}'"
+                in capsys.readouterr().err)
+    assert calls == []
+    monkeypatch.undo()
+    for fn in (build.build_ulx3s, build.run_toolchain):
+        param = inspect.signature(fn).parameters["route_patience"]
+        assert param.kind is param.KEYWORD_ONLY and param.default == build.ROUTE_PATIENCE
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="route patience must be an integer >= 0"):
+            build.build_ulx3s("12F", route_patience=bad)
+        with pytest.raises(ValueError, match="route patience must be an integer >= 0"):
+            build.run_toolchain([], Path("."), route_patience=bad)
