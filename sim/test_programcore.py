@@ -132,9 +132,23 @@ async def bad_kind_and_abort_then_runs_again(dut):
     recs = await tb.counters(2)
     assert [r.status for r in recs] == [ErrorCode.OK, ErrorCode.BAD_PARAM]
     await tb.load(cp)
-    # abort in every phase of the first layers: gather, core run, scatter
     d = tb.dut
-    for delay in (20, 300, 900):
+    x = rng.integers(-128, 128, size=(1, 6, 6, 2))
+    # a whole run's length, then RESET (abort) at delays spread over it: every phase of every
+    # layer (fetch, gather, core run, scatter), each followed by a full inference that must be
+    # exact (a stopped run must leave nothing behind that the next one sees)
+    await tb.write(Buffer.ACT, x.astype(np.int8).tobytes(), cp.input_base)
+    await FallingEdge(d.clk)
+    d.prog_start.value = 1
+    d.prog_count.value = len(cp.layers)
+    await FallingEdge(d.clk)
+    d.prog_start.value = 0
+    run_cycles = 0
+    while not int(d.done.value):
+        await FallingEdge(d.clk)
+        run_cycles += 1
+    delays = sorted(set(range(3, run_cycles - 8, max(1, run_cycles // 37))) | {20, 300, 900})
+    for delay in delays:
         await FallingEdge(d.clk)
         d.prog_start.value = 1
         d.prog_count.value = len(cp.layers)
@@ -155,5 +169,5 @@ async def bad_kind_and_abort_then_runs_again(dut):
         d.abort.value = 0
         await FallingEdge(d.clk)
         assert not int(d.busy.value)
-    x = rng.integers(-128, 128, size=(1, 6, 6, 2))
-    np.testing.assert_array_equal(await tb.infer(model, cp, x), model.golden(x), strict=True)
+        np.testing.assert_array_equal(await tb.infer(model, cp, x), model.golden(x), strict=True,
+                                      err_msg=f"after an abort {delay} of {run_cycles} cycles in")

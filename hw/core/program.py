@@ -325,7 +325,10 @@ class ProgramCore(wiring.Component):
         m.d.sync += wd_hit.eq(cyc >= self.WATCHDOG)
 
         def finish(code):
-            return [p_error.eq(code), p_done.eq(1), running.eq(0)]
+            # the scatter pipeline empties too: a run stopped in SCATTER would otherwise leave
+            # s_v frozen, and its stale read-valid bits would write OUT bytes into ACT (and
+            # move t_out) in the next run's first layer
+            return [p_error.eq(code), p_done.eq(1), running.eq(0), s_on.eq(0), s_v.eq(0)]
 
         def watchdog_and_abort():
             # last in each state, so that it overrides the state's own transition. RESET stops
