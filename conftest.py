@@ -12,7 +12,7 @@ MODULE_COST = {
     "sim/test_netlist.py": 170,
     "sim/test_soc.py": 160,
     "sim/test_mixcore.py": 160,
-    "sim/test_mixcore_dsp.py": 100,
+    "sim/test_mixcore_dsp.py": 70,    # shares a model with test_mixcore.py
     "sim/test_dsp_soc.py": 90,
     "sim/test_dsp_model.py": 30,
     "sim/test_dsp_chain.py": 100,

@@ -66,7 +66,16 @@ def _tool_env() -> None:
     # file not found"). Variables in MAKEFLAGS act as command-line definitions for make.
     flags = os.environ.get("MAKEFLAGS", "")
     if "CFG_CXXFLAGS_PCH_I" not in flags:
-        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+        flags = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    # One C++ translation unit per model (Vtop__ALL.cpp including every generated file)
+    # instead of Verilator's split build: that one compiles two 73 MB precompiled headers
+    # and parses the runtime headers once per file, which costs more CPU than the split
+    # saves on our two cores (mixcore 4x4: 24 -> 19 CPU s; the 12F SoC model at -O2:
+    # 34 -> 22; its gate-level netlist at -O0: 47 -> 34). pytest's two workers already
+    # keep both cores busy.
+    if "VM_PARALLEL_BUILDS" not in flags:
+        flags = (flags + " VM_PARALLEL_BUILDS=0").strip()
+    os.environ["MAKEFLAGS"] = flags
     # Verilator's runtime library is the same C++ in every model: compile it once
     # (hw/objcache.py). Put first, so that a later OBJCACHE (hw.netlist.cxx_opt's wrapper,
     # which calls this one) takes precedence.
@@ -153,8 +162,9 @@ def builtin_yosys():
 
 @contextlib.contextmanager
 def cxx_opt(level: str = COCOTB_CXX_OPT):
-    """Within the block, C++ compiles of Verilator models run at ``level`` (``-O0`` for the
-    constructor/initialisation code, which runs once).
+    """Within the block, C++ compiles of Verilator models run at ``level`` (in a split build,
+    ``VM_PARALLEL_BUILDS=1``, ``-O0`` for the files of constructor/initialisation code, which
+    runs once; :func:`_tool_env` asks for one translation unit, compiled at ``level``).
 
     Whatever optimisation flags a build passes (``-CFLAGS -O2`` in the SoC model's build;
     verilated.mk puts its own ``OPT_FAST``/``OPT_SLOW`` *before* the user's flags), the last

@@ -16,15 +16,18 @@ from sw import layout, numerics
 from sw.numerics import (WeightFormat, NMPattern, NMSparse, OutMode, Requant, weight_range)
 from sw.protocol import ErrorCode
 from mixcore_tb import MixCoreTB
-from test_mixcore import random_requant, fits as array_fits
+from test_mixcore import random_requant, fits as array_fits, CONFIGS as MIXCORE_CONFIGS, _top_only
 
 CONFIGS = {
-    "dsp4-4x4": dict(rows=4, cols=4, a_depth=64, w_depth=64, out_depth=64, chan_depth=32,
-                     group_depth=16, pe="int8-dsp", dsp_stages=4, dsp_depth=64),
+    # dsp8p first: by the time dsp4-4x4 runs, test_mixcore.py (scheduled earlier) has
+    # usually built the shared model, so this worker does not wait on its lock
     # L = 8 with two 4-bit weights per DSP (one chain carrying both columns), 8 rows
     "dsp8p-8x2": dict(rows=8, cols=2, a_depth=32, w_depth=32, out_depth=32, chan_depth=16,
                       group_depth=16, pe="int8-dsp", dsp_stages=8, dsp_packed=True,
                       dsp_depth=32),
+    # the MixPE array with L = 4 (the 85F engine build's shape, smaller): the very model of
+    # sim/test_mixcore.py's "mixpe-4x4", built once for both files
+    "dsp4-4x4": MIXCORE_CONFIGS["mixpe-4x4"],
 }
 
 
@@ -59,10 +62,8 @@ def test_mixcore_dsp_params():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_mixcore_dsp(name):
     core, params = core_and_params(name)
-    from hw.netlist import vpi_top_only
-    vlt, args = vpi_top_only("mixcore_dsp")
-    run_cocotb(core, name="mixcore_dsp", test_module="test_mixcore_dsp", params=params,
-               extra_sources=vlt, build_args=args)
+    run_cocotb(core, name="mixcore", test_module="test_mixcore_dsp", params=params,
+               **_top_only())
 
 
 # -- cocotb side ------------------------------------------------------------------------------
