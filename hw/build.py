@@ -512,13 +512,14 @@ def _route_patience_arg(text: str) -> int:
 
 
 def main(argv=None) -> int:
+    from hw.sizes import DSP_ENGINES
     ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=["ulx3s", "verilog", "sim", "report"], default="ulx3s")
     ap.add_argument("--device", choices=["12F", "25F", "45F", "85F"], default="85F",
                     help="ULX3S FPGA size (default 85F)")
     ap.add_argument("--pe", choices=["mixpe", "int8-dsp"], default=None,
                     help="processing element of the array (default: the device's, hw/sizes.py)")
-    ap.add_argument("--dsp", choices=["none", "dsp4", "dsp8p"], default=None,
+    ap.add_argument("--dsp", choices=list(DSP_ENGINES), default=None,
                     help="the sparse DSP engine beside the array (default none; hw/sizes.py "
                          "DSP_ENGINES)")
     ap.add_argument("--rows", type=int, default=None,

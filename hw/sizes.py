@@ -84,11 +84,14 @@ DEVICES = {
 
 #: ``--dsp`` choices: the sparse DSP engine next to the array (``hw.core.MixCore``). Chains
 #: give ``cols`` output columns: ``dsp4`` has ``cols`` chains of 4 MULT18X18D (INT8 / INT4 /
-#: ternary weights as bytes; windows of up to 16 activations: rows >= 4), ``dsp8p`` ``cols /
-#: 2`` chains of 8 carrying two 4-bit weights per MULT18X18D (windows up to 32: rows >= 8).
+#: ternary weights as bytes; windows of up to 16 activations: rows >= 4), ``dsp8`` ``cols``
+#: chains of 8 (twice the DSPs), ``dsp8p`` ``cols / 2`` chains of 8 carrying two 4-bit weights
+#: per MULT18X18D. An engine runs the patterns whose window fits the ``4 * rows`` bytes the A
+#: banks give per cycle: 8 stages on 4 rows run dense, 2:4 and 4:8 (1:4 and 2:8 need 8 rows).
 DSP_ENGINES = {
     "none": dict(dsp_stages=0, dsp_packed=False),
     "dsp4": dict(dsp_stages=4, dsp_packed=False),
+    "dsp8": dict(dsp_stages=8, dsp_packed=False),
     "dsp8p": dict(dsp_stages=8, dsp_packed=True),
 }
 

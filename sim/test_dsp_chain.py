@@ -1,9 +1,10 @@
 """SparseDSPChain (hw.dsp) on Verilator, bit-exact against ``sw.numerics.sparse_gemm``.
 
-Five configurations in ONE build (the C++ compile dominates): INT8 and packed chains on the
+Six configurations in ONE build (the C++ compile dominates): INT8 and packed chains on the
 behavioural MULT18X18D (impl="ecp5", 2 chains of 8 each, sharing the window) and on plain
-operators (impl="generic": a 4-stage m_max=4 chain, a one-chain packed chain, and the dense
-baseline), each behind flattened ports. The narrower accumulators (20 bits) exercise the
+operators (impl="generic": a 4-stage m_max=4 chain, a one-chain packed chain, the dense
+baseline, and an 8-stage chain limited to a 16-activation window, as the core builds it on
+4 rows), each behind flattened ports. The narrower accumulators (20 bits) exercise the
 documented wrap-around.
 
 Expected values come from ``sw.numerics`` only: every dot product the chain emits is rebuilt
@@ -41,6 +42,8 @@ CONFIGS = {
     "u4g": dict(stages=4, chains=1, m_max=4, impl="generic", acc_width=20),
     "p8g": dict(stages=8, chains=1, m_max=8, packed=True, impl="generic", acc_width=20),
     "d4g": dict(stages=4, chains=1, sparse=False, impl="generic", acc_width=20),
+    # the core's 8 stages on 4 A banks: a 16-activation window, dense / 4:8 / 2:4 only
+    "u8w": dict(stages=8, chains=1, m_max=8, max_window=16, impl="generic", acc_width=24),
 }
 PACKED_FORMATS = (F.INT4, F.INT2, F.TERNARY)
 

@@ -1,7 +1,8 @@
 """MixCore's second engine, the N:M sparse DSP chains (hw.dsp.chain.SparseDSPChain), run as
 layers of the core: every pattern the engine has x ragged shapes (M and N not multiples of
-the array, K not a multiple of the window), packed 4-bit weights (L = 4 unpacked and L = 8
-packed), empty and all-dense
+the array, K not a multiple of the window), packed 4-bit weights (L = 8 unpacked beside the
+MixPE array on 4 rows, whose A banks fit only the dense, 2:4 and 4:8 windows, and L = 8
+packed on 8 rows, every pattern), the patterns an engine lacks refused, empty and all-dense
 blocks, extremes, per-channel and scalar requantization and RAW32, weight records at an
 offset, array layers between DSP layers (shared buffers and epilogue), configuration errors,
 and the dense-equivalent MAC counter; bit-exact against sw.numerics.sparse_gemm and the
@@ -19,15 +20,16 @@ from mixcore_tb import MixCoreTB
 from test_mixcore import random_requant, fits as array_fits, CONFIGS as MIXCORE_CONFIGS, _top_only
 
 CONFIGS = {
-    # dsp8p first: by the time dsp4-4x4 runs, test_mixcore.py (scheduled earlier) has
+    # dsp8p first: by the time dsp8-4x4 runs, test_mixcore.py (scheduled earlier) has
     # usually built the shared model, so this worker does not wait on its lock
     # L = 8 with two 4-bit weights per DSP (one chain carrying both columns), 8 rows
     "dsp8p-8x2": dict(rows=8, cols=2, a_depth=32, w_depth=32, out_depth=32, chan_depth=16,
                       group_depth=16, pe="int8-dsp", dsp_stages=8, dsp_packed=True,
                       dsp_depth=32),
-    # the MixPE array with L = 4 (the 85F engine build's shape, smaller): the very model of
-    # sim/test_mixcore.py's "mixpe-4x4", built once for both files
-    "dsp4-4x4": MIXCORE_CONFIGS["mixpe-4x4"],
+    # the MixPE array with L = 8 on 4 rows (the 85F `--dsp dsp8 --rows 4` build, smaller):
+    # windows of 16 activations, so dense, 2:4 and 4:8 only, the other patterns refused;
+    # the very model of sim/test_mixcore.py's "mixpe-4x4", built once for both files
+    "dsp8-4x4": MIXCORE_CONFIGS["mixpe-4x4"],
 }
 
 
@@ -48,11 +50,16 @@ def test_mixcore_dsp_params():
     from hw.core import MixCore
     for name in CONFIGS:
         core, _ = core_and_params(name)
-        want = [p for p in NMPattern if p.m <= 8 and core.dsp_stages % p.n == 0]
+        want = [p for p in NMPattern if p.m <= 8 and core.dsp_stages % p.n == 0
+                and layout.dsp_window(stages=core.dsp_stages, pattern=p) <= 4 * core.rows]
         assert list(core.dsp_patterns) == want
         assert core.dsp_bytes == 16 * core.dsp_ch_pow2 * core.dsp_depth
+    # 8 stages on 4 rows: the A banks give 16 bytes per cycle, 1:4 and 2:8 need 32
+    assert MixCore(rows=4, cols=4, pe="int8-dsp", dsp_stages=8).dsp_patterns == (
+        NMPattern.DENSE4, NMPattern.DENSE8, NMPattern.NM4_8, NMPattern.NM2_4)
+    assert MixCore(rows=8, cols=4, pe="int8-dsp", dsp_stages=8).dsp_patterns == tuple(NMPattern)
     with pytest.raises(ValueError, match="A banks"):
-        MixCore(rows=4, cols=4, pe="int8-dsp", dsp_stages=8)         # 1:4 window 32 > 16
+        MixCore(rows=1, cols=4, pe="int8-dsp", dsp_stages=8)         # even dense needs 8
     with pytest.raises(ValueError, match="dsp_stages"):
         MixCore(rows=8, cols=4, pe="int8-dsp", dsp_stages=6)
     with pytest.raises(ValueError, match="cols >= 2"):

@@ -22,6 +22,9 @@ from sw.numerics import NMPattern as P
     ({"stages": 8, "packed": True, "acc_width": 14}, ValueError, "[15, 64], not 14"),
     ({"stages": 8, "tag_width": 0}, ValueError, "tag_width must be an integer in [1, 32], not 0"),
     ({"stages": 8, "impl": "xilinx"}, ValueError, "impl must be one of"),
+    ({"stages": 8, "max_window": 0}, ValueError, "max_window must be an integer in [1, 65535], not 0"),
+    ({"stages": 8, "max_window": 4}, ValueError,
+     "no N:M pattern fits a chain of 8 stages with m_max 8 in a window of 4 activations"),
 ])
 def test_bad_params(kw, exc, msg):
     with pytest.raises(exc) as e:
@@ -41,6 +44,11 @@ def test_derived_attributes():
     assert c.WINDOW == 16 and c.COLUMNS == 6 and c.W_WIDTH == 4 and c.STAGE_WIDTHS[0] == 12
     c = SparseDSPChain(stages=6, m_max=4)
     assert c.PATTERNS == (P.NM2_4, P.NM1_4) and c.WINDOW == 24
+    # a window limit leaves out the wider patterns (8 stages on 4 A banks of 4 bytes)
+    c = SparseDSPChain(stages=8, max_window=16)
+    assert c.PATTERNS == (P.DENSE4, P.DENSE8, P.NM4_8, P.NM2_4) and c.WINDOW == 16
+    assert SparseDSPChain(stages=8, max_window=8).PATTERNS == (P.DENSE4, P.DENSE8)
+    assert SparseDSPChain(stages=8, m_max=4, max_window=16).PATTERNS == (P.DENSE4, P.NM2_4)
     c = SparseDSPChain(stages=4, sparse=False)
     assert c.PATTERNS == () and c.WINDOW == 4
     assert "pattern" not in c.signature.members and "idx" not in c.signature.members

@@ -165,15 +165,18 @@ class MixCore(wiring.Component):
             if dsp_packed and cols < 2:
                 raise ValueError("a packed DSP engine needs cols >= 2 (two columns per chain)")
             self.dsp_chains = cols // (2 if dsp_packed else 1)
-            #: N:M patterns the DSP engine runs (IDENTIFY)
-            self.dsp_patterns = SparseDSPChain.patterns_for(stages=dsp_stages)
+            #: N:M patterns the DSP engine runs (IDENTIFY): those whose window fits the
+            #: ``4 * rows`` bytes the A banks give per cycle (8 stages on 4 rows: dense,
+            #: 2:4 and 4:8; 1:4 and 2:8 would need 32)
+            self.dsp_patterns = SparseDSPChain.patterns_for(stages=dsp_stages,
+                                                            max_window=4 * rows)
+            if not self.dsp_patterns:
+                raise ValueError(f"a DSP engine of {dsp_stages} stages needs windows of at "
+                                 f"least {dsp_stages} activations, more than the {4 * rows} "
+                                 f"bytes the {rows} A banks give per cycle")
             #: activations per step of each pattern
             self.dsp_windows = {p: SparseDSPChain.window_for(stages=dsp_stages, pattern=p)
                                 for p in self.dsp_patterns}
-            if max(self.dsp_windows.values()) > 4 * rows:
-                raise ValueError(f"a DSP engine of {dsp_stages} stages reads windows of up to "
-                                 f"{max(self.dsp_windows.values())} activations, more than "
-                                 f"the {4 * rows} bytes the {rows} A banks give per cycle")
             self.dsp_ch_pow2 = 1 << (self.dsp_chains - 1).bit_length()
             self.dsp_bytes = 16 * self.dsp_ch_pow2 * dsp_depth
         else:
@@ -245,7 +248,8 @@ class MixCore(wiring.Component):
         if L:
             m.submodules.dsp = dsp = SparseDSPChain(
                 stages=L, chains=self.dsp_chains, m_max=8, packed=self.dsp_packed,
-                acc_width=self.edge_width, tag_width=max(1, lr), impl=self.impl)
+                acc_width=self.edge_width, tag_width=max(1, lr), max_window=4 * R,
+                impl=self.impl)
 
         # host-side inputs registered once: the link sits far away on a big device
         bus_sel = Signal(CoreBuffer); bus_addr = Signal(self.addr_bits); bus_wdata = Signal(8)

@@ -81,7 +81,12 @@ class SparseDSPChain(wiring.Component):
         Chains sharing the window (output columns: ``chains``, or ``2 * chains`` packed).
     m_max : 4 or 8
         Largest block size; the patterns are those of :class:`sw.numerics.NMPattern` with
-        ``m <= m_max`` and ``n`` dividing ``stages`` (:attr:`PATTERNS`).
+        ``m <= m_max``, ``n`` dividing ``stages`` and a window of at most ``max_window``
+        (:attr:`PATTERNS`).
+    max_window : int or None
+        Most activations the caller can give per step (None: no limit). Patterns whose
+        window (``stages / n * m``) is wider are left out: a core whose activation banks
+        give 16 bytes per cycle runs an 8-stage chain with dense 8:8, 2:4 and 4:8 only.
     packed : bool
         Two products per DSP (weights of 4 bits or fewer: INT4, INT2, TERNARY values).
     sparse : bool
@@ -137,7 +142,7 @@ class SparseDSPChain(wiring.Component):
 
     def __init__(self, *, stages: int, chains: int = 1, m_max: int = 8, packed: bool = False,
                  sparse: bool = True, acc_width: int = 32, tag_width: int = 8,
-                 impl: str = "auto"):
+                 max_window: int | None = None, impl: str = "auto"):
         self.stages = check_int_param("stages", stages, range(1, 65))
         self.chains = check_int_param("chains", chains, range(1, 257))
         self.m_max = check_int_param("m_max", m_max, numerics.NM_BLOCK_SIZES)
@@ -149,7 +154,13 @@ class SparseDSPChain(wiring.Component):
         self.acc_width = check_int_param("acc_width", acc_width,
                                          range(self.STAGE_WIDTHS[-1], 65))
         self.tag_width = check_int_param("tag_width", tag_width, range(1, 33))
-        self.PATTERNS = self.patterns_for(stages=stages, m_max=m_max) if sparse else ()
+        self.max_window = None if max_window is None else \
+            check_int_param("max_window", max_window, range(1, 1 << 16))
+        self.PATTERNS = self.patterns_for(stages=stages, m_max=m_max,
+                                          max_window=max_window) if sparse else ()
+        if sparse and not self.PATTERNS:
+            raise ValueError(f"no N:M pattern fits a chain of {stages} stages with m_max "
+                             f"{m_max} in a window of {max_window} activations")
         self.WINDOW = max(self.window_for(stages=stages, pattern=p) for p in self.PATTERNS) \
             if sparse else stages
         self.LANES = 2 if packed else 1
@@ -173,9 +184,12 @@ class SparseDSPChain(wiring.Component):
         super().__init__(ports)
 
     @staticmethod
-    def patterns_for(*, stages: int, m_max: int = 8) -> tuple:
-        """The run-time patterns of a chain of ``stages`` (``m <= m_max``, ``n`` dividing it)."""
-        return tuple(p for p in NMPattern if p.m <= m_max and stages % p.n == 0)
+    def patterns_for(*, stages: int, m_max: int = 8, max_window: int | None = None) -> tuple:
+        """The run-time patterns of a chain of ``stages`` (``m <= m_max``, ``n`` dividing it,
+        window at most ``max_window``)."""
+        return tuple(p for p in NMPattern if p.m <= m_max and stages % p.n == 0
+                     and (max_window is None
+                          or SparseDSPChain.window_for(stages=stages, pattern=p) <= max_window))
 
     @staticmethod
     def window_for(*, stages: int, pattern: NMPattern) -> int:
