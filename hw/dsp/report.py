@@ -51,8 +51,11 @@ def synth_counts(component, work: Path) -> dict:
 
 
 def chain_cost(stages: int, packed: bool, *, chains: int = 1, m_max: int = 8,
-               acc_width: int = 32) -> dict:
+               acc_width: int = 32, max_window: int | None = None) -> dict:
     """Cost of a :class:`~hw.dsp.SparseDSPChain` and of its dense baseline.
+
+    ``max_window`` limits the chain's patterns as the core does (``4 * rows``: the ``dsp8``
+    engine on 4 rows is ``chain_cost(8, False, chains=16, acc_width=31, max_window=16)``).
 
     Returns
     -------
@@ -66,7 +69,8 @@ def chain_cost(stages: int, packed: bool, *, chains: int = 1, m_max: int = 8,
 
     kw = dict(stages=stages, chains=chains, m_max=m_max, packed=packed, acc_width=acc_width,
               impl="ecp5")
-    sparse = SparseDSPChain(**kw)
+    # the window limit only drops patterns; the dense baseline has none to drop
+    sparse = SparseDSPChain(**kw, max_window=max_window)
     with tempfile.TemporaryDirectory(prefix="dsp_cost_") as tmp:
         s = synth_counts(sparse, Path(tmp) / "sparse")
         d = synth_counts(SparseDSPChain(**kw, sparse=False), Path(tmp) / "dense")
