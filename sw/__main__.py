@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pe", choices=("mixpe", "int8-dsp"), default=None,
                        help="processing element of the simulated SoC (sim backend; default: "
                             "the device's, see hw/sizes.py)")
-        p.add_argument("--dsp", choices=("none", "dsp4", "dsp8p"), default=None,
+        p.add_argument("--dsp", choices=("none", "dsp4", "dsp8", "dsp8p"), default=None,
                        help="sparse DSP engine of the simulated SoC (sim backend; default "
                             "none, see hw/sizes.py DSP_ENGINES)")
         p.add_argument("--timeout", type=float, default=None,

@@ -492,7 +492,7 @@ def main(argv=None) -> int:
                         "--device's MixPE SoC, serial = the board on --port (default: none)")
     p.add_argument("--device", default="12F", help="sim backend: device size (default 12F)")
     p.add_argument("--port", default=None, help="serial backend: port, e.g. /dev/ttyUSB0")
-    p.add_argument("--dsp", default="dsp4", choices=["dsp4", "dsp8p"],
+    p.add_argument("--dsp", default="dsp4", choices=["dsp4", "dsp8", "dsp8p"],
                    help="--sparse with the sim backend: the DSP engine of the model (default dsp4)")
     p.add_argument("--rate-min", type=float, default=None,
                    help="sim backend: the slowest simulated clock (cycles/s) the driver's "

@@ -92,3 +92,17 @@ def test_table_mux_generic(table):
     m2 = Module()
     table_mux(m2, [Signal(name=f"s{i}") for i in range(nsel)], table, lambda k: data[k],
               width=4, ecp5=True, name="t")
+
+
+def test_cli_engine_choices_match_the_engines():
+    """``python -m sw``'s commands offer exactly the engines the gateware builds
+    (``hw.sizes.DSP_ENGINES``; ``hw.build`` takes its choices from there)."""
+    from hw.sizes import DSP_ENGINES
+    from sw.__main__ import build_parser
+    ap = build_parser()
+    sub = next(a for a in ap._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        dsp = [a for a in parser._actions if a.dest == "dsp"]
+        if dsp:
+            assert list(dsp[0].choices) == list(DSP_ENGINES), name
+    assert sum(1 for a in sub.choices.values() for x in a._actions if x.dest == "dsp") >= 2
