@@ -412,7 +412,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     progress.stage("elaborate", time.monotonic() - t0,
                    f"{top} top, core {size.rows}x{size.cols} {size.pe}"
                    f"{f' + DSP engine L={size.dsp_stages}' if size.dsp_stages else ''}"
-                   f"{' packed' if size.dsp_packed else ''}, "
+                   f"{' packed' if size.dsp_packed else ''}{' shared-index' if size.dsp_shared else ''}, "
                    f"RTLIL {len(plan.files['top.il']) / 1e6:.1f} MB")
     commands = json.loads(plan.files["build_top.json"])["commands"]
     run_toolchain(commands, out_dir, name="top", progress=progress, verbose=verbose and not quiet,

@@ -18,8 +18,8 @@ class CoreSize:
     ``a_depth`` / ``out_depth``: 32-bit words per row bank of activations / results;
     ``w_depth``: bytes per column bank of packed weights; ``chan_depth`` / ``group_depth``:
     entries of the per-channel / per-group tables; ``pe``: processing-element kind;
-    ``dsp_stages`` / ``dsp_packed`` / ``dsp_depth``: the sparse DSP engine (0 stages: none;
-    :data:`DSP_ENGINES`).
+    ``dsp_stages`` / ``dsp_packed`` / ``dsp_depth`` / ``dsp_shared``: the sparse DSP engine (0
+    stages: none; :data:`DSP_ENGINES`; ``dsp_shared``: all chains share their indices).
     """
     rows: int
     cols: int
@@ -34,6 +34,7 @@ class CoreSize:
     dsp_stages: int = 0
     dsp_packed: bool = False
     dsp_depth: int = 256
+    dsp_shared: bool = False
 
     def geometry(self) -> dict:
         """Keyword arguments of ``hw.core.ProgramCore`` / ``hw.soc.top.SoC``."""
@@ -42,8 +43,9 @@ class CoreSize:
                  group_depth=self.group_depth, pe=self.pe, act_bytes=self.act_bytes,
                  max_layers=self.max_layers)
         if self.dsp_stages:
+            chains = self.cols // (2 if self.dsp_packed else 1)
             g.update(dsp_stages=self.dsp_stages, dsp_packed=self.dsp_packed,
-                     dsp_depth=self.dsp_depth)
+                     dsp_depth=self.dsp_depth, dsp_share=chains if self.dsp_shared else 1)
         return g
 
     def core_geometry(self) -> dict:
@@ -88,11 +90,17 @@ DEVICES = {
 #: chains of 8 (twice the DSPs), ``dsp8p`` ``cols / 2`` chains of 8 carrying two 4-bit weights
 #: per MULT18X18D. An engine runs the patterns whose window fits the ``4 * rows`` bytes the A
 #: banks give per cycle: 8 stages on 4 rows run dense, 2:4 and 4:8 (1:4 and 2:8 need 8 rows).
+#: ``dsp4s`` / ``dsp8s``: ``dsp4`` / ``dsp8`` whose chains all share one index per stage (the
+#: ``cols`` columns of a tile keep their weights at the same positions, VENOM's V:N:M): one
+#: index mux per stage instead of one per stage and chain, at a cost in accuracy
+#: (``docs/accuracy.md``).
 DSP_ENGINES = {
-    "none": dict(dsp_stages=0, dsp_packed=False),
-    "dsp4": dict(dsp_stages=4, dsp_packed=False),
-    "dsp8": dict(dsp_stages=8, dsp_packed=False),
-    "dsp8p": dict(dsp_stages=8, dsp_packed=True),
+    "none": dict(dsp_stages=0, dsp_packed=False, dsp_shared=False),
+    "dsp4": dict(dsp_stages=4, dsp_packed=False, dsp_shared=False),
+    "dsp8": dict(dsp_stages=8, dsp_packed=False, dsp_shared=False),
+    "dsp8p": dict(dsp_stages=8, dsp_packed=True, dsp_shared=False),
+    "dsp4s": dict(dsp_stages=4, dsp_packed=False, dsp_shared=True),
+    "dsp8s": dict(dsp_stages=8, dsp_packed=False, dsp_shared=True),
 }
 
 #: DSP weight records per chain, by device (each record is one step of L weights + indices)

@@ -147,8 +147,19 @@ class MixCoreTB:
         N = sparse.ncols
         pat = sparse.pattern
         await self.write(0, layout.dsp_act_image(a, rows=R, stages=L, pattern=pat))
-        w_img = layout.dsp_weight_image(sparse, cols=C, stages=L, packed=packed)
-        ch = layout.dsp_chain_stride(layout.dsp_chains(cols=C, packed=packed))
+        share = self.p.get("dsp_share", 1)
+        w_img = layout.dsp_weight_image(sparse, cols=C, stages=L, packed=packed, share=share)
+        chains = layout.dsp_chains(cols=C, packed=packed)
+        ch = layout.dsp_chain_stride(chains)
+        if share > 1:
+            # the device reads only each index group's first chain's indices: garbage in the
+            # others' index bytes (8..10) must change nothing
+            img = np.frombuffer(w_img, dtype=np.uint8).reshape(-1, ch, 16).copy()
+            rng = np.random.default_rng(len(w_img))
+            for c in range(chains):
+                if c % share:
+                    img[:, c, 8:11] = rng.integers(0, 256, (img.shape[0], 3))
+            w_img = img.tobytes()
         await self.write(8, w_img, base=w_base * ch * 16)
         fields = dict(m=M, k=K, n=N, fmt=int(fmt), sparse=1 + int(pat), w_base=w_base)
         res, cnt = await self._run(fields, requant, None, timeout,

@@ -1,10 +1,11 @@
 """SparseDSPChain (hw.dsp) on Verilator, bit-exact against ``sw.numerics.sparse_gemm``.
 
-Six configurations in ONE build (the C++ compile dominates): INT8 and packed chains on the
+Eight configurations in ONE build (the C++ compile dominates): INT8 and packed chains on the
 behavioural MULT18X18D (impl="ecp5", 2 chains of 8 each, sharing the window) and on plain
 operators (impl="generic": a 4-stage m_max=4 chain, a one-chain packed chain, the dense
-baseline, and an 8-stage chain limited to a 16-activation window, as the core builds it on
-4 rows), each behind flattened ports. The narrower accumulators (20 bits) exercise the
+baseline, an 8-stage chain limited to a 16-activation window, as the core builds it on
+4 rows, 4 chains of 8 sharing their indices, ``share=4``, and 4 chains of 4 in two index
+groups, ``share=2``), each behind flattened ports. The narrower accumulators (20 bits) exercise the
 documented wrap-around.
 
 Expected values come from ``sw.numerics`` only: every dot product the chain emits is rebuilt
@@ -44,6 +45,10 @@ CONFIGS = {
     "d4g": dict(stages=4, chains=1, sparse=False, impl="generic", acc_width=20),
     # the core's 8 stages on 4 A banks: a 16-activation window, dense / 4:8 / 2:4 only
     "u8w": dict(stages=8, chains=1, m_max=8, max_window=16, impl="generic", acc_width=24),
+    # shared indices: one group of 4 chains (as the dsp4s / dsp8s engines) and two groups
+    # of 2
+    "s8g": dict(stages=8, chains=4, m_max=8, share=4, impl="generic", acc_width=20),
+    "s4g": dict(stages=4, chains=4, m_max=8, share=2, impl="generic", acc_width=20),
 }
 PACKED_FORMATS = (F.INT4, F.INT2, F.TERNARY)
 
@@ -99,6 +104,7 @@ def _desc(dut) -> dict:
             "sparse": dut.sparse, "acc_width": dut.acc_width, "tag_width": dut.tag_width,
             "latency": dut.LATENCY, "window": dut.WINDOW, "columns": dut.COLUMNS,
             "lanes": dut.LANES, "w_width": dut.W_WIDTH, "patterns": [int(p) for p in dut.PATTERNS],
+            "share": dut.share,
             "idx_bits": max(1, (dut.m_max - 1).bit_length())}
 
 
@@ -187,7 +193,8 @@ def _idle(d) -> dict:
 
 
 def random_step(d, rng, pattern, fmt, brk: int, *, valid: int = 1) -> dict:
-    """Random window and weights of ``fmt``; per chain and block distinct random indices."""
+    """Random window and weights of ``fmt``; per index group and block distinct random
+    indices (every chain of a group carries the group's)."""
     L = d["stages"]
     st = _idle(d)
     n, m = (pattern.n, pattern.m) if d["sparse"] else (4, 4)
@@ -196,8 +203,9 @@ def random_step(d, rng, pattern, fmt, brk: int, *, valid: int = 1) -> dict:
               brk=brk, valid=valid, w=rng.integers(lo, hi + 1, (d["columns"], L)))
     for c in range(d["chains"]):
         for b in range(L // n):
-            st["idx"][c][b * n:(b + 1) * n] = rng.permutation(m)[:n] if d["sparse"] \
-                else np.arange(n)
+            st["idx"][c][b * n:(b + 1) * n] = np.arange(n) if not d["sparse"] else \
+                rng.permutation(m)[:n] if c % d["share"] == 0 else \
+                st["idx"][c - c % d["share"]][b * n:(b + 1) * n]
     return st
 
 
@@ -232,11 +240,11 @@ def gemm_steps(d, a, sp: NMSparse, rng) -> tuple[list, dict]:
             for q in range(C):
                 v, ix = blk(b, q)
                 st["w"][q][slot * n:(slot + 1) * n] = v
-                if q % lanes == 0:
-                    st["idx"][q // lanes][slot * n:(slot + 1) * n] = ix
-                else:
-                    assert (ix == st["idx"][q // lanes][slot * n:(slot + 1) * n]).all(), \
-                        "packed column pairs must share their indices"
+                c = q // lanes
+                st["idx"][c][slot * n:(slot + 1) * n] = ix
+                lead = st["idx"][c - c % d["share"]][slot * n:(slot + 1) * n]
+                assert (ix == lead).all(), \
+                    "the columns of a packed pair or an index group must share their indices"
 
         if nnz <= L:
             assert L % nnz == 0
@@ -268,10 +276,11 @@ def gemm_steps(d, a, sp: NMSparse, rng) -> tuple[list, dict]:
     return steps, where
 
 
-def random_sparse(rng, k, ncols, pattern, fmt, *, pairs=False, empty=0.0, identity=False):
+def random_sparse(rng, k, ncols, pattern, fmt, *, group=1, empty=0.0, identity=False):
     """Random N:M weights of ``fmt``: some blocks empty (all-zero values), the rest with
-    every kept weight nonzero (all-dense blocks). ``pairs``: columns 2c, 2c+1 share their
-    indices; ``identity``: indices 0..n-1 in order (the dense baseline ignores them)."""
+    every kept weight nonzero (all-dense blocks). ``group``: columns in groups of ``group``
+    share their indices (2: packed pairs; ``share * lanes`` on a shared chain);
+    ``identity``: indices 0..n-1 in order (the dense baseline ignores them)."""
     n, m = pattern.n, pattern.m
     nb = k // m
     lo, hi = numerics.weight_range(fmt)
@@ -284,8 +293,8 @@ def random_sparse(rng, k, ncols, pattern, fmt, *, pairs=False, empty=0.0, identi
         for c in range(ncols):
             if identity:
                 idx[b * n:(b + 1) * n, c] = np.arange(n)
-            elif pairs and c % 2:
-                idx[b * n:(b + 1) * n, c] = idx[b * n:(b + 1) * n, c - 1]
+            elif c % group:
+                idx[b * n:(b + 1) * n, c] = idx[b * n:(b + 1) * n, c - c % group]
             else:
                 idx[b * n:(b + 1) * n, c] = rng.permutation(m)[:n]
     return NMSparse(n, m, vals, idx, fmt)
@@ -323,7 +332,9 @@ async def run_steps(dut, name, d, steps) -> dict:
         port("tag").value = tag
         if d["sparse"]:
             port("pattern").value = int(st["pattern"])
-            port("idx").value = _pack(st["idx"], d["idx_bits"])
+            # one index per group: its first chain's (the others carry the same, the tb's
+            # golden model reads each chain's own)
+            port("idx").value = _pack(st["idx"][::d["share"]], d["idx_bits"])
         # registered outputs: what the step that entered LATENCY cycles ago produced
         sv = port("sum_valid").value.to_unsigned()
         if sv:
@@ -376,7 +387,8 @@ async def gemm_every_pattern(dut):
                 k = nb * pat.m
                 if nb * pat.n <= L and L % (nb * pat.n):
                     continue                              # short K must tile the step
-                sp = random_sparse(rng, k, ncols, pat, fmt, pairs=d["packed"], empty=0.25,
+                sp = random_sparse(rng, k, ncols, pat, fmt, group=d["lanes"] * d["share"],
+                                   empty=0.25,
                                    identity=not d["sparse"])
                 a = rng.integers(-128, 128, (3, k))
                 steps, where = gemm_steps(d, a, sp, rng)

@@ -100,7 +100,7 @@ class StubCore(wiring.Component):
         if programs:
             self.max_layers = MAX_LAYERS
             self.layer_kinds = (P.LayerKind.GEMM, P.LayerKind.MAXPOOL)
-            self.dsp_stages, self.dsp_chains, self.dsp_packed = 8, 4, False
+            self.dsp_stages, self.dsp_chains, self.dsp_packed, self.dsp_share = 8, 4, False, 2
             self.dsp_patterns = DSP_PATTERNS
             sig = program_signature(addr_bits=self.addr_bits)
         else:
@@ -215,8 +215,8 @@ def expected_info(programs: bool = False):
     return P.DeviceInfo(P.PROTOCOL_VERSION, 0x1234ABCD, 4, 4, 300, 200, 400, 25, 64, 0b11,
                         P.MAX_DATA, CLOCK_HZ, TIMEOUT, StubCore.WATCHDOG, StubCore.MIN_PERIOD,
                         P.PeKind.MIXPE, 0b011, 0b101, 56, 100,
-                        *((333, 5, 0b11, 8, 4, 0, 0b101001, 208) if programs
-                          else (0, 0, 0, 0, 0, 0, 0, 0)))
+                        *((333, 5, 0b11, 8, 4, 0, 0b101001, 208, 2) if programs
+                          else (0, 0, 0, 0, 0, 0, 0, 0, 0)))
 
 
 def seen(d: P.LayerDescriptor) -> dict:
@@ -486,7 +486,7 @@ def present() -> list:
 async def identify_status_counters(dut):
     h = await _start(dut)
     raw = await h.ok(P.identify(), Opcode.IDENTIFY)
-    assert len(raw) == 70, len(raw)
+    assert len(raw) == 71, len(raw)
     info = P.DeviceInfo.unpack(raw)
     assert info == expected_info(programs()), info
     assert [f for f in WeightFormat if info.supports_format(f)] == list(FORMATS), info
@@ -495,9 +495,10 @@ async def identify_status_counters(dut):
     # the layer-program fields at the end: ACT size u32, program length u16, kinds u8
     assert raw[55:62] == ((333).to_bytes(4, "little") + bytes([5, 0, 0b11]) if programs()
                           else bytes(7)), raw[55:62].hex()
-    # the DSP engine's fields (protocol 5): stages, chains, packed, patterns u8, DSPW size u32
-    assert raw[62:] == (bytes([8, 4, 0, 0b101001]) + (208).to_bytes(4, "little")
-                        if programs() else bytes(8)), raw[62:].hex()
+    # the DSP engine's fields (protocol 5): stages, chains, packed, patterns u8, DSPW size u32;
+    # protocol 6: chains per index group u8
+    assert raw[62:] == (bytes([8, 4, 0, 0b101001]) + (208).to_bytes(4, "little") + bytes([2])
+                        if programs() else bytes(9)), raw[62:].hex()
     st = P.Status.unpack(await h.ok(P.status(), Opcode.STATUS))
     assert st == P.Status(False, False, ErrorCode.OK, 0, 0, 0), st
     # UART error pulses are counted (16-bit counters)

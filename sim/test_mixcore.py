@@ -21,7 +21,7 @@ CONFIGS = {
     # with an 8-stage DSP engine too: the same model runs sim/test_mixcore_dsp.py's
     # "dsp8-4x4" (one build for both files)
     "mixpe-4x4": dict(rows=4, cols=4, a_depth=64, w_depth=128, out_depth=64, chan_depth=64,
-                      group_depth=128, pe="mixpe", dsp_stages=8, dsp_depth=64),
+                      group_depth=128, pe="mixpe", dsp_stages=8, dsp_depth=64, dsp_share=4),
     "mixpe-2x8": dict(rows=2, cols=8, a_depth=64, w_depth=64, out_depth=64, chan_depth=64,
                       group_depth=64, pe="mixpe"),
     "int8dsp-4x2": dict(rows=4, cols=2, a_depth=32, w_depth=64, out_depth=64, chan_depth=32,

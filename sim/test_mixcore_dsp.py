@@ -38,7 +38,8 @@ def core_and_params(name):
     cfg = CONFIGS[name]
     core = MixCore(**cfg)
     fields = {n: (f.offset, f.width) for n, f in LAYER_LAYOUT}
-    return core, dict(cfg, dsp_packed=core.dsp_packed, max_k=core.max_k,
+    return core, dict(cfg, dsp_packed=core.dsp_packed, dsp_share=core.dsp_share,
+                      group=core.dsp_share * (2 if core.dsp_packed else 1), max_k=core.max_k,
                       read_latency=core.READ_LATENCY, out_bytes=core.out_bytes,
                       checked_out_bytes=core.out_bytes, cfg_fields=fields,
                       patterns=[int(p) for p in core.dsp_patterns], watchdog=core.WATCHDOG,
@@ -80,17 +81,17 @@ def fmts(p):
             else [WeightFormat.INT8, WeightFormat.INT4, WeightFormat.TERNARY])
 
 
-def random_sparse(rng, pat, K, N, fmt, packed, kind="random"):
-    """N:M weights: random kept positions (shared by column pairs when packed), random or
-    extreme values; ``kind="empty"`` zeros every value, ``"dense"`` keeps nonzero values."""
+def random_sparse(rng, pat, K, N, fmt, group, kind="random"):
+    """N:M weights: random kept positions, shared by the ``group`` columns of each index
+    group (2: packed pairs; ``dsp_share * lanes``), random or extreme values;
+    ``kind="empty"`` zeros every value, ``"dense"`` keeps nonzero values."""
     n, m = pat.n, pat.m
     nb = K // m
     lo, hi = weight_range(fmt)
-    shared = (N + 1) // 2 if packed else N
+    shared = -(-N // group)
     pos = np.stack([np.stack([rng.permutation(m)[:n] for _ in range(shared)], axis=1)
                     for _ in range(nb)])                     # (nb, n, shared)
-    if packed:
-        pos = np.repeat(pos, 2, axis=2)[:, :, :N]
+    pos = np.repeat(pos, group, axis=2)[:, :, :N]
     idx = pos.reshape(nb * n, N)
     if kind == "min":
         vals = np.full((nb * n, N), lo)
@@ -152,12 +153,12 @@ async def patterns_shapes(dut):
         for fmt in fmts(p):
             M, K, N = random_shape(rng, p, pat)
             a = rng.integers(-128, 128, size=(M, K))
-            sp = random_sparse(rng, pat, K, N, fmt, p["dsp_packed"])
+            sp = random_sparse(rng, pat, K, N, fmt, p["group"])
             acc_bound = int(np.abs(numerics.sparse_gemm(a, sp)).max()) + 1
             await check(tb, a, sp, requant=random_requant(rng, N, acc_bound))
         M, K, N = random_shape(rng, p, pat)
         a = rng.integers(-128, 128, size=(M, K))
-        sp = random_sparse(rng, pat, K, N, fmts(p)[0], p["dsp_packed"])
+        sp = random_sparse(rng, pat, K, N, fmts(p)[0], p["group"])
         await check(tb, a, sp)                                    # RAW32
         S = layout.dsp_steps(K, stages=p["dsp_stages"], pattern=pat)
         base = p["dsp_depth"] - -(-N // p["cols"]) * S             # records end at the top
@@ -181,9 +182,9 @@ async def extremes_and_blocks(dut):
         assert fits(p, pat, M, K, N)
         a = np.full((M, K), -128)
         for kind in ("min", "max", "empty", "dense"):
-            sp = random_sparse(rng, pat, K, N, fmt, p["dsp_packed"], kind)
+            sp = random_sparse(rng, pat, K, N, fmt, p["group"], kind)
             await check(tb, a, sp)
-        sp = random_sparse(rng, pat, K, N, fmt, p["dsp_packed"])
+        sp = random_sparse(rng, pat, K, N, fmt, p["group"])
         await check(tb, np.zeros((M, K), dtype=np.int64), sp)
 
 
@@ -205,7 +206,7 @@ async def shared_with_array(dut):
         q = rng.integers(-128, 128, size=(K, N))
         res, _ = await tb.run_layer(a, q, fmt=WeightFormat.INT8)
         np.testing.assert_array_equal(res, numerics.mixgemm(a, q), strict=True)
-        sp = random_sparse(rng, pat, K, N, fmts(p)[0], p["dsp_packed"])
+        sp = random_sparse(rng, pat, K, N, fmts(p)[0], p["group"])
         _, _, img = await tb.run_dsp_layer(a, sp, fmt=sp.fmt)
         assert await tb.read(8, len(img)) == img
         await check(tb, a, sp, requant=random_requant(rng, N, 1 << 20))
@@ -232,7 +233,7 @@ async def errors(dut):
         await tb.run_expect_error(ErrorCode.BAD_SHAPE, **fields)
     rng = np.random.default_rng(13)
     a = rng.integers(-128, 128, size=(5, 16))
-    await check(tb, a, random_sparse(rng, NMPattern.NM2_4, 16, 5, fmts(p)[0], p["dsp_packed"]))
+    await check(tb, a, random_sparse(rng, NMPattern.NM2_4, 16, 5, fmts(p)[0], p["group"]))
 
 
 from hw.simulate import tb_params  # noqa: E402  (cocotb side reads the runner's params)

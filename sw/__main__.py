@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--pe", choices=("mixpe", "int8-dsp"), default=None,
                        help="processing element of the simulated SoC (sim backend; default: "
                             "the device's, see hw/sizes.py)")
-        p.add_argument("--dsp", choices=("none", "dsp4", "dsp8", "dsp8p"), default=None,
+        p.add_argument("--dsp", choices=("none", "dsp4", "dsp8", "dsp8p", "dsp4s", "dsp8s"),
+                       default=None,
                        help="sparse DSP engine of the simulated SoC (sim backend; default "
                             "none, see hw/sizes.py DSP_ENGINES)")
         p.add_argument("--timeout", type=float, default=None,
@@ -151,8 +152,11 @@ def _dsp_summary(info: P.DeviceInfo) -> str:
     if not info.dsp_stages:
         return "none"
     pats = ", ".join(f"{p.name} ({p.n}:{p.m})" for p in NMPattern if info.supports_pattern(p))
+    shared = (f", one index per {info.dsp_share} chains ({info.dsp_index_group} columns)"
+              if info.dsp_share > 1 else "")
     return (f"{info.dsp_chains} chains x {info.dsp_stages} stages"
-            f"{' (packed: 4-bit weights, 2 columns per chain)' if info.dsp_packed else ''}, "
+            f"{' (packed: 4-bit weights, 2 columns per chain)' if info.dsp_packed else ''}"
+            f"{shared}, "
             f"patterns {pats or 'none'}, DSPW {info.dsp_bytes} bytes "
             f"({info.dsp_depth} records per chain)")
 

@@ -11,11 +11,13 @@ Prints a markdown table of test accuracy against the float network and writes it
 command that made it, to ``docs/accuracy.md`` (``--out``).
 
 ``python -m sw.accuracy --sparse`` (:func:`run_sparse`) measures N:M sparse weights instead
-(issue 10): the float MLP pruned by magnitude along K to 2:4, 1:4 and 2:8 (per column, or with
-masks shared by column pairs as the packed DSP chain needs), with and without fine-tuning with
-the masks fixed, quantized INT8 / INT4 per channel and run through the sparse engine's golden
-model (:func:`sw.numerics.sparse_gemm` on the compressed :class:`sw.numerics.NMSparse`), against
-the dense network; it replaces only its own section of ``--out``.
+(issue 10): the float MLP pruned by magnitude along K to 2:4, 1:4 and 2:8 (per column, with
+masks shared by column pairs as the packed DSP chain needs, or by groups of ``G`` columns, 16
+by default (``--share``), as an engine whose chains share their indices needs), with and
+without fine-tuning with the masks fixed, quantized INT8 / INT4 per channel and run through
+the sparse engine's golden model (:func:`sw.numerics.sparse_gemm` on the compressed
+:class:`sw.numerics.NMSparse`), against the dense network; it replaces only its own section of
+``--out``.
 
 scikit-learn (only its data set and split) is an optional dependency (extra ``[onnx]``, also
 in ``[dev]``); it is imported only when data are loaded.
@@ -38,6 +40,9 @@ __all__ = ["Row", "Report", "load_data", "train_mlp", "float_logits", "quantize_
 
 #: the integer formats take a zero point; TERNARY and POW2 are symmetric only
 ASYMMETRIC_FORMATS = (WeightFormat.INT8, WeightFormat.INT4, WeightFormat.INT2)
+#: ``--dsp`` choices of the sim backend: the DSP engines of ``hw.sizes.DSP_ENGINES`` but "none"
+#: (kept equal by ``tests/test_accuracy_sparse.py``; ``sw`` does not import ``hw``)
+DSP_CHOICES = ("dsp4", "dsp8", "dsp8p", "dsp4s", "dsp8s")
 
 
 def _sklearn():
@@ -271,14 +276,22 @@ SPARSE_PATTERNS = ((2, 4), (1, 4), (2, 8))
 SPARSE_FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
 #: heading of the sparse section in ``docs/accuracy.md`` (``--sparse`` replaces it in place)
 SPARSE_HEADING = "## N:M sparse weights (issue 10)"
+#: columns per mask group of the shared-index variant of the sparse study (``--share``): the
+#: 85F core's ``cols``, what its ``dsp4s`` / ``dsp8s`` engines share one index across
+SPARSE_SHARE = 16
 
 
-def prune_mlp(layers, n: int, m: int, *, pair_columns: bool = False):
+def prune_mlp(layers, n: int, m: int, *, pair_columns: bool = False, share: int = 1):
     """Magnitude N:M pruning of every weight matrix along K (:func:`sw.quant.prune_nm`).
+
+    ``pair_columns`` / ``share``: columns ``2c, 2c + 1`` / every group of ``share``
+    consecutive columns (from column 0, the last one possibly partial) keep the same rows,
+    as :func:`sw.quant.prune_nm` says.
 
     Returns ``(pruned_layers, masks)``: the weights with pruned entries set to 0 (biases
     unchanged) and the bool keep-masks, one per layer."""
-    masks = [quant.prune_nm(w, n, m, pair_columns=pair_columns) for w, _ in layers]
+    masks = [quant.prune_nm(w, n, m, pair_columns=pair_columns, share=share)
+             for w, _ in layers]
     return [(w * mk, b) for (w, b), mk in zip(layers, masks)], masks
 
 
@@ -348,6 +361,16 @@ class SparseRow:
     float_finetuned_accuracy: float
     #: dense integer network in ``fmt`` (per channel, symmetric)
     dense_accuracy: float
+    #: masks shared by groups of ``share`` consecutive columns (``sw.quant.prune_nm``'s
+    #: ``share``; 1: per column, or pairs with ``pair_columns``)
+    share: int = 1
+
+    @property
+    def masks(self) -> str:
+        """The mask variant as the report names it: "per column", "pairs", "groups of G"."""
+        if self.share > 2 or (self.share == 2 and not self.pair_columns):
+            return f"groups of {self.share}"
+        return "pairs" if self.pair_columns else "per column"
 
 
 @dataclass(frozen=True)
@@ -367,9 +390,35 @@ class SparseReport:
     device: str = ""
 
 
+def _mask_variants(pair_columns, share, device) -> list[tuple[bool, int]]:
+    """``(pair_columns, share)`` of :func:`prune_mlp` per mask variant of :func:`run_sparse`."""
+    if share is not None and (isinstance(share, bool) or not isinstance(share, int)
+                              or share < 1):
+        raise ValueError(f"share must be None or a positive integer (columns per mask "
+                         f"group), not {share!r}")
+    info = getattr(device, "info", None)
+    group = getattr(info, "dsp_index_group", 0) if info is not None else 0
+    if group > 1:
+        # the device's engine reads one index per group: only masks shared that way run
+        packed = bool(info.dsp_packed)
+        if share is not None and share != group:
+            raise ValueError(f"the device's DSP engine shares its indices in groups of {group} "
+                             f"columns, so its layers must be pruned with share={group}, not "
+                             f"share={share}")
+        if packed and group == 2:
+            return [(True, 1)]
+        return [(packed, group)]
+    variants = [(bool(pair), 1) for pair in pair_columns]
+    share = SPARSE_SHARE if share is None else share
+    if share > 1:
+        variants.append((False, share))
+    return variants
+
+
 def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SPARSE_PATTERNS,
-               formats=SPARSE_FORMATS, pair_columns=(False, True), finetune_epochs: int = 10,
-               finetune_lr: float = 1e-3, device=None, device_name: str = "") -> SparseReport:
+               formats=SPARSE_FORMATS, pair_columns=(False, True), share: int | None = None,
+               finetune_epochs: int = 10, finetune_lr: float = 1e-3, device=None,
+               device_name: str = "") -> SparseReport:
     """Accuracy with N:M pruned weights, without and with fine-tuning, against dense.
 
     Trains the float MLP as :func:`run` does; for every pattern and mask variant prunes it by
@@ -377,7 +426,15 @@ def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SP
     (:func:`train_mlp` from the pruned weights, ``finetune_epochs`` at ``finetune_lr``); each
     float network is quantized per channel, symmetric in every format (activation scales
     calibrated on it) and evaluated through :func:`sparse_int_predict` (also on ``device``,
-    an :class:`sw.driver.Accelerator` with a sparse DSP engine, if given)."""
+    an :class:`sw.driver.Accelerator` with a sparse DSP engine, if given).
+
+    The mask variants: per column and pairs (``pair_columns`` lists which), then groups of
+    ``share`` columns (None: :data:`SPARSE_SHARE`; 1: none). On a ``device`` whose DSP
+    engine reads one index per group of columns (``device.info.dsp_index_group`` > 1:
+    packed, or chains sharing their indices) only that group runs: pairs on a packed
+    engine, groups of ``dsp_index_group`` columns on a shared one (``share``, if given,
+    must equal it: ``ValueError`` otherwise)."""
+    variants = _mask_variants(pair_columns, share, device)
     x_tr, x_te, y_tr, y_te = load_data(seed=seed)
     layers = train_mlp(x_tr, y_tr, hidden=hidden, seed=seed, epochs=epochs)
 
@@ -394,8 +451,8 @@ def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SP
         dense[fmt] = acc(int_predict(qlayers, x_te))
     rows = []
     for n, m in patterns:
-        for pair in pair_columns:
-            pruned, masks = prune_mlp(layers, n, m, pair_columns=pair)
+        for pair, group in variants:
+            pruned, masks = prune_mlp(layers, n, m, pair_columns=pair, share=group)
             tuned = train_mlp(x_tr, y_tr, seed=seed + 1, epochs=finetune_epochs, lr=finetune_lr,
                               init=pruned, masks=masks)
             for (w, _), mk in zip(tuned, masks):
@@ -409,7 +466,7 @@ def run_sparse(*, hidden: int = 64, seed: int = 0, epochs: int = 60, patterns=SP
                     res.append(acc(sparse_int_predict(qlayers, sparse_qlayers(qlayers, masks, n, m),
                                                       x_te, device)))
                 rows.append(SparseRow(n, m, pair, fmt, res[0], res[1], float_acc(pruned),
-                                      float_acc(tuned), dense[fmt]))
+                                      float_acc(tuned), dense[fmt], group))
     control = train_mlp(x_tr, y_tr, seed=seed + 1, epochs=finetune_epochs, lr=finetune_lr,
                         init=layers)
     return SparseReport(hidden, seed, epochs, finetune_epochs, finetune_lr, len(y_tr), len(y_te),
@@ -428,7 +485,10 @@ def sparse_markdown(rep: SparseReport, command: str) -> str:
         f"{100 * f:.2f} % float) is pruned by magnitude along K (`sw.quant.prune_nm`: in every "
         "block of m consecutive inputs of every output the n largest |w| are kept, on both "
         "layers; \"pairs\" = columns 2c and 2c+1 share one mask, as the packed two-weights-per-DSP "
-        "chain needs). \"pruned\" quantizes the pruned network as it is; \"fine-tuned\" first "
+        "chain needs; \"groups of G\" = every G consecutive outputs share one mask, chosen by "
+        "their summed |w|, as a DSP engine whose chains share one index per stage needs, "
+        "VENOM-style V:N:M; layer 2's 10 outputs are one partial group when G > 10). "
+        "\"pruned\" quantizes the pruned network as it is; \"fine-tuned\" first "
         f"trains it {rep.finetune_epochs} more epochs (`train_mlp`, Adam at lr "
         f"{rep.finetune_lr:g}) with the masks fixed (masked gradients, mask re-applied every "
         "step). Weights are quantized per output channel, symmetric (a pruned weight is code 0), "
@@ -453,7 +513,7 @@ def sparse_markdown(rep: SparseReport, command: str) -> str:
     ]
     for r in rep.rows:
         lines.append(
-            f"| {r.n}:{r.m} | {'pairs' if r.pair_columns else 'per column'} | {r.fmt.name} | "
+            f"| {r.n}:{r.m} | {r.masks} | {r.fmt.name} | "
             f"{100 * r.accuracy:.2f} % | {100 * r.finetuned_accuracy:.2f} % | "
             f"{100 * r.dense_accuracy:.2f} % | "
             f"{100 * (r.finetuned_accuracy - r.dense_accuracy):+.2f} | "
@@ -492,8 +552,9 @@ def main(argv=None) -> int:
                         "--device's MixPE SoC, serial = the board on --port (default: none)")
     p.add_argument("--device", default="12F", help="sim backend: device size (default 12F)")
     p.add_argument("--port", default=None, help="serial backend: port, e.g. /dev/ttyUSB0")
-    p.add_argument("--dsp", default="dsp4", choices=["dsp4", "dsp8", "dsp8p"],
-                   help="--sparse with the sim backend: the DSP engine of the model (default dsp4)")
+    p.add_argument("--dsp", default="dsp4", choices=list(DSP_CHOICES),
+                   help="--sparse with the sim backend: the DSP engine of the model (default "
+                        "dsp4; hw/sizes.py DSP_ENGINES)")
     p.add_argument("--rate-min", type=float, default=None,
                    help="sim backend: the slowest simulated clock (cycles/s) the driver's "
                         "timeouts assume (default: SimTransport's per device); smaller on a "
@@ -504,11 +565,18 @@ def main(argv=None) -> int:
                         "section '" + SPARSE_HEADING[3:] + "' of --out")
     p.add_argument("--finetune-epochs", type=int, default=10,
                    help="--sparse: fine-tuning epochs with the masks fixed (default 10)")
+    p.add_argument("--share", type=int, default=None, metavar="G",
+                   help=f"--sparse: also prune with masks shared by groups of G consecutive "
+                        f"columns (default {SPARSE_SHARE}, the 85F core's cols; 1: no such rows). "
+                        f"On a device whose DSP engine shares its indices only its index group "
+                        f"runs (DeviceInfo.dsp_index_group; G, if given, must equal it)")
     args = p.parse_args(argv)
+    if args.share is not None and args.share < 1:
+        p.error(f"--share must be a positive integer, not {args.share}")
     command = " ".join(["python -m sw.accuracy", *argv])
     if args.sparse:
         kw = dict(hidden=args.hidden, seed=args.seed, epochs=args.epochs,
-                  finetune_epochs=args.finetune_epochs)
+                  finetune_epochs=args.finetune_epochs, share=args.share)
         if args.backend == "none":
             rep = run_sparse(**kw)
         else:

@@ -1,6 +1,6 @@
 """Host driver for the mpGEMM accelerator (board over UART, or the Verilator model).
 
-:class:`Accelerator` speaks :mod:`sw.protocol` (version 5: core v2 "MixCore" with layer
+:class:`Accelerator` speaks :mod:`sw.protocol` (version 6: core v2 "MixCore" with layer
 programs and the optional sparse DSP engine) over any :class:`sw.transport.Transport`: it
 identifies the device (and refuses one that does not match), validates operands against what
 the device reports before anything is sent, tiles GEMMs of any M and N onto the on-chip
@@ -328,6 +328,9 @@ class Accelerator:
                                 f"{info.cols} columns has {want})")
             if info.dsp_depth < 1:
                 problems.append(f"dsp_bytes={info.dsp_bytes} (less than one DSPW record per chain)")
+            if info.dsp_share < 1 or info.dsp_chains % info.dsp_share:
+                problems.append(f"dsp_share={info.dsp_share} (chains per index group: a divisor "
+                                f"of the {info.dsp_chains} DSP chains)")
         if problems:
             raise DeviceMismatch(f"device reports an unusable configuration: "
                                  f"{', '.join(problems)}")
@@ -1021,10 +1024,13 @@ class Accelerator:
         ``mb * S`` words of each A row bank (``S = ceil(k / Wp)``,
         :func:`sw.layout.dsp_steps`), an N block of ``nb`` columns ``ceil(nb / cols) * S``
         DSPW records per chain and ``ceil(mb / rows) * nb`` OUT elements per bank (the
-        array's OUT layout), plus ``nb`` CHAN entries with a ``ChannelRequant``. On a packed
-        engine N blocks start at even columns. Raises ``ValueError`` for what the device
-        cannot do (no DSP engine, pattern, format, K too large for ``max_k``, A or DSPW,
-        output mode or table it lacks).
+        array's OUT layout), plus ``nb`` CHAN entries with a ``ChannelRequant``. N blocks
+        start at multiples of the index group (``DeviceInfo.dsp_index_group``: even columns on
+        a packed engine, ``dsp_share`` columns on one whose chains share their indices; a
+        block narrower than a group divides it), so the device's index groups are the
+        groups of ``sw.quant.prune_nm(..., share=...)`` from column 0. Raises ``ValueError``
+        for what the device cannot do (no DSP engine, pattern, format, K too large for
+        ``max_k``, A or DSPW, output mode or table it lacks).
         """
         info = self.info
         for name, v in (("M", m), ("K", k), ("N", n)):
@@ -1076,8 +1082,17 @@ class Accelerator:
         ncap = min(per_bank, _U16)
         if chan:
             ncap = min(ncap, chan_cap)
-        if packed and ncap < n:
-            ncap -= ncap % 2                  # blocks start at even columns (column pairs)
+        group = info.dsp_index_group          # columns per index group: 2 packed, share
+        if group > 1 and ncap < n:
+            # N blocks start at multiples of the group, so that the device's index groups
+            # (from every block's, and tile's, first column) are the pruning groups; a block
+            # narrower than a group is a divisor of it (it never straddles two groups), of
+            # whole column pairs on a packed engine
+            if ncap >= group:
+                ncap -= ncap % group
+            else:
+                ncap = max((d for d in range(1, ncap + 1)
+                            if group % d == 0 and not (packed and d % 2)), default=0)
             if ncap < 1:
                 raise DeviceMismatch("a packed DSP engine needs N blocks of two columns, but "
                                      "the device's OUT buffer or CHAN table holds one")
@@ -1115,7 +1130,10 @@ class Accelerator:
             N:M compressed weights, ``K x N`` (e.g. ``sw.quant.quantize_linear(...,
             sparse=(n, m)).sparse``); its pattern must be one the device's DSP engine runs
             (IDENTIFY ``dsp_patterns``), and 4-bit (INT4, INT2, TERNARY) on a packed engine,
-            whose column pairs ``2c, 2c + 1`` must keep the same rows.
+            whose column pairs ``2c, 2c + 1`` must keep the same rows; on an engine whose
+            chains share their indices (IDENTIFY ``dsp_share`` > 1) every group of
+            ``DeviceInfo.dsp_index_group`` columns from column 0 must keep the same rows
+            (``sw.quant.prune_nm(..., share=info.dsp_index_group)``).
         requant : sw.numerics.ChannelRequant or sw.numerics.Requant, optional
             ``ChannelRequant`` -> CHAN table, ``Requant`` -> the descriptor; None -> raw
             int32 sums (RAW32 output).
@@ -1131,9 +1149,10 @@ class Accelerator:
         (:func:`sw.layout.dsp_weight_image`, ``w_base`` 0) and CHAN slice, and runs a
         descriptor with ``sparse = 1 + pattern``; the result is read from OUT as for the
         array. Refused before anything is sent (``ValueError`` / ``TypeError``): no DSP
-        engine, a pattern it does not run, INT8 weights on a packed engine, K beyond one
-        run, an output mode or table the device lacks, operands out of range or of the
-        wrong shape.
+        engine, a pattern it does not run, INT8 weights on a packed engine, column pairs
+        or index groups whose indices differ (:func:`sw.layout.dsp_check_indices`), K
+        beyond one run, an output mode or table the device lacks, operands out of range or
+        of the wrong shape.
         """
         return self._measured(self._sparse_gemm, a, sparse, requant)
 
@@ -1153,6 +1172,11 @@ class Accelerator:
                              f"output columns")
         pattern = self._check_dsp(sp.n, sp.m, sp.fmt)
         pl = self.plan_sparse(M, K, N, requant, pattern=pattern, fmt=sp.fmt)
+        # the whole layer's index groups (a packed pair, dsp_share chains), before any frame:
+        # the N blocks start at multiples of the group, so each block's groups lie in these
+        info = self.info
+        layout.dsp_check_indices(sp, cols=info.cols, packed=bool(info.dsp_packed),
+                                 share=info.dsp_share)
         # RAW32 needs no range check: |a| <= 128, |w| <= 128 and K < 2**16 kept weights at
         # most, so every sum fits int32
         return self._execute_sparse(a, sp, requant, pl, pattern)
@@ -1326,7 +1350,8 @@ class Accelerator:
                 w_side.clear()
                 part = NMSparse(sp.n, sp.m, sp.values[:, n0:n1], sp.idx[:, n0:n1], sp.fmt)
                 imgs = [(Buffer.DSPW, layout.dsp_weight_image(part, cols=C, stages=L,
-                                                              packed=packed, pattern=pattern))]
+                                                              packed=packed, pattern=pattern,
+                                                              share=info.dsp_share))]
                 if pl.chan:
                     imgs.append((Buffer.CHAN, _chan_slice(requant, n0, n1)))
                 w_side[(n0, n1)] = imgs

@@ -166,8 +166,8 @@ def group_table_image(gq) -> bytes:
 # -- the sparse DSP engine (protocol 5): A in the DSP layout, the DSPW records ---------------
 
 __all__ += ["dsp_window", "dsp_engine_pattern", "dsp_steps", "dsp_act_words", "dsp_act_image", "dsp_chains",
-            "dsp_chain_stride", "dsp_records", "dsp_weight_image", "DSP_MAX_BLOCK",
-            "DSP_INDEX_BITS", "DSP_RECORD_BYTES"]
+            "dsp_chain_stride", "dsp_records", "dsp_index_group", "dsp_check_indices",
+            "dsp_weight_image", "DSP_MAX_BLOCK", "DSP_INDEX_BITS", "DSP_RECORD_BYTES"]
 
 #: largest block size M the DSP engine takes (its stage indices have 3 bits)
 DSP_MAX_BLOCK = 8
@@ -364,7 +364,95 @@ def dsp_records(k: int, n: int, *, cols: int, stages: int, pattern) -> int:
     return _tiles(n, cols) * dsp_steps(k, stages=stages, pattern=pattern)
 
 
-def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=None) -> bytes:
+def dsp_index_group(*, cols: int, packed: bool, share: int = 1) -> int:
+    """Output columns per index group of a DSP engine: ``share * (2 if packed else 1)``.
+
+    Chains ``g * share .. g * share + share - 1`` use chain ``g * share``'s indices
+    (IDENTIFY ``dsp_share``), so in every tile of ``cols`` columns the columns
+    ``g * G .. g * G + G - 1`` (``G`` = this group) keep their weights at the same indices.
+
+    Parameters
+    ----------
+    cols : int
+        Output columns per tile (``DeviceInfo.cols``).
+    packed : bool
+        Two 4-bit columns per chain.
+    share : int
+        Chains per index group; must divide the chains (:func:`dsp_chains`).
+
+    Raises
+    ------
+    ValueError
+        On a bad ``cols`` / ``packed``, or a ``share`` that is not a positive integer
+        dividing the chains.
+    """
+    chains = dsp_chains(cols=cols, packed=packed)
+    if isinstance(share, bool) or not isinstance(share, (int, np.integer)) or share < 1 \
+            or chains % share:
+        raise ValueError(f"share (DSP chains per index group) must be a positive integer "
+                         f"dividing the engine's {chains} chains "
+                         f"({'packed, ' if packed else ''}cols = {cols}), not {share!r}")
+    return int(share) * (2 if packed else 1)
+
+
+def dsp_check_indices(sparse, *, cols: int, packed: bool, share: int = 1) -> None:
+    """Refuse N:M weights whose index groups do not share their indices.
+
+    A DSP engine reads one index per stage for each group of ``share`` chains
+    (:func:`dsp_index_group`: ``G = share`` columns, ``2 * share`` packed, from every tile's
+    first column; a packed chain's two columns always share one). Since ``G`` divides
+    ``cols``, those groups are the groups of ``G`` consecutive columns from column 0 of
+    ``sparse``: within each, the real columns (the last group may be partial) must hold the
+    same indices, in the same order, in every block. Nothing to check for ``G = 1``.
+
+    Parameters
+    ----------
+    sparse : sw.numerics.NMSparse
+    cols, packed, share
+        As in :func:`dsp_index_group`.
+
+    Raises
+    ------
+    TypeError
+        If ``sparse`` is not an ``NMSparse``.
+    ValueError
+        On a bad ``cols`` / ``packed`` / ``share``, or a group whose indices differ: the
+        message names the block and the columns and says how to prune
+        (``sw.quant.prune_nm(..., pair_columns=True)`` for a packed pair,
+        ``sw.quant.prune_nm(..., share=G)`` for a group).
+    """
+    from .numerics import NMSparse
+    if not isinstance(sparse, NMSparse):
+        raise TypeError(f"sparse must be a sw.numerics.NMSparse, not {type(sparse).__name__}")
+    G = dsp_index_group(cols=cols, packed=packed, share=share)
+    if G == 1:
+        return
+    idx, n, N = sparse.idx, sparse.n, sparse.ncols
+    lead = np.repeat(idx[:, ::G], G, axis=1)[:, :N]     # each column's group leader
+    bad = np.argwhere(idx != lead)
+    if not bad.size:
+        return
+    r, c = (int(t) for t in bad[0])                     # first by block, then by column
+    b, g0 = r // n, c // G * G
+    blk = slice(b * n, (b + 1) * n)
+    got, want = [int(t) for t in idx[blk, c]], [int(t) for t in idx[blk, g0]]
+    if packed and share == 1:
+        raise ValueError(
+            f"packed columns {g0} and {g0 + 1} share a DSP chain, so their kept "
+            f"weights of block {b} must sit at the same indices in the same order; "
+            f"found {want} and {got}: prune with "
+            f"sw.quant.prune_nm(..., pair_columns=True)")
+    how = f"pair_columns=True, share={G}" if packed else f"share={G}"
+    raise ValueError(
+        f"columns {g0}..{min(g0 + G, N) - 1} share one index per stage on this DSP engine "
+        f"({share} chains per index group"
+        f"{', two columns per chain' if packed else ''}: {G} columns), so their kept weights "
+        f"of block {b} must sit at the same indices in the same order; column {g0} has "
+        f"{want} but column {c} has {got}: prune with sw.quant.prune_nm(..., {how})")
+
+
+def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=None,
+                     share: int = 1) -> bytes:
     """Bytes of the DSPW space for N:M compressed weights (a layer at ``w_base`` 0).
 
     Output columns go in tiles of ``cols``, tile ``t`` covering columns ``n0 = t * cols``
@@ -382,6 +470,13 @@ def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=No
     * Packed: chain ``c`` is columns ``n0 + 2c`` (lo) and ``n0 + 2c + 1`` (hi); byte ``j``
       is ``(hi & 0xF) << 4 | (lo & 0xF)``; both columns use one index (prune with
       ``sw.quant.prune_nm(..., pair_columns=True)``). A missing hi column (N odd) is 0.
+    * Shared indices (``share`` > 1, IDENTIFY ``dsp_share``): chains ``g * share ..
+      g * share + share - 1`` use the indices of chain ``g * share``'s record, the device
+      ignores the others' index bytes. The real columns of each group of
+      ``G = share * (1 or 2 packed)`` columns from each tile's first column must therefore
+      have identical indices (:func:`dsp_check_indices`; prune with
+      ``sw.quant.prune_nm(..., share=G)``). The image is the same as with ``share = 1``:
+      every chain's record still carries its (equal) indices.
 
     The image is ``ceil(N / cols) * S * CH * 16`` bytes. A layer at ``w_base`` records goes
     ``w_base * CH * 16`` bytes further.
@@ -398,6 +493,9 @@ def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=No
         Packed engine (``DeviceInfo.dsp_packed``): two 4-bit columns per chain.
     pattern : sw.numerics.NMPattern, optional
         The pattern the layer's descriptor names; checked against ``sparse``'s ``n:m``.
+    share : int
+        Chains per index group (``DeviceInfo.dsp_share``, 1: every chain its own indices);
+        must divide the chains (:func:`dsp_chains`).
 
     Raises
     ------
@@ -405,9 +503,9 @@ def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=No
         If ``sparse`` is not an ``NMSparse``.
     ValueError
         On an ``n:m`` that is no hardware pattern, differs from ``pattern`` or does not run
-        on ``L`` stages, a bad ``cols`` (odd when packed) or ``stages``, packed values
-        outside ``[-8, 7]``, or a packed column pair whose indices differ (the message names
-        block and columns).
+        on ``L`` stages, a bad ``cols`` (odd when packed), ``stages`` or ``share``, packed
+        values outside ``[-8, 7]``, or a packed column pair or an index group whose indices
+        differ (the message names block and columns, :func:`dsp_check_indices`).
     """
     from .numerics import NMPattern, NMSparse, nm_pattern
     if not isinstance(sparse, NMSparse):
@@ -420,6 +518,7 @@ def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=No
                              f"{n}:{m} as pattern {NMPattern(int(pattern)).name} says")
     L, n, m = _dsp_pattern(stages, own)
     chains = dsp_chains(cols=cols, packed=packed)
+    dsp_index_group(cols=cols, packed=packed, share=share)     # validates share
     ch = dsp_chain_stride(chains)
     N, blocks = sparse.ncols, sparse.blocks
     per_step = L // n                                   # blocks per step
@@ -431,6 +530,7 @@ def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=No
         if lo < -8 or hi > 7:
             raise ValueError(f"a packed DSP engine takes 4-bit weights in [-8, 7] (INT4, INT2, "
                              f"TERNARY); found [{lo}, {hi}] ({sparse.fmt.name})")
+    dsp_check_indices(sparse, cols=cols, packed=packed, share=share)
     # stage j of step s: block b, kept row b * n + j % n (rows past the last block are zeros)
     s_, j_ = np.arange(S)[:, None], np.arange(L)[None, :]
     b = s_ * per_step + j_ // n                          # (S, L)
@@ -443,21 +543,8 @@ def dsp_weight_image(sparse, *, cols: int, stages: int, packed: bool, pattern=No
     x[:blocks * n, :N] = idx
     if packed:
         vlo, vhi = v[:, 0::2], v[:, 1::2]                # (rows_pad, T * chains)
-        xlo, xhi = x[:, 0::2], x[:, 1::2]
-        real_hi = np.zeros(ncol // 2, dtype=bool)
-        real_hi[:N // 2] = True
-        bad = np.argwhere((xlo != xhi) & real_hi[None, :])
-        if bad.size:
-            r, c = (int(t) for t in bad[0])
-            blk = slice(r // n * n, (r // n + 1) * n)
-            raise ValueError(
-                f"packed columns {2 * c} and {2 * c + 1} share a DSP chain, so their kept "
-                f"weights of block {r // n} must sit at the same indices in the same order; "
-                f"found {[int(t) for t in idx[blk, 2 * c]]} and "
-                f"{[int(t) for t in idx[blk, 2 * c + 1]]}: prune with "
-                f"sw.quant.prune_nm(..., pair_columns=True)")
         byte = ((vhi & 0xF) << 4) | (vlo & 0xF)
-        index = xlo
+        index = x[:, 0::2]                               # the pair's shared (lo) indices
     else:
         byte = v & 0xFF
         index = x

@@ -74,8 +74,10 @@ class DeviceGeometry:
 
     The sparse DSP engine (all 0 without one): ``dsp_stages`` its chain length L,
     ``dsp_chains`` its chains, ``dsp_packed`` two 4-bit columns per chain, ``dsp_patterns``
-    the mask of ``NMPattern`` s it runs, ``dsp_depth`` DSPW records per chain and
-    ``dsp_stride`` the chain stride CH of the DSPW address map.
+    the mask of ``NMPattern`` s it runs, ``dsp_depth`` DSPW records per chain,
+    ``dsp_stride`` the chain stride CH of the DSPW address map and ``dsp_share`` its chains
+    per index group (IDENTIFY ``dsp_share``; 1 when IDENTIFY reports 0 next to an engine:
+    every chain its own indices).
     """
     rows: int
     cols: int
@@ -96,6 +98,15 @@ class DeviceGeometry:
     dsp_patterns: int = 0
     dsp_depth: int = 0
     dsp_stride: int = 0
+    dsp_share: int = 0
+
+    @property
+    def dsp_index_group(self) -> int:
+        """Output columns per index group (``sw.protocol.DeviceInfo.dsp_index_group``):
+        ``dsp_share`` (two per chain packed); 0 without a DSP engine."""
+        if not self.dsp_stages:
+            return 0
+        return max(1, self.dsp_share) * (2 if self.dsp_packed else 1)
 
     @classmethod
     def of(cls, info: DeviceInfo) -> "DeviceGeometry":
@@ -106,7 +117,8 @@ class DeviceGeometry:
         if info.dsp_stages:
             dsp = dict(dsp_stages=info.dsp_stages, dsp_chains=info.dsp_chains,
                        dsp_packed=bool(info.dsp_packed), dsp_patterns=info.dsp_patterns,
-                       dsp_depth=info.dsp_depth, dsp_stride=info.dsp_chain_stride)
+                       dsp_depth=info.dsp_depth, dsp_stride=info.dsp_chain_stride,
+                       dsp_share=max(1, info.dsp_share))
         return cls(info.rows, info.cols, info.a_bytes // (4 * info.rows),
                    info.w_bytes // info.cols, info.out_words,
                    info.chan_bytes // layout.CHAN_ENTRY_BYTES,
@@ -288,7 +300,8 @@ def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, r
     ------
     DeviceLacks
         No DSP engine, a pattern it does not run, INT8 weights on a packed engine, column
-        pairs that do not share their indices on a packed engine, or group tables.
+        pairs that do not share their indices on a packed engine, index groups (``dsp_share``
+        chains) whose columns do not share their indices, or group tables.
     ModelTooLarge
         A dimension beyond the descriptor, K beyond ``max_k``, the A words ``M * S`` beyond
         a row bank, the result beyond OUT, the DSPW records or CHAN entries beyond what the
@@ -322,8 +335,9 @@ def dsp_layer(*, name: str, geo: DeviceGeometry, alloc: _Alloc, sparse, group, r
     _check_out(name, M, N, geo)
     try:
         image = layout.dsp_weight_image(sp, cols=C, stages=geo.dsp_stages,
-                                        packed=geo.dsp_packed, pattern=pattern)
-    except ValueError as e:                 # a packed engine's column pairs differ
+                                        packed=geo.dsp_packed, pattern=pattern,
+                                        share=max(1, geo.dsp_share))
+    except ValueError as e:                 # a packed pair's or an index group's indices differ
         raise DeviceLacks(f"layer {name!r}: {e}") from None
     records = layout.dsp_records(K, N, cols=C, stages=geo.dsp_stages, pattern=pattern)
     w_base = alloc.take("dsp", name, records, "records")
@@ -494,7 +508,9 @@ def use_sparse_engine(model, info: DeviceInfo):
     A layer qualifies when it has no group tables and its codes fit one of the device's
     patterns with ``n < m`` (``sw.quant.find_nm``; the sparsest pattern first, then the
     narrower window; a packed engine needs non-INT8 weights whose column pairs share their
-    non-zero rows), and the engine can run that pattern and format
+    non-zero rows, an engine whose chains share their indices every group of
+    ``dsp_index_group`` columns from column 0: the union of the group's non-zero rows must
+    fit the pattern), and the engine can run that pattern and format
     (:func:`sw.layout.dsp_engine_pattern`). Other layers stay on the array. The numbers do not
     change: the compressed weights are the same codes, so ``golden`` is the same function.
 
@@ -524,8 +540,8 @@ def use_sparse_engine(model, info: DeviceInfo):
                     ok.append((p.n, p.m))
                 except ValueError:
                     pass
-            sp = quant.find_nm(lin.q, ok, pair_columns=bool(geo.dsp_packed), fmt=lin.fmt) \
-                if ok else None
+            sp = quant.find_nm(lin.q, ok, pair_columns=bool(geo.dsp_packed),
+                               share=geo.dsp_index_group, fmt=lin.fmt) if ok else None
             if sp is not None:
                 layer = dataclasses.replace(layer, lin=dataclasses.replace(lin, sparse=sp))
                 picked[_layer_name(i, layer)] = f"{sp.n}:{sp.m}"

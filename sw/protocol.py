@@ -116,8 +116,9 @@ SYNC = 0xA5
 #: Set in the opcode byte of replies (never in a valid request).
 REPLY_FLAG = 0x80
 #: Bumped on any incompatible change of this module (4: layer programs, descriptor bases;
-#: 5: the sparse DSP engine: descriptor ``sparse`` byte, DSPW buffer, IDENTIFY DSP fields).
-PROTOCOL_VERSION = 5
+#: 5: the sparse DSP engine: descriptor ``sparse`` byte, DSPW buffer, IDENTIFY DSP fields;
+#: 6: IDENTIFY ``dsp_share``, DSP engines whose chains share indices).
+PROTOCOL_VERSION = 6
 #: Sequence tag the device puts in a reply to a frame whose tag it never received (a frame
 #: refused at its LENGTH, or cut off before the tag); the driver tags requests 1..255.
 UNKNOWN_SEQ = 0
@@ -346,7 +347,7 @@ def _check_uint(name: str, value, bits: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """IDENTIFY reply data (70 bytes, little-endian).
+    """IDENTIFY reply data (71 bytes, little-endian).
 
     ``out_modes`` is a bit mask: bit ``i`` set when ``OutMode(i)`` is supported.
     ``a_bytes``/``w_bytes``/``out_bytes``/``chan_bytes``/``group_bytes`` are the sizes of the
@@ -368,6 +369,11 @@ class DeviceInfo:
     columns of 4-bit weights, ``dsp_patterns`` a bit mask of the ``sw.numerics.NMPattern`` s
     it runs (bit ``p`` for ``NMPattern(p)``), ``dsp_bytes`` the size of the DSPW address
     space (``dsp_depth * CH * DSPW_RECORD``, ``CH`` = chains rounded up to a power of two).
+    ``dsp_share`` (protocol 6): chains per index group. 1: every chain has its own indices;
+    ``k > 1``: chains ``g * k .. g * k + k - 1`` (``k`` output columns, ``2k`` packed) use the
+    indices of chain ``g * k``'s records (the device ignores the others' index bytes), so their
+    kept weights must sit at the same positions (:attr:`dsp_index_group`,
+    ``sw.quant.prune_nm(..., share=...)``); 0 without a DSP engine.
     """
 
     version: int
@@ -398,8 +404,9 @@ class DeviceInfo:
     dsp_packed: int = 0
     dsp_patterns: int = 0
     dsp_bytes: int = 0
+    dsp_share: int = 0
 
-    FORMAT = "<BIHHIIIIHBHIIIHBBBIIIHBBBBBI"
+    FORMAT = "<BIHHIIIIHBHIIIHBBBIIIHBBBBBIB"
     SIZE = struct.calcsize(FORMAT)
     _BITS = (("version", 8), ("config_hash", 32), ("rows", 16), ("cols", 16),
              ("a_bytes", 32), ("w_bytes", 32), ("out_bytes", 32), ("out_words", 32),
@@ -408,7 +415,7 @@ class DeviceInfo:
              ("pe_kind", 8), ("formats", 8), ("group_sizes", 8), ("chan_bytes", 32),
              ("group_bytes", 32), ("act_bytes", 32), ("max_layers", 16), ("layer_kinds", 8),
              ("dsp_stages", 8), ("dsp_chains", 8), ("dsp_packed", 8), ("dsp_patterns", 8),
-             ("dsp_bytes", 32))
+             ("dsp_bytes", 32), ("dsp_share", 8))
 
     def __post_init__(self):
         for name, bits in self._BITS:
@@ -455,6 +462,15 @@ class DeviceInfo:
         if not self.dsp_chains:
             return 0
         return 1 << (self.dsp_chains - 1).bit_length()
+
+    @property
+    def dsp_index_group(self) -> int:
+        """Output columns that share one index per kept weight: ``dsp_share`` chains of one
+        column (two packed); 0 without a DSP engine. Groups start at every tile's first
+        column (tiles of ``cols`` columns)."""
+        if not self.dsp_stages:
+            return 0
+        return max(1, self.dsp_share) * (2 if self.dsp_packed else 1)
 
     @property
     def dsp_depth(self) -> int:

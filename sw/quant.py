@@ -56,8 +56,9 @@ channel's zero point and ``gscale = 1`` (exactly the same arithmetic).
 N:M sparse layers (``quantize_linear(..., sparse=(n, m))``) for the sparse DSP engine: the
 float weights are pruned by magnitude (:func:`prune_nm`, every block of ``m`` rows along K
 keeps ``n`` weights per column; with ``pair_columns`` columns ``2c`` and ``2c + 1`` share one
-mask, as the packed engine needs), the pruned weights are quantized per channel and
-symmetrically (a pruned weight is code 0), and the kept codes are compressed
+mask, as the packed engine needs; with ``share = G`` every group of ``G`` consecutive columns
+does, as an engine whose chains share their indices needs), the pruned weights are quantized
+per channel and symmetrically (a pruned weight is code 0), and the kept codes are compressed
 (:func:`compress_nm`) into :attr:`QuantLinear.sparse`. The golden model is then
 :func:`sw.numerics.sparse_gemm` followed by the same per-channel epilogue, which equals the
 dense golden model on the pruned codes :attr:`QuantLinear.q`.
@@ -580,20 +581,21 @@ def _check_sparse(sparse) -> tuple[int, int] | None:
                      f"not {sparse!r}")
 
 
-def _sparse_mask(w: np.ndarray, n: int, m: int, pair_columns: bool) -> np.ndarray:
+def _sparse_mask(w: np.ndarray, n: int, m: int, pair_columns: bool,
+                 share: int = 1) -> np.ndarray:
     """:func:`prune_nm` of ``w``; with ``pair_columns`` and an odd N the last column is
     paired with a zero column (it has no partner on the packed engine)."""
     k, ncol = w.shape
     if pair_columns and ncol % 2:
         wide = np.concatenate([w, np.zeros((k, 1))], axis=1)
-        return prune_nm(wide, n, m, pair_columns=True)[:, :ncol]
-    return prune_nm(w, n, m, pair_columns=pair_columns)
+        return prune_nm(wide, n, m, pair_columns=True, share=share)[:, :ncol]
+    return prune_nm(w, n, m, pair_columns=pair_columns, share=share)
 
 
 def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale,
                     x_zero: int = 0, y_scale, y_zero: int = 0, relu: bool = False,
                     gscale_bits: int = 8, method: str = "mse", sparse=None,
-                    pair_columns: bool = False) -> QuantLinear:
+                    pair_columns: bool = False, share: int = 1) -> QuantLinear:
     """Quantize ``y = x @ w + bias`` for the MixPE core (or, N:M sparse, its DSP engine).
 
     Parameters
@@ -624,6 +626,11 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
         Sparse layers only: columns ``2c`` and ``2c + 1`` keep the same rows (what a packed
         DSP engine needs: one index per column pair); with an odd N the last column is
         pruned alone.
+    share : int
+        Sparse layers only: consecutive groups of ``share`` columns from column 0 keep the
+        same rows (:func:`prune_nm`; what a DSP engine whose chains share their indices
+        needs: ``share = DeviceInfo.dsp_index_group``); the last group may be partial. A
+        positive integer, 1 or even with ``pair_columns``.
 
     Returns
     -------
@@ -633,7 +640,8 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     ------
     ValueError
         On a bad parameter or shape (for ``sparse``: a bad ``n:m``, K not a multiple of
-        ``m``, groups, asymmetric or POW2 weights, ``pair_columns`` without ``sparse``);
+        ``m``, groups, asymmetric or POW2 weights, ``pair_columns`` or ``share > 1``
+        without ``sparse``, an odd ``share > 1`` with ``pair_columns``);
         when the folded bias of a channel does not fit INT32
         (in practice: a large ``x_zero`` times a large weight column sum); when a channel's
         requantization scale ``x_scale * u[n] / y_scale`` is too large for the 16-bit dyadic
@@ -656,9 +664,13 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     symmetric = _check_bool("symmetric", symmetric)
     nm = _check_sparse(sparse)
     pair_columns = _check_bool("pair_columns", pair_columns)
+    share = _check_share(share)
     if nm is None and pair_columns:
         raise ValueError("pair_columns applies to N:M sparse layers only; pass sparse=(n, m) "
                          "as well, or pair_columns=False")
+    if nm is None and share != 1:
+        raise ValueError(f"share applies to N:M sparse layers only; pass sparse=(n, m) as "
+                         f"well, or share=1 (not {share})")
     if nm is not None:
         why = ("groups (the DSP engine requantizes per output channel only); pass group=None"
                if group is not None else
@@ -687,7 +699,7 @@ def quantize_linear(w, bias, *, fmt, group=None, symmetric: bool = True, x_scale
     w_float = w
     mask = None
     if nm is not None:
-        mask = _sparse_mask(w, *nm, pair_columns)       # raises for K not a multiple of m
+        mask = _sparse_mask(w, *nm, pair_columns, share)   # raises for K not a multiple of m
         w = np.where(mask, w, 0.0)                      # quantize what is kept
     wq = quantize_weights(w, fmt=fmt, group=group, symmetric=symmetric, method=method)
 
@@ -916,14 +928,57 @@ def _check_nm_blocks(k: int, n, m) -> tuple[int, int]:
     return n, m
 
 
-def prune_nm(w, n: int, m: int, *, pair_columns: bool = False) -> np.ndarray:
+def _check_share(share) -> int:
+    """``share`` of :func:`prune_nm` / :func:`find_nm` / :func:`quantize_linear`: a positive
+    integer (output columns per index group)."""
+    if isinstance(share, bool) or not isinstance(share, (int, np.integer)) or share < 1:
+        raise ValueError(f"share must be a positive integer (output columns that keep their "
+                         f"weights at the same rows; 1: every column its own), not {share!r}")
+    return int(share)
+
+
+def _column_group(ncol: int, pair_columns: bool, share: int) -> int:
+    """Columns per mask group of :func:`prune_nm` / :func:`find_nm` (validated ``share``):
+    ``share``, at least 2 with ``pair_columns`` (which needs an even N and an even or unit
+    ``share``)."""
+    if pair_columns:
+        if ncol % 2:
+            raise ValueError(f"pair_columns needs an even number of columns, not {ncol}")
+        if share > 1 and share % 2:
+            raise ValueError(f"with pair_columns=True, share must be 1 or even (groups of whole "
+                             f"column pairs), not {share}; pass share={share + 1} or "
+                             f"share={share - 1}, or pair_columns=False")
+        return max(2, share)
+    return share
+
+
+def _group_columns(x: np.ndarray, size: int, reduce) -> np.ndarray:
+    """(K, N) -> (K, ceil(N / size)): ``reduce`` (``np.add`` / ``np.logical_or``) over the
+    consecutive column groups of ``size`` from column 0 (the last one possibly partial)."""
+    k, ncol = x.shape
+    if size == 1:
+        return x
+    ng = -(-ncol // size)
+    pad = np.zeros((k, ng * size), dtype=x.dtype)
+    pad[:, :ncol] = x
+    return reduce.reduce(pad.reshape(k, ng, size), axis=2)
+
+
+def prune_nm(w, n: int, m: int, *, pair_columns: bool = False, share: int = 1) -> np.ndarray:
     """Magnitude N:M pruning: the mask of the weights to keep.
 
     In every block of ``m`` consecutive rows along K of every column, the ``n`` weights of
-    largest ``|w|`` are kept (ties keep the lower row). With ``pair_columns`` columns ``2c``
-    and ``2c + 1`` share one mask, chosen by ``|w[:, 2c]| + |w[:, 2c+1]|``: the engine's
-    packed chain multiplies both columns' weights with the same activation in one DSP, so
-    they must sit at the same rows.
+    largest ``|w|`` are kept (ties keep the lower row). Columns may be pruned in groups that
+    keep their weights at the same rows, chosen by the group's sum of ``|w|`` per row:
+
+    * ``share = G > 1``: columns ``g * G .. g * G + G - 1`` (consecutive groups from column
+      0; the last group has ``N % G`` columns when ``G`` does not divide N) share one mask,
+      what a DSP engine whose chains share their indices needs (IDENTIFY ``dsp_share``;
+      ``sw.protocol.DeviceInfo.dsp_index_group`` columns per group).
+    * ``pair_columns``: columns ``2c`` and ``2c + 1`` share one mask (the packed engine
+      multiplies both columns' weights with the same activation in one DSP); the same as
+      ``share=2`` but N must be even. Together with ``share``, ``share`` must be 1 (pairs)
+      or even (groups of ``share`` columns, whole pairs).
 
     Parameters
     ----------
@@ -932,28 +987,34 @@ def prune_nm(w, n: int, m: int, *, pair_columns: bool = False) -> np.ndarray:
     n, m : int
         ``m`` in ``sw.numerics.NM_BLOCK_SIZES``, ``1 <= n <= m``.
     pair_columns : bool
+    share : int
+        Columns per mask group, a positive integer (1: every column its own mask).
 
     Returns
     -------
     numpy.ndarray of bool, shape (K, N)
-        Exactly ``n`` True per block and column.
+        Exactly ``n`` True per block and column; equal in the columns of a group.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``w``, ``n``, ``m``, ``pair_columns`` or ``share``, K not a multiple of
+        ``m``, an odd N with ``pair_columns``, or an odd ``share > 1`` with ``pair_columns``.
     """
     w = _check_weights(w)
     pair_columns = _check_bool("pair_columns", pair_columns)
+    share = _check_share(share)
     k, ncol = w.shape
     n, m = _check_nm_blocks(k, n, m)
-    mag = np.abs(w)
-    if pair_columns:
-        if ncol % 2:
-            raise ValueError(f"pair_columns needs an even number of columns, not {ncol}")
-        mag = mag[:, 0::2] + mag[:, 1::2]
+    size = _column_group(ncol, pair_columns, share)
+    mag = _group_columns(np.abs(w), size, np.add)
     blocks = mag.reshape(k // m, m, -1)
     # stable sort of -|w|: among equal magnitudes the lower row comes first
     order = np.argsort(-blocks, axis=1, kind="stable")[:, :n]
     keep = np.zeros(blocks.shape, dtype=bool)
     np.put_along_axis(keep, order, True, axis=1)
     keep = keep.reshape(k, -1)
-    return np.repeat(keep, 2, axis=1) if pair_columns else keep
+    return np.repeat(keep, size, axis=1)[:, :ncol]
 
 
 def compress_nm(q, mask, *, n: int, m: int, fmt=WeightFormat.INT8) -> numerics.NMSparse:
@@ -999,15 +1060,17 @@ def compress_nm(q, mask, *, n: int, m: int, fmt=WeightFormat.INT8) -> numerics.N
     return numerics.NMSparse(n, m, vals.reshape(-1, ncol), pos.reshape(-1, ncol), fmt)
 
 
-def find_nm(q, patterns, *, pair_columns: bool = False, fmt=WeightFormat.INT8):
+def find_nm(q, patterns, *, pair_columns: bool = False, share: int = 1,
+            fmt=WeightFormat.INT8):
     """Integer weights that are already N:M sparse: their compressed form.
 
     For weights pruned elsewhere (e.g. a model imported from ONNX whose weights were pruned
     2:4 before quantization), finds the first ``(n, m)`` of ``patterns`` such that every
-    block of ``m`` rows of every column holds at most ``n`` non-zero codes (with
-    ``pair_columns``, the non-zeros of columns ``2c`` and ``2c + 1`` together), and
-    compresses them: the non-zeros are kept, and zeros at the lowest free rows fill each
-    block up to ``n``. The result is exact: ``to_dense`` gives ``q`` back.
+    block of ``m`` rows of every column holds at most ``n`` non-zero codes (with column
+    groups as in :func:`prune_nm`, ``pair_columns`` and/or ``share``: the non-zeros of the
+    group's columns together, so that the group keeps the same rows), and compresses them:
+    the non-zeros are kept, and zeros at the lowest free rows fill each block up to ``n``.
+    The result is exact: ``to_dense`` gives ``q`` back.
 
     Parameters
     ----------
@@ -1016,22 +1079,30 @@ def find_nm(q, patterns, *, pair_columns: bool = False, fmt=WeightFormat.INT8):
         Tried in order (put the sparsest first); those whose ``m`` does not divide K are
         skipped.
     pair_columns : bool
+        Columns ``2c``, ``2c + 1`` keep the same rows (N even).
+    share : int
+        Consecutive groups of ``share`` columns from column 0 keep the same rows (the last
+        group may be partial); with ``pair_columns`` 1 or even.
     fmt : WeightFormat or str
 
     Returns
     -------
     sw.numerics.NMSparse or None
         None when no pattern holds ``q``.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``fmt``, ``pair_columns``, ``share`` or pattern, an odd N with
+        ``pair_columns``, or an odd ``share > 1`` with ``pair_columns``.
     """
     fmt = _check_fmt(fmt)
     pair_columns = _check_bool("pair_columns", pair_columns)
+    share = _check_share(share)
     qa = _check_int_matrix(q)
     k, ncol = qa.shape
-    if pair_columns and ncol % 2:
-        raise ValueError(f"pair_columns needs an even number of columns, not {ncol}")
-    nz = qa != 0
-    if pair_columns:
-        nz = np.repeat(nz[:, 0::2] | nz[:, 1::2], 2, axis=1)
+    size = _column_group(ncol, pair_columns, share)
+    nz = np.repeat(_group_columns(qa != 0, size, np.logical_or), size, axis=1)[:, :ncol]
     for n, m in patterns:
         n, m = numerics._check_nm(n, m)
         if k % m:
@@ -1040,9 +1111,9 @@ def find_nm(q, patterns, *, pair_columns: bool = False, fmt=WeightFormat.INT8):
         counts = blocks.sum(axis=1)
         if (counts > n).any():
             continue
-        # keep the non-zeros, then the lowest zero rows until n per block and column
+        # keep the non-zeros, then the lowest zero rows until n per block and column (equal
+        # in the columns of a group: their non-zero rows are equal)
         extra = n - counts
         fill = (~blocks) & (np.cumsum(~blocks, axis=1) <= extra[:, None, :])
         return compress_nm(qa, (blocks | fill).reshape(k, ncol), n=n, m=m, fmt=fmt)
     return None
-

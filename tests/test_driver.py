@@ -1,4 +1,4 @@
-"""sw.driver against a fake device: a Transport that answers sw.protocol (version 5) frames
+"""sw.driver against a fake device: a Transport that answers sw.protocol (version 6) frames
 in-process.
 
 The fake decodes the host's bytes one at a time the way ``hw.soc.link`` does (hunt for
@@ -16,7 +16,9 @@ driver's tiling, per-tile re-layout, table slicing, chunking and recovery are ch
 end without a simulator. Optionally the device has the sparse DSP engine (``dsp_stages``):
 a descriptor with ``sparse = 1 + NMPattern`` is checked as the protocol says (BAD_PARAM,
 BAD_SHAPE) and run from A and DSPW read with the documented address formulas (its own
-arithmetic, not ``sw.layout``'s): every stage value times the activation its index selects.
+arithmetic, not ``sw.layout``'s): every stage value times the activation its index selects
+(on an engine whose chains share their indices, ``dsp_share``, the index of the group's first
+chain's record, as the gateware reads it).
 RUN_PROGRAM is checked like the link does (count 1..max_layers, flags) and recorded with the
 PROG records it would run; it does not execute them (the Verilator tests do): it writes
 canned LCNT records, clobbers A and OUT as the gather and the core would, and replies with
@@ -68,7 +70,8 @@ class FakeDevice(Transport):
     ``identify_data`` replaces the IDENTIFY reply data (an older device). ``dsp_stages``
     (0: none, 4 or 8) adds the sparse DSP engine: ``dsp_packed`` chains of two 4-bit
     columns, ``dsp_patterns`` the ``NMPattern`` s it runs (default: every pattern whose
-    ``n`` divides L and whose window fits the row banks), ``dsp_depth`` records per chain.
+    ``n`` divides L and whose window fits the row banks), ``dsp_depth`` records per chain,
+    ``dsp_share`` chains per index group (1: every chain its own indices).
 
     Programs: ``programs`` lists ``(count, flags, PROG bytes of the layers run)`` per
     RUN_PROGRAM executed; ``layer_status`` (layer index -> ErrorCode) makes that layer fail,
@@ -96,7 +99,7 @@ class FakeDevice(Transport):
                  config_hash=HASH, max_data=P.MAX_DATA, timeout_cycles=TIMEOUT_CYCLES,
                  staged_write=True, latency=0.02, info_extra=b"", identify_data=None,
                  act_bytes=2048, max_layers=6, layer_kinds=0b11, dsp_stages=0,
-                 dsp_packed=False, dsp_patterns=None, dsp_depth=64):
+                 dsp_packed=False, dsp_patterns=None, dsp_depth=64, dsp_share=1):
         super().__init__()
         self.timeout = 1.0
         lanes = max([WEIGHT_LANES[f] for f in WeightFormat if formats >> int(f) & 1], default=1)
@@ -117,7 +120,7 @@ class FakeDevice(Transport):
                                 if dsp_stages % n == 0 and dsp_stages // n * m <= 4 * rows]
             dsp = dict(dsp_stages=dsp_stages, dsp_chains=chains, dsp_packed=int(dsp_packed),
                        dsp_patterns=sum(1 << int(p) for p in dsp_patterns),
-                       dsp_bytes=dsp_depth * stride * 16)
+                       dsp_bytes=dsp_depth * stride * 16, dsp_share=dsp_share)
         self.dsp_depth = dsp_depth
         self.info = DeviceInfo(version, config_hash, rows, cols, 4 * rows * a_depth,
                                cols * w_depth, 4 * rows * out_words, out_words, max_k, out_modes,
@@ -426,6 +429,7 @@ class FakeDevice(Transport):
         S = -(-K // wp)
         T = -(-N // C)
         chains, CH = i.dsp_chains, i.dsp_chain_stride
+        share = i.dsp_share
         out_cap = dp["out"] if d.out_mode == OutMode.RAW32 else 4 * dp["out"]
         if (0 in (M, K, N) or K > i.max_k or M * S > dp["a"]
                 or d.w_base + T * S > self.dsp_depth or -(-M // R) * N > out_cap
@@ -446,7 +450,9 @@ class FakeDevice(Transport):
                 for c in range(chains):
                     at = ((d.w_base + t * S + s) * CH + c) * 16
                     rec = dspw[at:at + 16]
-                    bits = int(rec[8] | rec[9] << 8 | rec[10] << 16)
+                    # the indices: of the index group's first chain (its own when share = 1)
+                    lead = ((d.w_base + t * S + s) * CH + c // share * share) * 16
+                    bits = int(dspw[lead + 8] | dspw[lead + 9] << 8 | dspw[lead + 10] << 16)
                     for j in range(L):
                         row = (s * (L // n) + j // n) * m + (bits >> 3 * j & 7)
                         v = int(rec[j])
@@ -655,10 +661,10 @@ def test_mismatch_whole_info_and_bad_expect():
 
 
 @pytest.mark.parametrize("extra", [b"", b"\x00" * 7])
-def test_protocol_version_6_refused(extra):
+def test_protocol_version_7_refused(extra):
     # a newer bitstream (maybe with a longer DeviceInfo): refused on the version byte
-    dev = FakeDevice(version=6, info_extra=extra)
-    with pytest.raises(DeviceMismatch, match="protocol version 6, this driver version 5: "
+    dev = FakeDevice(version=7, info_extra=extra)
+    with pytest.raises(DeviceMismatch, match="protocol version 7, this driver version 6: "
                                              "update the host software"):
         open_acc(dev)
     assert dev.closed
@@ -674,6 +680,12 @@ def v4_identify_data(version=4):
     return FakeDevice(version=version).info.pack()[:62]
 
 
+def v5_identify_data(version=5):
+    """A protocol-5 device's IDENTIFY data: the 70 bytes before ``dsp_share`` (a DSP engine
+    whose chains each have their own indices)."""
+    return dsp_device(version=version).info.pack()[:70]
+
+
 def test_v2_device_refused():
     """A protocol-2 bitstream (core v1) answers IDENTIFY with its 45-byte DeviceInfo: refused
     at once on the version byte, with a message that says to rebuild the bitstream."""
@@ -682,15 +694,15 @@ def test_v2_device_refused():
     with pytest.raises(DeviceMismatch) as e:
         open_acc(dev)
     msg = str(e.value)
-    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 5" in msg
+    assert "protocol version 2 (a 45-byte IDENTIFY reply), this driver version 6" in msg
     assert "rebuild" in msg and "python -m hw.build" in msg
     assert len(dev.log) == 1 and dev.closed           # no retries, nothing else sent
     assert time.monotonic() - t0 < 0.5
-    # a v5 version byte on a reply of the wrong size is not taken for a DeviceInfo either
-    for data, size in ((v2_identify_data(version=5), 45), (v3_identify_data(version=5), 55),
-                       (v4_identify_data(version=5), 62)):
+    # a v6 version byte on a reply of the wrong size is not taken for a DeviceInfo either
+    for data, size in ((v2_identify_data(version=6), 45), (v3_identify_data(version=6), 55),
+                       (v4_identify_data(version=6), 62), (v5_identify_data(version=6), 70)):
         bad = FakeDevice(identify_data=data)
-        with pytest.raises(DeviceMismatch, match=f"not a DeviceInfo .*70 bytes, got {size}"):
+        with pytest.raises(DeviceMismatch, match=f"not a DeviceInfo .*71 bytes, got {size}"):
             open_acc(bad)
 
 
@@ -701,7 +713,7 @@ def test_v3_device_refused():
     with pytest.raises(DeviceMismatch) as e:
         open_acc(dev)
     msg = str(e.value)
-    assert "protocol version 3 (a 55-byte IDENTIFY reply), this driver version 5" in msg
+    assert "protocol version 3 (a 55-byte IDENTIFY reply), this driver version 6" in msg
     assert "rebuild" in msg and "python -m hw.build" in msg
     assert len(dev.log) == 1 and dev.closed
 
@@ -713,7 +725,21 @@ def test_v4_device_refused():
     with pytest.raises(DeviceMismatch) as e:
         open_acc(dev)
     msg = str(e.value)
-    assert "protocol version 4 (a 62-byte IDENTIFY reply), this driver version 5" in msg
+    assert "protocol version 4 (a 62-byte IDENTIFY reply), this driver version 6" in msg
+    assert "rebuild" in msg and "python -m hw.build" in msg
+    assert len(dev.log) == 1 and dev.closed
+
+
+def test_v5_device_refused():
+    """A protocol-5 bitstream (DSP engine without ``dsp_share``) answers IDENTIFY with its
+    70-byte DeviceInfo: refused on the version byte, nothing else sent."""
+    data = v5_identify_data()
+    assert len(data) == 70 and data[0] == 5
+    dev = FakeDevice(identify_data=data)
+    with pytest.raises(DeviceMismatch) as e:
+        open_acc(dev)
+    msg = str(e.value)
+    assert "protocol version 5 (a 70-byte IDENTIFY reply), this driver version 6" in msg
     assert "rebuild" in msg and "python -m hw.build" in msg
     assert len(dev.log) == 1 and dev.closed
 
@@ -1898,7 +1924,7 @@ def test_cli(monkeypatch, argv):
     text = out.getvalue()
     assert devs[0].closed
     if argv[0] == "info":
-        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  5" in text
+        assert "2 x 2 PEs" in text and "0x1234abcd" in text and "protocol version  6" in text
         assert "INT8, INT4, INT2, TERNARY, POW2" in text and "32, 64, 128" in text
         assert "MIXPE" in text and "CHAN table" in text and "DSP engine        none" in text
     else:
@@ -2152,10 +2178,106 @@ def test_identify_refuses_an_inconsistent_dsp_engine():
                       (dict(dsp_packed=1), "dsp_chains=4 .a packed DSP engine next to 4 columns "
                                            "has 2"),
                       (dict(dsp_stages=6), "dsp_stages=6"),
-                      (dict(dsp_bytes=63), "dsp_bytes=63")):
+                      (dict(dsp_bytes=63), "dsp_bytes=63"),
+                      (dict(dsp_share=0), r"unusable configuration: dsp_share=0 \(chains per "
+                                          r"index group: a divisor of the 4 DSP chains\)"),
+                      (dict(dsp_share=3), "dsp_share=3"),
+                      (dict(dsp_share=8), "dsp_share=8")):
         bad = dataclasses.replace(good, **kw).pack()
         with pytest.raises(DeviceMismatch, match=match):
             open_acc(FakeDevice(identify_data=bad))
+
+
+# -- an engine whose chains share their indices (IDENTIFY dsp_share, protocol 6) ----------------
+
+def shared_layer(rng, w, nm, fmt, *, packed, share):
+    return quant.quantize_linear(w, rng.normal(size=w.shape[1]) * 0.2, fmt=fmt, x_scale=0.02,
+                                 x_zero=3, y_scale=0.08, y_zero=-5, sparse=nm,
+                                 pair_columns=packed, share=share)
+
+
+@pytest.mark.parametrize("stages, packed, rows, cols, share", [
+    (8, False, 8, 4, 4), (4, False, 4, 8, 4), (4, False, 4, 8, 2), (8, True, 8, 8, 4),
+    (8, True, 8, 8, 2)])
+def test_shared_index_engine(stages, packed, rows, cols, share):
+    """Weights pruned with the device's index group run bit-exactly (several tiles, a partial
+    last group); per-column pruned weights are refused before any frame is sent, and would
+    come back wrong from the device (it reads the group leader's indices) if they were not."""
+    dev = dsp_device(stages, packed, rows, cols, dsp_share=share)
+    acc = open_acc(dev)
+    info = acc.info
+    G = info.dsp_index_group
+    assert (info.dsp_share, G) == (share, share * (2 if packed else 1))
+    fmt = I4 if packed else I8
+    rng = np.random.default_rng(stages + cols + share + packed)
+    how = ("pair_columns=True, " if packed else "") + f"share={G}"
+    pats = [p for p in supported(dev) if p.n < p.m]
+    assert pats
+    for p in pats:
+        k, n = 4 * p.m, 2 * cols + G // 2 + 1           # 3 tiles, the last group partial
+        w = rng.normal(size=(k, n))
+        alone = shared_layer(rng, w, (p.n, p.m), fmt, packed=packed, share=2 if packed else 1)
+        x = rng.integers(-128, 128, (5, k))
+        sent = len(dev.log)
+        with pytest.raises(ValueError, match=rf"share one index per stage on this DSP engine "
+                           rf".*: prune with sw\.quant\.prune_nm\(\.\.\., {how}\)"):
+            acc.linear(x, alone)
+        with pytest.raises(ValueError, match="share one index per stage"):
+            acc.sparse_gemm(x, alone.sparse)
+        assert len(dev.log) == sent                      # nothing sent
+        layer = shared_layer(rng, w, (p.n, p.m), fmt, packed=packed, share=G)
+        runs = len(dev.dsp_runs)
+        np.testing.assert_array_equal(acc.linear(x, layer), layer.golden(x), strict=True)
+        np.testing.assert_array_equal(acc.sparse_gemm(x, layer.sparse),
+                                      sparse_gemm(x, layer.sparse).astype(np.int32), strict=True)
+        assert len(dev.dsp_runs) == runs + 2
+        # a driver blind to the sharing sends the per-column weights: the device computes
+        # with the leaders' indices, not what the golden model says
+        acc.info = dataclasses.replace(info, dsp_share=1)
+        try:
+            np.testing.assert_array_equal(acc.linear(x, layer), layer.golden(x), strict=True)
+            assert not np.array_equal(acc.linear(x, alone), alone.golden(x))
+        finally:
+            acc.info = info
+
+
+@pytest.mark.parametrize("packed, chan_depth, nb", [(False, 6, 4), (False, 3, 2), (True, 6, 4),
+                                                    (True, 3, 2), (True, 5, 4)])
+def test_shared_index_engine_n_blocks_start_on_groups(packed, chan_depth, nb):
+    """A CHAN table narrower than the layer: N blocks of a multiple of the index group (4
+    columns), or of a divisor of it when the table holds less (even when packed), so the
+    device's groups, from each block's first column, are the pruning groups."""
+    cols = 8
+    share = 2 if packed else 4
+    dev = dsp_device(4, packed, 4, cols, chan_depth=chan_depth, dsp_share=share)
+    acc = open_acc(dev)
+    assert acc.info.dsp_index_group == 4
+    rng = np.random.default_rng(30 + chan_depth + packed)
+    layer = shared_layer(rng, rng.normal(size=(16, 13)), (2, 4), I4, packed=packed, share=4)
+    x = rng.integers(-128, 128, (3, 16))
+    pl = acc.plan_sparse(3, 16, 13, layer.requant, pattern=NMPattern.NM2_4, fmt=I4)
+    assert pl.nb == nb and pl.n_blocks == -(-13 // nb)
+    np.testing.assert_array_equal(acc.linear(x, layer), layer.golden(x), strict=True)
+    assert [d.n for d in dev.dsp_runs] == [nb] * (13 // nb) + ([13 % nb] if 13 % nb else [])
+
+
+def test_info_summary_names_the_index_sharing():
+    from sw.__main__ import format_info
+    text = format_info(dsp_device(4, True, 2, 8, dsp_share=2).info)
+    assert ("DSP engine        4 chains x 4 stages (packed: 4-bit weights, 2 columns per "
+            "chain), one index per 2 chains (4 columns), patterns") in text
+    assert "one index per" not in format_info(dsp_device().info)
+
+
+def test_shared_index_engine_refused_at_open_when_inconsistent():
+    good = dsp_device(dsp_share=4).info
+    assert open_acc(FakeDevice(identify_data=good.pack())).info.dsp_share == 4
+    for share in (0, 3, 5):
+        bad = dataclasses.replace(good, dsp_share=share).pack()
+        dev = FakeDevice(identify_data=bad)
+        with pytest.raises(DeviceMismatch, match=rf"unusable configuration: dsp_share={share} "):
+            open_acc(dev)
+        assert len(dev.log) == 1 and dev.closed
 
 
 def test_load_model_sparse_layers_resident_in_dspw_and_reloaded():

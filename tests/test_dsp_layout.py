@@ -365,3 +365,127 @@ def test_odd_last_column_may_have_any_index_when_packed():
                        packed=True)
     rec1 = img[16:32]                              # chain 1 of record 0
     assert list(rec1[:2]) == [0x0D, 0x05] and int.from_bytes(rec1[8:11], "little") == 2 | 3 << 3
+
+
+# -- engines whose chains share their indices (IDENTIFY dsp_share) -------------------------------
+
+def shared_sparse(rng, blocks, ncols, n, m, group, fmt=F.INT8):
+    """Random N:M weights whose groups of ``group`` columns (from column 0) share indices."""
+    sp = random_sparse(rng, blocks, ncols, n, m, fmt)
+    lead = np.repeat(sp.idx[:, ::group], group, axis=1)[:, :ncols]
+    return NMSparse(n, m, sp.values, lead, fmt)
+
+
+def leader_dense(img, K, N, *, cols, L, n, m, packed, share):
+    """The dense weights a shared-index engine computes with: every chain reads the indices
+    of its group leader's record (chain c // share * share), its own values."""
+    b = np.frombuffer(img, np.uint8).astype(np.int64)
+    chains = cols // 2 if packed else cols
+    CH = 1 << (chains - 1).bit_length()
+    recs = b.reshape(-1, CH, 16).copy()
+    for c in range(chains):
+        recs[:, c, 8:11] = recs[:, c // share * share, 8:11]
+    _, dense, _ = decode_weights(recs.reshape(-1), K, N, cols=cols, L=L, n=n, m=m,
+                                 packed=packed)
+    return dense[:K, :N]
+
+
+@pytest.mark.parametrize("cols, packed, share", [(4, False, 2), (4, False, 4), (6, False, 3),
+                                                 (8, True, 2), (8, True, 4), (4, True, 1)])
+def test_shared_weights_give_the_unshared_image(cols, packed, share):
+    """Weights whose index groups share their indices: accepted, the image is byte for byte
+    the share=1 one (every record keeps its indices), and the leader-index reading of the
+    engine computes the weights."""
+    rng = np.random.default_rng(40 + cols + share + packed)
+    G = layout.dsp_index_group(cols=cols, packed=packed, share=share)
+    assert G == share * (2 if packed else 1)
+    fmt = F.INT4 if packed else F.INT8
+    for p in runs_on(8):
+        n, m = NM_PATTERNS[p]
+        for blocks, N in ((3, cols), (5, 2 * cols + G - 1), (2, 1)):
+            sp = shared_sparse(rng, blocks, N, n, m, G, fmt)
+            layout.dsp_check_indices(sp, cols=cols, packed=packed, share=share)
+            img = layout.dsp_weight_image(sp, cols=cols, stages=8, packed=packed, share=share)
+            assert img == layout.dsp_weight_image(sp, cols=cols, stages=8, packed=packed)
+            check_weight_image(sp, np.frombuffer(img, np.uint8).astype(np.int64), cols=cols,
+                               L=8, packed=packed)
+            np.testing.assert_array_equal(
+                leader_dense(img, sp.k, N, cols=cols, L=8, n=n, m=m, packed=packed,
+                             share=share), quant_to_dense(sp), strict=True)
+
+
+def test_unshared_weights_are_refused_and_would_be_wrong():
+    """Per-column pruned weights on a 4-chain engine sharing its indices in groups of 4:
+    refused with the block, the columns and the fix; the engine would compute other weights."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(16, 8))
+    q = rng.integers(-100, 100, (16, 8))
+    alone = quant.compress_nm(q, quant.prune_nm(w, 2, 4), n=2, m=4)
+    img = layout.dsp_weight_image(alone, cols=4, stages=8, packed=False)      # share 1: fine
+    assert not np.array_equal(
+        leader_dense(img, 16, 8, cols=4, L=8, n=2, m=4, packed=False, share=4),
+        quant_to_dense(alone))
+    bad = np.argwhere(alone.idx != np.repeat(alone.idx[:, ::4], 4, axis=1))
+    r, c = (int(t) for t in bad[0])
+    b, g0 = r // 2, c // 4 * 4
+    msg = (rf"columns {g0}\.\.{g0 + 3} share one index per stage on this DSP engine \(4 chains "
+           rf"per index group: 4 columns\), so their kept weights of block {b} must sit at the "
+           rf"same indices in the same order; column {g0} has "
+           rf"\[{alone.idx[2 * b, g0]}, {alone.idx[2 * b + 1, g0]}\] but column {c} has "
+           rf"\[{alone.idx[2 * b, c]}, {alone.idx[2 * b + 1, c]}\]: prune with "
+           rf"sw\.quant\.prune_nm\(\.\.\., share=4\)")
+    with pytest.raises(ValueError, match=msg):
+        layout.dsp_weight_image(alone, cols=4, stages=8, packed=False, share=4)
+    with pytest.raises(ValueError, match=msg):
+        layout.dsp_check_indices(alone, cols=4, packed=False, share=4)
+    # pruned with share=4 (groups from column 0, as the tiles of 4 columns): accepted
+    shared = quant.compress_nm(q, quant.prune_nm(w, 2, 4, share=4), n=2, m=4)
+    img = layout.dsp_weight_image(shared, cols=4, stages=8, packed=False, share=4)
+    np.testing.assert_array_equal(
+        leader_dense(img, 16, 8, cols=4, L=8, n=2, m=4, packed=False, share=4),
+        quant_to_dense(shared), strict=True)
+    # groups of 2 are not enough for groups of 4
+    pairs = quant.compress_nm(q, quant.prune_nm(w, 2, 4, share=2), n=2, m=4)
+    layout.dsp_check_indices(pairs, cols=4, packed=False, share=2)
+    with pytest.raises(ValueError, match=r"prune with sw\.quant\.prune_nm\(\.\.\., share=4\)"):
+        layout.dsp_check_indices(pairs, cols=4, packed=False, share=4)
+
+
+def test_packed_shared_refusal_names_pairs_and_group():
+    # packed, 4 chains sharing in groups of 2: 4 columns per group; column 2 (the second
+    # chain's lo) differs from column 0 in block 1
+    idx = np.array([[0, 0, 0, 0, 1], [1, 1, 1, 1, 2], [2, 2, 3, 3, 0], [3, 3, 1, 1, 3]])
+    sp = NMSparse(2, 4, np.ones((4, 5), np.int64), idx, F.INT4)
+    with pytest.raises(ValueError, match=r"columns 0\.\.3 share one index per stage on this DSP "
+                       r"engine \(2 chains per index group, two columns per chain: 4 columns\), "
+                       r"so their kept weights of block 1 .* column 0 has \[2, 3\] but column 2 "
+                       r"has \[3, 1\]: prune with sw\.quant\.prune_nm\(\.\.\., "
+                       r"pair_columns=True, share=4\)"):
+        layout.dsp_weight_image(sp, cols=8, stages=4, packed=True, share=2)
+    # the same weights on the packed engine without sharing: pairs agree, accepted
+    layout.dsp_weight_image(sp, cols=8, stages=4, packed=True, share=1)
+    # the last group is partial (column 4 alone): any index
+    ok = NMSparse(2, 4, np.ones((4, 5), np.int64),
+                  np.array([[0, 0, 0, 0, 1], [1, 1, 1, 1, 2], [2, 2, 2, 2, 0], [3, 3, 3, 3, 3]]),
+                  F.INT4)
+    layout.dsp_weight_image(ok, cols=8, stages=4, packed=True, share=2)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(cols=6, packed=False, share=4), r"share \(DSP chains per index group\) must be a "
+     r"positive integer dividing the engine's 6 chains \(cols = 6\), not 4"),
+    (dict(cols=4, packed=True, share=4), r"dividing the engine's 2 chains \(packed, cols = 4\), "
+     r"not 4"),
+    (dict(cols=4, packed=False, share=0), "not 0"),
+    (dict(cols=4, packed=False, share=True), "not True"),
+    (dict(cols=4, packed=False, share=2.0), "not 2.0"),
+    (dict(cols=4, packed=False, share=None), "not None"),
+])
+def test_bad_share(kw, match):
+    sp = random_sparse(np.random.default_rng(8), 2, 4, 2, 4, F.INT4)
+    with pytest.raises(ValueError, match=match):
+        layout.dsp_weight_image(sp, stages=4, **kw)
+    with pytest.raises(ValueError, match=match):
+        layout.dsp_index_group(**kw)
+    with pytest.raises(ValueError, match=match):
+        layout.dsp_check_indices(sp, **kw)

@@ -25,6 +25,9 @@ from sw.numerics import NMPattern as P
     ({"stages": 8, "max_window": 0}, ValueError, "max_window must be an integer in [1, 65535], not 0"),
     ({"stages": 8, "max_window": 4}, ValueError,
      "no N:M pattern fits a chain of 8 stages with m_max 8 in a window of 4 activations"),
+    ({"stages": 8, "chains": 4, "share": 0}, ValueError, "share must be an integer in [1, 4], not 0"),
+    ({"stages": 8, "chains": 4, "share": 8}, ValueError, "share must be an integer in [1, 4], not 8"),
+    ({"stages": 8, "chains": 6, "share": 4}, ValueError, "share must divide chains (6), not 4"),
 ])
 def test_bad_params(kw, exc, msg):
     with pytest.raises(exc) as e:
@@ -49,12 +52,17 @@ def test_derived_attributes():
     assert c.PATTERNS == (P.DENSE4, P.DENSE8, P.NM4_8, P.NM2_4) and c.WINDOW == 16
     assert SparseDSPChain(stages=8, max_window=8).PATTERNS == (P.DENSE4, P.DENSE8)
     assert SparseDSPChain(stages=8, m_max=4, max_window=16).PATTERNS == (P.DENSE4, P.NM2_4)
+    # shared indices: one index per group of chains on the port
+    c = SparseDSPChain(stages=8, chains=6, share=3)
+    assert c.GROUPS == 2 and c.signature.members["idx"].dimensions == (2, 8)
+    assert SparseDSPChain(stages=8, chains=6).signature.members["idx"].dimensions == (6, 8)
     c = SparseDSPChain(stages=4, sparse=False)
     assert c.PATTERNS == () and c.WINDOW == 4
     assert "pattern" not in c.signature.members and "idx" not in c.signature.members
 
 
 @pytest.mark.parametrize("kw", [dict(stages=3, m_max=4, impl="ecp5"),
+                                dict(stages=4, chains=4, share=4, impl="ecp5"),
                                 dict(stages=2, packed=True, chains=2, impl="ecp5"),
                                 dict(stages=4, sparse=False, impl="generic")])
 def test_elaborates(kw):
@@ -106,3 +114,26 @@ def test_cli_engine_choices_match_the_engines():
         if dsp:
             assert list(dsp[0].choices) == list(DSP_ENGINES), name
     assert sum(1 for a in sub.choices.values() for x in a._actions if x.dest == "dsp") >= 2
+
+
+def test_shared_engines():
+    """``dsp4s`` / ``dsp8s``: the core's chains all share one index group (IDENTIFY
+    ``dsp_share`` = chains); ``dsp_share`` is validated by the core."""
+    from hw.core import MixCore
+    from hw.sizes import DSP_ENGINES, core_size
+    for dsp, base in (("dsp4s", "dsp4"), ("dsp8s", "dsp8")):
+        shared, plain = core_size("85F", None, dsp, rows=4), core_size("85F", None, base, rows=4)
+        assert shared.geometry() == dict(plain.geometry(), dsp_share=16)
+        assert plain.geometry()["dsp_share"] == 1
+        assert DSP_ENGINES[dsp] == dict(DSP_ENGINES[base], dsp_shared=True)
+    core = MixCore(rows=4, cols=4, pe="int8-dsp", dsp_stages=4, dsp_share=2)
+    assert (core.dsp_chains, core.dsp_share) == (4, 2)
+    assert core.config()["dsp_share"] == 2
+    assert "dsp_share" not in MixCore(rows=4, cols=4, pe="int8-dsp", dsp_stages=4).config()
+    assert MixCore(rows=4, cols=4, pe="int8-dsp").dsp_share == 0        # no engine
+    with pytest.raises(ValueError, match="dsp_share must divide the DSP engine's 4 chains, not 3"):
+        MixCore(rows=4, cols=4, pe="int8-dsp", dsp_stages=4, dsp_share=3)
+    with pytest.raises(ValueError, match=r"dsp_share must be an integer in \[1, 2\], not 4"):
+        MixCore(rows=4, cols=4, pe="int8-dsp", dsp_stages=4, dsp_packed=True, dsp_share=4)
+    with pytest.raises(ValueError, match="dsp_share applies to a DSP engine"):
+        MixCore(rows=4, cols=4, pe="int8-dsp", dsp_share=2)

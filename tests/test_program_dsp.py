@@ -4,7 +4,8 @@ descriptors (``sparse = 1 + pattern``, fmt, ``w_base`` in DSPW records, ``chan_b
 DSPW images of several sparse layers side by side (decoded back to the pruned weights with
 the protocol's address and record formulas, not with ``sw.layout``), CHAN tables, the A
 bound ``M * S <= a_depth`` in ``max_batch``, and the refusals (no engine, a pattern it lacks,
-INT8 on a packed engine, unpaired columns, DSPW / A / OUT too small)."""
+INT8 on a packed engine, unpaired columns, index groups of a shared-index engine whose
+indices differ, DSPW / A / OUT too small)."""
 
 import dataclasses
 
@@ -23,8 +24,9 @@ ALL_FORMATS = sum(1 << int(f) for f in WeightFormat)
 
 def device(*, rows=4, cols=8, a_depth=256, w_depth=512, out_words=256, chan_depth=128,
            act_bytes=8192, max_layers=8, formats=ALL_FORMATS, dsp_stages=4, dsp_packed=False,
-           dsp_patterns=None, dsp_depth=64, max_k=None) -> DeviceInfo:
-    """An IDENTIFY reply of a ProgramCore device with (``dsp_stages`` > 0) a DSP engine."""
+           dsp_patterns=None, dsp_depth=64, max_k=None, dsp_share=None) -> DeviceInfo:
+    """An IDENTIFY reply of a ProgramCore device with (``dsp_stages`` > 0) a DSP engine
+    (``dsp_share``: chains per index group; None leaves the field 0)."""
     dsp = {}
     if dsp_stages:
         chains = cols // 2 if dsp_packed else cols
@@ -35,6 +37,8 @@ def device(*, rows=4, cols=8, a_depth=256, w_depth=512, out_words=256, chan_dept
         dsp = dict(dsp_stages=dsp_stages, dsp_chains=chains, dsp_packed=int(dsp_packed),
                    dsp_patterns=sum(1 << int(p) for p in dsp_patterns),
                    dsp_bytes=dsp_depth * ch * 16)
+        if dsp_share is not None:
+            dsp["dsp_share"] = dsp_share
     if max_k is None:
         max_k = min(4 * a_depth, w_depth, 65535)
     return DeviceInfo(5, 0x1234, rows, cols, 4 * rows * a_depth, cols * w_depth,
@@ -43,17 +47,18 @@ def device(*, rows=4, cols=8, a_depth=256, w_depth=512, out_words=256, chan_dept
                       act_bytes=act_bytes, max_layers=max_layers, layer_kinds=0b11, **dsp)
 
 
-def qlin(rng, k, n, *, fmt=I8, sparse=None, pair=False, xz=0, yz=0, relu=False):
+def qlin(rng, k, n, *, fmt=I8, sparse=None, pair=False, xz=0, yz=0, relu=False, share=1):
     return quant.quantize_linear(rng.normal(size=(k, n)) / np.sqrt(k), rng.normal(size=n) * 0.2,
                                  fmt=fmt, x_scale=0.05, x_zero=xz, y_scale=0.05, y_zero=yz,
-                                 relu=relu, sparse=sparse, pair_columns=pair)
+                                 relu=relu, sparse=sparse, pair_columns=pair, share=share)
 
 
-def mlp(rng, *, nm1=(2, 4), fmt1=I8, nm3=(1, 4), fmt3=I8, pair=False, k=64):
-    """sparse k->32 + ReLU, dense 32->16, sparse 16->12: two sparse layers around a dense one."""
-    l1 = qlin(rng, k, 32, fmt=fmt1, sparse=nm1, pair=pair, xz=3, yz=-9, relu=True)
+def mlp(rng, *, nm1=(2, 4), fmt1=I8, nm3=(1, 4), fmt3=I8, pair=False, k=64, share=1):
+    """sparse k->32 + ReLU, dense 32->16, sparse 16->12: two sparse layers around a dense one
+    (``pair`` / ``share``: pruned with column pairs / groups of ``share`` columns)."""
+    l1 = qlin(rng, k, 32, fmt=fmt1, sparse=nm1, pair=pair, xz=3, yz=-9, relu=True, share=share)
     l2 = qlin(rng, 32, 16, xz=-9, yz=2)
-    l3 = qlin(rng, 16, 12, fmt=fmt3, sparse=nm3, pair=pair, xz=2, yz=0)
+    l3 = qlin(rng, 16, 12, fmt=fmt3, sparse=nm3, pair=pair, xz=2, yz=0, share=share)
     return M.Model([M.Dense(l1, name="fc1"), M.Dense(l2, name="fc2"), M.Dense(l3, name="fc3")],
                    input_shape=(k,), in_scale=0.05, in_zero=3, out_scale=0.05, out_zero=0)
 
@@ -71,10 +76,11 @@ def memory(cp, buffer: Buffer, size: int) -> bytearray:
     return mem
 
 
-def decode_dspw(mem, *, w_base, K, N, n, m, L, cols, chains, packed) -> tuple:
+def decode_dspw(mem, *, w_base, K, N, n, m, L, cols, chains, packed, share=1) -> tuple:
     """The K x N weights a DSP layer reads from DSPW (the protocol's formulas): record
     ``r = w_base + t * S + s`` of chain ``c`` at byte ``((r * CH + c) << 4) | b``; stage j's
-    value in byte j, its index in bits 3j.. of bytes 8..10; stage j of step s serves block
+    value in byte j, its index in bits 3j.. of bytes 8..10 (of chain ``c // share * share``'s
+    record on an engine whose chains share their indices); stage j of step s serves block
     ``s * (L // n) + j // n``. Returns the weights and whether every padding stage (a block
     past K / m or a column past N) is value 0, index 0, and the unused bytes are 0."""
     ch = 1 << (chains - 1).bit_length()
@@ -86,7 +92,8 @@ def decode_dspw(mem, *, w_base, K, N, n, m, L, cols, chains, packed) -> tuple:
             r = w_base + t * S + s
             for c in range(chains):
                 rec = mem[(r * ch + c) << 4:((r * ch + c) << 4) + 16]
-                idx24 = int.from_bytes(rec[8:11], "little")
+                lead = (r * ch + c // share * share) << 4
+                idx24 = int.from_bytes(mem[lead + 8:lead + 11], "little")
                 clean &= not any(rec[L:8]) and not any(rec[11:16])
                 for j in range(L):
                     b = s * (L // n) + j // n
@@ -101,8 +108,10 @@ def decode_dspw(mem, *, w_base, K, N, n, m, L, cols, chains, packed) -> tuple:
                         if b < K // m and col < N:
                             assert w[b * m + idx, col] == 0 or v == 0
                             w[b * m + idx, col] += v
-                        else:
+                        elif share == 1:
                             clean &= v == 0 and idx == 0
+                        else:                  # a padding column reads its leader's index
+                            clean &= v == 0
     return w, clean
 
 
@@ -292,6 +301,87 @@ def test_refusals_name_the_layer():
     dense = M.Model([model.layers[1]], input_shape=(32,), in_scale=0.05, in_zero=-9,
                     out_scale=0.05, out_zero=2)
     compile_model(dense, device(dsp_stages=0))
+
+
+# -- an engine whose chains share their indices (IDENTIFY dsp_share) ---------------------------
+
+@pytest.mark.parametrize("packed, share", [(False, 8), (False, 4), (True, 2), (True, 4)])
+def test_shared_index_engine_compiles_shared_layers(packed, share):
+    """Layers pruned with the device's index group (``dsp_index_group`` columns: a partial
+    last group in fc3) compile; read with the group leaders' indices, the DSPW records are
+    the pruned codes. Layers pruned per column (or in pairs only) are refused, naming the
+    layer and the pruning the device needs."""
+    rng = np.random.default_rng(20 + share + packed)
+    kw = dict(rows=8, dsp_stages=8, dsp_packed=True) if packed else {}
+    info = device(**kw, dsp_share=share)
+    geo_group = share * (2 if packed else 1)
+    assert info.dsp_index_group == geo_group
+    fmt = I4 if packed else I8
+    nms = ((2, 8), (4, 8)) if packed else ((2, 4), (1, 4))
+    model = mlp(rng, nm1=nms[0], fmt1=fmt, nm3=nms[1], fmt3=fmt, pair=packed, share=geo_group)
+    cp = compile_model(model, info, batch=2)
+    mem = memory(cp, Buffer.DSPW, info.dsp_bytes)
+    chains = 4 if packed else 8
+    for rec, lay in ((cp.layers[0], model.layers[0]), (cp.layers[2], model.layers[2])):
+        d, sp = rec.desc, lay.sparse
+        w, clean = decode_dspw(mem, w_base=d.w_base, K=d.k, N=d.n, n=sp.n, m=sp.m,
+                               L=info.dsp_stages, cols=8, chains=chains, packed=packed,
+                               share=share)
+        np.testing.assert_array_equal(w, lay.lin.q, strict=True)
+        assert clean
+    # the image is the one of an engine without sharing (every record keeps its indices)
+    plain = compile_model(model, device(**kw), batch=2)
+    assert plain.placements == cp.placements
+    # pruned per column pair or per column only: refused with the layer and the fix
+    how = (r"pair_columns=True, " if packed else "") + f"share={geo_group}"
+    other = mlp(rng, nm1=nms[0], fmt1=fmt, nm3=nms[1], fmt3=fmt, pair=packed)
+    with pytest.raises(DeviceLacks, match=rf"layer 'fc1': columns \d+\.\.\d+ share one "
+                                          rf"index per stage on this DSP engine .*: prune "
+                                          rf"with sw\.quant\.prune_nm\(\.\.\., {how}\)"):
+        compile_model(other, info, batch=2)
+    # the same per-column weights read with the leaders' indices are not the layer's codes
+    cp_other = compile_model(other, device(**kw), batch=2)
+    mem = memory(cp_other, Buffer.DSPW, info.dsp_bytes)
+    d, sp = cp_other.layers[0].desc, other.layers[0].sparse
+    w, _ = decode_dspw(mem, w_base=d.w_base, K=d.k, N=d.n, n=sp.n, m=sp.m, L=info.dsp_stages,
+                       cols=8, chains=chains, packed=packed, share=share)
+    assert not np.array_equal(w, other.layers[0].lin.q)
+
+
+def test_shared_geometry_and_use_sparse_engine():
+    """DeviceGeometry carries dsp_share (1 for an engine that reports 0); use_sparse_engine
+    moves a layer only when the union of each index group's non-zero rows fits a pattern."""
+    from sw.program import DeviceGeometry
+    assert DeviceGeometry.of(device()).dsp_share == 1
+    assert DeviceGeometry.of(device(dsp_share=4)).dsp_share == 4
+    assert DeviceGeometry.of(device(dsp_share=4)).dsp_index_group == 4
+    assert DeviceGeometry.of(device(dsp_stages=0)).dsp_share == 0
+    assert DeviceGeometry.of(device(dsp_stages=0)).dsp_index_group == 0
+    rng = np.random.default_rng(21)
+    info = device(dsp_share=8)                     # cols 8: one index group per tile
+    w = rng.normal(size=(64, 16)) / 8
+
+    def layer(mask, name):
+        lin = quant.quantize_linear(np.where(mask, w, 0.0), rng.normal(size=16) * 0.2, fmt=I8,
+                                    x_scale=0.05, y_scale=0.05)
+        return M.Model([M.Dense(lin, name=name)], input_shape=(64,), in_scale=0.05, in_zero=0,
+                       out_scale=0.05, out_zero=0)
+
+    shared = layer(quant.prune_nm(w, 1, 4, share=8), "s")    # 1:4 per group of 8
+    halves = layer(quant.prune_nm(w, 1, 4, share=4), "h")    # two groups of 4: <= 2 rows
+    alone = layer(quant.prune_nm(w, 1, 4), "a")              # per column: up to 4 rows
+    for model, want in ((shared, {"s": "1:4"}), (halves, {"h": "2:4"}), (alone, {})):
+        got, picked = use_sparse_engine(model, info)
+        assert picked == want, model.layers[0].name
+        x = rng.integers(-128, 128, size=(3, 64))
+        np.testing.assert_array_equal(got.golden(x), model.golden(x), strict=True)
+        if want:
+            sp = got.layers[0].sparse
+            np.testing.assert_array_equal(sp.idx, np.repeat(sp.idx[:, ::8], 8, axis=1),
+                                          strict=True)
+            compile_model(got, info, batch=1)
+    # on an engine without sharing the per-column layer moves (1:4)
+    assert use_sparse_engine(alone, device())[1] == {"a": "1:4"}
 
 
 def _pruned_dense(rng, k, n, nm, *, fmt=I8, pair=False, group=None, xz=0, yz=0):

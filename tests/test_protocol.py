@@ -1,4 +1,4 @@
-"""sw.protocol (version 5): CRC, frame layout byte by byte, payload round trips (the 70-byte
+"""sw.protocol (version 6): CRC, frame layout byte by byte, payload round trips (the 71-byte
 DeviceInfo with formats, group sizes, table sizes, the layer-program fields and the DSP
 engine's fields; the 22-byte LayerDescriptor with its bases and its engine byte ``sparse``;
 COUNTERS with dq_stall; the 64-byte ProgramLayer record and the 32-byte LayerCounters
@@ -94,7 +94,7 @@ def test_enums_and_constants_stable():
                                   P.ErrorCode.TIMEOUT}
     assert [(k.name, k.value) for k in P.PeKind] == [("INT8_DSP", 0), ("MIXPE", 1)]
     assert [(k.name, k.value) for k in P.LayerKind] == [("GEMM", 0), ("MAXPOOL", 1)]
-    assert P.PROTOCOL_VERSION == 5 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
+    assert P.PROTOCOL_VERSION == 6 and P.UNKNOWN_SEQ == 0 and P.SYNC == 0xA5
     assert P.GROUP_SIZE_BITS == {32: 0, 64: 1, 128: 2}
     assert set(P.GROUP_SIZE_BITS) == set(GROUP_SIZES)
     assert P.LAYER_PAYLOAD == P.LayerDescriptor.SIZE == 22
@@ -138,22 +138,25 @@ def test_device_info_round_trip_and_fields():
     info = P.DeviceInfo(P.PROTOCOL_VERSION, 0xDEADBEEF, 8, 8, 4096, 4096, 8192, 2048, 1024, 3,
                         P.MAX_DATA, 75_000_000, 1 << 22, 123_456_789, 8, P.PeKind.MIXPE,
                         0b10101, 0b101, 2048, 4096, 32768, 48, 0b11, 8, 4, 1, 0b100101,
-                        0x12345)
+                        0x12345, 2)
     raw = info.pack()
-    assert len(raw) == P.DeviceInfo.SIZE == 70
+    assert len(raw) == P.DeviceInfo.SIZE == 71
     assert P.DeviceInfo.unpack(raw) == info
     # byte by byte, in the documented order (docs/protocol.md)
-    assert raw == (bytes([5]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
+    assert raw == (bytes([6]) + struct.pack("<I", 0xDEADBEEF) + struct.pack("<HH", 8, 8)
                    + struct.pack("<IIII", 4096, 4096, 8192, 2048) + struct.pack("<H", 1024)
                    + bytes([3]) + struct.pack("<H", 4096) + struct.pack("<I", 75_000_000)
                    + struct.pack("<I", 1 << 22) + struct.pack("<I", 123_456_789)
                    + struct.pack("<H", 8) + bytes([1, 0b10101, 0b101])
                    + struct.pack("<II", 2048, 4096)
                    + struct.pack("<I", 32768) + struct.pack("<H", 48) + bytes([0b11])
-                   + bytes([8, 4, 1, 0b100101]) + struct.pack("<I", 0x12345))
+                   + bytes([8, 4, 1, 0b100101]) + struct.pack("<I", 0x12345) + bytes([2]))
     assert (raw[55:59], raw[59:61], raw[61]) == (struct.pack("<I", 32768), b"\x30\x00", 3)
     # the DSP engine's fields, appended in protocol 5 (offsets 62..69)
-    assert raw[62:66] == bytes([8, 4, 1, 0b100101]) and raw[66:] == b"\x45\x23\x01\x00"
+    assert raw[62:66] == bytes([8, 4, 1, 0b100101]) and raw[66:70] == b"\x45\x23\x01\x00"
+    # protocol 6: chains per index group (offset 70); 2 chains of two packed columns each
+    assert raw[70] == 2 and (info.dsp_share, info.dsp_index_group) == (2, 4)
+    assert dataclasses.replace(info, dsp_packed=0).dsp_index_group == 2
     assert (info.dsp_stages, info.dsp_chains, info.dsp_packed, info.dsp_patterns,
             info.dsp_bytes) == (8, 4, 1, 0b100101, 0x12345)
     assert [p for p in NMPattern if info.supports_pattern(p)] == [
@@ -174,7 +177,8 @@ def test_device_info_round_trip_and_fields():
     d = P.DeviceInfo(4, 0, 1, 1, 4, 1, 4, 1, 1, 1)
     assert (d.formats, d.group_sizes, d.chan_bytes, d.group_bytes) == (1, 0, 0, 0)
     assert (d.act_bytes, d.max_layers, d.layer_kinds) == (0, 0, 0)
-    assert (d.dsp_stages, d.dsp_chains, d.dsp_packed, d.dsp_patterns, d.dsp_bytes) == (0,) * 5
+    assert (d.dsp_stages, d.dsp_chains, d.dsp_packed, d.dsp_patterns, d.dsp_bytes,
+            d.dsp_share, d.dsp_index_group) == (0,) * 7
     assert [d.buffer_size(b) for b in (P.Buffer.ACT, P.Buffer.PROG, P.Buffer.LCNT,
                                        P.Buffer.DSPW)] == [0, 0, 0, 0]
     assert (d.dsp_chain_stride, d.dsp_depth) == (0, 0)
@@ -187,13 +191,15 @@ def test_device_info_round_trip_and_fields():
     assert (odd.dsp_chain_stride, odd.dsp_depth) == (4, 10)
     assert dataclasses.replace(odd, dsp_chains=1).dsp_chain_stride == 1
     assert dataclasses.replace(odd, dsp_chains=5).dsp_chain_stride == 8
-    with pytest.raises(P.ProtocolError, match="70"):
+    with pytest.raises(P.ProtocolError, match="71"):
+        P.DeviceInfo.unpack(raw[:70])                                 # a protocol-5 DeviceInfo
+    with pytest.raises(P.ProtocolError, match="71"):
         P.DeviceInfo.unpack(raw[:62])                                 # a protocol-4 DeviceInfo
-    with pytest.raises(P.ProtocolError, match="70"):
+    with pytest.raises(P.ProtocolError, match="71"):
         P.DeviceInfo.unpack(raw[:55])                                 # a protocol-3 DeviceInfo
-    with pytest.raises(P.ProtocolError, match="70"):
+    with pytest.raises(P.ProtocolError, match="71"):
         P.DeviceInfo.unpack(raw[:45])                                 # a protocol-2 DeviceInfo
-    with pytest.raises(P.ProtocolError, match="70"):
+    with pytest.raises(P.ProtocolError, match="71"):
         P.DeviceInfo.unpack(raw + b"\x00")
     with pytest.raises(ValueError, match="clock_hz"):
         P.DeviceInfo(2, 0, 1, 1, 1, 1, 4, 1, 1, 1, P.MAX_DATA, 1 << 32)
@@ -206,6 +212,7 @@ def test_device_info_round_trip_and_fields():
     for name, bad in (("act_bytes", 1 << 32), ("act_bytes", -1), ("max_layers", 1 << 16),
                       ("layer_kinds", 256), ("dsp_stages", 256), ("dsp_stages", -1),
                       ("dsp_chains", 256), ("dsp_packed", 256), ("dsp_patterns", 256),
+                      ("dsp_share", 256), ("dsp_share", -1),
                       ("dsp_bytes", 1 << 32), ("dsp_bytes", -1), ("dsp_bytes", 1.5),
                       ("dsp_chains", None)):
         with pytest.raises(ValueError, match=name):

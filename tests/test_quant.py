@@ -572,6 +572,35 @@ def test_sparse_golden_is_the_dense_golden_of_the_pruned_weights(fmt, nm, pair):
         strict=True)
 
 
+@pytest.mark.parametrize("share, pair, n", [(4, False, 12), (4, False, 10), (16, False, 7),
+                                       (4, True, 12), (4, True, 11), (2, False, 7)])
+def test_sparse_layer_with_shared_masks(share, pair, n):
+    """``share``: every group of ``share`` columns (the last one possibly partial; with
+    pair_columns and an odd N the last column pairs with a zero column) keeps the same rows,
+    prune_nm's; the golden model is still the dense golden of the pruned codes."""
+    rng = np.random.default_rng(20 + share + n + pair)
+    a = sparse_args(rng, k=32, n=n)
+    w, bias = a.pop("w"), a.pop("bias")
+    ql = quant.quantize_linear(w, bias, fmt=F.INT4, sparse=(2, 8), pair_columns=pair,
+                               share=share, **a)
+    sp = ql.sparse
+    wide = np.c_[w, np.zeros(len(w))] if pair and n % 2 else w
+    mask = quant.prune_nm(wide, 2, 8, pair_columns=pair, share=share)[:, :n]
+    np.testing.assert_array_equal(numerics.to_dense(sp) != 0, (ql.q != 0), strict=True)
+    assert not ql.q[~mask].any()
+    np.testing.assert_array_equal(quant.compress_nm(ql.q, mask, n=2, m=8, fmt=F.INT4).idx,
+                                  sp.idx, strict=True)
+    for g0 in range(0, n, share):
+        grp = sp.idx[:, g0:g0 + share]
+        np.testing.assert_array_equal(grp, np.repeat(grp[:, :1], grp.shape[1], axis=1),
+                                      strict=True)
+    x = rng.integers(-128, 128, (5, 32))
+    np.testing.assert_array_equal(ql.golden(x), dense_golden(ql, x), strict=True)
+    # a per-column layer of the same weights has different indices (the test can fail)
+    alone = quant.quantize_linear(w, bias, fmt=F.INT4, sparse=(2, 8), **a)
+    assert not np.array_equal(alone.sparse.idx, sp.idx)
+
+
 def dense_golden(ql, xq):
     return numerics.mixgemm(xq, ql.q, fmt=ql.fmt, requant=ql.requant)
 
@@ -622,6 +651,11 @@ def test_dense_layers_unchanged_by_the_sparse_parameters():
     (dict(sparse=(2, 4), fmt=F.POW2), ValueError, "cannot have POW2 weights"),
     (dict(pair_columns=True), ValueError, "pair_columns applies to N:M sparse layers only"),
     (dict(sparse=(2, 4), pair_columns=1), ValueError, "pair_columns must be a bool"),
+    (dict(share=4), ValueError, r"share applies to N:M sparse layers only; .* share=1 \(not 4\)"),
+    (dict(share=0), ValueError, "share must be a positive integer"),
+    (dict(sparse=(2, 4), share=2.5), ValueError, "share must be a positive integer"),
+    (dict(sparse=(2, 4), pair_columns=True, share=3), ValueError,
+     "with pair_columns=True, share must be 1 or even"),
     (dict(sparse=(2, 3)), ValueError, r"m \(the block size\) must be one of \(4, 8\), not 3"),
     (dict(sparse=(0, 4)), ValueError, r"n \(weights kept per block of 4\)"),
     (dict(sparse=(5, 4)), ValueError, r"n \(weights kept per block of 4\)"),

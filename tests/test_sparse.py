@@ -207,6 +207,150 @@ def test_prune_nm_errors(args, kw, exc, msg):
         quant.prune_nm(*args, **kw)
 
 
+# -- pruning with shared masks (index groups of the DSP engine) ------------------------------
+
+def ref_shared_mask(w, n, m, group):
+    """Reference: per group of ``group`` consecutive columns (from column 0, the last one
+    possibly partial) and per block, the first n-subset of rows in lexicographic order whose
+    summed group magnitude is the largest (= the largest magnitudes, ties to lower rows)."""
+    k, ncol = w.shape
+    mask = np.zeros((k, ncol), dtype=bool)
+    for g0 in range(0, ncol, group):
+        cols = range(g0, min(g0 + group, ncol))
+        for b in range(k // m):
+            mag = [sum(abs(float(w[b * m + r, c])) for c in cols) for r in range(m)]
+            best, best_sum = None, None
+            for rows in itertools.combinations(range(m), n):
+                total = sum(mag[r] for r in rows)
+                if best is None or total > best_sum:
+                    best, best_sum = rows, total
+            for r in best:
+                for c in cols:
+                    mask[b * m + r, c] = True
+    return mask
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("share, levels", [(2, (0.0, 1.0, -2.0)), (3, (0.0, -1.0))])
+def test_prune_nm_share_exhaustive(n, share, levels):
+    """Every group of one 4-row block with entries from ``levels`` (all ties included): the
+    group keeps the rows of the largest summed |w|, lower rows first among equals."""
+    cases = np.array(list(itertools.product(levels, repeat=4 * share)))   # (cases, 4 * share)
+    w = cases.reshape(-1, 4, share).transpose(1, 0, 2).reshape(4, -1)     # group g = case g
+    mask = quant.prune_nm(w, n, 4, share=share)
+    np.testing.assert_array_equal(mask, ref_shared_mask(w, n, 4, share), strict=True)
+    groups = mask.reshape(4, -1, share)
+    assert (groups == groups[:, :, :1]).all() and (groups.sum(axis=0) == n).all()
+
+
+@pytest.mark.parametrize("n, m", [(1, 4), (2, 4), (2, 8), (4, 8)])
+@pytest.mark.parametrize("share, ncol", [(1, 5), (4, 16), (4, 11), (16, 10), (3, 7), (5, 23)])
+def test_prune_nm_share_random(n, m, share, ncol):
+    """Seeded random weights (small integers: exact sums, many ties), full and partial last
+    groups: equal to the reference, equal masks within each group, n per block and column."""
+    rng = np.random.default_rng(100 * share + 10 * n + m + ncol)
+    w = rng.integers(-20, 21, (3 * m, ncol)).astype(np.float64)
+    mask = quant.prune_nm(w, n, m, share=share)
+    np.testing.assert_array_equal(mask, ref_shared_mask(w, n, m, share), strict=True)
+    for g0 in range(0, ncol, share):
+        grp = mask[:, g0:g0 + share]
+        np.testing.assert_array_equal(grp, np.repeat(grp[:, :1], grp.shape[1], axis=1),
+                                      strict=True)
+    assert (mask.reshape(3, m, ncol).sum(axis=1) == n).all()
+
+
+def test_prune_nm_share_gaussian_keeps_the_largest_group_sums():
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(32, 21))
+    mask = quant.prune_nm(w, 2, 8, share=8)                # groups of 8, 8, 5
+    for g0 in (0, 8, 16):
+        grp = mask[:, g0:g0 + 8]
+        assert (grp == grp[:, :1]).all()
+        mag = np.abs(w[:, g0:g0 + 8]).sum(axis=1).reshape(4, 8)
+        keep = grp[:, 0].reshape(4, 8)
+        assert (np.where(keep, mag, np.inf).min(axis=1)
+                >= np.where(keep, -np.inf, mag).max(axis=1)).all()
+    # a group of one column is per-column pruning of that column
+    np.testing.assert_array_equal(quant.prune_nm(w, 2, 8, share=8)[:, 16:],
+                                  quant.prune_nm(w[:, 16:], 2, 8, share=8), strict=True)
+
+
+def test_prune_nm_share_1_and_pairs_are_the_old_masks():
+    rng = np.random.default_rng(12)
+    w = rng.integers(-9, 10, (16, 6)).astype(np.float64)
+    per_column = np.hstack([quant.prune_nm(w[:, [c]], 2, 4) for c in range(6)])
+    np.testing.assert_array_equal(quant.prune_nm(w, 2, 4, share=1), per_column, strict=True)
+    np.testing.assert_array_equal(quant.prune_nm(w, 2, 4), ref_shared_mask(w, 2, 4, 1),
+                                  strict=True)
+    pairs = quant.prune_nm(w, 2, 4, pair_columns=True)
+    np.testing.assert_array_equal(pairs, ref_shared_mask(w, 2, 4, 2), strict=True)
+    np.testing.assert_array_equal(quant.prune_nm(w, 2, 4, share=2), pairs, strict=True)
+    np.testing.assert_array_equal(quant.prune_nm(w, 2, 4, pair_columns=True, share=2), pairs,
+                                  strict=True)
+    # pairs inside groups of an even size: the groups' masks
+    np.testing.assert_array_equal(quant.prune_nm(w, 2, 4, pair_columns=True, share=4),
+                                  quant.prune_nm(w, 2, 4, share=4), strict=True)
+    assert not np.array_equal(quant.prune_nm(w, 2, 4, share=4), pairs)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(share=0), r"share must be a positive integer .*not 0"),
+    (dict(share=-2), "not -2"),
+    (dict(share=2.0), "not 2.0"),
+    (dict(share=True), "not True"),
+    (dict(share="4"), "not '4'"),
+    (dict(share=None), "not None"),
+    (dict(share=3, pair_columns=True),
+     r"with pair_columns=True, share must be 1 or even \(groups of whole column pairs\), not "
+     r"3; pass share=4 or share=2, or pair_columns=False"),
+])
+def test_prune_nm_bad_share(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        quant.prune_nm(np.ones((8, 4)), 2, 4, **kw)
+
+
+def test_prune_nm_pair_columns_still_needs_even_columns():
+    with pytest.raises(ValueError, match="even number of columns, not 5"):
+        quant.prune_nm(np.ones((8, 5)), 2, 4, pair_columns=True, share=4)
+    assert quant.prune_nm(np.ones((8, 5)), 2, 4, share=4).shape == (8, 5)   # partial group
+
+
+def test_find_nm_share_takes_the_union_of_a_group():
+    # column c has its single non-zero at row c of the 4-row block
+    q = np.diag([3, -1, 2, 5]).astype(np.int64)
+    pats = [(1, 4), (2, 4)]
+    assert quant.find_nm(q, pats).pattern is NMPattern.NM1_4
+    sp = quant.find_nm(q, pats, share=2)                 # pairs: rows {0, 1}, {2, 3}
+    assert sp.pattern is NMPattern.NM2_4
+    np.testing.assert_array_equal(sp.idx, [[0, 0, 2, 2], [1, 1, 3, 3]], strict=True)
+    np.testing.assert_array_equal(numerics.to_dense(sp), q, strict=True)
+    np.testing.assert_array_equal(quant.find_nm(q, pats, pair_columns=True).idx, sp.idx,
+                                  strict=True)
+    assert quant.find_nm(q, pats, share=4) is None       # the union has 4 rows
+    assert quant.find_nm(q, pats, share=3) is None       # rows {0, 1, 2}; column 3 alone
+    sp3 = quant.find_nm(q, [(1, 4), (2, 4), (3, 4)], share=3)
+    assert (sp3.n, sp3.m) == (3, 4)
+    np.testing.assert_array_equal(sp3.idx[:, :3], np.array([[0, 1, 2]] * 3).T, strict=True)
+    np.testing.assert_array_equal(numerics.to_dense(sp3), q, strict=True)
+    with pytest.raises(ValueError, match="share must be a positive integer"):
+        quant.find_nm(q, pats, share=0)
+    with pytest.raises(ValueError, match="share must be 1 or even"):
+        quant.find_nm(q, pats, pair_columns=True, share=3)
+
+
+def test_find_nm_share_of_shared_pruning():
+    rng = np.random.default_rng(13)
+    w = rng.normal(size=(32, 12))
+    mask = quant.prune_nm(w, 2, 8, share=4)
+    q = np.where(mask, rng.integers(1, 8, w.shape), 0)
+    sp = quant.find_nm(q, [(1, 8), (2, 8)], share=4)
+    assert sp.pattern is NMPattern.NM2_8
+    for g0 in (0, 4, 8):
+        np.testing.assert_array_equal(sp.idx[:, g0:g0 + 4],
+                                      np.repeat(sp.idx[:, g0:g0 + 1], 4, axis=1), strict=True)
+    np.testing.assert_array_equal(numerics.to_dense(sp), q, strict=True)
+
+
 @pytest.mark.parametrize("fmt", SPARSE_FORMATS)
 def test_compress_nm_roundtrip(fmt):
     rng = np.random.default_rng(int(fmt))

@@ -21,7 +21,7 @@ from sw import numerics
 from sw.numerics import OutMode, WeightFormat, NMPattern
 from sw.protocol import Buffer, ErrorCode, PeKind
 
-from hw.arith._common import check_impl, check_bool
+from hw.arith._common import check_impl, check_bool, check_int_param
 from hw.dsp.chain import SparseDSPChain
 from hw.pe import pe_class
 from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
@@ -105,6 +105,10 @@ class MixCore(wiring.Component):
         Stages ``L`` of the sparse DSP engine's chains (0: no DSP engine).
     dsp_packed : bool
         Two 4-bit weights per MULT18X18D (``cols / 2`` chains).
+    dsp_share : int
+        Chains per index group (a divisor of the chain count; 1: every chain its own
+        indices): a group's chains take the indices of its first chain's DSPW records and
+        share its index muxes (``SparseDSPChain(share=...)``).
     dsp_depth : int
         16-byte records per chain of the DSP engine's weight memory.
     watchdog : int, optional
@@ -122,7 +126,8 @@ class MixCore(wiring.Component):
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 256, w_depth: int = 1024,
                  out_depth: int = 256, chan_depth: int = 256, group_depth: int = 1024,
                  pe: str = "mixpe", watchdog: int | None = None, impl: str = "auto",
-                 dsp_stages: int = 0, dsp_packed: bool = False, dsp_depth: int = 256):
+                 dsp_stages: int = 0, dsp_packed: bool = False, dsp_depth: int = 256,
+                 dsp_share: int = 1):
         for name, v in (("rows", rows), ("cols", cols)):
             if not _is_pow2(v) or v > 64:
                 raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
@@ -165,6 +170,11 @@ class MixCore(wiring.Component):
             if dsp_packed and cols < 2:
                 raise ValueError("a packed DSP engine needs cols >= 2 (two columns per chain)")
             self.dsp_chains = cols // (2 if dsp_packed else 1)
+            self.dsp_share = check_int_param("dsp_share", dsp_share,
+                                             range(1, self.dsp_chains + 1))
+            if self.dsp_chains % self.dsp_share:
+                raise ValueError(f"dsp_share must divide the DSP engine's {self.dsp_chains} "
+                                 f"chains, not {dsp_share}")
             #: N:M patterns the DSP engine runs (IDENTIFY): those whose window fits the
             #: ``4 * rows`` bytes the A banks give per cycle (8 stages on 4 rows: dense,
             #: 2:4 and 4:8; 1:4 and 2:8 would need 32)
@@ -180,7 +190,11 @@ class MixCore(wiring.Component):
             self.dsp_ch_pow2 = 1 << (self.dsp_chains - 1).bit_length()
             self.dsp_bytes = 16 * self.dsp_ch_pow2 * dsp_depth
         else:
+            if dsp_share != 1:
+                raise ValueError(f"dsp_share applies to a DSP engine (dsp_stages > 0) only, "
+                                 f"not {dsp_share!r}")
             self.dsp_chains, self.dsp_patterns, self.dsp_windows = 0, (), {}
+            self.dsp_share = 0
             self.dsp_ch_pow2, self.dsp_bytes = 1, 0
         #: width of the sums the edge units take (a DSP dot product spans up to max_k INT8 MACs)
         self.edge_width = max(self.acc_width, numerics.acc_bits(self.max_k)) if dsp_stages \
@@ -230,7 +244,8 @@ class MixCore(wiring.Component):
                 "chan_depth": self.chan_depth, "group_depth": self.group_depth,
                 "max_k": self.max_k, "acc_width": self.acc_width, "pe": self.pe,
                 **({"dsp_stages": self.dsp_stages, "dsp_packed": self.dsp_packed,
-                    "dsp_depth": self.dsp_depth} if self.dsp_stages else {})}
+                    "dsp_depth": self.dsp_depth} if self.dsp_stages else {}),
+                **({"dsp_share": self.dsp_share} if self.dsp_share > 1 else {})}
 
     def config_hash(self) -> int:
         digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).digest()
@@ -249,7 +264,7 @@ class MixCore(wiring.Component):
             m.submodules.dsp = dsp = SparseDSPChain(
                 stages=L, chains=self.dsp_chains, m_max=8, packed=self.dsp_packed,
                 acc_width=self.edge_width, tag_width=max(1, lr), max_window=4 * R,
-                impl=self.impl)
+                share=self.dsp_share, impl=self.impl)
 
         # host-side inputs registered once: the link sits far away on a big device
         bus_sel = Signal(CoreBuffer); bus_addr = Signal(self.addr_bits); bus_wdata = Signal(8)
@@ -665,7 +680,9 @@ class MixCore(wiring.Component):
                         m.d.comb += [dsp.w[2 * c][j].eq(byte[:4]), dsp.w[2 * c + 1][j].eq(byte[4:])]
                     else:
                         m.d.comb += dsp.w[c][j].eq(byte)
-                    m.d.comb += dsp.idx[c][j].eq(dw_g[c][8 * L + 3 * j:8 * L + 3 * j + 3])
+                    if c % self.dsp_share == 0:      # the index group's first chain
+                        m.d.comb += dsp.idx[c // self.dsp_share][j].eq(
+                            dw_g[c][8 * L + 3 * j:8 * L + 3 * j + 3])
 
         # MACs: valid rows x valid columns x valid lanes per step, two cycles behind
         rv_q = Signal(range(R + 1)); cv_q = Signal(range(C + 1)); nl_q = Signal(3)

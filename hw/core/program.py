@@ -83,7 +83,7 @@ class ProgramCore(wiring.Component):
                      "a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes",
                      "MIN_PERIOD", "WATCHDOG", "pe", "ABORT_CYCLES", "max_run_cycles",
                      "dsp_stages", "dsp_chains", "dsp_packed", "dsp_patterns", "dsp_depth",
-                     "dsp_bytes", "edge_width"):
+                     "dsp_bytes", "dsp_share", "edge_width"):
             setattr(self, name, getattr(self.core, name))
         self.addr_bits = max(self.core.addr_bits, (act_bytes - 1).bit_length(),
                              (max_layers * PROGRAM_RECORD - 1).bit_length())

@@ -73,6 +73,13 @@ class SparseDSPChain(wiring.Component):
     (per column pair when packed; on ECP5 mapped onto LUT4 / PFUMX / L6MUX21 by
     :func:`hw.dsp.mux.table_mux`), its DSPs and adders.
 
+    Shared indices (``share > 1``, VENOM's V:N:M vector-wise sparsity): chains in groups of
+    ``share`` (``share * lanes`` output columns) keep their weights at the same positions, so
+    each group has one index per stage and one index mux per stage, whose activation (and its
+    skew delay) feeds the group's ``share`` DSPs. With ``share = chains`` the whole engine has
+    ``stages`` index muxes instead of ``chains * stages``; the weights must be pruned so
+    (``sw.quant.prune_nm(..., share=...)``), which costs accuracy.
+
     Parameters
     ----------
     stages : int
@@ -89,6 +96,8 @@ class SparseDSPChain(wiring.Component):
         give 16 bytes per cycle runs an 8-stage chain with dense 8:8, 2:4 and 4:8 only.
     packed : bool
         Two products per DSP (weights of 4 bits or fewer: INT4, INT2, TERNARY values).
+    share : int
+        Chains per index group (a divisor of ``chains``; 1: every chain its own indices).
     sparse : bool
         False builds the dense baseline: stage ``j`` multiplies ``a[j]``, no pattern, no
         index, no block arrangement (same latency; the cost report's reference).
@@ -124,8 +133,9 @@ class SparseDSPChain(wiring.Component):
         The step's N:M pattern (only when ``sparse``).
     w : In(signed(W_WIDTH)).array(COLUMNS, stages)
         Kept weight of column ``q`` at stage ``j`` (zero pads an empty slot).
-    idx : In(range(m_max)).array(chains, stages)
-        Its position within the block (only when ``sparse``; shared by a packed pair).
+    idx : In(range(m_max)).array(chains // share, stages)
+        Its position within the block, per index group (only when ``sparse``; group ``g`` is
+        chains ``g * share`` .. ``(g + 1) * share - 1``, both columns of each when packed).
     brk : In(stages)
         Stages that end a dot product.
     valid : In(1)
@@ -142,12 +152,16 @@ class SparseDSPChain(wiring.Component):
 
     def __init__(self, *, stages: int, chains: int = 1, m_max: int = 8, packed: bool = False,
                  sparse: bool = True, acc_width: int = 32, tag_width: int = 8,
-                 max_window: int | None = None, impl: str = "auto"):
+                 max_window: int | None = None, share: int = 1, impl: str = "auto"):
         self.stages = check_int_param("stages", stages, range(1, 65))
         self.chains = check_int_param("chains", chains, range(1, 257))
         self.m_max = check_int_param("m_max", m_max, numerics.NM_BLOCK_SIZES)
         self.packed = check_bool("packed", packed)
         self.sparse = check_bool("sparse", sparse)
+        self.share = check_int_param("share", share, range(1, self.chains + 1))
+        if self.chains % self.share:
+            raise ValueError(f"share must divide chains ({self.chains}), not {share}")
+        self.GROUPS = self.chains // self.share
         self.impl = check_impl(impl)
         prod_w_bits = 4 if packed else 8
         self.STAGE_WIDTHS = [numerics.acc_bits(j + 1, 8, prod_w_bits) for j in range(stages)]
@@ -180,7 +194,7 @@ class SparseDSPChain(wiring.Component):
         }
         if sparse:
             ports["pattern"] = In(NMPattern)
-            ports["idx"] = In(range(m_max)).array(chains, stages)
+            ports["idx"] = In(range(m_max)).array(self.GROUPS, stages)
         super().__init__(ports)
 
     @staticmethod
@@ -291,20 +305,24 @@ class SparseDSPChain(wiring.Component):
 
         win = self._stage_windows(m) if self.sparse else None
 
+        group_x = {}                        # (group, stage) -> the group's skewed activation
         for c in range(self.chains):
             fields = [[] for _ in range(self.LANES)]     # per lane: run sum of every stage
             for j in range(L):
                 # the activation: index mux at tau+2, then j cycles of skew
-                if self.sparse:
-                    sel = _delay(m, self.idx[c][j], 2, f"c{c}_idx{j}")
+                g = c // self.share
+                if self.sparse and c % self.share:
+                    x = group_x[g, j]       # the group's first chain built its mux
+                elif self.sparse:
+                    sel = _delay(m, self.idx[g][j], 2, f"g{g}_idx{j}")
                     # hand-mapped (hw.dsp.mux): 4 LUT4 per bit at m_max = 8, ABC needs ~9
-                    x = Signal(signed(8), name=f"c{c}_x{j}")
+                    x = Signal(signed(8), name=f"g{g}_x{j}")
                     m.d.comb += x.eq(table_mux(m, [sel[b] for b in range(len(sel))],
                                                list(range(self.m_max)), lambda i: win[j][i],
-                                               width=8, ecp5=ecp5, name=f"c{c}_mux{j}"))
+                                               width=8, ecp5=ecp5, name=f"g{g}_mux{j}"))
+                    x = group_x[g, j] = _delay(m, x, j, f"g{g}_x{j}s")
                 else:
-                    x = _delay(m, self.a[j], 2, f"c{c}_a{j}")
-                x = _delay(m, x, j, f"c{c}_x{j}s")
+                    x = _delay(m, _delay(m, self.a[j], 2, f"c{c}_a{j}"), j, f"c{c}_x{j}s")
                 ws = [_delay(m, self.w[c * self.LANES + lane][j], 2 + j, f"c{c}_w{lane}_{j}")
                       for lane in range(self.LANES)]
                 if self.packed:

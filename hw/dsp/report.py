@@ -51,11 +51,12 @@ def synth_counts(component, work: Path) -> dict:
 
 
 def chain_cost(stages: int, packed: bool, *, chains: int = 1, m_max: int = 8,
-               acc_width: int = 32, max_window: int | None = None) -> dict:
+               acc_width: int = 32, max_window: int | None = None, share: int = 1) -> dict:
     """Cost of a :class:`~hw.dsp.SparseDSPChain` and of its dense baseline.
 
     ``max_window`` limits the chain's patterns as the core does (``4 * rows``: the ``dsp8``
     engine on 4 rows is ``chain_cost(8, False, chains=16, acc_width=31, max_window=16)``).
+    ``share``: chains per index group (``dsp4s`` / ``dsp8s``: ``share=chains``).
 
     Returns
     -------
@@ -70,11 +71,11 @@ def chain_cost(stages: int, packed: bool, *, chains: int = 1, m_max: int = 8,
     kw = dict(stages=stages, chains=chains, m_max=m_max, packed=packed, acc_width=acc_width,
               impl="ecp5")
     # the window limit only drops patterns; the dense baseline has none to drop
-    sparse = SparseDSPChain(**kw, max_window=max_window)
+    sparse = SparseDSPChain(**kw, max_window=max_window, share=share)
     with tempfile.TemporaryDirectory(prefix="dsp_cost_") as tmp:
         s = synth_counts(sparse, Path(tmp) / "sparse")
         d = synth_counts(SparseDSPChain(**kw, sparse=False), Path(tmp) / "dense")
-    out = dict(stages=stages, chains=chains, packed=packed, m_max=m_max,
+    out = dict(stages=stages, chains=chains, packed=packed, m_max=m_max, share=share,
                columns=sparse.COLUMNS, patterns=[p.name for p in sparse.PATTERNS], **s,
                lut4_dense=d["lut4"], ff_dense=d["ff"])
     out["lut4_nm"] = s["lut4"] - d["lut4"]

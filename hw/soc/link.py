@@ -129,7 +129,8 @@ class Link(wiring.Component):
         ``MIN_PERIOD``, ``PE_KIND``, ``formats``, ``group_sizes``, ``signature``; optional:
         the layer-program fields ``act_bytes``, ``max_layers``, ``layer_kinds`` and the DSP
         engine's ``dsp_stages``, ``dsp_chains``, ``dsp_packed``, ``dsp_patterns`` (a tuple
-        of ``sw.numerics.NMPattern``), ``dsp_bytes``: 0 / empty when absent)."""
+        of ``sw.numerics.NMPattern``), ``dsp_bytes``, ``dsp_share``: 0 / empty when
+        absent)."""
         if out_modes is None:
             out_modes = getattr(core, "out_modes", None)
             if out_modes is None:
@@ -147,7 +148,8 @@ class Link(wiring.Component):
                           dsp_chains=int(getattr(core, "dsp_chains", 0)),
                           dsp_packed=int(bool(getattr(core, "dsp_packed", False))),
                           dsp_patterns=sum(1 << int(p) for p in getattr(core, "dsp_patterns", ())),
-                          dsp_bytes=int(getattr(core, "dsp_bytes", 0)))
+                          dsp_bytes=int(getattr(core, "dsp_bytes", 0)),
+                          dsp_share=int(getattr(core, "dsp_share", 0)))
         return cls(info=info, addr_bits=core.addr_bits, core_signature=core.signature,
                    read_latency=core.READ_LATENCY, dim_bits=len(core.cfg.m))
 
