@@ -271,7 +271,7 @@ def markdown(rep: Report, command: str) -> str:
 # -- N:M sparse weights (issue 10) -----------------------------------------------------------
 
 #: (n, m) patterns of the sparse study (all hardware patterns of ``sw.numerics.NMPattern``)
-SPARSE_PATTERNS = ((2, 4), (1, 4), (2, 8))
+SPARSE_PATTERNS = ((2, 4), (4, 8), (1, 4), (2, 8))
 #: weight formats of the sparse study (per channel, symmetric: a pruned weight is code 0)
 SPARSE_FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
 #: heading of the sparse section in ``docs/accuracy.md`` (``--sparse`` replaces it in place)
@@ -560,7 +560,7 @@ def main(argv=None) -> int:
                         "timeouts assume (default: SimTransport's per device); smaller on a "
                         "busy machine")
     p.add_argument("--sparse", action="store_true",
-                   help="instead: accuracy with N:M pruned weights (2:4, 1:4, 2:8; with and "
+                   help="instead: accuracy with N:M pruned weights (2:4, 4:8, 1:4, 2:8; with and "
                         "without fine-tuning) vs dense, on the golden models; replaces only the "
                         "section '" + SPARSE_HEADING[3:] + "' of --out")
     p.add_argument("--finetune-epochs", type=int, default=10,

@@ -248,7 +248,7 @@ def test_cli_share_and_engine_choices(capsys):
     assert accuracy.main(["--sparse", "--hidden", "16", "--epochs", "5", "--finetune-epochs",
                           "1", "--share", "8", "--out", "-"]) == 0
     out = capsys.readouterr().out
-    assert out.count("| groups of 8 |") == 6         # 3 patterns x INT8, INT4
+    assert out.count("| groups of 8 |") == 2 * len(accuracy.SPARSE_PATTERNS)  # x INT8, INT4
     assert "groups of 16" not in out
     with pytest.raises(SystemExit):
         accuracy.main(["--sparse", "--share", "0", "--out", "-"])

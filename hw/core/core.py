@@ -211,7 +211,7 @@ class MixCore(wiring.Component):
                              + 2 * self.MIN_PERIOD)
         if dsp_stages:
             # the DSP engine's pipeline (fetch, chain) and one row's drain
-            self.ABORT_CYCLES += dsp_stages + 5 + 3 + 2 * cols
+            self.ABORT_CYCLES += dsp_stages + 5 + 4 + 2 * cols
         if watchdog is None:
             watchdog = 2 * self.max_run_cycles()
         if isinstance(watchdog, bool) or not isinstance(watchdog, int) or not \
@@ -716,7 +716,15 @@ class MixCore(wiring.Component):
         pairs = R > 1
         if L:
             ew = self.edge_width
-            out = dsp.sum_valid[L - 1]
+            # the engine's outputs registered once more before the drain: its control and
+            # accumulators sit beside the DSP columns, the drain logic by the edge units; the
+            # routed 85F engine builds' slowest path was this net (the step tag, 11 ns of
+            # routing in one hop)
+            out = Signal()
+            out_tag = Signal.like(dsp.sum_tag)
+            new = [Signal(signed(ew), name=f"dnew{q}", reset_less=True) for q in range(C)]
+            m.d.sync += [out.eq(dsp.sum_valid[L - 1]), out_tag.eq(dsp.sum_tag)]
+            m.d.sync += [new[q].eq(dsp.sum[q][L - 1]) for q in range(C)]
             sa = [Signal(signed(ew), name=f"dsa{q}", reset_less=True) for q in range(C)]
             dr_act, dr_first = Signal(), Signal()
             dr_cnt = Signal(range(C)); dr_row = Signal(range(R))
@@ -725,12 +733,11 @@ class MixCore(wiring.Component):
                 m.d.sync += [dr_first.eq(0), dr_cnt.eq(dr_cnt - 1)]
                 with m.If(dr_cnt == 0):
                     m.d.sync += dr_act.eq(0)
-            load = out & (dsp.sum_tag[0] if pairs else 1)
-            new = [dsp.sum[q][L - 1] for q in range(C)]
+            load = out & (out_tag[0] if pairs else 1)
             if pairs:
                 hold = [Signal(signed(ew), name=f"dhold{q}", reset_less=True) for q in range(C)]
                 sb = [Signal(signed(ew), name=f"dsb{q}", reset_less=True) for q in range(C)]
-                with m.If(out & ~dsp.sum_tag[0]):
+                with m.If(out & ~out_tag[0]):
                     m.d.sync += [hold[q].eq(new[q]) for q in range(C)]
                 with m.If(dr_act):
                     m.d.sync += [sb[q].eq(sb[q - 1]) for q in range(1, C)]
@@ -739,7 +746,7 @@ class MixCore(wiring.Component):
             with m.If(load):
                 m.d.sync += [sa[q].eq(hold[q] if pairs else new[q]) for q in range(C)]
                 m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
-                             dr_row.eq(Cat(Const(0, 1), dsp.sum_tag[1:]) if pairs else dsp.sum_tag)]
+                             dr_row.eq(Cat(Const(0, 1), out_tag[1:]) if pairs else out_tag)]
             d_sum = sa[C - 1]
             if pairs:
                 # the odd row: the same stream one register later
