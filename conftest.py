@@ -14,6 +14,7 @@ MODULE_COST = {
     "sim/test_mixcore.py": 160,
     "sim/test_mixcore_dsp.py": 70,    # shares a model with test_mixcore.py
     "sim/test_dsp_soc.py": 90,
+    "sim/test_dsp_soc_shared.py": 40,   # its own 25F SoC model (dsp4s)
     "sim/test_dsp_model.py": 30,
     "sim/test_dsp_chain.py": 100,
     "sim/test_link.py": 70,

@@ -12,15 +12,18 @@ import numpy as np
 import pytest
 
 from sw import numerics, protocol as P
-from sw.numerics import NMPattern, NMSparse, WeightFormat, Requant, weight_range
+from sw.numerics import NMPattern, NMSparse, WeightFormat, Requant
+from test_mixcore_dsp import random_sparse as _random_sparse
 
 DEVICE, DSP = "25F", "dsp4"
 
 
 @pytest.fixture(scope="module")
-def transport():
+def transport(request):
+    """SimTransport of the test module's ``DEVICE`` SoC with its ``DSP`` engine (also used
+    by sim/test_dsp_soc_shared.py)."""
     from sw.transport import SimTransport
-    t = SimTransport(DEVICE, dsp=DSP)
+    t = SimTransport(request.module.DEVICE, dsp=request.module.DSP)
     yield t
     t.close()
 
@@ -32,12 +35,8 @@ def acc(transport):
 
 
 def random_sparse(rng, pat, K, N, fmt):
-    nb = K // pat.m
-    idx = np.stack([np.stack([rng.permutation(pat.m)[:pat.n] for _ in range(N)], axis=1)
-                    for _ in range(nb)]).reshape(nb * pat.n, N)
-    lo, hi = weight_range(fmt)
-    return NMSparse(n=pat.n, m=pat.m, values=rng.integers(lo, hi + 1, size=idx.shape),
-                    idx=idx, fmt=fmt)
+    """Random N:M weights, every column its own kept positions."""
+    return _random_sparse(rng, pat, K, N, fmt, 1)
 
 
 def test_identify_reports_the_engine(acc):

@@ -11,36 +11,11 @@ import numpy as np
 import pytest
 
 from sw import numerics
-from sw.numerics import NMPattern, NMSparse, WeightFormat, Requant, weight_range
+from sw.numerics import NMPattern, WeightFormat, Requant
+from test_mixcore_dsp import random_sparse    # kept positions shared by groups of columns
+from test_dsp_soc import transport, acc        # noqa: F401 (fixtures: this module's DEVICE, DSP)
 
 DEVICE, DSP = "25F", "dsp4s"
-
-
-@pytest.fixture(scope="module")
-def transport():
-    from sw.transport import SimTransport
-    t = SimTransport(DEVICE, dsp=DSP)
-    yield t
-    t.close()
-
-
-@pytest.fixture(scope="module")
-def acc(transport):
-    from sw.driver import Accelerator
-    return Accelerator(transport)
-
-
-def shared_sparse(rng, pat, K, N, fmt, group):
-    """Random N:M weights whose columns share their kept positions in groups of ``group``
-    (from column 0; the last group may be partial)."""
-    nb = K // pat.m
-    groups = -(-N // group)
-    pos = np.stack([np.stack([rng.permutation(pat.m)[:pat.n] for _ in range(groups)], axis=1)
-                    for _ in range(nb)])                           # (nb, n, groups)
-    idx = np.repeat(pos, group, axis=2)[:, :, :N].reshape(nb * pat.n, N)
-    lo, hi = weight_range(fmt)
-    return NMSparse(n=pat.n, m=pat.m, values=rng.integers(lo, hi + 1, size=idx.shape),
-                    idx=idx, fmt=fmt)
 
 
 def test_identify_reports_the_shared_engine(acc):
@@ -63,7 +38,7 @@ def test_every_pattern_and_format_bit_exact(acc):
             N = int(rng.integers(info.cols + 1, 3 * info.cols + 2))
             K = pat.m * int(rng.integers(1, 24))
             a = rng.integers(-128, 128, size=(M, K))
-            sp = shared_sparse(rng, pat, K, N, fmt, G)
+            sp = random_sparse(rng, pat, K, N, fmt, G)
             want = numerics.sparse_gemm(a, sp)
             np.testing.assert_array_equal(acc.sparse_gemm(a, sp), want.astype(np.int32),
                                           strict=True, err_msg=f"{M}x{K}x{N} {pat.name} {fmt.name}")
