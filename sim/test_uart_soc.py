@@ -73,7 +73,7 @@ async def counters_and_recovery(dut):
     size = core_size(DEVICE)
     info = P.DeviceInfo.unpack(await h.ok(P.identify(seq=1), Opcode.IDENTIFY))
     assert info == P.DeviceInfo.unpack(bytes.fromhex(tb_params()["info"])), info
-    assert info.version == P.PROTOCOL_VERSION == 5, info
+    assert info.version == P.PROTOCOL_VERSION == 6, info
     assert info.clock_hz == round(1e9 / CLK_NS), info
     assert (info.rows, info.cols) == (size.rows, size.cols), info
     assert (info.chan_bytes, info.group_bytes) == (8 * size.chan_depth, 4 * size.group_depth)

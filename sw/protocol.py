@@ -4,11 +4,11 @@ The gateware (``hw.soc.link``) reads the enums and constants below directly (a p
 ``enum.Enum`` is an Amaranth shape), so host and device cannot disagree. ``docs/protocol.md``
 describes the format byte by byte; this module is its executable form. No Amaranth here.
 
-Frame (protocol versions 2 to 5; version 3 changed the descriptor, IDENTIFY and COUNTERS
+Frame (protocol versions 2 to 6; version 3 changed the descriptor, IDENTIFY and COUNTERS
 bodies and added the CHAN and GROUP buffers, version 4 the descriptor bases, the IDENTIFY
 fields of layer programs, the ACT, PROG and LCNT buffers and RUN_PROGRAM, version 5 the
 descriptor's ``sparse`` byte, the IDENTIFY fields of the sparse DSP engine and the DSPW
-buffer), requests and replies alike::
+buffer, version 6 IDENTIFY's ``dsp_share``), requests and replies alike::
 
     SYNC(0xA5) | OPCODE u8 | LENGTH u16 LE | SEQ u8 | BODY (LENGTH - 1 bytes) | CRC u16 BE
 

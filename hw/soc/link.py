@@ -1,4 +1,4 @@
-"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 5).
+"""Host link: decoder/encoder of the framed byte protocol of :mod:`sw.protocol` (version 6).
 
 The link consumes the host's byte stream (UART RX, or the simulation harness), checks each
 frame, executes it against the mpGEMM core's command interface and emits the reply frame.
