@@ -43,7 +43,8 @@ class CoreSize:
                  group_depth=self.group_depth, pe=self.pe, act_bytes=self.act_bytes,
                  max_layers=self.max_layers)
         if self.dsp_stages:
-            chains = self.cols // (2 if self.dsp_packed else 1)
+            from sw.layout import dsp_chains
+            chains = dsp_chains(cols=self.cols, packed=self.dsp_packed)
             g.update(dsp_stages=self.dsp_stages, dsp_packed=self.dsp_packed,
                      dsp_depth=self.dsp_depth, dsp_share=chains if self.dsp_shared else 1)
         return g
