@@ -63,3 +63,38 @@ def test_fused_add_rejects_an_unmappable_generate():
     a, b, c = Signal(), Signal(), Signal()
     with pytest.raises(ValueError, match="not a function of inputs A and B"):
         fused_add(m, [([a, b, c], lambda A, B, C: C, lambda A, B, C: C)], ecp5=True, name="bad")
+
+
+@pytest.mark.parametrize("a_width,b_width,a_signed,b_signed",
+                         [(8, 8, True, True), (8, 17, True, True), (18, 18, True, True),
+                          (8, 16, False, False), (5, 16, True, False)])
+def test_mult18x18d_pins_stay_off_the_router(tmp_path, a_width, b_width, a_signed, b_signed):
+    """The synthesized MULT18X18D (hw.arith._common.mult18x18d): the operand in the port's
+    top bits (low pins constant 0, which nextpnr ties in the DSP's tile), no connection on the
+    pins no register uses, and CE0 / RST0 / SIGNED* / SOURCE* from LUT4 constants of its own
+    (a constant there would join one chip-wide net)."""
+    import json
+    import subprocess
+    from hw.netlist import _yosys
+    dut = IntMul(a_width=a_width, b_width=b_width, a_signed=a_signed, b_signed=b_signed,
+                 impl="ecp5")
+    (tmp_path / "top.v").write_text(verilog.convert(dut, name="top", emit_src=False))
+    subprocess.run([_yosys(), "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -json top.json"],
+                   cwd=tmp_path, check=True)
+    cells = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]["cells"].values()
+    luts = {c["connections"]["Z"][0]: int(c["parameters"]["INIT"], 2) for c in cells
+            if c["type"] == "LUT4" and all(c["connections"][p] == ["0"] for p in "ABCD")}
+    (dsp,) = [c for c in cells if c["type"] == "MULT18X18D"]
+    pins = dsp["connections"]
+    for port, w in (("A", a_width), ("B", b_width)):
+        assert [pins[f"{port}{i}"] for i in range(18 - w)] == [["0"]] * (18 - w)
+        assert all(pins[f"{port}{i}"] != ["0"] for i in range(18 - w, 18))
+    for i in (1, 2, 3):
+        for sig in ("CLK", "CE", "RST"):
+            assert f"{sig}{i}" not in pins or pins[f"{sig}{i}"] == ["x"]
+    want = {"CE0": 1, "RST0": 0, "SIGNEDA": a_signed, "SIGNEDB": b_signed, "SOURCEA": 0,
+            "SOURCEB": 0}
+    for pin, value in want.items():
+        (bit,) = pins[pin]
+        assert luts.get(bit) == (0xFFFF if value else 0), pin
+    assert len(luts) == 2
