@@ -167,11 +167,12 @@ def fused_add(m, bits, *, cin=0, ecp5: bool, name: str) -> Signal:
     return out
 
 
-def lut4(m, ins, fn, *, ecp5: bool, name: str) -> Signal:
-    """One LUT4 computing ``fn(*ins)`` (up to 4 one-bit inputs).
+def lut4(m, ins, fn, *, ecp5: bool, name: str, keep: bool = False) -> Signal:
+    """One LUT4 computing ``fn(*ins)`` (up to 4 one-bit inputs; none: a constant).
 
     Instantiated as an ECP5 LUT4 so ABC keeps the structure we chose (left to itself it
-    re-maps small mux trees into wider PFUMX/L6MUX trees that cost more LUTs).
+    re-maps small mux trees into wider PFUMX/L6MUX trees that cost more LUTs). ``keep``
+    marks it for Yosys to keep even when it computes a constant.
     """
     out = Signal(name=name)
     if not ecp5:
@@ -184,7 +185,8 @@ def lut4(m, ins, fn, *, ecp5: bool, name: str) -> Signal:
     if len(ins) < 4:                                  # replicate over the unused inputs
         init = sum(((init >> (idx % (1 << len(ins)))) & 1) << idx for idx in range(16))
     padded = list(ins) + [Const(0, 1)] * (4 - len(ins))
-    m.submodules[name] = Instance("LUT4", p_INIT=Const(init, 16), o_Z=out,
+    attrs = {"a_keep": 1} if keep else {}
+    m.submodules[name] = Instance("LUT4", p_INIT=Const(init, 16), o_Z=out, **attrs,
                                   **{f"i_{p}": v for p, v in zip("ABCD", padded)})
     return out
 
@@ -213,8 +215,9 @@ def mult18x18d(m, a: Value, b: Value, *, a_signed: bool, b_signed: bool, reg_in:
     shift = (18 - wa) + (18 - wb)
     p = Signal(36, name=f"{name}_p")
     ports = {}
-    one = _const_lut(m, 1, name=f"{name}_one")
-    zero = _const_lut(m, 0, name=f"{name}_zero")
+    # kept: a constant signal would become one chip-wide net in nextpnr
+    one = lut4(m, [], lambda: 1, ecp5=True, name=f"{name}_one", keep=True)
+    zero = lut4(m, [], lambda: 0, ecp5=True, name=f"{name}_zero", keep=True)
     for port, v, sgn, w in (("A", a, a_signed, wa), ("B", b, b_signed, wb)):
         for i in range(18 - w, 18):
             ports[f"i_{port}{i}"] = Value.cast(v)[i - (18 - w)]
@@ -243,11 +246,3 @@ def mult18x18d(m, a: Value, b: Value, *, a_signed: bool, b_signed: bool, reg_in:
     # the exact product a * b, as a signed (or unsigned) value of wa + wb bits
     return p[shift:]
 
-
-def _const_lut(m, value: int, *, name: str) -> Signal:
-    """A LUT4 whose output is ``value``, kept by Yosys (a constant signal would become one
-    chip-wide net in nextpnr)."""
-    out = Signal(name=name)
-    m.submodules[name] = Instance("LUT4", p_INIT=Const(0xFFFF if value else 0, 16), o_Z=out,
-                                  a_keep=1, **{f"i_{p}": Const(0, 1) for p in "ABCD"})
-    return out
