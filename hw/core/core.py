@@ -26,7 +26,8 @@ from hw.dsp.chain import SparseDSPChain
 from hw.pe import pe_class
 from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
 from hw.systolic.engine import SystolicEngine
-from hw.systolic.util import is_pow2 as _is_pow2, serial_mul_step as _serial_mul_step
+from hw.systolic.util import (is_pow2 as _is_pow2, serial_mul_step as _serial_mul_step,
+                               delay as _delay, select_tree, tree_levels)
 
 from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS, DSP_FORMATS
 from .edge import EdgeUnit
@@ -120,9 +121,6 @@ class MixCore(wiring.Component):
     See :func:`core_signature`. ``cfg`` (``LAYER_LAYOUT``) is sampled at ``start``.
     """
 
-    #: cycles from ``bus_re`` to ``bus_rdata``
-    READ_LATENCY = 4
-
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 256, w_depth: int = 1024,
                  out_depth: int = 256, chan_depth: int = 256, group_depth: int = 1024,
                  pe: str = "mixpe", watchdog: int | None = None, impl: str = "auto",
@@ -196,6 +194,16 @@ class MixCore(wiring.Component):
             self.dsp_chains, self.dsp_patterns, self.dsp_windows = 0, (), {}
             self.dsp_share = 0
             self.dsp_ch_pow2, self.dsp_bytes = 1, 0
+        #: bytes each buffer's host-read select tree chooses from (a DSPW record's lanes
+        #: padded to 16, the last always 0)
+        self._read_fanin = {CoreBuffer.A: 4 * rows, CoreBuffer.W: cols,
+                            CoreBuffer.OUT: 4 * rows, CoreBuffer.CHAN: 8, CoreBuffer.GROUP: 4}
+        if dsp_stages:
+            self._read_fanin[CoreBuffer.DSPW] = 16 * self.dsp_chains
+        self._read_levels = max(tree_levels(n) for n in self._read_fanin.values())
+        #: cycles from ``bus_re`` to ``bus_rdata``: the input register, the registered read
+        #: address, the memory, its data registered, the select trees, the output register
+        self.READ_LATENCY = 5 + self._read_levels
         #: width of the sums the edge units take (a DSP dot product spans up to max_k INT8 MACs)
         self.edge_width = max(self.acc_width, numerics.acc_bits(self.max_k)) if dsp_stages \
             else self.acc_width
@@ -207,7 +215,7 @@ class MixCore(wiring.Component):
         self.MIN_PERIOD = cols
         self.edge_latency = EdgeUnit.latency()
         #: cycles an aborted run stays busy: everything fed drains out before ``done``
-        self.ABORT_CYCLES = (9 + self.engine_latency + rows + cols + self.edge_latency
+        self.ABORT_CYCLES = (10 + self.engine_latency + rows + cols + self.edge_latency
                              + 2 * self.MIN_PERIOD)
         if dsp_stages:
             # the DSP engine's pipeline (fetch, chain) and one row's drain
@@ -561,10 +569,18 @@ class MixCore(wiring.Component):
             m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
 
+        # stage e: the read addresses registered. The busy select and the adders stay off
+        # the memories' address pins, which span the die on a big device (on the 85F a
+        # 12.9 ns net from the sequencer into a DSPW memory's address was the slowest path)
+        a_ra = Signal(range(self.a_depth), reset_less=True)
+        w_ra = Signal(range(self.w_depth), reset_less=True)
+        o_ra = Signal(range(self.out_depth), reset_less=True)
+        m.d.sync += [a_ra.eq(Mux(self.busy, a_tile + a_word, idx_a)),
+                     w_ra.eq(Mux(self.busy, w_tile + step, idx_w)), o_ra.eq(idx_a)]
         a_rd = []
         for i, mem in enumerate(a_mems):
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(Mux(self.busy, a_tile + a_word, idx_a)), rp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(a_ra), rp.en.eq(1)]
             host_write(mem.write_port(granularity=8), idx_a,
                        (bus_sel == CoreBuffer.A) & (lane_a == i) & (idx_a < self.a_depth),
                        f"a{i}", 4, bus_addr[:2])
@@ -572,7 +588,7 @@ class MixCore(wiring.Component):
         w_rd = []
         for j, mem in enumerate(w_mems):
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(Mux(self.busy, w_tile + step, idx_w)), rp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(w_ra), rp.en.eq(1)]
             host_write(mem.write_port(), idx_w,
                        (bus_sel == CoreBuffer.W) & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
             w_rd.append(rp.data)
@@ -586,11 +602,13 @@ class MixCore(wiring.Component):
             d_lane_ok = (d_byte < L) | ((d_byte >= 8) & (d_byte < 11))
             d_chain = bus_addr[4:4 + lch] if lch else Const(0, 1)
             d_idx = bus_addr >> (4 + lch)
+            d_ra = Signal(range(self.dsp_depth), reset_less=True)
+            m.d.sync += d_ra.eq(Mux(self.busy, w_tile + step, d_idx))
             for c in range(self.dsp_chains):
                 mem = Memory(shape=8 * (L + 3), depth=self.dsp_depth, init=[])
                 m.submodules[f"dspw{c}"] = mem
                 rp = mem.read_port()
-                m.d.comb += [rp.addr.eq(Mux(self.busy, w_tile + step, d_idx)), rp.en.eq(1)]
+                m.d.comb += [rp.addr.eq(d_ra), rp.en.eq(1)]
                 host_write(mem.write_port(granularity=8), d_idx,
                            (bus_sel == CoreBuffer.DSPW) & (d_chain == c) & d_lane_ok &
                            (d_idx < self.dsp_depth), f"dw{c}", L + 3, d_lane)
@@ -603,15 +621,22 @@ class MixCore(wiring.Component):
                    (bus_sel == CoreBuffer.GROUP) & ((bus_addr >> 2) < self.group_depth), "tg", 4,
                    bus_addr[:2])
 
-        # stage f: memory data arrives; stage g: registered (EBR clock-to-out is slow),
-        # stage h: arranged / decoded and registered into the engine
+        # stage e: read addresses registered (above); stage f: memory data arrives; stage g:
+        # registered (EBR clock-to-out is slow), stage h: arranged / decoded and registered
+        # into the engine
+        e_valid, e_first, e_last = Signal(), Signal(), Signal()
+        e_sel, e_mask = Signal(2), Signal(4)
+        e_rmask, e_cmask = Signal(R), Signal(C)
+        m.d.sync += [e_valid.eq(issue), e_first.eq(issue & (gstep == 0)),
+                     e_last.eq(issue & group_end), e_sel.eq(sel_bits), e_mask.eq(lane_mask),
+                     e_rmask.eq(Mux(self.busy & ~dsp_on, Cat(row0 + i < M for i in range(R)), ~0)),
+                     e_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
         f_valid, f_first, f_last = Signal(), Signal(), Signal()
         f_sel, f_mask = Signal(2), Signal(4)
         f_rmask, f_cmask = Signal(R), Signal(C)
-        m.d.sync += [f_valid.eq(issue), f_first.eq(issue & (gstep == 0)),
-                     f_last.eq(issue & group_end), f_sel.eq(sel_bits), f_mask.eq(lane_mask),
-                     f_rmask.eq(Mux(self.busy & ~dsp_on, Cat(row0 + i < M for i in range(R)), ~0)),
-                     f_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
+        m.d.sync += [f_valid.eq(e_valid), f_first.eq(e_first), f_last.eq(e_last),
+                     f_sel.eq(e_sel), f_mask.eq(e_mask), f_rmask.eq(e_rmask),
+                     f_cmask.eq(e_cmask)]
         g_valid, g_first, g_last = Signal(), Signal(), Signal()
         g_sel, g_mask = Signal(2), Signal(4)
         m.d.sync += [g_valid.eq(f_valid), g_first.eq(f_first), g_last.eq(f_last),
@@ -661,9 +686,10 @@ class MixCore(wiring.Component):
         # -- DSP engine feed: the window straight from the registered A words (stage g) -------
         dw_g = []
         if L:
-            dv_f, dl_f, dv_g, dl_g = Signal(), Signal(), Signal(), Signal()
-            dt_f, dt_g = Signal(range(R)), Signal(range(R))
-            m.d.sync += [dv_f.eq(d_issue), dl_f.eq(d_last), dt_f.eq(drow),
+            dv_e, dl_e, dv_f, dl_f, dv_g, dl_g = (Signal() for _ in range(6))
+            dt_e, dt_f, dt_g = Signal(range(R)), Signal(range(R)), Signal(range(R))
+            m.d.sync += [dv_e.eq(d_issue), dl_e.eq(d_last), dt_e.eq(drow),
+                         dv_f.eq(dv_e), dl_f.eq(dl_e), dt_f.eq(dt_e),
                          dv_g.eq(dv_f), dl_g.eq(dl_f), dt_g.eq(dt_f)]
             for c in range(self.dsp_chains):
                 r = Signal(8 * (L + 3), name=f"dw_g{c}", reset_less=True)
@@ -834,52 +860,43 @@ class MixCore(wiring.Component):
         o_rd = []
         for i, mem in enumerate(o_mems):
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(idx_a), rp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(o_ra), rp.en.eq(1)]
             o_rd.append(rp.data)
-        r_sel = Signal(CoreBuffer); r_lane_a = Signal.like(lane_a); r_lane_w = Signal.like(lane_w)
-        r_byte = Signal(3)
-        m.d.sync += [r_sel.eq(bus_sel), r_lane_a.eq(lane_a), r_lane_w.eq(lane_w),
-                     r_byte.eq(bus_addr[:3])]
-        r_sel2 = Signal(CoreBuffer); r_lane_a2 = Signal.like(lane_a); r_lane_w2 = Signal.like(lane_w)
-        r_byte2 = Signal(3)
-        m.d.sync += [r_sel2.eq(r_sel), r_lane_a2.eq(r_lane_a), r_lane_w2.eq(r_lane_w),
-                     r_byte2.eq(r_byte)]
-        o_q = [Signal(32, name=f"o_q{i}") for i in range(R)]
-        for i in range(R):
-            m.d.sync += o_q[i].eq(o_rd[i])
-        c_q = Signal(64); g_q = Signal(32)
-        m.d.sync += [c_q.eq(crp.data), g_q.eq(grp.data)]
-        a_word_r = Signal(32); o_word_r = Signal(32); w_byte_r = Signal(8)
-        with m.Switch(r_lane_a2):
-            for i in range(R):
-                with m.Case(i):
-                    m.d.comb += [a_word_r.eq(ga[i]), o_word_r.eq(o_q[i])]
-        with m.Switch(r_lane_w2):
-            for j in range(C):
-                with m.Case(j):
-                    m.d.comb += w_byte_r.eq(gw[j])
-        dw_byte_r = Signal(8)
+        # every buffer's data is registered in the same cycle (the fourth after bus_addr):
+        # A / W through the engine feed's stage g, OUT / DSPW here, CHAN / GROUP (read
+        # without the address register) one cycle later
+        o_q = [Signal(32, name=f"o_q{i}", reset_less=True) for i in range(R)]
+        m.d.sync += [o_q[i].eq(o_rd[i]) for i in range(R)]
+        c_q = _delay(m, crp.data, 2, "c_q", reset_less=True)
+        g_q = _delay(m, grp.data, 2, "g_q", reset_less=True)
+        # each buffer's byte chosen by a registered select tree, then the buffer by one
+        # registered mux: the bytes come from EBRs and registers all over the die
+        rd_in = {
+            CoreBuffer.A: ([ga[i].word_select(b, 8) for i in range(R) for b in range(4)],
+                           Cat(bus_addr[:2], lane_a)),
+            CoreBuffer.W: (gw, lane_w),
+            CoreBuffer.OUT: ([o_q[i].word_select(b, 8) for i in range(R) for b in range(4)],
+                             Cat(bus_addr[:2], lane_a)),
+            CoreBuffer.CHAN: ([c_q.word_select(b, 8) for b in range(8)], bus_addr[:3]),
+            CoreBuffer.GROUP: ([g_q.word_select(b, 8) for b in range(4)], bus_addr[:2]),
+        }
         if L:
-            r_dch = Signal.like(d_chain); r_dlane = Signal.like(d_lane); r_dok = Signal()
-            r_dch2 = Signal.like(d_chain); r_dlane2 = Signal.like(d_lane); r_dok2 = Signal()
-            m.d.sync += [r_dch.eq(d_chain), r_dlane.eq(d_lane), r_dok.eq(d_lane_ok),
-                         r_dch2.eq(r_dch), r_dlane2.eq(r_dlane), r_dok2.eq(r_dok)]
-            with m.Switch(r_dch2):
-                for c in range(self.dsp_chains):
-                    with m.Case(c):
-                        m.d.comb += dw_byte_r.eq(
-                            Mux(r_dok2, dw_g[c].word_select(r_dlane2, 8), 0))
-        with m.Switch(r_sel2):
-            with m.Case(CoreBuffer.A):
-                m.d.sync += self.bus_rdata.eq(a_word_r.word_select(r_byte2[:2], 8))
-            with m.Case(CoreBuffer.W):
-                m.d.sync += self.bus_rdata.eq(w_byte_r)
-            with m.Case(CoreBuffer.OUT):
-                m.d.sync += self.bus_rdata.eq(o_word_r.word_select(r_byte2[:2], 8))
-            with m.Case(CoreBuffer.CHAN):
-                m.d.sync += self.bus_rdata.eq(c_q.word_select(r_byte2, 8))
-            with m.Case(CoreBuffer.GROUP):
-                m.d.sync += self.bus_rdata.eq(g_q.word_select(r_byte2[:2], 8))
-            with m.Case(CoreBuffer.DSPW):
-                m.d.sync += self.bus_rdata.eq(dw_byte_r)
+            # lane 15 of every chain is 0: the bytes of a record no lane holds read as 0
+            lanes = [[dw_g[c].word_select(k, 8) if k < L + 3 else Const(0, 8)
+                      for k in range(16)] for c in range(self.dsp_chains)]
+            rd_in[CoreBuffer.DSPW] = ([b for ch in lanes for b in ch],
+                                      Cat(Mux(d_lane_ok, d_lane, 15)[:4], d_chain))
+        D = self._read_levels
+        rd_out = {}
+        for buf, (items, sel) in rd_in.items():
+            assert len(items) == self._read_fanin[buf]
+            sel_q = _delay(m, sel, 3, f"rsel_{buf.name.lower()}", reset_less=True)
+            val = select_tree(m, items, sel_q, name=f"rd_{buf.name.lower()}")
+            rd_out[buf] = _delay(m, val, D - tree_levels(len(items)), f"rdd_{buf.name.lower()}",
+                                 reset_less=True)
+        buf_q = _delay(m, bus_sel, 3 + D, "rbuf")
+        with m.Switch(buf_q):
+            for buf, val in rd_out.items():
+                with m.Case(buf):
+                    m.d.sync += self.bus_rdata.eq(val)
         return m

@@ -190,12 +190,22 @@ class ProgramCore(wiring.Component):
         c_core = Signal(COUNTER_BITS); c_busy = Signal(COUNTER_BITS); c_macs = Signal(COUNTER_BITS)
 
         # -- the six-loop ACT address generator -------------------------------------------------
+        # Timing: the loop control runs on registered flags. last[j] is "idx[j] == n_loop[j] - 1",
+        # kept up to date with idx[j] (set from n_loop[j] == 1 when the loop restarts at 0, from
+        # idx[j] == n_loop[j] - 2 when it counts up), so inc / all_last / m_step / w_end are a
+        # few LUTs on flip-flops. Compared against rec every cycle (a subtract carry chain and a
+        # 16-bit compare, then the AND chain of inc and the selection of the next idx / addr),
+        # it was the 12F's slowest path (15.1 ns, 7 LUT levels plus a carry chain).
         g_run = Signal()                    # generator steps this cycle
         g_on = Signal()                     # generator has elements left
         idx = [Signal(16, name=f"gi{j}") for j in range(GATHER_LOOPS)]
         addr = [Signal(_ADDR, name=f"ga{j}") for j in range(GATHER_LOOPS)]
         y1 = Signal(16); x2 = Signal(16)    # i1 * stride, i2 * stride
-        last = [idx[j] == n_loop[j] - 1 for j in range(GATHER_LOOPS)]
+        last = [Signal(name=f"glast{j}") for j in range(GATHER_LOOPS)]   # idx[j] == n_loop[j] - 1
+        # latched from the record in DECODE (rec is stable from DECODE on), there for the first
+        # GATHER / POOL cycle: the compare target of a counting loop, and "a loop of one"
+        n_m2 = [Signal(16, name=f"gnm2_{j}") for j in range(GATHER_LOOPS)]  # n_loop[j] - 2
+        n_one = [Signal(name=f"gone{j}") for j in range(GATHER_LOOPS)]      # n_loop[j] == 1
         inc = []
         for j in range(GATHER_LOOPS):
             inner_last = Const(1, 1)
@@ -215,30 +225,50 @@ class ProgramCore(wiring.Component):
         m.d.comb += m_step.eq(inc[0] | inc[1] | inc[2])
         w_end = Signal()                    # this element ends a pooling window (loops 4, 5)
         m.d.comb += w_end.eq(last[4] & last[5])
-        w_first = Signal()
-        m.d.comb += w_first.eq((idx[4] == 0) & (idx[5] == 0))
+        # idx[4] == 0 and idx[5] == 0, registered too (set when loops 4, 5 restart, cleared
+        # when one of them counts up: idx[j] + 1 never wraps to 0, as idx[j] < n_loop[j] - 1)
+        w_first = Signal(init=1)
 
         def gen_reset():
             return ([i.eq(0) for i in idx] + [a.eq(in_base) for a in addr] +
-                    [y1.eq(0), x2.eq(0), g_on.eq(1)])
+                    [y1.eq(0), x2.eq(0), g_on.eq(1), w_first.eq(1)] +
+                    [x.eq(n_loop[j] == 1) for j, x in enumerate(last)] +
+                    [x.eq(n_loop[j] == 1) for j, x in enumerate(n_one)] +
+                    [x.eq(n_loop[j] - 2) for j, x in enumerate(n_m2)])
 
+        # One step: the innermost loop j not at its end counts up (inc[j]), the loops inside it
+        # restart at 0 from addr[j]'s next value; none does on the last element (all_last).
+        # inc is one-hot (inc[j] needs last[l] for l > j, inc[l] needs ~last[l]), so each
+        # register takes its next value from an AND-OR of the inc flags, not a chain of six
+        # priority muxes (timing): upd(l) = "loop l or one outside it counts" is its enable.
+        def upd(l):
+            return Cat(*inc[:l + 1]).any()
+
+        def pick(pairs, width):
+            # the value whose (one-hot) flag is set; 0 if none is
+            out = Const(0, width)
+            for f, v in pairs:
+                out = out | (v[:width] & f.replicate(width))
+            return out
+
+        nxt = [(addr[j] + s_loop[j])[:_ADDR] for j in range(GATHER_LOOPS)]
         with m.If(g_run & g_on):
             with m.If(all_last):
                 m.d.sync += g_on.eq(0)
-            for j in range(GATHER_LOOPS):
-                with m.If(inc[j]):
-                    nxt = (addr[j] + s_loop[j])[:_ADDR]
-                    m.d.sync += [idx[j].eq(idx[j] + 1), addr[j].eq(nxt)]
-                    for l in range(j + 1, GATHER_LOOPS):
-                        m.d.sync += [idx[l].eq(0), addr[l].eq(nxt)]
-                    if j == 0:
-                        m.d.sync += y1.eq(0)
-                    if j <= 1:
-                        m.d.sync += x2.eq(0)
-                    if j == 1:
-                        m.d.sync += y1.eq(y1 + stride)
-                    if j == 2:
-                        m.d.sync += x2.eq(x2 + stride)
+            with m.Else():
+                # loops 4 and 5 restart (idx 0, 0) exactly when both were at their ends
+                m.d.sync += w_first.eq(w_end)
+            for l in range(GATHER_LOOPS):
+                with m.If(upd(l)):
+                    m.d.sync += [
+                        idx[l].eq(Mux(inc[l], idx[l] + 1, 0)),
+                        addr[l].eq(pick([(inc[j], nxt[j]) for j in range(l + 1)], _ADDR)),
+                        last[l].eq(Mux(inc[l], idx[l] == n_m2[l], n_one[l])),
+                    ]
+            with m.If(upd(1)):                  # y1: 0 when loop 0 counts, + stride for loop 1
+                m.d.sync += y1.eq(Mux(inc[1], y1 + stride, 0))
+            with m.If(upd(2)):                  # x2: 0 when loop 0 or 1 counts, + stride for 2
+                m.d.sync += x2.eq(Mux(inc[2], x2 + stride, 0))
 
         # A bus address of element (m, k): bank m % R, word (m // R) * kw + k // 4, byte k % 4;
         # for a DSP layer (striped along K, sw.layout.dsp_act_image): bank (k // 4) % (Wp / 4),

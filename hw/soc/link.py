@@ -100,8 +100,8 @@ class Link(wiring.Component):
         if info.timeout_cycles < 4:
             raise ValueError(f"info.timeout_cycles must be >= 4 (cycles), not "
                              f"{info.timeout_cycles!r}")
-        if not isinstance(read_latency, int) or not 1 <= read_latency <= 8:
-            raise ValueError(f"read_latency must be an int in [1, 8], not {read_latency!r}")
+        if not isinstance(read_latency, int) or not 1 <= read_latency <= 16:
+            raise ValueError(f"read_latency must be an int in [1, 16], not {read_latency!r}")
         if not isinstance(dim_bits, int) or not 1 <= dim_bits <= 16:
             raise ValueError(f"dim_bits must be an int in [1, 16], not {dim_bits!r}")
         self.dim_bits = dim_bits
@@ -201,11 +201,19 @@ class Link(wiring.Component):
         w_count = Signal(16)
         m.d.comb += w_count.eq(body_len - WRITE_HEADER)
 
-        def range_ok(count):
-            size = 0
-            for b in reversed(Buffer):
-                size = Mux(p_buf == b, info.buffer_size(b), size)
-            return (p_buf <= max(Buffer)) & (p_addr + count <= size)
+        # the address range checks, pipelined over the two CRC bytes (the header and the
+        # length are final from CRC0 on; EXEC comes at least two cycles later): the 33-bit
+        # end and the buffer's size registered, then their compare. In EXEC, one cycle, they
+        # were the slowest path of the 12F SoC (15.9 ns, two carry chains and the reply mux)
+        size_q = Signal(33); buf_q = Signal()
+        end_w = Signal(33); end_r = Signal(33)
+        ok_w = Signal(); ok_r = Signal()
+        size = Const(0, 33)
+        for b in reversed(Buffer):
+            size = Mux(p_buf == b, info.buffer_size(b), size)
+        m.d.sync += [size_q.eq(size), buf_q.eq(p_buf <= max(Buffer)),
+                     end_w.eq(p_addr + w_count), end_r.eq(p_addr + p_count),
+                     ok_w.eq(buf_q & (end_w <= size_q)), ok_r.eq(buf_q & (end_r <= size_q))]
 
         # -- core-side state -------------------------------------------------------------
         loaded = Signal()
@@ -338,7 +346,7 @@ class Link(wiring.Component):
                         with m.Case(Opcode.WRITE):
                             with m.If(body_len <= WRITE_HEADER):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
-                            with m.Elif(~range_ok(w_count)):
+                            with m.Elif(~ok_w):
                                 m.d.sync += reply(ErrorCode.BAD_ADDRESS)
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)
@@ -350,7 +358,7 @@ class Link(wiring.Component):
                             with m.If((length != 1 + READ_PAYLOAD) | (p_count == 0) |
                                       (p_count > MAX_DATA)):
                                 m.d.sync += reply(ErrorCode.BAD_LENGTH)
-                            with m.Elif(~range_ok(p_count)):
+                            with m.Elif(~ok_r):
                                 m.d.sync += reply(ErrorCode.BAD_ADDRESS)
                             with m.Elif(core_busy):
                                 m.d.sync += reply(ErrorCode.BUSY)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth import Mux, Signal
+from amaranth import Cat, Const, Mux, Signal
 
-__all__ = ["is_pow2", "serial_mul_step", "delay"]
+__all__ = ["is_pow2", "serial_mul_step", "delay", "tree_levels", "select_tree"]
 
 
 def is_pow2(v) -> bool:
@@ -24,3 +24,50 @@ def delay(m, sig, n, name, reset_less=False):
         m.d.sync += r.eq(sig)
         sig = r
     return sig
+
+
+def tree_levels(n: int, radix: int = 4) -> int:
+    """Register levels of :func:`select_tree` over ``n`` inputs."""
+    levels = 0
+    while n > 1:
+        n = -(-n // radix)
+        levels += 1
+    return levels
+
+
+def select_tree(m, inputs, sel, *, name, radix=4):
+    """``inputs[sel]`` through a ``radix``-way mux tree with a register after every level.
+
+    The result comes ``tree_levels(len(inputs), radix)`` cycles after ``sel`` and the
+    inputs (0 where ``sel`` points past the end). Wide selections on a big device gather
+    bytes from all over the die: one register per level keeps each cycle to one small mux
+    (a radix-4 byte mux is a LUT4 pair and a PFUMX per bit) and one hop of routing, where an
+    unregistered tree took several die-crossing nets in one cycle.
+    """
+    if not is_pow2(radix) or radix < 2:
+        raise ValueError(f"radix must be a power of two >= 2, not {radix!r}")
+    items = list(inputs)
+    if not items:
+        raise ValueError("select_tree needs at least one input")
+    rb = radix.bit_length() - 1
+    levels = tree_levels(len(items), radix)
+    width = max(len(v) for v in items)
+    if len(sel) < rb * levels:
+        sel = Cat(sel, Const(0, rb * levels - len(sel)))
+    for lev in range(levels):
+        low = sel[:rb]
+        nxt = []
+        for g in range(0, len(items), radix):
+            r = Signal(width, name=f"{name}_l{lev}_{g // radix}", reset_less=True)
+            with m.Switch(low):
+                for k, v in enumerate(items[g:g + radix]):
+                    with m.Case(k):
+                        m.d.sync += r.eq(v)
+                with m.Default():
+                    m.d.sync += r.eq(0)
+            nxt.append(r)
+        items = nxt
+        rest = sel[rb:]
+        if len(rest):
+            sel = delay(m, rest, 1, f"{name}_s{lev}", reset_less=True)
+    return items[0]
