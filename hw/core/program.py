@@ -215,12 +215,16 @@ class ProgramCore(wiring.Component):
             m.d.comb += inc[j].eq(inner_last & ~last[j])
         all_last = Signal()
         m.d.comb += all_last.eq(Cat(*last).all())
-        # the element now addressed: padding?
-        iy = Signal(signed(18)); ix = Signal(signed(18))
-        m.d.comb += [iy.eq(Cat(y1, Const(0, 2)).as_signed() + idx[3] - pad),
-                     ix.eq(Cat(x2, Const(0, 2)).as_signed() + idx[4] - pad)]
-        in_pad = Signal()
-        m.d.comb += in_pad.eq((iy < 0) | (iy >= lim_h) | (ix < 0) | (ix >= lim_w))
+        # the element now addressed: padding? Its input row is iy = y1 + idx[3] - pad (column
+        # ix = x2 + idx[4] - pad), padding when outside [0, lim_h) (or [0, lim_w)). Timing: the
+        # check is split over two cycles, one carry chain each: the sums sy = y1 + idx[3],
+        # sx = x2 + idx[4] are registered with the read (p1_sy, p1_sx), and the next cycle
+        # compares them against pad and lim + pad (latched in DECODE), giving p2_pad: iy < 0 is
+        # sy < pad, iy >= lim_h is sy >= lim_h + pad (exact: 17 bits hold every sum). Both adds
+        # and the four compares in one cycle took 8.9 ns.
+        sy = Signal(17); sx = Signal(17)
+        m.d.comb += [sy.eq(y1 + idx[3]), sx.eq(x2 + idx[4])]
+        lim_hp = Signal(17); lim_wp = Signal(17)    # lim_h + pad, lim_w + pad
         m_step = Signal()                   # next element starts a new row of A (loops 0..2)
         m.d.comb += m_step.eq(inc[0] | inc[1] | inc[2])
         w_end = Signal()                    # this element ends a pooling window (loops 4, 5)
@@ -231,7 +235,8 @@ class ProgramCore(wiring.Component):
 
         def gen_reset():
             return ([i.eq(0) for i in idx] + [a.eq(in_base) for a in addr] +
-                    [y1.eq(0), x2.eq(0), g_on.eq(1), w_first.eq(1)] +
+                    [y1.eq(0), x2.eq(0), g_on.eq(1), w_first.eq(1),
+                     lim_hp.eq(lim_h + pad), lim_wp.eq(lim_w + pad)] +
                     [x.eq(n_loop[j] == 1) for j, x in enumerate(last)] +
                     [x.eq(n_loop[j] == 1) for j, x in enumerate(n_one)] +
                     [x.eq(n_loop[j] - 2) for j, x in enumerate(n_m2)])
@@ -299,9 +304,13 @@ class ProgramCore(wiring.Component):
                 m.d.sync += a_k.eq(a_k + 1)
 
         # pipeline: p1 = ACT read issued (address, flags), p2 = data there
-        p1_v = Signal(); p1_pad = Signal(); p1_a = Signal(32); p1_wend = Signal(); p1_wfirst = Signal()
-        m.d.sync += [p1_v.eq(g_run & g_on), p1_pad.eq(in_pad), p1_a.eq(a_byte),
+        p1_v = Signal(); p1_a = Signal(32); p1_wend = Signal(); p1_wfirst = Signal()
+        p1_sy = Signal(17); p1_sx = Signal(17)
+        m.d.sync += [p1_v.eq(g_run & g_on), p1_sy.eq(sy), p1_sx.eq(sx), p1_a.eq(a_byte),
                      p1_wend.eq(w_end), p1_wfirst.eq(w_first)]
+        p1_pad = Signal()                   # the padding check's second half (see sy above)
+        m.d.comb += p1_pad.eq((p1_sy < pad) | (p1_sy >= lim_hp) |
+                              (p1_sx < pad) | (p1_sx >= lim_wp))
         # p2: the ACT byte registered (EBR clock-to-out is slow and ACT spans many EBRs: the
         # 85F's slowest path ran from ACT's output through the pool compare back into ACT)
         p2_v = Signal(); p2_pad = Signal(); p2_a = Signal(32); p2_wend = Signal()
@@ -312,13 +321,25 @@ class ProgramCore(wiring.Component):
         m.d.comb += p2_val.eq(Mux(p2_pad, pad_value, p2_data))
 
         # -- scatter: OUT (m, n) -> ACT[out_base + t] -------------------------------------------
+        # OUT (m, n) is bank m % R, word e // 4, byte e % 4 with e = (m // R) * N + n: its bus
+        # address ((e >> 2) << (lr + 2)) + (bank << 2) + e % 4 is e's bits with the bank's between
+        # them (R is a power of two). Timing: e is a register (s_e, counted along with s_n; s_ebase
+        # is e at n = 0 of this bank round), so the address is wires, not the adders of
+        # s_ebase + s_n and the sum above ahead of the core's bus; and the end-of-count tests are
+        # registered flags like the generator's last[j] (s_nlast: s_n == N - 1, s_mlast:
+        # s_m == M - 1, s_blast: s_bank == R - 1), updated from compares against N - 2, M - 2
+        # latched in DECODE (M, N are decoded from rec) instead of a subtract and a 16-bit
+        # compare each cycle ahead of the counters' muxes.
         s_on = Signal(); s_m = Signal(16); s_n = Signal(16); s_bank = Signal.like(a_bank)
         s_ebase = Signal(32)
         s_e = Signal(32)
-        m.d.comb += s_e.eq(s_ebase + s_n)
         s_addr = Signal(32)
-        m.d.comb += s_addr.eq(((s_e >> 2) << (lr + 2)) + (s_bank << 2) + s_e[:2])
+        m.d.comb += s_addr.eq(Cat(s_e[:2], s_bank, s_e[2:]) if R > 1 else s_e)
         M, N = fields["m"], fields["n"]
+        s_nlast = Signal(); s_mlast = Signal(); s_blast = Signal()
+        # latched in DECODE; the core stops a layer with M or N of 0 (BAD_SHAPE) before SCATTER
+        s_nm2 = Signal(16); s_mm2 = Signal(16)          # N - 2, M - 2
+        s_none = Signal(); s_mone = Signal()            # N == 1, M == 1
         lat_core = self.core.READ_LATENCY
         s_v = Signal(lat_core)              # read issued, data arrives lat_core cycles later
         t_out = Signal(_ADDR)               # next ACT write offset
@@ -391,6 +412,8 @@ class ProgramCore(wiring.Component):
                     m.next = "DECODE"
                 watchdog_and_abort()
             with m.State("DECODE"):
+                m.d.sync += [s_nm2.eq(N - 2), s_mm2.eq(M - 2), s_none.eq(N == 1),
+                             s_mone.eq(M == 1)]
                 m.d.sync += [c_core.eq(0), c_busy.eq(0), c_macs.eq(0), t_out.eq(0),
                              a_rowbase.eq(0), a_bank.eq(0), a_k.eq(0), *gen_reset(),
                              r_cfg.eq(0), *assign_descriptor(r_cfg, fields)]
@@ -435,7 +458,9 @@ class ProgramCore(wiring.Component):
                 with m.If(core.done):
                     m.d.sync += [c_core.eq(core.cnt_cycles), c_busy.eq(core.cnt_busy),
                                  c_macs.eq(core.cnt_macs), st.eq(core.error),
-                                 s_on.eq(1), s_m.eq(0), s_n.eq(0), s_bank.eq(0), s_ebase.eq(0)]
+                                 s_on.eq(1), s_m.eq(0), s_n.eq(0), s_bank.eq(0), s_ebase.eq(0),
+                                 s_e.eq(0), s_nlast.eq(s_none), s_mlast.eq(s_mone),
+                                 s_blast.eq(R == 1)]
                     with m.If(core.error != ErrorCode.OK):
                         m.next = "COUNT"
                     with m.Else():
@@ -443,17 +468,21 @@ class ProgramCore(wiring.Component):
             with m.State("SCATTER"):
                 m.d.sync += s_v.eq(Cat(s_on, s_v[:-1]))
                 with m.If(s_on):
-                    m.d.sync += s_n.eq(s_n + 1)
-                    with m.If(s_n == N - 1):
-                        m.d.sync += [s_n.eq(0), s_m.eq(s_m + 1)]
+                    with m.If(s_nlast):
+                        # the row's end: the next row starts at s_ebase (the same bank round)
+                        # or, after bank R - 1, at s_ebase + N = s_e + 1 (a new round)
+                        m.d.sync += [s_n.eq(0), s_nlast.eq(s_none),
+                                     s_m.eq(s_m + 1), s_mlast.eq(s_m == s_mm2)]
                         if R > 1:
-                            m.d.sync += s_bank.eq(s_bank + 1)
-                            with m.If(s_bank == R - 1):
-                                m.d.sync += s_ebase.eq(s_ebase + N)
-                        else:
-                            m.d.sync += s_ebase.eq(s_ebase + N)
-                        with m.If(s_m == M - 1):
+                            m.d.sync += [s_bank.eq(s_bank + 1), s_blast.eq(s_bank == R - 2)]
+                        with m.If(s_blast):
+                            m.d.sync += [s_e.eq(s_e + 1), s_ebase.eq(s_e + 1)]
+                        with m.Else():
+                            m.d.sync += s_e.eq(s_ebase)
+                        with m.If(s_mlast):
                             m.d.sync += s_on.eq(0)
+                    with m.Else():
+                        m.d.sync += [s_n.eq(s_n + 1), s_nlast.eq(s_n == s_nm2), s_e.eq(s_e + 1)]
                 with m.If(~s_on & ~s_v.any() & ~awr_en):
                     m.next = "COUNT"
                 watchdog_and_abort()
