@@ -213,7 +213,9 @@ class MixCore(wiring.Component):
         self.engine_latency = (cols - 1) + self.pe_cls.latency()
         #: minimum steps between group (and tile) ends (the drain chains' period)
         self.MIN_PERIOD = cols
-        self.edge_latency = EdgeUnit.latency()
+        #: cycles the drained sums wait for their table records (registered table reads)
+        self.EDGE_DELAY = 2
+        self.edge_latency = EdgeUnit.latency() + self.EDGE_DELAY
         #: cycles an aborted run stays busy: everything fed drains out before ``done``
         self.ABORT_CYCLES = (10 + self.engine_latency + rows + cols + self.edge_latency
                              + 2 * self.MIN_PERIOD)
@@ -802,47 +804,61 @@ class MixCore(wiring.Component):
             m.d.sync += [t_col0.eq(tok_head.col0), t_gbase.eq(tok_head.gbase)]
         cur_col0 = Mux(rd_pop, tok_head.col0, t_col0)
         cur_gbase = Mux(rd_pop, tok_head.gbase, t_gbase)
+        # the table reads registered on both sides (the address sums, then the EBR's data),
+        # and the drained sums and their token delayed to match (EDGE_DELAY): the drain
+        # control, the two adders, the tables' address pins and, a cycle later, the EBR's
+        # clock-to-out and the edge unit's first stage were each one cycle before
         crp = chan_mem.read_port()
         grp = grp_mem.read_port()
-        m.d.comb += [crp.addr.eq(Mux(self.busy, cfg.chan_base + cur_col0 + t_j, bus_addr >> 3)),
-                     crp.en.eq(1),
-                     grp.addr.eq(Mux(self.busy, cur_gbase + cur_col0 + t_j, bus_addr >> 2)),
-                     grp.en.eq(1)]
+        c_ra = Signal(range(self.chan_depth), reset_less=True)
+        g_ra = Signal(range(self.group_depth), reset_less=True)
+        m.d.sync += [c_ra.eq(Mux(self.busy, cfg.chan_base + cur_col0 + t_j, bus_addr >> 3)),
+                     g_ra.eq(Mux(self.busy, cur_gbase + cur_col0 + t_j, bus_addr >> 2))]
+        m.d.comb += [crp.addr.eq(c_ra), crp.en.eq(1), grp.addr.eq(g_ra), grp.en.eq(1)]
+        c_tq = Signal(64, reset_less=True); g_tq = Signal(32, reset_less=True)
+        m.d.sync += [c_tq.eq(crp.data), g_tq.eq(grp.data)]
         tbl0 = Signal(TABLE_LAYOUT)
         m.d.comb += [
-            tbl0.gscale.eq(grp.data[:16]), tbl0.gzero.eq(grp.data[16:24]),
-            tbl0.bias.eq(Mux(cfg.chan, crp.data[:32], 0)),
-            tbl0.mult.eq(Mux(cfg.chan, crp.data[32:48], cfg.mult)),
-            tbl0.shift.eq(Mux(cfg.chan, crp.data[48:54], cfg.shift)),
+            tbl0.gscale.eq(g_tq[:16]), tbl0.gzero.eq(g_tq[16:24]),
+            tbl0.bias.eq(Mux(cfg.chan, c_tq[:32], 0)),
+            tbl0.mult.eq(Mux(cfg.chan, c_tq[32:48], cfg.mult)),
+            tbl0.shift.eq(Mux(cfg.chan, c_tq[48:54], cfg.shift)),
         ]
-        tok_src, tbl_src = tok_head, tbl0
+        tok_src, tbl_src = _delay(m, tok_head, self.EDGE_DELAY, "tok_head"), tbl0
         fin = Signal()
         for i in range(R):
             eu = EdgeUnit(row=i, cols=C, acc_width=self.edge_width, token_layout=tok_layout,
                           out_depth=self.out_depth, groups=self.groups, impl=self.impl)
             m.submodules[f"edge{i}"] = eu
+            e_sum = Signal.like(eu.sum, name=f"e_sum{i}")
+            e_sv = Signal(name=f"e_sv{i}"); e_sf = Signal(name=f"e_sf{i}")
             if L and pairs and i % 2:
                 # odd rows: one cycle behind the even row above, tables from its edge unit
                 mine = ob_row == i - 1
                 m.d.comb += [
-                    eu.sum.eq(Mux(dsp_on, ob_sum, eng.sum[i])),
-                    eu.sum_valid.eq(Mux(dsp_on, ob_act & mine, eng.sum_valid[i])),
-                    eu.sum_first.eq(Mux(dsp_on, ob_first & mine, eng.sum_first[i])),
+                    e_sum.eq(Mux(dsp_on, ob_sum, eng.sum[i])),
+                    e_sv.eq(Mux(dsp_on, ob_act & mine, eng.sum_valid[i])),
+                    e_sf.eq(Mux(dsp_on, ob_first & mine, eng.sum_first[i])),
                     eu.tbl_in.eq(tbl_src),
                 ]
             elif L:
                 mine = dr_row == i
                 m.d.comb += [
-                    eu.sum.eq(Mux(dsp_on, d_sum, eng.sum[i])),
-                    eu.sum_valid.eq(Mux(dsp_on, dr_act & mine, eng.sum_valid[i])),
-                    eu.sum_first.eq(Mux(dsp_on, dr_first & mine, eng.sum_first[i])),
+                    e_sum.eq(Mux(dsp_on, d_sum, eng.sum[i])),
+                    e_sv.eq(Mux(dsp_on, dr_act & mine, eng.sum_valid[i])),
+                    e_sf.eq(Mux(dsp_on, dr_first & mine, eng.sum_first[i])),
                     eu.tbl_in.eq(Mux(dsp_on, tbl0, tbl_src)),
                 ]
             else:
-                m.d.comb += [eu.sum.eq(eng.sum[i]), eu.sum_valid.eq(eng.sum_valid[i]),
-                             eu.sum_first.eq(eng.sum_first[i]), eu.tbl_in.eq(tbl_src)]
+                m.d.comb += [e_sum.eq(eng.sum[i]), e_sv.eq(eng.sum_valid[i]),
+                             e_sf.eq(eng.sum_first[i]), eu.tbl_in.eq(tbl_src)]
+            dly = self.EDGE_DELAY
             m.d.comb += [
-                eu.act_sum.eq(eng.act_sum[i]), eu.tok_in.eq(tok_src),
+                eu.sum.eq(_delay(m, e_sum, dly, f"e_sum{i}", reset_less=True)),
+                eu.sum_valid.eq(_delay(m, e_sv, dly, f"e_sv{i}")),
+                eu.sum_first.eq(_delay(m, e_sf, dly, f"e_sf{i}")),
+                eu.act_sum.eq(_delay(m, eng.act_sum[i], dly, f"e_as{i}", reset_less=True)),
+                eu.tok_in.eq(tok_src),
                 eu.group.eq(group_on), eu.out_mode.eq(cfg.out_mode), eu.relu.eq(cfg.relu),
                 eu.zp.eq(cfg.zp),
             ]
@@ -863,12 +879,10 @@ class MixCore(wiring.Component):
             m.d.comb += [rp.addr.eq(o_ra), rp.en.eq(1)]
             o_rd.append(rp.data)
         # every buffer's data is registered in the same cycle (the fourth after bus_addr):
-        # A / W through the engine feed's stage g, OUT / DSPW here, CHAN / GROUP (read
-        # without the address register) one cycle later
+        # A / W through the engine feed's stage g, OUT / DSPW here, CHAN / GROUP through
+        # the table reads' data registers
         o_q = [Signal(32, name=f"o_q{i}", reset_less=True) for i in range(R)]
         m.d.sync += [o_q[i].eq(o_rd[i]) for i in range(R)]
-        c_q = _delay(m, crp.data, 2, "c_q", reset_less=True)
-        g_q = _delay(m, grp.data, 2, "g_q", reset_less=True)
         # each buffer's byte chosen by a registered select tree, then the buffer by one
         # registered mux: the bytes come from EBRs and registers all over the die
         rd_in = {
@@ -877,8 +891,8 @@ class MixCore(wiring.Component):
             CoreBuffer.W: (gw, lane_w),
             CoreBuffer.OUT: ([o_q[i].word_select(b, 8) for i in range(R) for b in range(4)],
                              Cat(bus_addr[:2], lane_a)),
-            CoreBuffer.CHAN: ([c_q.word_select(b, 8) for b in range(8)], bus_addr[:3]),
-            CoreBuffer.GROUP: ([g_q.word_select(b, 8) for b in range(4)], bus_addr[:2]),
+            CoreBuffer.CHAN: ([c_tq.word_select(b, 8) for b in range(8)], bus_addr[:3]),
+            CoreBuffer.GROUP: ([g_tq.word_select(b, 8) for b in range(4)], bus_addr[:2]),
         }
         if L:
             # lane 15 of every chain is 0: the bytes of a record no lane holds read as 0
