@@ -201,9 +201,10 @@ class MixCore(wiring.Component):
         if dsp_stages:
             self._read_fanin[CoreBuffer.DSPW] = 16 * self.dsp_chains
         self._read_levels = max(tree_levels(n) for n in self._read_fanin.values())
-        #: cycles from ``bus_re`` to ``bus_rdata``: the input register, the registered read
-        #: address, the memory, its data registered, the select trees, the output register
-        self.READ_LATENCY = 5 + self._read_levels
+        #: cycles from ``bus_re`` to ``bus_rdata``: the input register, the read address
+        #: registered and copied beside each memory, the memory, its data registered, the
+        #: select trees, the output register
+        self.READ_LATENCY = 6 + self._read_levels
         #: width of the sums the edge units take (a DSP dot product spans up to max_k INT8 MACs)
         self.edge_width = max(self.acc_width, numerics.acc_bits(self.max_k)) if dsp_stages \
             else self.acc_width
@@ -217,7 +218,7 @@ class MixCore(wiring.Component):
         self.EDGE_DELAY = 2
         self.edge_latency = EdgeUnit.latency() + self.EDGE_DELAY
         #: cycles an aborted run stays busy: everything fed drains out before ``done``
-        self.ABORT_CYCLES = (10 + self.engine_latency + rows + cols + self.edge_latency
+        self.ABORT_CYCLES = (11 + self.engine_latency + rows + cols + self.edge_latency
                              + 2 * self.MIN_PERIOD)
         if dsp_stages:
             # the DSP engine's pipeline (fetch, chain) and one row's drain
@@ -571,18 +572,34 @@ class MixCore(wiring.Component):
             m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
 
-        # stage e: the read addresses registered. The busy select and the adders stay off
-        # the memories' address pins, which span the die on a big device (on the 85F a
-        # 12.9 ns net from the sequencer into a DSPW memory's address was the slowest path)
+        # stage e: the read addresses registered once by the sequencer; stage e2: a copy per
+        # bank / chain beside its memory. The busy select and the adders stay off the
+        # memories' address pins, and no register drives the address pins of memories all
+        # over the die: on the 85F a 12.9 ns net from the sequencer into a DSPW memory's
+        # address, then (one register) a 15.3 ns net from the address register to the
+        # address pins of 48 EBRs, were the slowest paths. A copy loads while the core is
+        # busy or when the host reads its own bank, so the copies differ in their enables
+        # and synthesis keeps them apart.
         a_ra = Signal(range(self.a_depth), reset_less=True)
         w_ra = Signal(range(self.w_depth), reset_less=True)
         o_ra = Signal(range(self.out_depth), reset_less=True)
+        e_busy = Signal()
+        e_lane_a = Signal.like(lane_a); e_lane_w = Signal.like(lane_w)
         m.d.sync += [a_ra.eq(Mux(self.busy, a_tile + a_word, idx_a)),
-                     w_ra.eq(Mux(self.busy, w_tile + step, idx_w)), o_ra.eq(idx_a)]
+                     w_ra.eq(Mux(self.busy, w_tile + step, idx_w)), o_ra.eq(idx_a),
+                     e_busy.eq(self.busy), e_lane_a.eq(lane_a), e_lane_w.eq(lane_w)]
+
+        def local_copy(src, en, name):
+            r = Signal.like(src, name=name, reset_less=True)
+            with m.If(en):
+                m.d.sync += r.eq(src)
+            return r
+
         a_rd = []
         for i, mem in enumerate(a_mems):
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(a_ra), rp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(local_copy(a_ra, e_busy | (e_lane_a == i), f"a_ra{i}")),
+                         rp.en.eq(1)]
             host_write(mem.write_port(granularity=8), idx_a,
                        (bus_sel == CoreBuffer.A) & (lane_a == i) & (idx_a < self.a_depth),
                        f"a{i}", 4, bus_addr[:2])
@@ -590,7 +607,8 @@ class MixCore(wiring.Component):
         w_rd = []
         for j, mem in enumerate(w_mems):
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(w_ra), rp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(local_copy(w_ra, e_busy | (e_lane_w == j), f"w_ra{j}")),
+                         rp.en.eq(1)]
             host_write(mem.write_port(), idx_w,
                        (bus_sel == CoreBuffer.W) & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
             w_rd.append(rp.data)
@@ -605,12 +623,14 @@ class MixCore(wiring.Component):
             d_chain = bus_addr[4:4 + lch] if lch else Const(0, 1)
             d_idx = bus_addr >> (4 + lch)
             d_ra = Signal(range(self.dsp_depth), reset_less=True)
-            m.d.sync += d_ra.eq(Mux(self.busy, w_tile + step, d_idx))
+            e_dch = Signal.like(d_chain)
+            m.d.sync += [d_ra.eq(Mux(self.busy, w_tile + step, d_idx)), e_dch.eq(d_chain)]
             for c in range(self.dsp_chains):
                 mem = Memory(shape=8 * (L + 3), depth=self.dsp_depth, init=[])
                 m.submodules[f"dspw{c}"] = mem
                 rp = mem.read_port()
-                m.d.comb += [rp.addr.eq(d_ra), rp.en.eq(1)]
+                m.d.comb += [rp.addr.eq(local_copy(d_ra, e_busy | (e_dch == c), f"d_ra{c}")),
+                             rp.en.eq(1)]
                 host_write(mem.write_port(granularity=8), d_idx,
                            (bus_sel == CoreBuffer.DSPW) & (d_chain == c) & d_lane_ok &
                            (d_idx < self.dsp_depth), f"dw{c}", L + 3, d_lane)
@@ -636,9 +656,8 @@ class MixCore(wiring.Component):
         f_valid, f_first, f_last = Signal(), Signal(), Signal()
         f_sel, f_mask = Signal(2), Signal(4)
         f_rmask, f_cmask = Signal(R), Signal(C)
-        m.d.sync += [f_valid.eq(e_valid), f_first.eq(e_first), f_last.eq(e_last),
-                     f_sel.eq(e_sel), f_mask.eq(e_mask), f_rmask.eq(e_rmask),
-                     f_cmask.eq(e_cmask)]
+        e2 = _delay(m, Cat(e_valid, e_first, e_last, e_sel, e_mask, e_rmask, e_cmask), 1, "e2")
+        m.d.sync += Cat(f_valid, f_first, f_last, f_sel, f_mask, f_rmask, f_cmask).eq(e2)
         g_valid, g_first, g_last = Signal(), Signal(), Signal()
         g_sel, g_mask = Signal(2), Signal(4)
         m.d.sync += [g_valid.eq(f_valid), g_first.eq(f_first), g_last.eq(f_last),
@@ -690,8 +709,9 @@ class MixCore(wiring.Component):
         if L:
             dv_e, dl_e, dv_f, dl_f, dv_g, dl_g = (Signal() for _ in range(6))
             dt_e, dt_f, dt_g = Signal(range(R)), Signal(range(R)), Signal(range(R))
+            de2 = _delay(m, Cat(dv_e, dl_e, dt_e), 1, "de2")
             m.d.sync += [dv_e.eq(d_issue), dl_e.eq(d_last), dt_e.eq(drow),
-                         dv_f.eq(dv_e), dl_f.eq(dl_e), dt_f.eq(dt_e),
+                         Cat(dv_f, dl_f, dt_f).eq(de2),
                          dv_g.eq(dv_f), dl_g.eq(dl_f), dt_g.eq(dt_f)]
             for c in range(self.dsp_chains):
                 r = Signal(8 * (L + 3), name=f"dw_g{c}", reset_less=True)
@@ -876,23 +896,25 @@ class MixCore(wiring.Component):
         o_rd = []
         for i, mem in enumerate(o_mems):
             rp = mem.read_port()
-            m.d.comb += [rp.addr.eq(o_ra), rp.en.eq(1)]
+            m.d.comb += [rp.addr.eq(local_copy(o_ra, e_lane_a == i, f"o_ra{i}")), rp.en.eq(1)]
             o_rd.append(rp.data)
-        # every buffer's data is registered in the same cycle (the fourth after bus_addr):
+        # every buffer's data is registered in the same cycle (the fifth after bus_addr):
         # A / W through the engine feed's stage g, OUT / DSPW here, CHAN / GROUP through
-        # the table reads' data registers
+        # the table reads' data registers and one more
         o_q = [Signal(32, name=f"o_q{i}", reset_less=True) for i in range(R)]
         m.d.sync += [o_q[i].eq(o_rd[i]) for i in range(R)]
         # each buffer's byte chosen by a registered select tree, then the buffer by one
         # registered mux: the bytes come from EBRs and registers all over the die
+        c_q = _delay(m, c_tq, 1, "c_q", reset_less=True)
+        g_q = _delay(m, g_tq, 1, "g_q", reset_less=True)
         rd_in = {
             CoreBuffer.A: ([ga[i].word_select(b, 8) for i in range(R) for b in range(4)],
                            Cat(bus_addr[:2], lane_a)),
             CoreBuffer.W: (gw, lane_w),
             CoreBuffer.OUT: ([o_q[i].word_select(b, 8) for i in range(R) for b in range(4)],
                              Cat(bus_addr[:2], lane_a)),
-            CoreBuffer.CHAN: ([c_tq.word_select(b, 8) for b in range(8)], bus_addr[:3]),
-            CoreBuffer.GROUP: ([g_tq.word_select(b, 8) for b in range(4)], bus_addr[:2]),
+            CoreBuffer.CHAN: ([c_q.word_select(b, 8) for b in range(8)], bus_addr[:3]),
+            CoreBuffer.GROUP: ([g_q.word_select(b, 8) for b in range(4)], bus_addr[:2]),
         }
         if L:
             # lane 15 of every chain is 0: the bytes of a record no lane holds read as 0
@@ -904,11 +926,11 @@ class MixCore(wiring.Component):
         rd_out = {}
         for buf, (items, sel) in rd_in.items():
             assert len(items) == self._read_fanin[buf]
-            sel_q = _delay(m, sel, 3, f"rsel_{buf.name.lower()}", reset_less=True)
+            sel_q = _delay(m, sel, 4, f"rsel_{buf.name.lower()}", reset_less=True)
             val = select_tree(m, items, sel_q, name=f"rd_{buf.name.lower()}")
             rd_out[buf] = _delay(m, val, D - tree_levels(len(items)), f"rdd_{buf.name.lower()}",
                                  reset_less=True)
-        buf_q = _delay(m, bus_sel, 3 + D, "rbuf")
+        buf_q = _delay(m, bus_sel, 4 + D, "rbuf")
         with m.Switch(buf_q):
             for buf, val in rd_out.items():
                 with m.Case(buf):

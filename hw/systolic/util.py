@@ -39,7 +39,7 @@ def select_tree(m, inputs, sel, *, name, radix=4):
     """``inputs[sel]`` through a ``radix``-way mux tree with a register after every level.
 
     The result comes ``tree_levels(len(inputs), radix)`` cycles after ``sel`` and the
-    inputs (0 where ``sel`` points past the end). Wide selections on a big device gather
+    inputs (0 where ``sel`` points past the end; one input is passed through unregistered). Wide selections on a big device gather
     bytes from all over the die: one register per level keeps each cycle to one small mux
     (a radix-4 byte mux is a LUT4 pair and a PFUMX per bit) and one hop of routing, where an
     unregistered tree took several die-crossing nets in one cycle.
@@ -52,6 +52,9 @@ def select_tree(m, inputs, sel, *, name, radix=4):
     rb = radix.bit_length() - 1
     levels = tree_levels(len(items), radix)
     width = max(len(v) for v in items)
+    # select bits above the tree's point past the end: their flag follows the tree
+    high = sel[rb * levels:] if len(sel) > rb * levels else None
+    high_d = delay(m, high.any(), levels, f"{name}_hi") if high is not None else None
     if len(sel) < rb * levels:
         sel = Cat(sel, Const(0, rb * levels - len(sel)))
     for lev in range(levels):
@@ -67,7 +70,7 @@ def select_tree(m, inputs, sel, *, name, radix=4):
                     m.d.sync += r.eq(0)
             nxt.append(r)
         items = nxt
-        rest = sel[rb:]
+        rest = sel[rb:rb * (levels - lev)]
         if len(rest):
             sel = delay(m, rest, 1, f"{name}_s{lev}", reset_less=True)
-    return items[0]
+    return items[0] if high_d is None else Mux(high_d, 0, items[0])
