@@ -339,7 +339,11 @@ class MixCore(wiring.Component):
         tok_layout = self._token_layout()
         m.submodules.tokens = tokens = fifo.SyncFIFOBuffered(width=tok_layout.size, depth=4)
 
-        m.d.comb += self.busy.eq(0)
+        # ``busy`` is a register of its own, set and cleared with the FSM's moves out of and
+        # into IDLE: it selects addresses and enables all over the die (and the link's
+        # replies), so no state decode sits in front of those nets
+        busy = Signal()
+        m.d.comb += self.busy.eq(busy)
         m.d.sync += self.done.eq(0)
         with m.If(self.busy):
             m.d.sync += self.cnt_cycles.eq(self.cnt_cycles + 1)
@@ -349,8 +353,9 @@ class MixCore(wiring.Component):
 
         def abortable():
             with m.If(abort | wd_hit):
+                # (an abort wins over a move to IDLE in the same cycle: stay busy)
                 m.d.sync += [self.error.eq(Mux(abort, ErrorCode.ABORTED, ErrorCode.WATCHDOG)),
-                             ab_cnt.eq(self.ABORT_CYCLES)]
+                             ab_cnt.eq(self.ABORT_CYCLES), busy.eq(1)]
                 m.next = "ABORT"
 
         fmt_ok = Signal()
@@ -431,9 +436,9 @@ class MixCore(wiring.Component):
                                 m.d.sync += [glog.eq(lg),
                                              gsteps.eq(Const(size, DIM_BITS) >> lanes),
                                              ngroups.eq((c.k + size - 1) >> lg if size else 1)]
+                    m.d.sync += busy.eq(1)
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.comb += self.busy.eq(1)
                 # DSP layers: M rows of S words each (no padding rows in A)
                 _serial_mul_step(m, p_a, Mux(dsp_on, M, mt_cnt), kw, chk_bit)
                 _serial_mul_step(m, p_w, nt_cnt, kb, chk_bit)
@@ -462,9 +467,8 @@ class MixCore(wiring.Component):
                     m.next = "DECIDE"
                 abortable()
             with m.State("DECIDE"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(bad):
-                    m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1)]
+                    m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1), busy.eq(0)]
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [step.eq(0), gstep.eq(0), row0.eq(0), col0.eq(0),
@@ -479,7 +483,6 @@ class MixCore(wiring.Component):
                         m.next = "RUN"
                 abortable()
             with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(wait_drain):
                     m.d.sync += self.cnt_stall.eq(self.cnt_stall + 1)
                     with m.If(~tile_end):
@@ -495,7 +498,7 @@ class MixCore(wiring.Component):
                         next_tile(next_a_rows=True)
                 abortable()
             with m.State("DRUN"):
-                m.d.comb += [self.busy.eq(1), d_last.eq(step == kb - 1)]
+                m.d.comb += d_last.eq(step == kb - 1)
                 # rows drain in pairs (one row with a single row bank), each pair's sums
                 # take the edge ``cols`` cycles: pair ends at least that far apart
                 pair_end = drow[0] if R > 1 else Const(1, 1)
@@ -517,16 +520,14 @@ class MixCore(wiring.Component):
                             next_tile(next_a_rows=False)
                 abortable()
             with m.State("FLUSH"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(final_drained):
-                    m.d.sync += self.done.eq(1)
+                    m.d.sync += [self.done.eq(1), busy.eq(0)]
                     m.next = "IDLE"
                 abortable()
             with m.State("ABORT"):
-                m.d.comb += self.busy.eq(1)
                 m.d.sync += ab_cnt.eq(ab_cnt - 1)
                 with m.If(ab_cnt == 0):
-                    m.d.sync += [self.done.eq(1), final_drained.eq(0)]
+                    m.d.sync += [self.done.eq(1), final_drained.eq(0), busy.eq(0)]
                     m.next = "IDLE"
 
         # -- drain tokens: one per group end, consumed when row 0 starts draining it ---------

@@ -9,6 +9,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.arith.intmul import IntMul
+from hw.systolic.util import delay
 from sw.numerics import OutMode, EDGE_ACC_BITS, REQUANT_MULT_BITS, GSCALE_BITS
 
 from .desc import TABLE_LAYOUT
@@ -17,15 +18,6 @@ __all__ = ["EdgeUnit"]
 
 #: latency of the IntMuls below (input and output registers: the DSP's own on ECP5)
 MUL_LATENCY = 2
-
-
-def delay(m, sig, n, name):
-    """``sig`` through ``n`` registers."""
-    for k in range(n):
-        r = Signal.like(sig, name=f"{name}_{k}")
-        m.d.sync += r.eq(sig)
-        sig = r
-    return sig
 
 
 class EdgeUnit(wiring.Component):
