@@ -440,10 +440,10 @@ class MixCore(wiring.Component):
                     m.next = "CHECK"
             with m.State("CHECK"):
                 # DSP layers: M rows of S words each (no padding rows in A)
-                _serial_mul_step(m, p_a, Mux(dsp_on, M, mt_cnt), kw, chk_bit)
-                _serial_mul_step(m, p_w, nt_cnt, kb, chk_bit)
-                _serial_mul_step(m, p_o, mt_cnt, N, chk_bit)
-                _serial_mul_step(m, p_g, ngroups, N, chk_bit)
+                _serial_mul_step(m, p_a, Mux(dsp_on, M, mt_cnt), kw, chk_bit, name="p_a")
+                _serial_mul_step(m, p_w, nt_cnt, kb, chk_bit, name="p_w")
+                _serial_mul_step(m, p_o, mt_cnt, N, chk_bit, name="p_o")
+                _serial_mul_step(m, p_g, ngroups, N, chk_bit, name="p_g")
                 m.d.sync += chk_bit.eq(chk_bit + 1)
                 with m.If(chk_bit == DIM_BITS):
                     out_cap = Mux(cfg.out_mode == OutMode.INT8, 4 * self.out_depth, self.out_depth)

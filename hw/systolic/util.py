@@ -12,9 +12,23 @@ def is_pow2(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and (v & (v - 1)) == 0
 
 
-def serial_mul_step(m, acc, x, y, bit):
-    """One step of a bit-serial ``x * y`` (LSB first): shape-checks need no DSP block."""
-    m.d.sync += acc.eq(acc + Mux(y.bit_select(bit, 1), x << bit, 0))
+def serial_mul_step(m, acc, x, y, bit, *, name):
+    """One step of a bit-serial ``acc = x * y`` (LSB first): shape checks need no DSP block.
+
+    Call it in the cycles ``bit`` = 0, 1, ..., ``len(y)`` (``acc`` cleared before step 0;
+    ``x`` and ``y`` held). Step 0 adds ``y[0] ? x : 0`` and keeps ``x << 1`` and ``y >> 1``
+    in registers (``{name}_xs``, ``{name}_ys``); each later step adds the kept ``x`` if the
+    kept ``y``'s low bit is set and shifts both by one. So a step is one mux and one adder:
+    picking bit ``bit`` of ``y`` and shifting ``x`` by ``bit`` was a barrel shifter in
+    front of the adder (the 85F ``dsp8s`` build's slowest path on one seed).
+    """
+    xs = Signal(len(acc), name=f"{name}_xs")
+    ys = Signal(len(y), name=f"{name}_ys")
+    first = bit == 0
+    cur_x = Mux(first, x, xs)
+    cur_y = Mux(first, y, ys)
+    m.d.sync += [acc.eq(acc + Mux(cur_y[0], cur_x, 0)),
+                 xs.eq(cur_x << 1), ys.eq(cur_y >> 1)]
 
 
 def delay(m, sig, n, name, reset_less=False):
