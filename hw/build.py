@@ -149,12 +149,14 @@ class Progress:
     def __init__(self, *, quiet: bool = False, stream=None):
         self.quiet = quiet
         self.stream = stream
+        self._lock = threading.Lock()       # seeds place and route in threads of their own
 
     def stage(self, name: str, seconds: float, figures: str) -> None:
         if self.quiet:
             return
-        print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<9s} {seconds:6.1f} s  {figures}",
-              file=self.stream or sys.stdout, flush=True)
+        with self._lock:
+            print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name:<9s} {seconds:6.1f} s  "
+                  f"{figures}", file=self.stream or sys.stdout, flush=True)
 
 
 def _fmax_text(fmax: dict) -> str:
@@ -181,7 +183,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL) -> str:
 
 
 def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
-             verbose: bool = False, on_line=None, tool_writes_log: bool = False) -> None:
+             verbose: bool = False, on_line=None, tool_writes_log: bool = False,
+             cancel: threading.Event | None = None) -> None:
     """Run ``cmd`` with its output going to ``log_path``, line by line as it comes.
 
     The log is the tool's stdout and stderr, or, with ``tool_writes_log``, the file the tool
@@ -194,7 +197,8 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
     arrives, and whatever it raises (:class:`RouteWatchdog`'s verdict) kills the tool and
     propagates as it is. A non-zero exit raises :class:`BuildError` naming ``stage`` (a name,
     or a function that returns the stage running when the tool failed), with the log's last
-    :data:`LOG_TAIL` lines and its path.
+    :data:`LOG_TAIL` lines and its path. With ``tool_writes_log``, setting ``cancel`` (from
+    another thread) kills the tool and raises :class:`BuildError` ("... cancelled").
     """
     log_path = Path(log_path)
     stage_now = stage if callable(stage) else (lambda: stage)
@@ -227,6 +231,8 @@ def run_tool(cmd: list[str], log_path: Path, *, stage, cwd: Path | None = None,
                 reader.start()
                 pending = ""
                 while True:
+                    if cancel is not None and cancel.is_set():
+                        raise BuildError(f"{stage_now()} cancelled")
                     finished = proc.poll() is not None
                     if follow is None and log_path.exists():
                         follow = open(log_path, encoding="utf-8", errors="replace")
@@ -284,9 +290,113 @@ def _tool_command(argv: list[str], name: str) -> list[str]:
     return [os.environ.get(env_var, name), *args]
 
 
+def _run_nextpnr(cmd: list[str], run_dir: Path, *, progress: Progress, verbose: bool,
+                 route_patience: int, label: str = "",
+                 cancel: threading.Event | None = None) -> dict:
+    """One nextpnr run in ``run_dir`` (log ``nextpnr.log`` there), reporting "place" when its
+    log says routing started and "route" at its end, each line prefixed with ``label``.
+
+    Returns ``{"place": s, "route": s, "fmax": {clock: (achieved, constraint)}}``.
+    """
+    log_name = TOOL_STAGES["nextpnr-ecp5"][1]
+    log_path = run_dir / log_name
+    t0 = time.monotonic()
+    place = {"fmax": {}, "done": None}
+    check_route = RouteWatchdog(route_patience, log_path)
+
+    def watch(line):
+        check_route(line)
+        if place["done"] is None:
+            mm = _NEXTPNR_FMAX.match(line)
+            if mm:
+                place["fmax"][mm.group(1)] = (float(mm.group(2)), float(mm.group(3)))
+            elif _NEXTPNR_ROUTE.match(line):
+                place["done"] = time.monotonic()
+                progress.stage("place", place["done"] - t0,
+                               label + "estimated " + _fmax_text(place["fmax"]))
+
+    run_tool([cmd[0], "--log", log_name, *cmd[1:]], log_path, cwd=run_dir, verbose=verbose,
+             on_line=watch, stage=lambda: "place" if place["done"] is None else "route",
+             tool_writes_log=True, cancel=cancel)
+    result = {}
+    if place["done"] is None:     # the log never said routing started
+        place["done"] = time.monotonic()
+        progress.stage("place", place["done"] - t0, label + "estimated " + _fmax_text(
+            place["fmax"]) + " (no routing start in the log: the time includes routing)")
+    result["place"] = place["done"] - t0
+    result["route"] = time.monotonic() - place["done"]
+    report = run_dir / "nextpnr_report.json"
+    result["fmax"] = ({k: (v["achieved_mhz"], v["constraint_mhz"])
+                       for k, v in parse_nextpnr_report(report)[1].items()}
+                      if report.exists() else {})
+    progress.stage("route", result["route"], label + _fmax_text(result["fmax"]))
+    return result
+
+
+def _with_option(cmd: list[str], option: str, value: str) -> list[str]:
+    """``cmd`` with ``option``'s value replaced by ``value`` (appended if it has none)."""
+    cmd = list(cmd)
+    if option in cmd:
+        cmd[cmd.index(option) + 1] = value
+    else:
+        cmd += [option, value]
+    return cmd
+
+
+def _slowest_mhz(fmax: dict) -> float:
+    """The lowest achieved Fmax in ``{clock: (achieved, constraint)}``: a seed ranks by its
+    slowest clock."""
+    return min((got for got, want in fmax.values()), default=0.0)
+
+
+def _run_seeds(cmd: list[str], build_dir: Path, seeds: list[int], *, progress: Progress,
+               verbose: bool, route_patience: int, jobs: int) -> dict:
+    """Place and route the one synthesized netlist with each of ``seeds``, ``jobs`` nextpnr runs
+    at a time, each in ``build_dir/seed-N/`` (its log, report and config there).
+
+    A seed that fails (or whose route the watchdog stops) is recorded with its error; the others
+    go on. Ctrl-C (or any other exception) stops them all. Returns ``{seed: result}``, each
+    result as :func:`_run_nextpnr` returns it, or ``{"error": message}``.
+    """
+    import concurrent.futures
+    cancel = threading.Event()
+    # the netlist and constraints stay in build_dir, read by every seed's run
+    for opt in ("--json", "--lpf"):
+        if opt in cmd:
+            cmd = _with_option(cmd, opt, f"../{cmd[cmd.index(opt) + 1]}")
+
+    def one(seed):
+        run_dir = build_dir / f"seed-{seed}"
+        run_dir.mkdir(exist_ok=True)
+        for stale in ("nextpnr_report.json", "top.config"):
+            (run_dir / stale).unlink(missing_ok=True)
+        t0 = time.monotonic()
+        try:
+            return _run_nextpnr(_with_option(cmd, "--seed", str(seed)), run_dir,
+                                progress=progress, verbose=verbose and len(seeds) == 1,
+                                route_patience=route_patience, label=f"seed {seed}: ",
+                                cancel=cancel)
+        except BuildError as e:
+            if cancel.is_set():
+                raise
+            progress.stage("route", time.monotonic() - t0, f"seed {seed}: {str(e).splitlines()[0]}")
+            return {"error": str(e)}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {seed: pool.submit(one, seed) for seed in seeds}
+        try:
+            return {seed: f.result() for seed, f in futures.items()}
+        except BaseException:
+            cancel.set()            # the tools must not outlive the build
+            for f in futures.values():
+                f.cancel()
+            raise
+
+
 def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "top",
                   progress: Progress | None = None, verbose: bool = False,
-                  route_patience: int = ROUTE_PATIENCE) -> dict:
+                  route_patience: int = ROUTE_PATIENCE, seeds: list[int] | None = None,
+                  jobs: int | None = None) -> dict:
     """Run Amaranth's Yosys -> nextpnr-ecp5 -> ecppack ``commands`` (``build_<name>.json``)
     in ``build_dir``, one log per tool there (:data:`TOOL_STAGES`), reporting each stage.
 
@@ -294,9 +404,18 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
     overused wires before the route is stopped as not converging (:class:`RouteWatchdog`;
     0: never).
 
-    Returns ``{stage: seconds}``.
+    ``seeds`` (a list of nextpnr seeds) places and routes the one netlist once per seed,
+    ``jobs`` runs at a time (default: all at once), each in ``build_dir/seed-N/``, and packs the
+    bitstream of the seed whose slowest clock is fastest; its ``nextpnr_report.json`` is
+    copied to ``build_dir``. Without ``seeds`` nextpnr runs once, in ``build_dir``, with the
+    command's own seed.
+
+    Returns ``{stage: seconds}``; with ``seeds`` also ``"seeds": {seed: result}`` (see
+    :func:`_run_seeds`) and ``"best_seed"``.
     """
     check_route_patience(route_patience)       # refused before Yosys's minutes
+    if seeds is not None:
+        seeds = check_seeds(seeds)
     progress = progress or Progress(quiet=True)
     build_dir = Path(build_dir)
     times = {}
@@ -315,44 +434,46 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
             times[stage] = time.monotonic() - t0
             cells = parse_yosys_cells(log_path.read_text(errors="replace"))
             progress.stage(stage, times[stage], _cells_text(cells))
+        elif tool == "nextpnr-ecp5" and seeds is None:
+            result = _run_nextpnr(cmd, build_dir, progress=progress, verbose=verbose,
+                                  route_patience=route_patience)
+            times["place"], times["route"] = result["place"], result["route"]
         elif tool == "nextpnr-ecp5":
-            place = {"fmax": {}, "done": None}
-            check_route = RouteWatchdog(route_patience, log_path)
-
-            def watch(line):
-                check_route(line)
-                if place["done"] is None:
-                    mm = _NEXTPNR_FMAX.match(line)
-                    if mm:
-                        place["fmax"][mm.group(1)] = (float(mm.group(2)), float(mm.group(3)))
-                    elif _NEXTPNR_ROUTE.match(line):
-                        place["done"] = time.monotonic()
-                        times["place"] = place["done"] - t0
-                        progress.stage("place", times["place"],
-                                       "estimated " + _fmax_text(place["fmax"]))
-
-            cmd[1:1] = ["--log", log_name]
-            run_tool(cmd, log_path, cwd=build_dir, verbose=verbose, on_line=watch,
-                     stage=lambda: "place" if place["done"] is None else "route",
-                     tool_writes_log=True)
-            if place["done"] is None:     # the log never said routing started
-                times["place"] = time.monotonic() - t0
-                progress.stage("place", times["place"], "estimated " + _fmax_text(place["fmax"])
-                               + " (no routing start in the log: the time includes routing)")
-                place["done"] = time.monotonic()
-            times["route"] = time.monotonic() - place["done"]
-            report = build_dir / "nextpnr_report.json"
-            fmax = ({k: (v["achieved_mhz"], v["constraint_mhz"])
-                     for k, v in parse_nextpnr_report(report)[1].items()} if report.exists() else {})
-            progress.stage("route", times["route"], _fmax_text(fmax))
+            results = _run_seeds(cmd, build_dir, seeds, progress=progress, verbose=verbose,
+                                 route_patience=route_patience, jobs=jobs or len(seeds))
+            routed = {s: r for s, r in results.items() if "error" not in r and r["fmax"]}
+            times["seeds"] = results
+            if not routed:
+                raise BuildError("route failed on every seed:\n" + "\n".join(
+                    f"seed {s}: {r.get('error', 'no Fmax in its report')}"
+                    for s, r in results.items()))
+            best = max(routed, key=lambda s: _slowest_mhz(routed[s]["fmax"]))
+            times["best_seed"] = best
+            times["place"] = max(r["place"] for r in routed.values())
+            times["route"] = time.monotonic() - t0 - times["place"]
+            shutil.copyfile(build_dir / f"seed-{best}" / "nextpnr_report.json",
+                            build_dir / "nextpnr_report.json")
         else:
+            if seeds is not None and "--input" in cmd:      # pack the best seed's placement
+                cmd = _with_option(cmd, "--input",
+                                   f"seed-{times['best_seed']}/{cmd[cmd.index('--input') + 1]}")
             run_tool(cmd, log_path, stage=stage, cwd=build_dir, verbose=verbose)
             times[stage] = time.monotonic() - t0
             bit = build_dir / f"{name}.bit"
             size = bit.stat().st_size if bit.exists() else 0
-            progress.stage(stage, times[stage], f"bitstream {bit.name} {size} bytes "
+            best = f"seed {times['best_seed']}'s " if seeds is not None else ""
+            progress.stage(stage, times[stage], f"{best}bitstream {bit.name} {size} bytes "
                                                 f"({size / 1024:.0f} KiB)")
     return times
+
+
+def check_seeds(seeds) -> list[int]:
+    """``seeds`` as a list if it is a non-empty list of distinct integers, else ValueError."""
+    seeds = list(seeds)
+    if (not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, not {seeds!r}")
+    return seeds
 
 
 def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int = 3_000_000,
@@ -360,8 +481,14 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
                 pe: str | None = None, dsp: str | None = None, rows: int | None = None,
                 cols: int | None = None, router: str = "router2",
-                route_patience: int = ROUTE_PATIENCE) -> dict:
+                route_patience: int = ROUTE_PATIENCE, seeds: list[int] | None = None,
+                jobs: int | None = None) -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
+
+    ``seeds`` (instead of ``seed``) synthesizes once and places and routes with each seed,
+    ``jobs`` at a time (default all), to judge timing over several placements: the report
+    gives each seed's Fmax and the median, min and max per clock, timing is met only if every
+    seed meets it, and the bitstream is the fastest seed's (:func:`run_toolchain`).
 
     ``pe`` picks the array's processing element (default: the device's, ``hw.sizes``),
     ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none),
@@ -385,6 +512,11 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     check_route_patience(route_patience)       # refused before minutes of elaboration
+    if seeds is not None:
+        seeds = check_seeds(seeds)
+        seed = seeds[0]
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be an integer >= 1, not {jobs!r}")
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
     size = core_size(device, pe, dsp, rows=rows, cols=cols)
@@ -406,7 +538,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     plan = platform.prepare(top_obj, name="top", verbose=True,
                             nextpnr_opts=f"--router {router} --timing-allow-fail "
                                          f"--report nextpnr_report.json --seed {seed}")
-    for stale in ("nextpnr_report.json", "top.bit"):
+    for stale in ("nextpnr_report.json", "top.bit", "report.json"):
         (out_dir / stale).unlink(missing_ok=True)
     plan.extract(out_dir)
     progress.stage("elaborate", time.monotonic() - t0,
@@ -415,8 +547,9 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                    f"{' packed' if size.dsp_packed else ''}{' shared-index' if size.dsp_shared else ''}, "
                    f"RTLIL {len(plan.files['top.il']) / 1e6:.1f} MB")
     commands = json.loads(plan.files["build_top.json"])["commands"]
-    run_toolchain(commands, out_dir, name="top", progress=progress, verbose=verbose and not quiet,
-                  route_patience=route_patience)
+    times = run_toolchain(commands, out_dir, name="top", progress=progress,
+                          verbose=verbose and not quiet, route_patience=route_patience,
+                          seeds=seeds, jobs=jobs)
     elapsed = time.monotonic() - t0
     util, fmax = parse_nextpnr_report(out_dir / "nextpnr_report.json")
     cells = parse_yosys_cells((out_dir / "yosys.log").read_text(errors="replace"))
@@ -437,19 +570,53 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
         "pll": {k: (round(v / 1e6, 4) if k.startswith("f_") else v)
                 for k, v in top_pll_params(freq_mhz).items()},
         "utilization": summary, "nextpnr_utilization": util, "fmax": fmax,
-        "timing_met": timing_ok, "seed": seed, "build_seconds": round(elapsed, 1),
+        "timing_met": timing_ok, "seed": times.get("best_seed", seed),
+        "build_seconds": round(elapsed, 1),
         "bitstream": str((out_dir / "top.bit").relative_to(ROOT)) if out_dir.is_relative_to(ROOT)
         else str(out_dir / "top.bit"),
     }
+    if seeds is not None:
+        report["seeds"] = {str(s): ({"error": r["error"]} if "error" in r else {
+            "fmax": {k: {"achieved_mhz": got, "constraint_mhz": want}
+                     for k, (got, want) in r["fmax"].items()},
+            "timing_met": bool(r["fmax"]) and all(got >= want for got, want in r["fmax"].values()),
+            "place_seconds": round(r["place"], 1), "route_seconds": round(r["route"], 1)})
+            for s, r in times["seeds"].items()}
+        report["fmax_over_seeds"] = fmax_over_seeds(report["seeds"])
+        # closed only if every placement closes: one lucky seed is not a result
+        report["timing_met"] = timing_ok = all(r.get("timing_met") for r in report["seeds"].values())
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if not quiet:
         print_report(report)
+    if not timing_ok and seeds is not None:
+        raise BuildError("timing FAILED on seed(s) " + ", ".join(
+            f"{s} ({r['error'].splitlines()[0] if 'error' in r else _fmax_failures(r['fmax'])})"
+            for s, r in report["seeds"].items() if not r.get("timing_met"))
+            + f"; {report['bitstream']} is seed {report['seed']}'s")
     if not timing_ok:
-        raise BuildError("timing FAILED: " + ", ".join(
-            f"{k} {v['achieved_mhz']} MHz < {v['constraint_mhz']} MHz" for k, v in fmax.items()))
+        raise BuildError("timing FAILED: " + _fmax_failures(fmax))
     if program:
         program_board(out_dir / "top.bit")
     return report
+
+
+def _fmax_failures(fmax: dict) -> str:
+    """The clocks of a report's ``fmax`` that miss their constraint, as text."""
+    return ", ".join(f"{k} {v['achieved_mhz']} MHz < {v['constraint_mhz']} MHz"
+                     for k, v in fmax.items() if v["achieved_mhz"] < v["constraint_mhz"])
+
+
+def fmax_over_seeds(seeds: dict) -> dict:
+    """``{clock: {"median", "min", "max", "routed", "seeds"}}`` over the routed seeds of a
+    report's ``"seeds"`` (``routed`` of ``seeds`` routed; a seed that did not route has no
+    Fmax, so the median is over the routed ones only and says so)."""
+    import statistics
+    clocks = {}
+    for r in seeds.values():
+        for clk, v in r.get("fmax", {}).items():
+            clocks.setdefault(clk, []).append(v["achieved_mhz"])
+    return {clk: {"median": round(statistics.median(v), 2), "min": min(v), "max": max(v),
+                  "routed": len(v), "seeds": len(seeds)} for clk, v in clocks.items()}
 
 
 def top_pll_params(freq_mhz):
@@ -465,9 +632,18 @@ def print_report(r: dict) -> None:
         used, avail = u[k]["used"], u[k].get("available")
         pct = f" ({100 * used / avail:.1f}%)" if avail else ""
         print(f"  {k:11s} {used:7d} / {avail if avail else '?'}{pct}")
+    for seed, sr in r.get("seeds", {}).items():
+        print(f"  seed {seed}: " + ("not routed: " + sr["error"].splitlines()[0] if "error" in sr
+                                    else _fmax_text({k: (v["achieved_mhz"], v["constraint_mhz"])
+                                                     for k, v in sr["fmax"].items()})))
+    for clk, v in r.get("fmax_over_seeds", {}).items():
+        print(f"  Fmax {clk} over seeds: median {v['median']} MHz, min {v['min']}, max "
+              f"{v['max']} ({v['routed']} of {v['seeds']} seeds routed)")
     for clk, v in r["fmax"].items():
         ok = "PASS" if v["achieved_mhz"] >= v["constraint_mhz"] else "FAIL"
-        print(f"  Fmax {clk}: {v['achieved_mhz']} MHz (constraint {v['constraint_mhz']} MHz) {ok}")
+        best = f" (seed {r['seed']}, the bitstream's)" if "seeds" in r else ""
+        print(f"  Fmax {clk}{best}: {v['achieved_mhz']} MHz (constraint {v['constraint_mhz']} MHz) "
+              f"{ok}")
     if r.get("uart"):
         u = r["uart"]
         print(f"  UART {u['baud']} baud requested, {u['actual_baud']} generated "
@@ -511,6 +687,25 @@ def _route_patience_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}") from None
 
 
+def _seeds_arg(text: str) -> list[int]:
+    """``--seeds``' value ("1,2,3"), or an argparse error saying what it must be."""
+    try:
+        return check_seeds(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be distinct integers separated by commas (e.g. 1,2,3), not {text!r}") from None
+
+
+def _jobs_arg(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return jobs
+
+
 def main(argv=None) -> int:
     from hw.sizes import DSP_ENGINES
     ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.splitlines()[0])
@@ -530,7 +725,14 @@ def main(argv=None) -> int:
                          "device's)")
     ap.add_argument("--freq", type=float, default=None,
                     help="core clock in MHz (default: the device's, see hw/sizes.py DEFAULT_FREQ_MHZ)")
-    ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    seed = ap.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    seed.add_argument("--seeds", type=_seeds_arg, default=None, metavar="N,N,...",
+                      help="ulx3s target: synthesize once, place and route with each seed, and "
+                           "report each seed's Fmax and the median; timing passes only if every "
+                           "seed passes; the bitstream is the fastest seed's")
+    ap.add_argument("--jobs", type=_jobs_arg, default=None, metavar="J",
+                    help="with --seeds: nextpnr runs at a time (default: all seeds at once)")
     ap.add_argument("--router", choices=ROUTERS, default="router2",
                     help="nextpnr router (default router2; router1 where router2 oscillates)")
     ap.add_argument("--route-patience", type=_route_patience_arg, default=ROUTE_PATIENCE,
@@ -550,6 +752,10 @@ def main(argv=None) -> int:
                     help="sim target: registers without reset start at 0 (fast) or random, "
                          "chosen by the model's +verilator+seed+N argument (unique)")
     args = ap.parse_args(argv)
+    if (args.seeds is not None or args.jobs is not None) and args.target != "ulx3s":
+        ap.error(f"--seeds / --jobs apply to the ulx3s target, not {args.target!r}")
+    if args.jobs is not None and args.seeds is None:
+        ap.error("--jobs applies with --seeds only (one seed is one nextpnr run)")
     if (args.rows is not None or args.cols is not None) and args.target not in ("ulx3s", "verilog"):
         ap.error(f"--rows / --cols apply to the ulx3s and verilog targets, not {args.target!r} "
                  f"(the sim target builds the device's own size, as SimTransport expects)")
@@ -558,7 +764,7 @@ def main(argv=None) -> int:
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
                         program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
                         dsp=args.dsp, rows=args.rows, cols=args.cols, router=args.router,
-                        route_patience=args.route_patience)
+                        route_patience=args.route_patience, seeds=args.seeds, jobs=args.jobs)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out, args.pe, args.dsp, rows=args.rows,
                          cols=args.cols)

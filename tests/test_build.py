@@ -125,6 +125,7 @@ with open(log, "w") as f:
     for n, cell in ((9, "LUT4"), (3, "CCU2C"), (7, "TRELLIS_FF"), (2, "MULT18X18D"), (1, "DP16KD")):
         f.write(f"     {n}   {cell}\n")
     f.write("End of script.\n")
+open("top.json", "w").write("{}")          # the netlist, which nextpnr reads
 print("this stdout line is not the log")
 """,
     "NEXTPNR_ECP5": r"""
@@ -136,9 +137,17 @@ def info(line):
     log.write(line + "\n")
     log.flush()
 info("Info: argv " + " ".join(sys.argv[1:]))
+if "--json" in sys.argv:
+    json.load(open(sys.argv[sys.argv.index("--json") + 1]))      # the netlist must be there
+seed = sys.argv[sys.argv.index("--seed") + 1]
 info("Info: Running simulated annealing placer for refinement.")
 info("Info: Max frequency for clock '$glbnet$clk': 80.50 MHz (PASS at 65.00 MHz)")
 info("Info: Routing globals...")
+# FAKE_FAIL_SEEDS="2,3": these seeds fail to route, after a while (FAKE_FAIL_AFTER seconds)
+if seed in os.environ.get("FAKE_FAIL_SEEDS", "").split(","):
+    time.sleep(float(os.environ.get("FAKE_FAIL_AFTER", "0")))
+    info(f"ERROR: seed {seed} failed to route")
+    sys.exit(1)
 if os.environ.get("FAKE_ROUTE_FAILS"):
     for i in range(30):
         info(f"Info: router line {i}")
@@ -156,17 +165,27 @@ if os.environ.get("FAKE_ROUTER2"):
         time.sleep(60)
         info("ERROR: the fake router2 was not stopped")
         sys.exit(1)
-info("Info: Max frequency for clock '$glbnet$clk': 70.25 MHz (PASS at 65.00 MHz)")
-json.dump({"utilization": {"TRELLIS_COMB": {"used": 15, "available": 24288}},
-           "fmax": {"$glbnet$clk": {"achieved": 70.25, "constraint": 65.0}}},
+# FAKE_FMAX="1:70.25,2:61.5": the Fmax each seed reaches (default 70.25); FAKE_SLOW_SEEDS="3":
+# these seeds take a minute (bounded, so a cancel that does not kill them fails a test)
+fmax = float(dict(kv.split(":") for kv in os.environ.get("FAKE_FMAX", f"{seed}:70.25").split(","))
+             .get(seed, 70.25))
+if seed in os.environ.get("FAKE_SLOW_SEEDS", "").split(","):
+    info(f"Info: fake nextpnr pid {os.getpid()}")
+    time.sleep(60)
+info(f"Info: Max frequency for clock '$glbnet$clk': {fmax:.2f} MHz "
+     f"({'PASS' if fmax >= 65 else 'FAIL'} at 65.00 MHz)")
+json.dump({"utilization": {"TRELLIS_COMB": {"used": 15 + int(seed), "available": 24288}},
+           "fmax": {"$glbnet$clk": {"achieved": fmax, "constraint": 65.0}}},
           open(sys.argv[sys.argv.index("--report") + 1], "w"))
-open(sys.argv[sys.argv.index("--textcfg") + 1], "w").write("config")
+open(sys.argv[sys.argv.index("--textcfg") + 1], "w").write(f"config of seed {seed}")
 # the stage runner names its own log in place of the build plan's
 assert sys.argv.count("--log") == 1 and sys.argv[sys.argv.index("--log") + 1] == "nextpnr.log"
 """,
     "ECPPACK": r"""
 import sys
-open(sys.argv[sys.argv.index("--bit") + 1], "wb").write(bytes(2048))
+# the bitstream carries the config it was packed from, so a test can tell which seed's it is
+config = open(sys.argv[sys.argv.index("--input") + 1]).read()
+open(sys.argv[sys.argv.index("--bit") + 1], "wb").write(config.encode().ljust(2048, b"\0"))
 print("packed")
 """,
 }
@@ -382,3 +401,114 @@ def test_route_patience_option(monkeypatch, capsys):
             build.build_ulx3s("12F", route_patience=bad)
         with pytest.raises(ValueError, match="route patience must be an integer >= 0"):
             build.run_toolchain([], Path("."), route_patience=bad)
+
+
+# --- several seeds on one netlist: timing is judged over placements, not on one lucky seed
+
+def _seed_stage_lines(out):
+    """{(stage, seed)} of the per-seed stage lines."""
+    import re
+    return {(line.split()[1], int(re.search(r"seed (\d+):", line).group(1)))
+            for line in _stage_lines(out) if "seed " in line and ":" in line.split("s  ", 1)[1]}
+
+
+def test_seeds_synthesize_once_and_route_each_seed(fake_tools, monkeypatch, capsys):
+    """One Yosys run; one nextpnr run per seed in seed-N/, reading the netlist from the build
+    folder; the report gives each seed's Fmax and the median / min / max; the bitstream and
+    the utilisation are the fastest seed's; timing fails because one seed misses it."""
+    monkeypatch.setenv("FAKE_FMAX", "1:70.25,2:80.5,3:61.0")
+    with pytest.raises(build.BuildError) as exc:
+        build.build_ulx3s("12F", out_dir=fake_tools, seeds=[1, 2, 3])
+    assert str(exc.value) == ("timing FAILED on seed(s) 3 ($glbnet$clk 61.0 MHz < 65.0 MHz); "
+                              f"{fake_tools / 'top.bit'} is seed 2's")
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in _stage_lines(out)].count("synth") == 1
+    assert _seed_stage_lines(out) == {(st, s) for st in ("place", "route") for s in (1, 2, 3)}
+    assert "seed 2's bitstream top.bit" in out
+    assert "Fmax $glbnet$clk over seeds: median 70.25 MHz, min 61.0, max 80.5 (3 of 3" in out
+    for seed in (1, 2, 3):
+        log = (fake_tools / f"seed-{seed}" / "nextpnr.log").read_text()
+        assert f" --seed {seed} " in log and " --json ../top.json " in log
+    rep = json.loads((fake_tools / "report.json").read_text())
+    assert rep["seed"] == 2 and not rep["timing_met"]
+    assert rep["fmax"] == {"$glbnet$clk": {"achieved_mhz": 80.5, "constraint_mhz": 65.0}}
+    assert rep["utilization"]["LUT4"]["used"] == 17                 # seed 2's report
+    assert [rep["seeds"][s]["timing_met"] for s in "123"] == [True, True, False]
+    assert rep["seeds"]["3"]["fmax"]["$glbnet$clk"]["achieved_mhz"] == 61.0
+    assert rep["fmax_over_seeds"] == {"$glbnet$clk": {"median": 70.25, "min": 61.0, "max": 80.5,
+                                                      "routed": 3, "seeds": 3}}
+    assert (fake_tools / "top.bit").read_bytes().startswith(b"config of seed 2\0")
+    # every seed passing passes, one at a time too
+    monkeypatch.setenv("FAKE_FMAX", "1:70.25,2:66.0,3:99.0")
+    rep = build.build_ulx3s("12F", out_dir=fake_tools, seeds=[1, 2, 3], jobs=1, quiet=True)
+    assert rep["timing_met"] and rep["seed"] == 3
+    assert rep["fmax_over_seeds"]["$glbnet$clk"]["median"] == 70.25
+    assert (fake_tools / "top.bit").read_bytes().startswith(b"config of seed 3\0")
+
+
+def test_seeds_a_failed_seed_is_reported_and_the_others_go_on(fake_tools, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_FAIL_SEEDS", "2")
+    monkeypatch.setenv("FAKE_FMAX", "1:70.25,3:75.0")
+    with pytest.raises(build.BuildError, match=r"timing FAILED on seed\(s\) 2 \(route failed: "):
+        build.build_ulx3s("12F", out_dir=fake_tools, seeds=[1, 2, 3])
+    out = capsys.readouterr().out
+    assert "seed 2: route failed: nextpnr_ecp5 exited with code 1" in out
+    rep = json.loads((fake_tools / "report.json").read_text())
+    assert "ERROR: seed 2 failed to route" in rep["seeds"]["2"]["error"]
+    assert rep["seed"] == 3 and rep["fmax_over_seeds"]["$glbnet$clk"] == {
+        "median": 72.62, "min": 70.25, "max": 75.0, "routed": 2, "seeds": 3}
+    assert "(2 of 3 seeds routed)" in out
+    # no seed routed: an error naming each seed's, and no bitstream
+    monkeypatch.setenv("FAKE_FAIL_SEEDS", "1,2")
+    with pytest.raises(build.BuildError) as exc:
+        build.build_ulx3s("12F", out_dir=fake_tools, seeds=[1, 2], quiet=True)
+    msg = str(exc.value)
+    assert msg.startswith("route failed on every seed:\nseed 1: route failed: ")
+    assert "ERROR: seed 1 failed to route" in msg and "ERROR: seed 2 failed to route" in msg
+    assert not (fake_tools / "top.bit").exists() and not (fake_tools / "report.json").exists()
+
+
+def test_seeds_an_interrupt_stops_every_seed(fake_tools, monkeypatch):
+    """Ctrl-C (here raised when seed 1 finishes) kills the seeds still running (seed 2 would
+    sleep for a minute) and propagates."""
+    import time
+    monkeypatch.setenv("FAKE_SLOW_SEEDS", "2")
+
+    class Interrupt(build.Progress):
+        def stage(self, name, seconds, figures):
+            if name == "route" and figures.startswith("seed 1:"):
+                raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        build.run_toolchain(_COMMANDS, fake_tools, progress=Interrupt(), seeds=[1, 2])
+    assert time.monotonic() - t0 < 20
+    log = (fake_tools / "seed-2" / "nextpnr.log").read_text()
+    assert _gone(int(log.split("Info: fake nextpnr pid ")[1].split()[0]))
+
+
+def test_seeds_option(monkeypatch, capsys):
+    """--seeds 1,2,3 and --jobs reach build_ulx3s; bad values, --seeds with --seed, --jobs
+    without --seeds and either on another target are argparse errors; build_ulx3s refuses bad
+    values before any work."""
+    calls = []
+    monkeypatch.setattr(build, "build_ulx3s", lambda *a, **kw: calls.append(kw))
+    assert build.main(["--device", "12F", "--seeds", "1,2,3", "--jobs", "2"]) == 0
+    assert calls.pop()["seeds"] == [1, 2, 3]
+    assert build.main(["--device", "12F"]) == 0
+    assert calls.pop()["seeds"] is None
+    for argv, err in ((["--seeds", "1,1"], "must be distinct integers separated by commas"),
+                      (["--seeds", "1,x"], "must be distinct integers"),
+                      (["--seeds", ""], "must be distinct integers"),
+                      (["--seeds", "1,2", "--seed", "3"], "not allowed with argument"),
+                      (["--jobs", "2"], "--jobs applies with --seeds only"),
+                      (["--seeds", "1,2", "--jobs", "0"], "argument --jobs: must be an integer >= 1"),
+                      (["--target", "verilog", "--seeds", "1,2"], "apply to the ulx3s target")):
+        with pytest.raises(SystemExit) as exc:
+            build.main(["--device", "12F", *argv])
+        assert exc.value.code == 2 and err in capsys.readouterr().err
+    assert calls == []
+    monkeypatch.undo()
+    for kw in ({"seeds": []}, {"seeds": [1, 1]}, {"seeds": [1.5]}, {"seeds": [1], "jobs": 0}):
+        with pytest.raises(ValueError, match="seeds must be|jobs must be"):
+            build.build_ulx3s("12F", **kw)
