@@ -236,3 +236,82 @@ async def errors_and_counters(dut):
     q = random_weights(rng, fmt, (40, p["cols"]))
     cnt = await check(tb, a, q, fmt=fmt)
     assert cnt["dq_stall"] == 0
+
+
+@cocotb.test()
+async def busy_is_the_sequencer_out_of_idle(dut):
+    """``busy`` is a register of its own, set and cleared beside the sequencer's moves out of
+    and into IDLE (not a decode of its state). In every cycle it must equal "the sequencer is
+    not in IDLE": through a run, a refusal, and an abort in every cycle of a run, including the
+    cycle of its move to IDLE (the abort wins there: the core stays busy and reports ABORTED).
+    Each start gives exactly one ``done``, and the core is exact afterwards."""
+    from cocotb.triggers import FallingEdge, RisingEdge, ReadOnly
+    from mixcore_tb import GROUP_CODE
+    p = tb_params()
+    tb = MixCoreTB(dut, p)
+    await tb.reset()
+    d = dut
+    await RisingEdge(d.clk)
+    await ReadOnly()
+    # the FSM's first state (IDLE) is its reset state, encoded 0
+    assert int(d.seq_state.value) == 0 and not int(d.busy.value)
+    cycles = {0: 0, 1: 0}
+    mismatches, dones = [], []
+
+    async def monitor():
+        n = 0
+        while True:
+            await RisingEdge(d.clk)
+            await ReadOnly()
+            n += 1
+            busy, state = int(d.busy.value), int(d.seq_state.value)
+            cycles[busy] += 1
+            if busy != (state != 0):
+                mismatches.append(f"cycle {n}: busy {busy}, sequencer state {state}")
+            if int(d.done.value):
+                dones.append(ErrorCode(int(d.error.value)))
+
+    mon = cocotb.start_soon(monitor())
+    rng = np.random.default_rng(23)
+    fmt = WeightFormat(p["formats"][0])
+    M, K, N = p["rows"], 24, p["cols"]
+    a = rng.integers(-128, 128, size=(M, K))
+    q = random_weights(rng, fmt, (K, N))
+    await check(tb, a, q, fmt=fmt)                          # loads the operands; RAW32
+    await tb.run_expect_error(ErrorCode.BAD_SHAPE, m=0, k=4, n=4, fmt=0)
+    fields = dict(m=M, k=K, n=N, fmt=int(fmt), group=GROUP_CODE[None],
+                  out_mode=int(OutMode.RAW32))
+    await tb.start(**fields)
+    for length in range(1, p["watchdog"]):
+        await RisingEdge(d.clk)
+        await ReadOnly()
+        if int(d.done.value):
+            break
+    await FallingEdge(d.clk)
+    dones.clear()
+    results = []
+    for delay in range(length + 2):
+        await tb.start(**fields)
+        for _ in range(delay):
+            await FallingEdge(d.clk)
+        d.abort.value = 1
+        await FallingEdge(d.clk)
+        d.abort.value = 0
+        for _ in range(p["watchdog"]):
+            if dones:
+                break
+            await FallingEdge(d.clk)
+        assert len(dones) == 1, f"abort {delay} cycles after start: {len(dones)} done pulses"
+        results.append(dones.pop())
+        for _ in range(4):                                   # and nothing more arrives
+            await FallingEdge(d.clk)
+        assert not dones and not int(d.busy.value), f"abort {delay} cycles after start"
+    # aborted up to the cycle of the move to IDLE, finished after it: both occur, so the
+    # sweep (every cycle) crossed that move
+    first_ok = results.index(ErrorCode.OK)
+    assert first_ok > 0 and results == ([ErrorCode.ABORTED] * first_ok
+                                        + [ErrorCode.OK] * (len(results) - first_ok)), results
+    await check(tb, a, q, fmt=fmt)                          # exact afterwards
+    mon.cancel()
+    assert mismatches == [], mismatches[:5]
+    assert cycles[1] > length * (length + 2) // 2 and cycles[0] > 0

@@ -353,9 +353,10 @@ class MixCore(wiring.Component):
 
         def abortable():
             with m.If(abort | wd_hit):
-                # (an abort wins over a move to IDLE in the same cycle: stay busy)
+                # an abort wins over a move to IDLE in the same cycle: the core stays busy,
+                # and its ``done`` waits for the abort's end (one ``done`` per start)
                 m.d.sync += [self.error.eq(Mux(abort, ErrorCode.ABORTED, ErrorCode.WATCHDOG)),
-                             ab_cnt.eq(self.ABORT_CYCLES), busy.eq(1)]
+                             ab_cnt.eq(self.ABORT_CYCLES), busy.eq(1), self.done.eq(0)]
                 m.next = "ABORT"
 
         fmt_ok = Signal()
