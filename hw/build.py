@@ -101,6 +101,28 @@ _ROUTER2_ITER = re.compile(r"^Info:\s+iter=(\d+)\s.*?\boverused=(\d+)\b")
 ROUTE_PATIENCE = 40
 
 
+#: nextpnr options the build chooses itself (its own flags, the build plan's files and device)
+_OWN_NEXTPNR_OPTS = ("--seed", "--router", "--report", "--log", "--json", "--lpf", "--textcfg",
+                     "--write", "--12k", "--25k", "--45k", "--85k", "--package", "--speed")
+
+
+def check_nextpnr_opts(opts) -> list[str]:
+    """``opts`` (a string of extra nextpnr options, e.g. ``"--router2-alt-weights"``) as a list
+    of arguments; ValueError if it cannot be split or names an option the build sets itself
+    (:data:`_OWN_NEXTPNR_OPTS`: use ``--seed`` / ``--seeds`` / ``--router`` for those)."""
+    if not isinstance(opts, str):
+        raise ValueError(f"nextpnr options must be a string, not {opts!r}")
+    try:
+        args = shlex.split(opts)
+    except ValueError as e:
+        raise ValueError(f"nextpnr options {opts!r} cannot be split: {e}") from None
+    own = sorted({a.split("=")[0] for a in args} & set(_OWN_NEXTPNR_OPTS))
+    if own:
+        raise ValueError(f"nextpnr options {opts!r} set {', '.join(own)}, which the build sets "
+                         f"itself (use --seed / --seeds / --router)")
+    return args
+
+
 def check_route_patience(patience) -> int:
     """``patience`` if it is a valid route patience (an integer >= 0), else ValueError."""
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
@@ -343,6 +365,12 @@ def _with_option(cmd: list[str], option: str, value: str) -> list[str]:
     return cmd
 
 
+def _headline(error: str) -> str:
+    """A :class:`BuildError`'s first line without the announcement of the log tail after it
+    ("place failed: nextpnr exited with code 1")."""
+    return re.sub(rf"; last {LOG_TAIL} lines of its log:$", "", error.splitlines()[0])
+
+
 def _slowest_mhz(fmax: dict) -> float:
     """The lowest achieved Fmax in ``{clock: (achieved, constraint)}``: a seed ranks by its
     slowest clock."""
@@ -379,7 +407,7 @@ def _run_seeds(cmd: list[str], build_dir: Path, seeds: list[int], *, progress: P
         except BuildError as e:
             if cancel.is_set():
                 raise
-            progress.stage("route", time.monotonic() - t0, f"seed {seed}: {str(e).splitlines()[0]}")
+            progress.stage("route", time.monotonic() - t0, f"seed {seed}: {_headline(str(e))}")
             return {"error": str(e)}
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -482,8 +510,11 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 pe: str | None = None, dsp: str | None = None, rows: int | None = None,
                 cols: int | None = None, router: str = "router2",
                 route_patience: int = ROUTE_PATIENCE, seeds: list[int] | None = None,
-                jobs: int | None = None) -> dict:
+                jobs: int | None = None, nextpnr_opts: str = "") -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
+
+    ``nextpnr_opts`` are extra nextpnr options (:func:`check_nextpnr_opts`), e.g.
+    ``"--router2-alt-weights"``; the report records them.
 
     ``seeds`` (instead of ``seed``) synthesizes once and places and routes with each seed,
     ``jobs`` at a time (default all), to judge timing over several placements: the report
@@ -512,6 +543,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     check_route_patience(route_patience)       # refused before minutes of elaboration
+    extra = check_nextpnr_opts(nextpnr_opts)
     if seeds is not None:
         seeds = check_seeds(seeds)
         seed = seeds[0]
@@ -537,7 +569,8 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
         raise ValueError(f"top must be 'soc' or 'selftest', not {top!r}")
     plan = platform.prepare(top_obj, name="top", verbose=True,
                             nextpnr_opts=f"--router {router} --timing-allow-fail "
-                                         f"--report nextpnr_report.json --seed {seed}")
+                                         f"--report nextpnr_report.json --seed {seed}"
+                                         + "".join(f" {shlex.quote(a)}" for a in extra))
     for stale in ("nextpnr_report.json", "top.bit", "report.json"):
         (out_dir / stale).unlink(missing_ok=True)
     plan.extract(out_dir)
@@ -571,6 +604,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 for k, v in top_pll_params(freq_mhz).items()},
         "utilization": summary, "nextpnr_utilization": util, "fmax": fmax,
         "timing_met": timing_ok, "seed": times.get("best_seed", seed),
+        "router": router, "nextpnr_opts": extra,
         "build_seconds": round(elapsed, 1),
         "bitstream": str((out_dir / "top.bit").relative_to(ROOT)) if out_dir.is_relative_to(ROOT)
         else str(out_dir / "top.bit"),
@@ -590,7 +624,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
         print_report(report)
     if not timing_ok and seeds is not None:
         raise BuildError("timing FAILED on seed(s) " + ", ".join(
-            f"{s} ({r['error'].splitlines()[0] if 'error' in r else _fmax_failures(r['fmax'])})"
+            f"{s} ({_headline(r['error']) if 'error' in r else _fmax_failures(r['fmax'])})"
             for s, r in report["seeds"].items() if not r.get("timing_met"))
             + f"; {report['bitstream']} is seed {report['seed']}'s")
     if not timing_ok:
@@ -633,7 +667,7 @@ def print_report(r: dict) -> None:
         pct = f" ({100 * used / avail:.1f}%)" if avail else ""
         print(f"  {k:11s} {used:7d} / {avail if avail else '?'}{pct}")
     for seed, sr in r.get("seeds", {}).items():
-        print(f"  seed {seed}: " + ("not routed: " + sr["error"].splitlines()[0] if "error" in sr
+        print(f"  seed {seed}: " + ("not routed: " + _headline(sr["error"]) if "error" in sr
                                     else _fmax_text({k: (v["achieved_mhz"], v["constraint_mhz"])
                                                      for k, v in sr["fmax"].items()})))
     for clk, v in r.get("fmax_over_seeds", {}).items():
@@ -687,6 +721,14 @@ def _route_patience_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}") from None
 
 
+def _nextpnr_opts_arg(text: str) -> str:
+    try:
+        check_nextpnr_opts(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _seeds_arg(text: str) -> list[int]:
     """``--seeds``' value ("1,2,3"), or an argparse error saying what it must be."""
     try:
@@ -735,6 +777,9 @@ def main(argv=None) -> int:
                     help="with --seeds: nextpnr runs at a time (default: all seeds at once)")
     ap.add_argument("--router", choices=ROUTERS, default="router2",
                     help="nextpnr router (default router2; router1 where router2 oscillates)")
+    ap.add_argument("--nextpnr-opts", type=_nextpnr_opts_arg, default="", metavar="'OPTS'",
+                    help="extra nextpnr options, given with '=' as they start with '--', e.g. "
+                         "--nextpnr-opts=--router2-alt-weights")
     ap.add_argument("--route-patience", type=_route_patience_arg, default=ROUTE_PATIENCE,
                     metavar="N",
                     help=f"stop the build when router2 has gone N iterations without reducing "
@@ -752,8 +797,10 @@ def main(argv=None) -> int:
                     help="sim target: registers without reset start at 0 (fast) or random, "
                          "chosen by the model's +verilator+seed+N argument (unique)")
     args = ap.parse_args(argv)
-    if (args.seeds is not None or args.jobs is not None) and args.target != "ulx3s":
-        ap.error(f"--seeds / --jobs apply to the ulx3s target, not {args.target!r}")
+    if ((args.seeds is not None or args.jobs is not None or args.nextpnr_opts)
+            and args.target != "ulx3s"):
+        ap.error(f"--seeds / --jobs / --nextpnr-opts apply to the ulx3s target, not "
+                 f"{args.target!r}")
     if args.jobs is not None and args.seeds is None:
         ap.error("--jobs applies with --seeds only (one seed is one nextpnr run)")
     if (args.rows is not None or args.cols is not None) and args.target not in ("ulx3s", "verilog"):
@@ -764,7 +811,8 @@ def main(argv=None) -> int:
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
                         program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
                         dsp=args.dsp, rows=args.rows, cols=args.cols, router=args.router,
-                        route_patience=args.route_patience, seeds=args.seeds, jobs=args.jobs)
+                        route_patience=args.route_patience, seeds=args.seeds, jobs=args.jobs,
+                        nextpnr_opts=args.nextpnr_opts)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out, args.pe, args.dsp, rows=args.rows,
                          cols=args.cols)

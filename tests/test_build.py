@@ -449,10 +449,14 @@ def test_seeds_synthesize_once_and_route_each_seed(fake_tools, monkeypatch, caps
 def test_seeds_a_failed_seed_is_reported_and_the_others_go_on(fake_tools, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_FAIL_SEEDS", "2")
     monkeypatch.setenv("FAKE_FMAX", "1:70.25,3:75.0")
-    with pytest.raises(build.BuildError, match=r"timing FAILED on seed\(s\) 2 \(route failed: "):
+    with pytest.raises(build.BuildError) as exc:
         build.build_ulx3s("12F", out_dir=fake_tools, seeds=[1, 2, 3])
+    # the headline of each seed's error, not the announcement of its log's tail
+    assert str(exc.value).startswith("timing FAILED on seed(s) 2 (route failed: nextpnr_ecp5 "
+                                      "exited with code 1); ")
     out = capsys.readouterr().out
-    assert "seed 2: route failed: nextpnr_ecp5 exited with code 1" in out
+    assert "seed 2: route failed: nextpnr_ecp5 exited with code 1\n" in out
+    assert "seed 2: not routed: route failed: nextpnr_ecp5 exited with code 1\n" in out
     rep = json.loads((fake_tools / "report.json").read_text())
     assert "ERROR: seed 2 failed to route" in rep["seeds"]["2"]["error"]
     assert rep["seed"] == 3 and rep["fmax_over_seeds"]["$glbnet$clk"] == {
@@ -512,3 +516,32 @@ def test_seeds_option(monkeypatch, capsys):
     for kw in ({"seeds": []}, {"seeds": [1, 1]}, {"seeds": [1.5]}, {"seeds": [1], "jobs": 0}):
         with pytest.raises(ValueError, match="seeds must be|jobs must be"):
             build.build_ulx3s("12F", **kw)
+
+
+def test_nextpnr_opts(fake_tools, monkeypatch, capsys):
+    """--nextpnr-opts reach every seed's nextpnr and the report; options the build sets itself
+    (seed, router, files, device) are refused, before any work."""
+    rep = build.build_ulx3s("12F", out_dir=fake_tools, seeds=[1, 2], quiet=True,
+                            nextpnr_opts="--router2-alt-weights --placer-heap-timingweight 5")
+    for seed in (1, 2):
+        argv = (fake_tools / f"seed-{seed}" / "nextpnr.log").read_text()
+        assert " --router2-alt-weights --placer-heap-timingweight 5 " in argv
+    assert rep["nextpnr_opts"] == ["--router2-alt-weights", "--placer-heap-timingweight", "5"]
+    calls = []
+    monkeypatch.setattr(build, "build_ulx3s", lambda *a, **kw: calls.append(kw))
+    assert build.main(["--device", "12F", "--nextpnr-opts=--router2-alt-weights"]) == 0
+    assert calls.pop()["nextpnr_opts"] == "--router2-alt-weights"
+    for opts, err in (("--seed 4", "set --seed, which the build sets itself"),
+                      ("--tmg-ripup --json=x.json", "set --json, which"),
+                      ("--85k", "set --85k"), ('"--x', "cannot be split")):
+        with pytest.raises(SystemExit):
+            build.main(["--device", "12F", f"--nextpnr-opts={opts}"])
+        assert err in capsys.readouterr().err
+        monkeypatch.undo()
+        with pytest.raises(ValueError, match=err):
+            build.build_ulx3s("12F", nextpnr_opts=opts)
+        monkeypatch.setattr(build, "build_ulx3s", lambda *a, **kw: calls.append(kw))
+    with pytest.raises(SystemExit):
+        build.main(["--target", "verilog", "--nextpnr-opts=--tmg-ripup"])
+    assert "apply to the ulx3s target" in capsys.readouterr().err
+    assert calls == []
