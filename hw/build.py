@@ -103,7 +103,9 @@ ROUTE_PATIENCE = 40
 
 #: nextpnr options the build chooses itself (its own flags, the build plan's files and device)
 _OWN_NEXTPNR_OPTS = ("--seed", "--router", "--report", "--log", "--json", "--lpf", "--textcfg",
-                     "--write", "--12k", "--25k", "--45k", "--85k", "--package", "--speed")
+                     "--write", "--package", "--speed")
+#: nextpnr-ecp5's device selectors (--25k, --um-85k, --um5g-45k, ...), set by the build too
+_DEVICE_OPT = re.compile(r"--(um5g-|um-)?\d+k$")
 
 
 def check_nextpnr_opts(opts) -> list[str]:
@@ -116,7 +118,8 @@ def check_nextpnr_opts(opts) -> list[str]:
         args = shlex.split(opts)
     except ValueError as e:
         raise ValueError(f"nextpnr options {opts!r} cannot be split: {e}") from None
-    own = sorted({a.split("=")[0] for a in args} & set(_OWN_NEXTPNR_OPTS))
+    own = sorted({name for name in (a.split("=")[0] for a in args)
+                  if name in _OWN_NEXTPNR_OPTS or _DEVICE_OPT.match(name)})
     if own:
         raise ValueError(f"nextpnr options {opts!r} set {', '.join(own)}, which the build sets "
                          f"itself (use --seed / --seeds / --router)")
@@ -438,12 +441,13 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
     copied to ``build_dir``. Without ``seeds`` nextpnr runs once, in ``build_dir``, with the
     command's own seed.
 
-    Returns ``{stage: seconds}``; with ``seeds`` also ``"seeds": {seed: result}`` (see
-    :func:`_run_seeds`) and ``"best_seed"``.
+    Returns ``{stage: seconds}``; with ``seeds`` the place and route seconds are per seed,
+    in ``"seeds": {seed: result}`` (see :func:`_run_seeds`), beside ``"best_seed"``.
     """
     check_route_patience(route_patience)       # refused before Yosys's minutes
     if seeds is not None:
         seeds = check_seeds(seeds)
+    check_jobs(jobs)
     progress = progress or Progress(quiet=True)
     build_dir = Path(build_dir)
     times = {}
@@ -477,8 +481,6 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
                     for s, r in results.items()))
             best = max(routed, key=lambda s: _slowest_mhz(routed[s]["fmax"]))
             times["best_seed"] = best
-            times["place"] = max(r["place"] for r in routed.values())
-            times["route"] = time.monotonic() - t0 - times["place"]
             shutil.copyfile(build_dir / f"seed-{best}" / "nextpnr_report.json",
                             build_dir / "nextpnr_report.json")
         else:
@@ -493,6 +495,13 @@ def run_toolchain(commands: list[list[str]], build_dir: Path, *, name: str = "to
             progress.stage(stage, times[stage], f"{best}bitstream {bit.name} {size} bytes "
                                                 f"({size / 1024:.0f} KiB)")
     return times
+
+
+def check_jobs(jobs) -> int | None:
+    """``jobs`` if it is None (all seeds at once) or an integer >= 1, else ValueError."""
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be an integer >= 1, not {jobs!r}")
+    return jobs
 
 
 def check_seeds(seeds) -> list[int]:
@@ -547,8 +556,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     if seeds is not None:
         seeds = check_seeds(seeds)
         seed = seeds[0]
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
-        raise ValueError(f"jobs must be an integer >= 1, not {jobs!r}")
+    check_jobs(jobs)
     if freq_mhz is None:
         freq_mhz = DEFAULT_FREQ_MHZ[device]
     size = core_size(device, pe, dsp, rows=rows, cols=cols)
@@ -740,12 +748,9 @@ def _seeds_arg(text: str) -> list[int]:
 
 def _jobs_arg(text: str) -> int:
     try:
-        jobs = int(text)
+        return check_jobs(int(text))
     except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
-    return jobs
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}") from None
 
 
 def main(argv=None) -> int:
@@ -772,7 +777,8 @@ def main(argv=None) -> int:
     seed.add_argument("--seeds", type=_seeds_arg, default=None, metavar="N,N,...",
                       help="ulx3s target: synthesize once, place and route with each seed, and "
                            "report each seed's Fmax and the median; timing passes only if every "
-                           "seed passes; the bitstream is the fastest seed's")
+                           "seed passes; the bitstream is the fastest seed's (-v streams Yosys; "
+                           "each seed's nextpnr output goes to seed-N/nextpnr.log)")
     ap.add_argument("--jobs", type=_jobs_arg, default=None, metavar="J",
                     help="with --seeds: nextpnr runs at a time (default: all seeds at once)")
     ap.add_argument("--router", choices=ROUTERS, default="router2",

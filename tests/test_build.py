@@ -513,9 +513,12 @@ def test_seeds_option(monkeypatch, capsys):
         assert exc.value.code == 2 and err in capsys.readouterr().err
     assert calls == []
     monkeypatch.undo()
-    for kw in ({"seeds": []}, {"seeds": [1, 1]}, {"seeds": [1.5]}, {"seeds": [1], "jobs": 0}):
+    for kw in ({"seeds": []}, {"seeds": [1, 1]}, {"seeds": [1.5]}, {"seeds": [1], "jobs": 0},
+               {"seeds": [1], "jobs": True}):
         with pytest.raises(ValueError, match="seeds must be|jobs must be"):
             build.build_ulx3s("12F", **kw)
+        with pytest.raises(ValueError, match="seeds must be|jobs must be"):
+            build.run_toolchain([], Path("."), **kw)
 
 
 def test_nextpnr_opts(fake_tools, monkeypatch, capsys):
@@ -533,7 +536,8 @@ def test_nextpnr_opts(fake_tools, monkeypatch, capsys):
     assert calls.pop()["nextpnr_opts"] == "--router2-alt-weights"
     for opts, err in (("--seed 4", "set --seed, which the build sets itself"),
                       ("--tmg-ripup --json=x.json", "set --json, which"),
-                      ("--85k", "set --85k"), ('"--x', "cannot be split")):
+                      ("--85k", "set --85k"), ("--um5g-25k", "set --um5g-25k"),
+                      ('"--x', "cannot be split")):
         with pytest.raises(SystemExit):
             build.main(["--device", "12F", f"--nextpnr-opts={opts}"])
         assert err in capsys.readouterr().err
