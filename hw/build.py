@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -753,7 +754,30 @@ def _jobs_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}") from None
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds the build as Ctrl-C does, so every tool is killed on the way
+    out (:func:`run_tool`, the seed runs), where the default action would leave nextpnr
+    running."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv=None) -> int:
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        return _main(argv)
+    except Terminated:
+        print("error: terminated (SIGTERM); the tools were stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     from hw.sizes import DSP_ENGINES
     ap = argparse.ArgumentParser(prog="python -m hw.build", description=__doc__.splitlines()[0])
     ap.add_argument("--target", choices=["ulx3s", "verilog", "sim", "report"], default="ulx3s")

@@ -491,6 +491,38 @@ def test_seeds_an_interrupt_stops_every_seed(fake_tools, monkeypatch):
     assert _gone(int(log.split("Info: fake nextpnr pid ")[1].split()[0]))
 
 
+def test_sigterm_stops_every_seed(fake_tools, monkeypatch):
+    """``kill`` (SIGTERM) of ``python -m hw.build`` stops its nextpnr runs too, as Ctrl-C does
+    (the default action left them running), and exits with 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    monkeypatch.setenv("FAKE_SLOW_SEEDS", "1,2")
+    proc = subprocess.Popen([sys.executable, "-m", "hw.build", "--target", "ulx3s", "--device",
+                             "12F", "--seeds", "1,2", "--out", str(fake_tools)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [fake_tools / f"seed-{seed}" / "nextpnr.log" for seed in (1, 2)]
+    pids = []
+    deadline = time.monotonic() + 120
+    while len(pids) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the seeds never started"
+        time.sleep(0.2)
+        texts = [log.read_text() if log.exists() else "" for log in logs]
+        pids = [int(t.split("Info: fake nextpnr pid ")[1].split()[0]) for t in texts
+                if "Info: fake nextpnr pid " in t and t.endswith("\n")]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "terminated (SIGTERM)" in err
+    for pid in pids:
+        assert _gone(pid), f"nextpnr {pid} outlived the build"
+        assert pid != os.getpid()
+
+
 def test_seeds_option(monkeypatch, capsys):
     """--seeds 1,2,3 and --jobs reach build_ulx3s; bad values, --seeds with --seed, --jobs
     without --seeds and either on another target are argparse errors; build_ulx3s refuses bad

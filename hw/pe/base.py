@@ -6,6 +6,8 @@ from amaranth import Module, Signal, signed, Mux
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hw.arith._common import use_ecp5
+from hw.systolic.util import register
 from sw.numerics import WeightFormat
 
 __all__ = ["ProcessingElement", "pe_signature", "PE_KINDS", "pe_class", "pe_formats"]
@@ -86,20 +88,23 @@ class ProcessingElement(wiring.Component):
         x_r = Signal(self.X_WIDTH, reset_less=True)
         wb_r = Signal(8, reset_less=True)
         wsgn_r = Signal(4, reset_less=True)
-        mode_r = Signal(2, reset_less=True)
-        m.d.sync += [x_r.eq(self.x), wb_r.eq(self.wb), wsgn_r.eq(self.wsgn), mode_r.eq(self.mode)]
-        v_r, f_r, l_r = Signal(), Signal(), Signal()
-        m.d.sync += [v_r.eq(self.valid), f_r.eq(self.first & self.valid),
-                     l_r.eq(self.last & self.valid)]
+        m.d.sync += [x_r.eq(self.x), wb_r.eq(self.wb), wsgn_r.eq(self.wsgn)]
+        # mode and the flags are the same on a whole anti-diagonal of the array: registers
+        # of the PE's own, or Yosys merges them into one that drives PEs far apart
+        apart = use_ecp5(self.impl, platform)
+        mode_r = register(m, self.mode, "mode_r", reset_less=True, apart=apart)
+        v_r = register(m, self.valid, "v_r", apart=apart)
+        f_r = register(m, self.first & self.valid, "f_r", apart=apart)
+        l_r = register(m, self.last & self.valid, "l_r", apart=apart)
         m.d.comb += [self.x_out.eq(x_r), self.wb_out.eq(wb_r), self.wsgn_out.eq(wsgn_r),
                      self.mode_out.eq(mode_r), self.valid_out.eq(v_r), self.first_out.eq(f_r),
                      self.last_out.eq(l_r)]
         prod = self.product(m, x_r, wb_r, wsgn_r, mode_r)
         p_valid, p_first, p_last = v_r, f_r, l_r
         for k in range(self.PRODUCT_LATENCY):
-            nv, nf, nl = Signal(name=f"v{k}"), Signal(name=f"f{k}"), Signal(name=f"l{k}")
-            m.d.sync += [nv.eq(p_valid), nf.eq(p_first), nl.eq(p_last)]
-            p_valid, p_first, p_last = nv, nf, nl
+            p_valid = register(m, p_valid, f"v{k}", apart=apart)
+            p_first = register(m, p_first, f"f{k}", apart=apart)
+            p_last = register(m, p_last, f"l{k}", apart=apart)
         # data registers carry no reset: only flags must be clean after reset
         acc = Signal(signed(self.acc_width), reset_less=True)
         shadow = Signal(signed(self.acc_width), reset_less=True)

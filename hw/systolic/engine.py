@@ -6,7 +6,7 @@ from amaranth import Module, Signal, signed, Mux, Const
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.arith._common import check_impl
+from hw.arith._common import check_impl, use_ecp5
 from hw.pe import pe_class
 from hw.pe.mixpe import MixPE
 
@@ -88,6 +88,9 @@ class SystolicEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.rows, self.cols
+        # the skew chains of mode and the flags start from one input each: registers of
+        # their own (hw.systolic.util.register), as in the PEs
+        apart = use_ecp5(self.impl, platform)
         mk = lambda: self.pe_cls(acc_width=self.acc_width, impl=self.impl)   # noqa: E731
         pes = [[mk() for _ in range(C)] for _ in range(R)]
         for i in range(R):
@@ -103,9 +106,9 @@ class SystolicEngine(wiring.Component):
             left = row[0]
             m.d.comb += [
                 left.x.eq(_delay(m, self.x[i], i, f"x{i}", reset_less=True)),
-                left.valid.eq(_delay(m, self.valid, i, f"v{i}")),
-                left.first.eq(_delay(m, self.first, i, f"f{i}")),
-                left.last.eq(_delay(m, self.last, i, f"l{i}")),
+                left.valid.eq(_delay(m, self.valid, i, f"v{i}", apart=apart)),
+                left.first.eq(_delay(m, self.first, i, f"f{i}", apart=apart)),
+                left.last.eq(_delay(m, self.last, i, f"l{i}", apart=apart)),
             ]
             for j in range(1, len(row)):
                 src, dst = row[j - 1], row[j]
@@ -115,11 +118,12 @@ class SystolicEngine(wiring.Component):
             top = pes[0][j]
             m.d.comb += [top.wb.eq(_delay(m, self.wb[j], j, f"wb{j}", reset_less=True)),
                          top.wsgn.eq(_delay(m, self.wsgn[j], j, f"ws{j}", reset_less=True)),
-                         top.mode.eq(_delay(m, self.mode, j, f"md{j}", reset_less=True))]
+                         top.mode.eq(_delay(m, self.mode, j, f"md{j}", reset_less=True,
+                                                    apart=apart))]
         cols = [[pes[i][j] for i in range(R)] for j in range(C)]
         if self.act_sums:
             # weight 1 in every lane of the format: INT8/POW2 byte 0x01, INT4 0x11, INT2 0x55
-            md = _delay(m, self.mode, C, "mds", reset_less=True)
+            md = _delay(m, self.mode, C, "mds", reset_less=True, apart=apart)
             ones = Mux(md[1], Const(0x01, 8), Mux(md[0], Const(0x11, 8), Const(0x55, 8)))
             m.d.comb += [sums[0].wb.eq(ones), sums[0].wsgn.eq(0), sums[0].mode.eq(md)]
             cols.append(sums)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Mux, Signal
+from amaranth import Cat, ClockSignal, Const, Instance, Mux, ResetSignal, Signal, Value
 
-__all__ = ["is_pow2", "serial_mul_step", "delay", "tree_levels", "select_tree"]
+__all__ = ["is_pow2", "serial_mul_step", "register", "delay", "tree_levels", "select_tree"]
 
 
 def is_pow2(v) -> bool:
@@ -31,12 +31,38 @@ def serial_mul_step(m, acc, x, y, bit, *, name):
                  xs.eq(cur_x << 1), ys.eq(cur_y >> 1)]
 
 
-def delay(m, sig, n, name, reset_less=False):
-    """``sig`` through ``n`` sync registers (named ``{name}_d0`` ...)."""
+def register(m, value, name, *, reset_less=False, apart=False):
+    """``value`` one cycle later, in a sync register named ``name`` (reset to 0 unless
+    ``reset_less``).
+
+    ``apart=True`` builds each bit as an ECP5 ``TRELLIS_FF`` instance marked ``keep`` (use
+    it only when building ECP5 primitives, see :func:`hw.arith._common.use_ecp5`). Yosys
+    merges registers with the same input into one (``opt_merge``), and a systolic array is
+    full of them: every PE on an anti-diagonal holds the same delayed ``mode`` and ``valid``,
+    so the array's hop registers collapsed into one register per diagonal, driving PEs far
+    apart (the 85F ``dsp8s`` build's slowest path: 8.3 ns on one such net). An instance is
+    a cell Yosys does not merge, so each PE keeps its own register beside it.
+    """
+    r = Signal.like(value, name=name, reset_less=reset_less)
+    if not apart:
+        m.d.sync += r.eq(value)
+        return r
+    rst = Const(0, 1) if reset_less else ResetSignal("sync", allow_reset_less=True)
+    value = Value.cast(value)
+    for b in range(len(r)):
+        # SRMODE LSR_OVER_CE: a synchronous reset, as Amaranth's sync domain has
+        m.submodules[f"{name}_ff{b}"] = Instance(
+            "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK",
+            p_LSRMUX="LSR", p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
+            i_CLK=ClockSignal("sync"), i_LSR=rst, i_DI=value[b], o_Q=r[b])
+    return r
+
+
+def delay(m, sig, n, name, reset_less=False, *, apart=False):
+    """``sig`` through ``n`` sync registers (named ``{name}_d0`` ...); ``apart``: see
+    :func:`register`."""
     for k in range(n):
-        r = Signal.like(sig, name=f"{name}_d{k}", reset_less=reset_less)
-        m.d.sync += r.eq(sig)
-        sig = r
+        sig = register(m, sig, f"{name}_d{k}", reset_less=reset_less, apart=apart)
     return sig
 
 
