@@ -3,7 +3,8 @@
 Every PE on an anti-diagonal of the array holds the same delayed ``mode`` and flags, so
 Yosys' ``opt_merge`` folded them into one register per diagonal that drove PEs far apart
 (the 85F ``dsp8s`` build's slowest path). Checked here on what ``synth_ecp5`` makes of a
-small array: each PE keeps registers of its own, chained from its neighbour's.
+small array: each PE keeps registers of its own, chained from its neighbour's; and each
+sparse DSP chain keeps its own copy of the control its adders and accumulators use.
 """
 
 import json
@@ -35,37 +36,51 @@ def _ff(top, name):
     return cell["connections"]
 
 
+def _walk(top, src, names):
+    """The registers ``names`` form one chain from net ``src``, each loading the previous."""
+    for name in names:
+        ff = _ff(top, name)
+        assert ff["DI"] == src, f"{name} is not loaded from the register before it"
+        src = ff["Q"]
+
+
 def test_mode_hops_down_each_column_in_registers_of_its_own(netlist):
     _, top = netlist
     for j in range(COLS):
         for b in range(2):
             # column j's skew chain starts at the input (j registers), then one per PE
-            src = top["ports"]["mode"]["bits"][b:b + 1]
-            for k in range(j):
-                ff = _ff(top, f"md{j}_d{k}_ff{b}")
-                assert ff["DI"] == src, f"md{j}_d{k} bit {b}"
-                src = ff["Q"]
-            for i in range(ROWS):
-                ff = _ff(top, f"pe_{i}_{j}.mode_r_ff{b}")
-                assert ff["DI"] == src, f"PE ({i}, {j}) mode bit {b}"
-                src = ff["Q"]
+            _walk(top, top["ports"]["mode"]["bits"][b:b + 1],
+                  [f"md{j}_d{k}_ff{b}" for k in range(j)]
+                  + [f"pe_{i}_{j}.mode_r_ff{b}" for i in range(ROWS)])
 
 
 def test_valid_hops_along_each_row_in_registers_of_its_own(netlist):
     dut, top = netlist
     for i in range(ROWS):
-        src = top["ports"]["valid"]["bits"]
-        for k in range(i):
-            ff = _ff(top, f"v{i}_d{k}_ff0")
-            assert ff["DI"] == src, f"v{i}_d{k}"
-            src = ff["Q"]
+        _walk(top, top["ports"]["valid"]["bits"], [f"v{i}_d{k}_ff0" for k in range(i)]
+              + [f"pe_{i}_{j}.v_r_ff0" for j in range(COLS)])
         for j in range(COLS):
-            ff = _ff(top, f"pe_{i}_{j}.v_r_ff0")
-            assert ff["DI"] == src, f"PE ({i}, {j}) valid"
-            src = ff["Q"]
             # the product pipeline's flags: the PE's own too
             for k in range(dut.pe_cls.PRODUCT_LATENCY):
                 for flag in "vfl":
                     _ff(top, f"pe_{i}_{j}.{flag}{k}_ff0")
             for flag in "fl":
                 _ff(top, f"pe_{i}_{j}.{flag}_r_ff0")
+
+
+def test_dsp_chains_each_have_their_own_control(tmp_path):
+    """The sparse DSP engine's restart, accumulate-enable and keep bits: one register per
+    chain, all loaded from the same shared delay line (one net of ``chains`` sinks), not one
+    shared register driving every chain's adders and accumulators."""
+    from hw.dsp import SparseDSPChain
+    L, chains = 4, 3
+    dut = SparseDSPChain(stages=L, chains=chains, m_max=4, impl="ecp5", acc_width=20)
+    (tmp_path / "top.v").write_text(verilog.convert(dut, name="top", emit_src=False))
+    subprocess.run([_yosys(), "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -json top.json"],
+                   cwd=tmp_path, check=True)
+    top = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]
+    for bit in [f"restart{j}" for j in range(1, L)] + ["acc_en", "keep"]:
+        ffs = [_ff(top, f"c{c}_{bit}_ff0") for c in range(chains)]
+        assert len({str(ff["Q"]) for ff in ffs}) == chains, bit
+        if bit != "keep":       # keep's input is its own chain's acc_end
+            assert len({str(ff["DI"]) for ff in ffs}) == 1, bit

@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.arith._common import check_bool, check_impl, check_int_param, fused_add, use_ecp5
 from hw.arith.intmul import IntMul
+from hw.systolic.util import register
 from .mux import table_mux
 from sw import numerics
 from sw.numerics import NMPattern
@@ -295,18 +296,26 @@ class SparseDSPChain(wiring.Component):
             tags.append(Signal(self.tag_width, name=f"tag_d{d}", reset_less=True))
             m.d.sync += [ctl[d].eq(ctl[d - 1]), vld[d].eq(vld[d - 1]), tags[d].eq(tags[d - 1])]
         m.d.comb += [self.sum_valid.eq(ctl[self.LATENCY]), self.sum_tag.eq(tags[self.LATENCY])]
-        # run sum s_j is formed during tau+4+j: it restarts if the step broke at stage j-1
-        restart = [None] + [ctl[4 + j][j - 1] for j in range(1, L)]
-        acc_en, acc_end = vld[4 + L], ctl[4 + L][L - 1]
-        # the accumulator keeps its sum while the last valid step did not end at the last stage
-        keep = Signal()
-        with m.If(acc_en):
-            m.d.sync += keep.eq(~acc_end)
+
+        def chain_control(c):
+            """Chain ``c``'s own copy of the control its adders and accumulators use, taken
+            from the shared delay line one cycle early. Shared, a restart bit reached every
+            chain's stage adder and ``acc_en`` / ``keep`` every accumulator bit of the
+            engine: nets of hundreds of sinks across the DSP rows. On ECP5 the copies are
+            kept apart (Yosys would merge them back into one)."""
+            own = lambda v, n, **kw: register(m, v, f"c{c}_{n}", apart=ecp5, **kw)  # noqa: E731
+            # run sum s_j is formed during tau+4+j: it restarts if the step broke at stage j-1
+            restart = [None] + [own(ctl[3 + j][j - 1], f"restart{j}") for j in range(1, L)]
+            acc_en, acc_end = own(vld[3 + L], "acc_en"), own(ctl[3 + L][L - 1], "acc_end")
+            # the accumulator keeps its sum while the last valid step did not end at the last
+            # stage
+            return restart, acc_en, own(~acc_end, "keep", en=acc_en)
 
         win = self._stage_windows(m) if self.sparse else None
 
         group_x = {}                        # (group, stage) -> the group's skewed activation
         for c in range(self.chains):
+            restart, acc_en, keep = chain_control(c)
             fields = [[] for _ in range(self.LANES)]     # per lane: run sum of every stage
             for j in range(L):
                 # the activation: index mux at tau+2, then j cycles of skew

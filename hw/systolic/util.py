@@ -31,9 +31,9 @@ def serial_mul_step(m, acc, x, y, bit, *, name):
                  xs.eq(cur_x << 1), ys.eq(cur_y >> 1)]
 
 
-def register(m, value, name, *, reset_less=False, apart=False):
+def register(m, value, name, *, reset_less=False, apart=False, en=None):
     """``value`` one cycle later, in a sync register named ``name`` (reset to 0 unless
-    ``reset_less``).
+    ``reset_less``), loaded in the cycles ``en`` is set (default: every cycle).
 
     ``apart=True`` builds each bit as an ECP5 ``TRELLIS_FF`` instance marked ``keep`` (use
     it only when building ECP5 primitives, see :func:`hw.arith._common.use_ecp5`). Yosys
@@ -45,16 +45,21 @@ def register(m, value, name, *, reset_less=False, apart=False):
     """
     r = Signal.like(value, name=name, reset_less=reset_less)
     if not apart:
-        m.d.sync += r.eq(value)
+        if en is None:
+            m.d.sync += r.eq(value)
+        else:
+            with m.If(en):
+                m.d.sync += r.eq(value)
         return r
     rst = Const(0, 1) if reset_less else ResetSignal("sync", allow_reset_less=True)
     value = Value.cast(value)
     for b in range(len(r)):
         # SRMODE LSR_OVER_CE: a synchronous reset, as Amaranth's sync domain has
         m.submodules[f"{name}_ff{b}"] = Instance(
-            "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1", p_CLKMUX="CLK",
-            p_LSRMUX="LSR", p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
-            i_CLK=ClockSignal("sync"), i_LSR=rst, i_DI=value[b], o_Q=r[b])
+            "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1" if en is None else "CE",
+            p_CLKMUX="CLK", p_LSRMUX="LSR", p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
+            i_CLK=ClockSignal("sync"), i_LSR=rst, i_CE=Const(1, 1) if en is None else en,
+            i_DI=value[b], o_Q=r[b])
     return r
 
 

