@@ -21,13 +21,14 @@ from sw import numerics
 from sw.numerics import OutMode, WeightFormat, NMPattern
 from sw.protocol import Buffer, ErrorCode, PeKind
 
-from hw.arith._common import check_impl, check_bool, check_int_param
+from hw.arith._common import check_impl, check_bool, check_int_param, use_ecp5
 from hw.dsp.chain import SparseDSPChain
 from hw.pe import pe_class
 from hw.pe.mixpe import decode_weight_byte, arrange_activations, MixPE
 from hw.systolic.engine import SystolicEngine
 from hw.systolic.util import (is_pow2 as _is_pow2, serial_mul_step as _serial_mul_step,
-                               delay as _delay, select_tree, tree_levels)
+                               delay as _delay, register as _register, select_tree,
+                               tree_levels)
 
 from .desc import LAYER_LAYOUT, GROUP_CODES, TOKEN_LAYOUT, TABLE_LAYOUT, DIM_BITS, DSP_FORMATS
 from .edge import EdgeUnit
@@ -779,24 +780,40 @@ class MixCore(wiring.Component):
             dr_act, dr_first = Signal(), Signal()
             dr_cnt = Signal(range(C)); dr_row = Signal(range(R))
             with m.If(dr_act):
-                m.d.sync += [sa[q].eq(sa[q - 1]) for q in range(1, C)]
                 m.d.sync += [dr_first.eq(0), dr_cnt.eq(dr_cnt - 1)]
                 with m.If(dr_cnt == 0):
                     m.d.sync += dr_act.eq(0)
             load = out & (out_tag[0] if pairs else 1)
+            with m.If(load):
+                m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
+                             dr_row.eq(Cat(Const(0, 1), out_tag[1:]) if pairs else out_tag)]
+            # the drain registers sit beside the DSP columns, across the die: each column
+            # loads and shifts under its own registered copies of out, the tag bit and dr_act
+            # (kept apart on ECP5), where one enable net reached every column's registers
+            # (the routed 85F engine build's slowest path: 15.5 ns of routing in two hops)
+            apart = use_ecp5(self.impl, platform)
+            dr_act_next = Mux(load, 1, dr_act & (dr_cnt != 0))
             if pairs:
                 hold = [Signal(signed(ew), name=f"dhold{q}", reset_less=True) for q in range(C)]
                 sb = [Signal(signed(ew), name=f"dsb{q}", reset_less=True) for q in range(C)]
-                with m.If(out & ~out_tag[0]):
-                    m.d.sync += [hold[q].eq(new[q]) for q in range(C)]
-                with m.If(dr_act):
-                    m.d.sync += [sb[q].eq(sb[q - 1]) for q in range(1, C)]
-                with m.If(load):
-                    m.d.sync += [sb[q].eq(new[q]) for q in range(C)]
-            with m.If(load):
-                m.d.sync += [sa[q].eq(hold[q] if pairs else new[q]) for q in range(C)]
-                m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
-                             dr_row.eq(Cat(Const(0, 1), out_tag[1:]) if pairs else out_tag)]
+            for q in range(C):
+                out_q = _register(m, dsp.sum_valid[L - 1], f"dout{q}", apart=apart)
+                act_q = _register(m, dr_act_next, f"dact{q}", apart=apart) if q else None
+                load_q = out_q
+                if pairs:
+                    tag_q = _register(m, dsp.sum_tag[0], f"dtag{q}", apart=apart)
+                    load_q = out_q & tag_q
+                    with m.If(out_q & ~tag_q):
+                        m.d.sync += hold[q].eq(new[q])
+                with m.If(load_q):
+                    m.d.sync += sa[q].eq(hold[q] if pairs else new[q])
+                    if pairs:
+                        m.d.sync += sb[q].eq(new[q])
+                if q:
+                    with m.Elif(act_q):
+                        m.d.sync += sa[q].eq(sa[q - 1])
+                        if pairs:
+                            m.d.sync += sb[q].eq(sb[q - 1])
             d_sum = sa[C - 1]
             if pairs:
                 # the odd row: the same stream one register later
