@@ -72,8 +72,9 @@ def sync_domain() -> ClockDomain:
 
     Asynchronous assertion, synchronous release (the PLL's ResetSynchronizer): the reset net
     is then not a timed path (Amaranth's LPF says BLOCK RESETPATHS), which matters with
-    thousands of flip-flops spread over the 85F. The PLL puts it on a global network. The domain is defined in the top module
-    that uses it (Amaranth 0.6 no longer propagates domains up from a submodule).
+    thousands of flip-flops spread over the 85F; the PLL puts it on a global network. The
+    domain is defined in the top module that uses it (Amaranth 0.6 no longer propagates
+    domains up from a submodule).
     """
     return ClockDomain("sync", async_reset=True)
 

@@ -84,3 +84,12 @@ def test_dsp_chains_each_have_their_own_control(tmp_path):
         assert len({str(ff["Q"]) for ff in ffs}) == chains, bit
         if bit != "keep":       # keep's input is its own chain's acc_end
             assert len({str(ff["DI"]) for ff in ffs}) == 1, bit
+
+
+def test_register_kept_apart_refuses_an_init_it_cannot_reset_to():
+    """A TRELLIS_FF kept apart resets to 0: another init is an error, not a wrong reset."""
+    from amaranth import Module, Signal
+    from hw.systolic.util import register
+    with pytest.raises(ValueError, match="resets to 0, not 1"):
+        register(Module(), Signal(init=1), "r", apart=True)
+    register(Module(), Signal(init=1), "r")          # a plain register keeps its init

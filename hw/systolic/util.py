@@ -41,9 +41,13 @@ def register(m, value, name, *, reset_less=False, apart=False, en=None):
     full of them: every PE on an anti-diagonal holds the same delayed ``mode`` and ``valid``,
     so the array's hop registers collapsed into one register per diagonal, driving PEs far
     apart (the 85F ``dsp8s`` build's slowest path: 8.3 ns on one such net). An instance is
-    a cell Yosys does not merge, so each PE keeps its own register beside it.
+    a cell Yosys does not merge, so each PE keeps its own register beside it. Such a
+    register resets asynchronously, as the board's ``sync`` domain does, and to 0 only.
     """
     r = Signal.like(value, name=name, reset_less=reset_less)
+    if apart and r.init != 0:
+        raise ValueError(f"register {name!r}: a register kept apart resets to 0, not "
+                         f"{r.init!r}")
     if not apart:
         if en is None:
             m.d.sync += r.eq(value)
