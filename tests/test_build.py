@@ -500,7 +500,6 @@ def test_seeds_an_interrupt_stops_every_seed(fake_tools, monkeypatch):
 def test_sigterm_stops_every_seed(fake_tools, monkeypatch):
     """``kill`` (SIGTERM) of ``python -m hw.build`` stops its nextpnr runs too, as Ctrl-C does
     (the default action left them running), and exits with 143."""
-    import os
     import signal
     import subprocess
     import sys
@@ -526,7 +525,6 @@ def test_sigterm_stops_every_seed(fake_tools, monkeypatch):
     assert "terminated (SIGTERM)" in err
     for pid in pids:
         assert _gone(pid), f"nextpnr {pid} outlived the build"
-        assert pid != os.getpid()
 
 
 def test_seeds_option(monkeypatch, capsys):

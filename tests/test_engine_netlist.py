@@ -19,15 +19,18 @@ from hw.systolic.engine import SystolicEngine
 ROWS, COLS = 3, 4
 
 
-@pytest.fixture(scope="module")
-def netlist(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("engine")
-    dut = SystolicEngine(rows=ROWS, cols=COLS, acc_width=24, impl="ecp5")
+def _synth(dut, tmp):
+    """``dut`` through Yosys' ``synth_ecp5``: the top module of its JSON netlist."""
     (tmp / "top.v").write_text(verilog.convert(dut, name="top", emit_src=False))
     subprocess.run([_yosys(), "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -json top.json"],
                    cwd=tmp, check=True)
-    top = json.loads((tmp / "top.json").read_text())["modules"]["top"]
-    return dut, top
+    return json.loads((tmp / "top.json").read_text())["modules"]["top"]
+
+
+@pytest.fixture(scope="module")
+def netlist(tmp_path_factory):
+    dut = SystolicEngine(rows=ROWS, cols=COLS, acc_width=24, impl="ecp5")
+    return dut, _synth(dut, tmp_path_factory.mktemp("engine"))
 
 
 def _ff(top, name):
@@ -74,16 +77,14 @@ def test_dsp_chains_each_have_their_own_control(tmp_path):
     shared register driving every chain's adders and accumulators."""
     from hw.dsp import SparseDSPChain
     L, chains = 4, 3
-    dut = SparseDSPChain(stages=L, chains=chains, m_max=4, impl="ecp5", acc_width=20)
-    (tmp_path / "top.v").write_text(verilog.convert(dut, name="top", emit_src=False))
-    subprocess.run([_yosys(), "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -json top.json"],
-                   cwd=tmp_path, check=True)
-    top = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]
-    for bit in [f"restart{j}" for j in range(1, L)] + ["acc_en", "keep"]:
+    top = _synth(SparseDSPChain(stages=L, chains=chains, m_max=4, impl="ecp5", acc_width=20),
+                 tmp_path)
+    for bit in [f"restart{j}" for j in range(1, L)] + ["acc_en", "acc_end", "keep"]:
         ffs = [_ff(top, f"c{c}_{bit}_ff0") for c in range(chains)]
         assert len({str(ff["Q"]) for ff in ffs}) == chains, bit
-        if bit != "keep":       # keep's input is its own chain's acc_end
-            assert len({str(ff["DI"]) for ff in ffs}) == 1, bit
+        # keep loads from its own chain's acc_end, the others from the shared line
+        want = chains if bit == "keep" else 1
+        assert len({str(ff["DI"]) for ff in ffs}) == want, bit
 
 
 def test_register_kept_apart_refuses_an_init_it_cannot_reset_to():

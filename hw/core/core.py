@@ -779,20 +779,21 @@ class MixCore(wiring.Component):
             sa = [Signal(signed(ew), name=f"dsa{q}", reset_less=True) for q in range(C)]
             dr_act, dr_first = Signal(), Signal()
             dr_cnt = Signal(range(C)); dr_row = Signal(range(R))
+            load = out & (out_tag[0] if pairs else 1)
+            # the drain runs C cycles from a load; its next state is loaded into dr_act and
+            # into each column's own copy below
+            dr_act_next = Mux(load, 1, dr_act & (dr_cnt != 0))
+            m.d.sync += dr_act.eq(dr_act_next)
             with m.If(dr_act):
                 m.d.sync += [dr_first.eq(0), dr_cnt.eq(dr_cnt - 1)]
-                with m.If(dr_cnt == 0):
-                    m.d.sync += dr_act.eq(0)
-            load = out & (out_tag[0] if pairs else 1)
             with m.If(load):
-                m.d.sync += [dr_act.eq(1), dr_first.eq(1), dr_cnt.eq(C - 1),
+                m.d.sync += [dr_first.eq(1), dr_cnt.eq(C - 1),
                              dr_row.eq(Cat(Const(0, 1), out_tag[1:]) if pairs else out_tag)]
             # the drain registers sit beside the DSP columns, across the die: each column
             # loads and shifts under its own registered copies of out, the tag bit and dr_act
             # (kept apart on ECP5), where one enable net reached every column's registers
             # (the routed 85F engine build's slowest path: 15.5 ns of routing in two hops)
             apart = use_ecp5(self.impl, platform)
-            dr_act_next = Mux(load, 1, dr_act & (dr_cnt != 0))
             if pairs:
                 hold = [Signal(signed(ew), name=f"dhold{q}", reset_less=True) for q in range(C)]
                 sb = [Signal(signed(ew), name=f"dsb{q}", reset_less=True) for q in range(C)]
