@@ -94,3 +94,49 @@ def test_register_kept_apart_refuses_an_init_it_cannot_reset_to():
     with pytest.raises(ValueError, match="resets to 0, not 1"):
         register(Module(), Signal(init=1), "r", apart=True)
     register(Module(), Signal(init=1), "r")          # a plain register keeps its init
+
+
+def test_edge_units_each_register_the_layer_configuration(tmp_path):
+    """Each row's edge unit keeps its own copy of the layer configuration (zero point, the
+    clamp's lower bound, RAW32, group mode), all loaded from the same configuration bits:
+    one configuration register driving every row's clamp was the 85F ``dsp8s`` build's
+    slowest path."""
+    from amaranth import Elaboratable, Module, Signal
+    from hw.core.desc import TOKEN_LAYOUT
+    from hw.core.edge import EdgeUnit
+    from sw.numerics import OutMode
+
+    rows = 2
+
+    class Top(Elaboratable):
+        def __init__(self):
+            self.zp, self.relu = Signal(8), Signal()
+            self.out_mode, self.group = Signal(OutMode), Signal()
+            lay = TOKEN_LAYOUT(tg_bits=2, out_bits=6, rows=rows, cols=4)
+            self.units = [EdgeUnit(row=i, cols=4, acc_width=20, token_layout=lay, out_depth=16,
+                                   groups=True, impl="ecp5") for i in range(rows)]
+
+        def elaborate(self, platform):
+            m = Module()
+            for i, eu in enumerate(self.units):
+                m.submodules[f"e{i}"] = eu
+                m.d.comb += [eu.zp.eq(self.zp), eu.relu.eq(self.relu),
+                             eu.out_mode.eq(self.out_mode), eu.group.eq(self.group)]
+            return m
+
+    top_ = Top()
+    ports = [top_.zp, top_.relu, top_.out_mode, top_.group]
+    for eu in top_.units:
+        ports += [eu.sum, eu.sum_valid, eu.sum_first, eu.act_sum, eu.tok_in.as_value(),
+                  eu.tbl_in.as_value(), eu.wr_addr, eu.wr_data, eu.wr_en, eu.final]
+    (tmp_path / "top.v").write_text(verilog.convert(top_, name="top", ports=ports,
+                                                    emit_src=False))
+    subprocess.run([_yosys(), "-q", "-p",
+                    "read_verilog top.v; synth_ecp5 -top top -json top.json"],
+                   cwd=tmp_path, check=True)
+    top = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]
+    for reg, width in [("zp_r", 8), ("lo_r", 8), ("raw_r", 1), ("group_r", 1)]:
+        for b in range(width):
+            ffs = [_ff(top, f"e{i}.{reg}_ff{b}") for i in range(rows)]
+            assert len({str(ff["Q"]) for ff in ffs}) == rows, (reg, b)
+            assert len({str(ff["DI"]) for ff in ffs}) == 1, (reg, b)

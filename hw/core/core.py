@@ -946,9 +946,17 @@ class MixCore(wiring.Component):
         rd_out = {}
         for buf, (items, sel) in rd_in.items():
             assert len(items) == self._read_fanin[buf]
-            sel_q = _delay(m, sel, 4, f"rsel_{buf.name.lower()}", reset_less=True)
-            val = select_tree(m, items, sel_q, name=f"rd_{buf.name.lower()}")
-            rd_out[buf] = _delay(m, val, D - tree_levels(len(items)), f"rdd_{buf.name.lower()}",
+            n = buf.name.lower()
+            # the DSPW tree's first level sits beside the chains' weight registers, all over
+            # the DSP columns: each chain's muxes get their own copy of the select (kept
+            # apart on ECP5), where one select net of 769 sinks reached them all
+            copies = self.dsp_chains if buf == CoreBuffer.DSPW else 1
+            sel_d = _delay(m, sel, 3, f"rsel_{n}", reset_less=True)
+            sel_q = [_register(m, sel_d, f"rsel_{n}_c{k}", reset_less=True,
+                               apart=copies > 1 and use_ecp5(self.impl, platform))
+                     for k in range(copies)]
+            val = select_tree(m, items, sel_q, name=f"rd_{n}")
+            rd_out[buf] = _delay(m, val, D - tree_levels(len(items)), f"rdd_{n}",
                                  reset_less=True)
         buf_q = _delay(m, bus_sel, 4 + D, "rbuf")
         with m.Switch(buf_q):

@@ -8,8 +8,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from hw.arith._common import use_ecp5
 from hw.arith.intmul import IntMul
-from hw.systolic.util import delay
+from hw.systolic.util import delay, register
 from sw.numerics import OutMode, EDGE_ACC_BITS, REQUANT_MULT_BITS, GSCALE_BITS
 
 from .desc import TABLE_LAYOUT
@@ -46,7 +47,9 @@ class EdgeUnit(wiring.Component):
     tok_out, tbl_out : Out
         The same for the row below, one cycle later.
     group, out_mode, relu, zp : In
-        Layer configuration (constant during a run).
+        Layer configuration, constant during a run. The unit registers it on entry (its own
+        copy, beside its logic), so it must be set at least one cycle before the run's
+        first sum arrives.
     wr_addr, wr_data, wr_en : Out
         Output bank write port (32-bit words, byte enables).
     final : Out(1)
@@ -84,6 +87,17 @@ class EdgeUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C = self.cols
+        # the layer configuration, registered here: the core's one configuration register
+        # reaches every row's unit, and its path into the clamp and the output bank's write
+        # data was the 85F dsp8s build's slowest (16-17 ns, 11-12 of them routing). Kept
+        # apart on ECP5, or Yosys merges the rows' copies back into one register.
+        apart = use_ecp5(self.impl, platform)
+        group = register(m, self.group, "group_r", apart=apart)
+        zp = register(m, self.zp, "zp_r", apart=apart)
+        # the clamp's lower bound and the RAW32 test are functions of the configuration
+        # only, so they are registered too and the clamp compares against a register
+        lo = register(m, Mux(self.relu, self.zp, -128), "lo_r", apart=apart)
+        is_raw = register(m, self.out_mode == OutMode.RAW32, "raw_r", apart=apart)
         tok = Signal(self.token_layout)
         with m.If(self.sum_first):
             m.d.sync += tok.eq(self.tok_in)
@@ -139,7 +153,7 @@ class EdgeUnit(wiring.Component):
         v_d = delay(m, v1, dq_lat, "v_d")
         side_d = delay(m, side, dq_lat, "side_d")
         if self.groups:
-            dsel = Mux(self.group, d, v_d)
+            dsel = Mux(group, d, v_d)
         else:
             dsel = v_d
         e_v, e_ok, e_fg, e_lg, e_fin = side_d[0], side_d[1], side_d[2], side_d[3], side_d[4]
@@ -204,11 +218,9 @@ class EdgeUnit(wiring.Component):
                                   delay(m, r_fin, 3, "t_fin"), delay(m, r_raw, 3, "t_raw"))
         # + zp in its own cycle, the clamp's two compares in the next (each a carry chain)
         y = Signal(signed(prod_w + 2))
-        m.d.sync += y.eq(q + self.zp)
-        lo = Mux(self.relu, self.zp, -128)
+        m.d.sync += y.eq(q + zp)
         y8 = Signal(signed(8))
         m.d.comb += y8.eq(Mux(y > 127, 127, Mux(y < lo, lo, y)))
-        is_raw = self.out_mode == OutMode.RAW32
         m.d.sync += [
             self.wr_addr.eq(Mux(is_raw, t_n, t_n >> 2)),
             self.wr_data.eq(Mux(is_raw, t_raw, Cat(y8, y8, y8, y8))),

@@ -8,21 +8,12 @@ from amaranth.lib.wiring import In, Out
 
 from hw.arith._common import check_bool, check_impl, check_int_param, fused_add, use_ecp5
 from hw.arith.intmul import IntMul
-from hw.systolic.util import register
+from hw.systolic.util import delay, register
 from .mux import table_mux
 from sw import numerics
 from sw.numerics import NMPattern
 
 __all__ = ["SparseDSPChain"]
-
-
-def _delay(m, sig: Value, n: int, name: str, *, reset_less: bool = True) -> Value:
-    """``sig`` through ``n`` registers."""
-    for k in range(n):
-        r = Signal(sig.shape(), name=f"{name}_d{k}", reset_less=reset_less)
-        m.d.sync += r.eq(sig)
-        sig = r
-    return sig
 
 
 class SparseDSPChain(wiring.Component):
@@ -323,17 +314,18 @@ class SparseDSPChain(wiring.Component):
                 if self.sparse and c % self.share:
                     x = group_x[g, j]       # the group's first chain built its mux
                 elif self.sparse:
-                    sel = _delay(m, self.idx[g][j], 2, f"g{g}_idx{j}")
+                    sel = delay(m, self.idx[g][j], 2, f"g{g}_idx{j}", reset_less=True)
                     # hand-mapped (hw.dsp.mux): 4 LUT4 per bit at m_max = 8, ABC needs ~9
                     x = Signal(signed(8), name=f"g{g}_x{j}")
                     m.d.comb += x.eq(table_mux(m, [sel[b] for b in range(len(sel))],
                                                list(range(self.m_max)), lambda i: win[j][i],
                                                width=8, ecp5=ecp5, name=f"g{g}_mux{j}"))
-                    x = group_x[g, j] = _delay(m, x, j, f"g{g}_x{j}s")
+                    x = group_x[g, j] = delay(m, x, j, f"g{g}_x{j}s", reset_less=True)
                 else:
-                    x = _delay(m, _delay(m, self.a[j], 2, f"c{c}_a{j}"), j, f"c{c}_x{j}s")
-                ws = [_delay(m, self.w[c * self.LANES + lane][j], 2 + j, f"c{c}_w{lane}_{j}")
-                      for lane in range(self.LANES)]
+                    x = delay(m, delay(m, self.a[j], 2, f"c{c}_a{j}", reset_less=True), j,
+                              f"c{c}_x{j}s", reset_less=True)
+                ws = [delay(m, self.w[c * self.LANES + lane][j], 2 + j, f"c{c}_w{lane}_{j}",
+                            reset_less=True) for lane in range(self.LANES)]
                 if self.packed:
                     lo, hi = ws
                     # (hi << k) + sext(lo): the low k bits are lo sign-extended; hi absorbs
@@ -386,7 +378,8 @@ class SparseDSPChain(wiring.Component):
                 runs = fields[lane]
                 for j in range(L - 1):
                     # a run that ended at stage j waits for the step's last sum
-                    m.d.comb += self.sum[q][j].eq(_delay(m, runs[j], L - j, f"q{q}_run{j}"))
+                    m.d.comb += self.sum[q][j].eq(delay(m, runs[j], L - j, f"q{q}_run{j}",
+                                                        reset_less=True))
                 last = runs[L - 1]
                 acc = Signal(self.acc_width, name=f"q{q}_acc", reset_less=True)
                 tot = fused_add(m, [([acc[i], keep, last[min(i, len(last) - 1)]],

@@ -90,28 +90,44 @@ def select_tree(m, inputs, sel, *, name, radix=4):
     """``inputs[sel]`` through a ``radix``-way mux tree with a register after every level.
 
     The result comes ``tree_levels(len(inputs), radix)`` cycles after ``sel`` and the
-    inputs (0 where ``sel`` points past the end; one input is passed through unregistered). Wide selections on a big device gather
-    bytes from all over the die: one register per level keeps each cycle to one small mux
+    inputs (0 where ``sel`` points past the end; one input is passed through unregistered).
+    Wide selections on a big device gather bytes from all over the die: one register per level keeps each cycle to one small mux
     (a radix-4 byte mux is a LUT4 pair and a PFUMX per bit) and one hop of routing, where an
     unregistered tree took several die-crossing nets in one cycle.
+
+    ``sel`` may also be a list of registers holding the same value every cycle (copies
+    kept apart, see :func:`register`): the first level's muxes are shared out among them in
+    contiguous blocks, so that no one select net reaches all of them. The first level is
+    the widest (``len(inputs) / radix`` muxes of ``width`` bits), and its inputs may lie
+    all over the die; the later levels take their select from the first copy.
     """
     if not is_pow2(radix) or radix < 2:
         raise ValueError(f"radix must be a power of two >= 2, not {radix!r}")
     items = list(inputs)
     if not items:
         raise ValueError("select_tree needs at least one input")
+    copies = list(sel) if isinstance(sel, (list, tuple)) else [sel]
+    if not copies:
+        raise ValueError("select_tree needs a select")
+    sel = copies[0]
+    if any(len(c) != len(sel) for c in copies):
+        raise ValueError(f"the select's copies differ in width: {[len(c) for c in copies]}")
     rb = radix.bit_length() - 1
     levels = tree_levels(len(items), radix)
     width = max(len(v) for v in items)
     # select bits above the tree's point past the end: their flag follows the tree
     high = sel[rb * levels:] if len(sel) > rb * levels else None
     high_d = delay(m, high.any(), levels, f"{name}_hi") if high is not None else None
-    if len(sel) < rb * levels:
-        sel = Cat(sel, Const(0, rb * levels - len(sel)))
+    pad = max(0, rb * levels - len(sel))
+    sel = Cat(sel, Const(0, pad))
+    copies = [Cat(c, Const(0, pad)) for c in copies]
     for lev in range(levels):
         low = sel[:rb]
         nxt = []
+        groups = -(-len(items) // radix)
         for g in range(0, len(items), radix):
+            if lev == 0:
+                low = copies[(g // radix) * len(copies) // groups][:rb]
             r = Signal(width, name=f"{name}_l{lev}_{g // radix}", reset_less=True)
             with m.Switch(low):
                 for k, v in enumerate(items[g:g + radix]):
