@@ -479,22 +479,30 @@ def test_seeds_a_failed_seed_is_reported_and_the_others_go_on(fake_tools, monkey
 
 
 def test_seeds_an_interrupt_stops_every_seed(fake_tools, monkeypatch):
-    """Ctrl-C (here raised when seed 1 finishes) kills the seeds still running (seed 2 would
-    sleep for a minute) and propagates."""
+    """Ctrl-C (here raised when seed 1 finishes, once seed 2 runs) kills the seeds still
+    running (seed 2 would sleep for a minute) and propagates."""
     import time
     monkeypatch.setenv("FAKE_SLOW_SEEDS", "2")
+    log = fake_tools / "seed-2" / "nextpnr.log"
+    raised = []
 
     class Interrupt(build.Progress):
         def stage(self, name, seconds, figures):
             if name == "route" and figures.startswith("seed 1:"):
+                # on a loaded machine seed 1 may finish before seed 2 has started: wait for
+                # seed 2's process, so that there is a running seed to stop
+                deadline = time.monotonic() + 120
+                while not (log.exists() and "Info: fake nextpnr pid " in log.read_text()
+                           and log.read_text().endswith("\n")):
+                    assert time.monotonic() < deadline, "seed 2 never started"
+                    time.sleep(0.1)
+                raised.append(time.monotonic())
                 raise KeyboardInterrupt
 
-    t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         build.run_toolchain(_COMMANDS, fake_tools, progress=Interrupt(), seeds=[1, 2])
-    assert time.monotonic() - t0 < 20
-    log = (fake_tools / "seed-2" / "nextpnr.log").read_text()
-    assert _gone(int(log.split("Info: fake nextpnr pid ")[1].split()[0]))
+    assert raised and time.monotonic() - raised[0] < 20
+    assert _gone(int(log.read_text().split("Info: fake nextpnr pid ")[1].split()[0]))
 
 
 def test_sigterm_stops_every_seed(fake_tools, monkeypatch):
