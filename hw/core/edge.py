@@ -92,7 +92,7 @@ class EdgeUnit(wiring.Component):
         # data was the 85F dsp8s build's slowest (16-17 ns, 11-12 of them routing). Kept
         # apart on ECP5, or Yosys merges the rows' copies back into one register.
         apart = use_ecp5(self.impl, platform)
-        group = register(m, self.group, "group_r", apart=apart)
+        group = register(m, self.group, "group_r", apart=apart) if self.groups else None
         zp = register(m, self.zp, "zp_r", apart=apart)
         # the clamp's lower bound and the RAW32 test are functions of the configuration
         # only, so they are registered too and the clamp compares against a register
