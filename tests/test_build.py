@@ -492,8 +492,10 @@ def test_seeds_an_interrupt_stops_every_seed(fake_tools, monkeypatch):
                 # on a loaded machine seed 1 may finish before seed 2 has started: wait for
                 # seed 2's process, so that there is a running seed to stop
                 deadline = time.monotonic() + 120
-                while not (log.exists() and "Info: fake nextpnr pid " in log.read_text()
-                           and log.read_text().endswith("\n")):
+                while True:
+                    text = log.read_text() if log.exists() else ""
+                    if "Info: fake nextpnr pid " in text and text.endswith("\n"):
+                        break
                     assert time.monotonic() < deadline, "seed 2 never started"
                     time.sleep(0.1)
                 raised.append(time.monotonic())

@@ -19,9 +19,9 @@ from hw.systolic.engine import SystolicEngine
 ROWS, COLS = 3, 4
 
 
-def _synth(dut, tmp):
+def _synth(dut, tmp, ports=None):
     """``dut`` through Yosys' ``synth_ecp5``: the top module of its JSON netlist."""
-    (tmp / "top.v").write_text(verilog.convert(dut, name="top", emit_src=False))
+    (tmp / "top.v").write_text(verilog.convert(dut, name="top", ports=ports, emit_src=False))
     subprocess.run([_yosys(), "-q", "-p", "read_verilog top.v; synth_ecp5 -top top -json top.json"],
                    cwd=tmp, check=True)
     return json.loads((tmp / "top.json").read_text())["modules"]["top"]
@@ -129,12 +129,7 @@ def test_edge_units_each_register_the_layer_configuration(tmp_path):
     for eu in top_.units:
         ports += [eu.sum, eu.sum_valid, eu.sum_first, eu.act_sum, eu.tok_in.as_value(),
                   eu.tbl_in.as_value(), eu.wr_addr, eu.wr_data, eu.wr_en, eu.final]
-    (tmp_path / "top.v").write_text(verilog.convert(top_, name="top", ports=ports,
-                                                    emit_src=False))
-    subprocess.run([_yosys(), "-q", "-p",
-                    "read_verilog top.v; synth_ecp5 -top top -json top.json"],
-                   cwd=tmp_path, check=True)
-    top = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]
+    top = _synth(top_, tmp_path, ports)
     for reg, width in [("zp_r", 8), ("lo_r", 8), ("raw_r", 1), ("group_r", 1)]:
         for b in range(width):
             ffs = [_ff(top, f"e{i}.{reg}_ff{b}") for i in range(rows)]

@@ -91,9 +91,10 @@ def select_tree(m, inputs, sel, *, name, radix=4):
 
     The result comes ``tree_levels(len(inputs), radix)`` cycles after ``sel`` and the
     inputs (0 where ``sel`` points past the end; one input is passed through unregistered).
-    Wide selections on a big device gather bytes from all over the die: one register per level keeps each cycle to one small mux
-    (a radix-4 byte mux is a LUT4 pair and a PFUMX per bit) and one hop of routing, where an
-    unregistered tree took several die-crossing nets in one cycle.
+    Wide selections on a big device gather bytes from all over the die: one register per
+    level keeps each cycle to one small mux (a radix-4 byte mux is a LUT4 pair and a PFUMX
+    per bit) and one hop of routing, where an unregistered tree took several die-crossing
+    nets in one cycle.
 
     ``sel`` may also be a list of registers holding the same value every cycle (copies
     kept apart, see :func:`register`): the first level's muxes are shared out among them in
@@ -122,12 +123,11 @@ def select_tree(m, inputs, sel, *, name, radix=4):
     sel = Cat(sel, Const(0, pad))
     copies = [Cat(c, Const(0, pad)) for c in copies]
     for lev in range(levels):
-        low = sel[:rb]
         nxt = []
         groups = -(-len(items) // radix)
         for g in range(0, len(items), radix):
-            if lev == 0:
-                low = copies[(g // radix) * len(copies) // groups][:rb]
+            # the first level's groups in contiguous blocks, one block per copy
+            low = copies[(g // radix) * len(copies) // groups][:rb] if lev == 0 else sel[:rb]
             r = Signal(width, name=f"{name}_l{lev}_{g // radix}", reset_less=True)
             with m.Switch(low):
                 for k, v in enumerate(items[g:g + radix]):
