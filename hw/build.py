@@ -822,6 +822,9 @@ def _main(argv) -> int:
                     help="ulx3s target: stream the tools' output (it always goes to the logs in "
                          "the build folder)")
     ap.add_argument("--blocks", default="arith", help="report target: which blocks (arith)")
+    ap.add_argument("--only", nargs="+", metavar="BLOCK",
+                    help="report target: re-measure only these blocks (e.g. intmul_8x8_dsp); "
+                         "the report's other rows are kept")
     ap.add_argument("--out", type=Path, default=None, help="output directory")
     ap.add_argument("--x-init", choices=["fast", "unique"], default="fast",
                     help="sim target: registers without reset start at 0 (fast) or random, "
@@ -831,6 +834,8 @@ def _main(argv) -> int:
             and args.target != "ulx3s"):
         ap.error(f"--seeds / --jobs / --nextpnr-opts apply to the ulx3s target, not "
                  f"{args.target!r}")
+    if args.only and args.target != "report":
+        ap.error(f"--only applies to the report target, not {args.target!r}")
     if args.jobs is not None and args.seeds is None:
         ap.error("--jobs applies with --seeds only (one seed is one nextpnr run)")
     if (args.rows is not None or args.cols is not None) and args.target not in ("ulx3s", "verilog"):
@@ -848,7 +853,7 @@ def _main(argv) -> int:
                          cols=args.cols)
         elif args.target == "report":
             from hw.report import main_report
-            main_report(args.blocks, args.out or ROOT / "docs")
+            main_report(args.blocks, args.out or ROOT / "docs", only=args.only)
         elif args.target == "sim":
             from hw.soc.simbuild import build_sim_model
             print(build_sim_model(args.device, x_init=args.x_init, pe=args.pe, dsp=args.dsp))

@@ -301,19 +301,34 @@ def render(json_path: Path, out_dir: Path) -> dict:
 
 
 def main_report(blocks: str, out_dir: Path, seeds: int = 3, only: list[str] | None = None) -> dict:
-    """Synthesise the blocks of group ``blocks`` ("arith"), write JSON/markdown/PNG to ``out_dir``."""
+    """Synthesise the blocks of group ``blocks`` ("arith"), write JSON/markdown/PNG to ``out_dir``.
+
+    ``only``: synthesise just these blocks; the other rows are kept from the report already in
+    ``out_dir`` (``arith_report.json``, measured with the same number of ``seeds``), so one block
+    can be re-measured after a change to it.
+    """
     if blocks != "arith":
         raise ValueError(f"blocks must be 'arith', not {blocks!r}")
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, not {seeds!r}")
     out_dir = Path(out_dir)
-    defs = arith_blocks()
-    if only:
-        unknown = sorted(set(only) - set(defs))
-        if unknown:
-            raise ValueError(f"unknown blocks {unknown!r}; known: {sorted(defs)!r}")
-        defs = {k: v for k, v in defs.items() if k in only}
+    library = arith_blocks()
+    defs = library
     results, notes = {}, {}
+    if only:
+        unknown = sorted(set(only) - set(library))
+        if unknown:
+            raise ValueError(f"unknown blocks {unknown!r}; known: {sorted(library)!r}")
+        defs = {k: v for k, v in library.items() if k in only}
+        # keep the other blocks' rows of the report already in out_dir
+        old = out_dir / "arith_report.json"
+        if old.exists():
+            prev = json.loads(old.read_text())
+            if prev.get("seeds") != seeds:
+                raise ValueError(f"{old} has medians of {prev.get('seeds')} seeds; re-measure "
+                                 f"with --seeds {prev.get('seeds')}, not {seeds}, or all blocks")
+            results.update({k: v for k, v in prev["blocks"].items() if k in library})
+            notes.update({k: v for k, v in prev["notes"].items() if k in library})
     with tempfile.TemporaryDirectory(prefix="arith_report_") as tmp:
         for name, (factory, note, opts) in defs.items():
             t0 = time.time()
@@ -323,7 +338,8 @@ def main_report(blocks: str, out_dir: Path, seeds: int = 3, only: list[str] | No
             print(f"{name:24s} LUT4 {r['lut4']:4d}  FF {r['ff']:4d}  DSP {r['mult18x18d']}  "
                   f"Fmax {r['fmax_mhz']:6.1f}  T {r['transistors']}  ({time.time() - t0:.0f} s)",
                   flush=True)
-    doc = write_outputs(results, notes, out_dir, seeds)
+    results = {k: results[k] for k in library if k in results}    # the library's order
+    doc = write_outputs(results, {k: notes[k] for k in results}, out_dir, seeds)
     for t in doc["targets"]:
         print(f"target {t['block']} {t['metric']} {t['target']}: {t['value']} "
               f"{'' if t['met'] is None else ('met' if t['met'] else 'MISSED')}")
