@@ -324,9 +324,10 @@ def main_report(blocks: str, out_dir: Path, seeds: int = 3, only: list[str] | No
         old = out_dir / "arith_report.json"
         if old.exists():
             prev = json.loads(old.read_text())
-            if prev.get("seeds") != seeds:
-                raise ValueError(f"{old} has medians of {prev.get('seeds')} seeds; re-measure "
-                                 f"with --seeds {prev.get('seeds')}, not {seeds}, or all blocks")
+            if prev["seeds"] != seeds:
+                raise ValueError(f"{old.name} holds medians of {prev['seeds']} seeds, not "
+                                 f"{seeds}: re-measure all blocks, or these with "
+                                 f"{prev['seeds']} seeds")
             results.update({k: v for k, v in prev["blocks"].items() if k in library})
             notes.update({k: v for k, v in prev["notes"].items() if k in library})
     with tempfile.TemporaryDirectory(prefix="arith_report_") as tmp:

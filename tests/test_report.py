@@ -45,7 +45,8 @@ def test_only_remeasures_those_blocks_and_keeps_the_others(tmp_path, fake_synth)
             assert saved["blocks"][name] == before[name]
     md = (tmp_path / "arith.md").read_text()
     assert all(f"| {name} |" in md for name in library)
-    assert f"| {library[0]} | {1001 + len(library)} |" in md and f"| {library[1]} | {before[library[1]]['lut4']} |" in md
+    assert f"| {library[0]} | {1001 + len(library)} |" in md
+    assert f"| {library[1]} | {before[library[1]]['lut4']} |" in md
 
 
 def test_only_without_a_report_writes_just_those_blocks(tmp_path, fake_synth):
@@ -55,15 +56,17 @@ def test_only_without_a_report_writes_just_those_blocks(tmp_path, fake_synth):
 
 def test_only_refuses_other_seed_counts_and_unknown_blocks(tmp_path, fake_synth):
     report.main_report("arith", tmp_path, seeds=3, only=["ternary"])
-    with pytest.raises(ValueError, match="medians of 3 seeds; re-measure with --seeds 3, not 1"):
+    with pytest.raises(ValueError, match="holds medians of 3 seeds, not 1: re-measure all"):
         report.main_report("arith", tmp_path, seeds=1, only=["pow2_e2"])
     with pytest.raises(ValueError, match=r"unknown blocks \['intmul_9x9'\]"):
         report.main_report("arith", tmp_path, seeds=3, only=["intmul_9x9"])
     assert [n for n, _ in fake_synth] == ["ternary"]
 
 
-def test_build_cli_passes_only_to_the_report(tmp_path, fake_synth):
+def test_build_cli_passes_only_to_the_report(tmp_path, fake_synth, capsys):
     assert build_main(["--target", "report", "--out", str(tmp_path), "--only", "ternary"]) == 0
     assert fake_synth == [("ternary", 3)]
     with pytest.raises(SystemExit):
         build_main(["--target", "verilog", "--only", "ternary"])
+    assert "--only applies to the report target, not 'verilog'" in capsys.readouterr().err
+    assert fake_synth == [("ternary", 3)]
