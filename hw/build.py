@@ -79,6 +79,10 @@ def parse_nextpnr_report(path: Path) -> tuple[dict, dict]:
 STAGES = ("elaborate", "synth", "place", "route", "pack")
 #: nextpnr routers ``--router`` offers (``nextpnr-ecp5 --router``)
 ROUTERS = ("router2", "router1")
+#: nextpnr placers ``--placer`` offers (``nextpnr-ecp5 --placer``; each is followed by
+#: nextpnr's simulated-annealing refinement): ``heap`` (analytic, HeAP) or ``static``
+#: (electrostatic, which spreads cells to a target density; hw.sizes.DEFAULT_PLACER)
+PLACERS = ("heap", "static")
 
 #: the tool of each toolchain command (Amaranth's name) -> (stage, log file in the build folder)
 TOOL_STAGES = {"yosys": ("synth", "yosys.log"), "nextpnr-ecp5": ("place", "nextpnr.log"),
@@ -103,8 +107,8 @@ ROUTE_PATIENCE = 40
 
 
 #: nextpnr options the build chooses itself (its own flags, the build plan's files and device)
-_OWN_NEXTPNR_OPTS = ("--seed", "--router", "--report", "--log", "--json", "--lpf", "--textcfg",
-                     "--write", "--package", "--speed")
+_OWN_NEXTPNR_OPTS = ("--seed", "--router", "--placer", "--report", "--log", "--json", "--lpf",
+                     "--textcfg", "--write", "--package", "--speed")
 #: nextpnr-ecp5's device selectors (--25k, --um-85k, --um5g-45k, ...), set by the build too
 _DEVICE_OPT = re.compile(r"--(um5g-|um-)?\d+k$")
 
@@ -112,7 +116,8 @@ _DEVICE_OPT = re.compile(r"--(um5g-|um-)?\d+k$")
 def check_nextpnr_opts(opts) -> list[str]:
     """``opts`` (a string of extra nextpnr options, e.g. ``"--router2-alt-weights"``) as a list
     of arguments; ValueError if it cannot be split or names an option the build sets itself
-    (:data:`_OWN_NEXTPNR_OPTS`: use ``--seed`` / ``--seeds`` / ``--router`` for those)."""
+    (:data:`_OWN_NEXTPNR_OPTS`: use ``--seed`` / ``--seeds`` / ``--router`` / ``--placer`` for
+    those)."""
     if not isinstance(opts, str):
         raise ValueError(f"nextpnr options must be a string, not {opts!r}")
     try:
@@ -123,7 +128,7 @@ def check_nextpnr_opts(opts) -> list[str]:
                   if name in _OWN_NEXTPNR_OPTS or _DEVICE_OPT.match(name)})
     if own:
         raise ValueError(f"nextpnr options {opts!r} set {', '.join(own)}, which the build sets "
-                         f"itself (use --seed / --seeds / --router)")
+                         f"itself (use --seed / --seeds / --router / --placer)")
     return args
 
 
@@ -518,7 +523,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 top: str = "soc", seed: int = 1, program: bool = False,
                 out_dir: Path | None = None, quiet: bool = False, verbose: bool = False,
                 pe: str | None = None, dsp: str | None = None, rows: int | None = None,
-                cols: int | None = None, router: str = "router2",
+                cols: int | None = None, router: str = "router2", placer: str | None = None,
                 route_patience: int = ROUTE_PATIENCE, seeds: list[int] | None = None,
                 jobs: int | None = None, nextpnr_opts: str = "") -> dict:
     """Build the ULX3S bitstream; returns (and writes) the report dictionary.
@@ -535,7 +540,8 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     ``dsp`` the sparse DSP engine beside it (``hw.sizes.DSP_ENGINES``; default none),
     ``rows`` / ``cols`` replace the array's shape (``hw.sizes.core_size``); ``router`` is
     nextpnr's router (``router2``, or ``router1`` for a placement on which router2's
-    congestion negotiation oscillates instead of converging; docs/results.md), and
+    congestion negotiation oscillates instead of converging; docs/results.md), ``placer``
+    nextpnr's placer (:data:`PLACERS`; default the device's, ``hw.sizes.DEFAULT_PLACER``), and
     ``route_patience`` how many router2 iterations may pass without a new lowest count of
     overused wires before the build stops with :class:`BuildError` instead of routing forever
     (:class:`RouteWatchdog`; 0: never).
@@ -548,10 +554,16 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     the tools' output as well, ``quiet`` prints nothing.
     """
     from fpga.ulx3s import SelfTestTop, SoCTop, platform_for
-    from hw.sizes import DEVICE_RESOURCES, DEFAULT_FREQ_MHZ, core_size
+    from hw.sizes import DEVICE_RESOURCES, DEFAULT_FREQ_MHZ, DEFAULT_PLACER, core_size
 
+    if device not in DEFAULT_FREQ_MHZ:
+        raise ValueError(f"device must be one of {tuple(DEFAULT_FREQ_MHZ)}, not {device!r}")
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    if placer is None:
+        placer = DEFAULT_PLACER[device]
+    if placer not in PLACERS:
+        raise ValueError(f"placer must be one of {PLACERS}, not {placer!r}")
     check_route_patience(route_patience)       # refused before minutes of elaboration
     extra = check_nextpnr_opts(nextpnr_opts)
     if seeds is not None:
@@ -577,7 +589,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
     else:
         raise ValueError(f"top must be 'soc' or 'selftest', not {top!r}")
     plan = platform.prepare(top_obj, name="top", verbose=True,
-                            nextpnr_opts=f"--router {router} --timing-allow-fail "
+                            nextpnr_opts=f"--placer {placer} --router {router} --timing-allow-fail "
                                          f"--report nextpnr_report.json --seed {seed}"
                                          + "".join(f" {shlex.quote(a)}" for a in extra))
     for stale in ("nextpnr_report.json", "top.bit", "report.json"):
@@ -613,7 +625,7 @@ def build_ulx3s(device: str = "85F", freq_mhz: float | None = None, *, baud: int
                 for k, v in top_pll_params(freq_mhz).items()},
         "utilization": summary, "nextpnr_utilization": util, "fmax": fmax,
         "timing_met": timing_ok, "seed": times.get("best_seed", seed),
-        "router": router, "nextpnr_opts": extra,
+        "placer": placer, "router": router, "nextpnr_opts": extra,
         "build_seconds": round(elapsed, 1),
         "bitstream": str((out_dir / "top.bit").relative_to(ROOT)) if out_dir.is_relative_to(ROOT)
         else str(out_dir / "top.bit"),
@@ -691,6 +703,8 @@ def print_report(r: dict) -> None:
         u = r["uart"]
         print(f"  UART {u['baud']} baud requested, {u['actual_baud']} generated "
               f"(error {u['baud_error_ppm']} ppm)")
+    print(f"  nextpnr: {r['placer']} placer, {r['router']}"
+          + "".join(f" {a}" for a in r["nextpnr_opts"]))
     print(f"  build time {r['build_seconds']} s; bitstream {r['bitstream']}")
 
 
@@ -807,6 +821,9 @@ def _main(argv) -> int:
                     help="with --seeds: nextpnr runs at a time (default: all seeds at once)")
     ap.add_argument("--router", choices=ROUTERS, default="router2",
                     help="nextpnr router (default router2; router1 where router2 oscillates)")
+    ap.add_argument("--placer", choices=PLACERS, default=None,
+                    help="ulx3s target: nextpnr placer (default: the device's, hw/sizes.py "
+                         "DEFAULT_PLACER)")
     ap.add_argument("--nextpnr-opts", type=_nextpnr_opts_arg, default="", metavar="'OPTS'",
                     help="extra nextpnr options, given with '=' as they start with '--', e.g. "
                          "--nextpnr-opts=--router2-alt-weights")
@@ -830,9 +847,9 @@ def _main(argv) -> int:
                     help="sim target: registers without reset start at 0 (fast) or random, "
                          "chosen by the model's +verilator+seed+N argument (unique)")
     args = ap.parse_args(argv)
-    if ((args.seeds is not None or args.jobs is not None or args.nextpnr_opts)
-            and args.target != "ulx3s"):
-        ap.error(f"--seeds / --jobs / --nextpnr-opts apply to the ulx3s target, not "
+    if ((args.seeds is not None or args.jobs is not None or args.nextpnr_opts
+         or args.placer is not None) and args.target != "ulx3s"):
+        ap.error(f"--seeds / --jobs / --placer / --nextpnr-opts apply to the ulx3s target, not "
                  f"{args.target!r}")
     if args.only and args.target != "report":
         ap.error(f"--only applies to the report target, not {args.target!r}")
@@ -846,7 +863,8 @@ def _main(argv) -> int:
             build_ulx3s(args.device, args.freq, baud=args.baud, top=args.top, seed=args.seed,
                         program=args.program, out_dir=args.out, verbose=args.verbose, pe=args.pe,
                         dsp=args.dsp, rows=args.rows, cols=args.cols, router=args.router,
-                        route_patience=args.route_patience, seeds=args.seeds, jobs=args.jobs,
+                        placer=args.placer, route_patience=args.route_patience,
+                        seeds=args.seeds, jobs=args.jobs,
                         nextpnr_opts=args.nextpnr_opts)
         elif args.target == "verilog":
             emit_verilog(args.device, args.out, args.pe, args.dsp, rows=args.rows,

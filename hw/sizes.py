@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CoreSize", "DEVICES", "PE_SIZES", "DSP_ENGINES", "DSP_DEPTH", "core_size", "SELFTEST_GEOMETRY", "DEFAULT_FREQ_MHZ", "DEVICE_RESOURCES"]
+__all__ = ["CoreSize", "DEVICES", "PE_SIZES", "DSP_ENGINES", "DSP_DEPTH", "core_size",
+           "SELFTEST_GEOMETRY", "DEFAULT_FREQ_MHZ", "DEFAULT_PLACER", "DEVICE_RESOURCES"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ SELFTEST_GEOMETRY = dict(rows=2, cols=4, a_depth=256, w_depth=256, out_depth=256
 #: docs/results.md "85F default build over three seeds"); the 12F reached 64.1 MHz at
 #: 50 MHz; the 25F and 45F values are not measured.
 DEFAULT_FREQ_MHZ = {"12F": 50.0, "25F": 60.0, "45F": 60.0, "85F": 40.0}
+
+#: nextpnr placer per device (``hw.build --placer``). PLACEHOLDER
+DEFAULT_PLACER = {"12F": "heap", "25F": "heap", "45F": "heap", "85F": "heap"}
 
 #: LUT4, EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
 DEVICE_RESOURCES = {

@@ -270,7 +270,10 @@ def test_build_ulx3s_with_fake_tools(fake_tools, capsys):
     assert f"core {size.rows}x{size.cols} {size.pe}" in _stage_lines(out)[0]
     assert "Fmax $glbnet$clk: 70.25 MHz (constraint 65.0 MHz) PASS" in out     # the summary
     assert rep["timing_met"] and rep["utilization"]["LUT4"]["logic_lut4"] == 9
-    assert " --router router2 " in (fake_tools / "nextpnr.log").read_text()    # the default
+    argv = (fake_tools / "nextpnr.log").read_text()
+    assert " --router router2 " in argv and " --placer heap " in argv    # the 12F's defaults
+    assert (rep["placer"], rep["router"]) == ("heap", "router2")
+    assert "nextpnr: heap placer, router2\n" in out
     assert json.loads((fake_tools / "report.json").read_text()) == json.loads(json.dumps(rep))
     # the reset reaches every flip-flop through a global network: a DCCA from the reset
     # synchronizer to the sync domain's reset
@@ -299,6 +302,35 @@ def test_build_ulx3s_router_choice(fake_tools, monkeypatch, capsys):
     assert " --router router1 " in (fake_tools / "nextpnr.log").read_text() and patience == [5]
     with pytest.raises(ValueError, match="router must be one of"):
         build.build_ulx3s("12F", out_dir=fake_tools, router="router3")
+
+
+def test_build_ulx3s_placer_choice(fake_tools, monkeypatch, capsys):
+    """--placer reaches nextpnr and the report; without it the build takes the device's
+    (hw.sizes.DEFAULT_PLACER); an unknown placer or device is refused before a build, and
+    --placer applies to the ulx3s target only."""
+    from hw import sizes
+    assert set(sizes.DEFAULT_PLACER) == set(sizes.DEFAULT_FREQ_MHZ)
+    assert set(sizes.DEFAULT_PLACER.values()) <= set(build.PLACERS)
+    for placer in build.PLACERS:
+        assert build.main(["--device", "12F", "--placer", placer, "--out", str(fake_tools)]) == 0
+        assert f" --placer {placer} " in (fake_tools / "nextpnr.log").read_text()
+        assert json.loads((fake_tools / "report.json").read_text())["placer"] == placer
+    monkeypatch.setitem(sizes.DEFAULT_PLACER, "12F", "static")
+    rep = build.build_ulx3s("12F", out_dir=fake_tools, quiet=True)
+    assert rep["placer"] == "static"
+    assert " --placer static " in (fake_tools / "nextpnr.log").read_text()
+    for kw, err in (({"placer": "sa"}, "placer must be one of"),
+                    ({"placer": "HEAP"}, "placer must be one of"),
+                    ({"device": "99F"}, "device must be one of")):
+        with pytest.raises(ValueError, match=err):
+            build.build_ulx3s(**{"device": "12F", "out_dir": fake_tools, **kw})
+    capsys.readouterr()
+    for argv, err in ((["--placer", "sa"], "invalid choice: 'sa'"),
+                      (["--target", "verilog", "--placer", "static"], "apply to the ulx3s target"),
+                      (["--nextpnr-opts=--placer static"], "set --placer, which the build sets")):
+        with pytest.raises(SystemExit):
+            build.main(["--device", "12F", *argv])
+        assert err in capsys.readouterr().err
 
 
 # --- the route watchdog: router2 can negotiate congestion forever; the build must stop instead
