@@ -135,3 +135,29 @@ def test_edge_units_each_register_the_layer_configuration(tmp_path):
             ffs = [_ff(top, f"e{i}.{reg}_ff{b}") for i in range(rows)]
             assert len({str(ff["Q"]) for ff in ffs}) == rows, (reg, b)
             assert len({str(ff["DI"]) for ff in ffs}) == 1, (reg, b)
+
+
+def test_core_rows_and_columns_each_register_the_weight_format():
+    """Each row's activation arrangement and each column's weight decoder read the layer's
+    weight format from a register of their own (a ``TRELLIS_FF`` kept apart), all loaded
+    from the same configuration bits: the configuration register's route into the rows'
+    arrangement was the 85F ``dsp8s`` build's slowest path on one seed. Checked in the
+    core's RTLIL, as the ``keep`` instances reach the netlist as they are (see above)."""
+    import re
+    from amaranth.back import rtlil
+    from hw.core import MixCore
+    rows, cols = 2, 4
+    text = rtlil.convert(MixCore(rows=rows, cols=cols, a_depth=64, w_depth=64, out_depth=64,
+                                 chan_depth=16, group_depth=16, pe="mixpe", impl="ecp5"))
+    cells = {name: (body, keep) for keep, name, body in re.findall(
+        r"(attribute \\keep 1\n\s*)?cell \\TRELLIS_FF \\(cfg_fmt_[xw]\d+_ff\d+)\n(.*?)\n\s*end\n",
+        text, re.S)}
+    names = [[f"cfg_fmt_x{i}_ff{b}" for i in range(rows)] + [f"cfg_fmt_w{j}_ff{b}"
+                                                              for j in range(cols)]
+             for b in range(3)]
+    assert sorted(cells) == sorted(n for bit in names for n in bit)
+    for bit in names:
+        di = {re.search(r"connect \\DI (.*)", cells[n][0]).group(1) for n in bit}
+        q = {re.search(r"connect \\Q (.*)", cells[n][0]).group(1) for n in bit}
+        assert len(di) == 1 and len(q) == rows + cols, bit
+        assert all(cells[n][1] for n in bit), f"{bit}: not kept"

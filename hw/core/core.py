@@ -303,6 +303,16 @@ class MixCore(wiring.Component):
         # -- layer configuration, latched at start --------------------------------------------
         cfg = Signal(LAYER_LAYOUT)
         M, K, N = cfg.m, cfg.k, cfg.n
+        # copies of the configuration for its far-reaching uses, loaded from ``cfg`` a cycle
+        # after it (the run starts DIM_BITS + 2 cycles after the latch; CHECK, in between,
+        # reads ``cfg`` itself). ``cfg`` has sinks all over the die, and its routes into the
+        # tile sequencer's next-tile arithmetic and into the rows' activation arrangement
+        # were the 85F dsp8s build's slowest paths (5.4-5.8 ns of routing of 15.4-16.6 ns):
+        # the sequencer gets its own M and N, each row and column its own format (kept
+        # apart on ECP5, or Yosys merges the copies back into one register)
+        apart = use_ecp5(self.impl, platform)
+        Ms = _register(m, cfg.m, "cfg_m_seq")
+        Ns = _register(m, cfg.n, "cfg_n_seq")
         lanes_log = Signal(2)               # log2 of weights per byte
         kb = Signal(DIM_BITS)               # steps per tile
         kw = Signal(DIM_BITS)               # A words per row of a tile
@@ -390,13 +400,13 @@ class MixCore(wiring.Component):
             with m.Elif(row_last):
                 m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
                              a_tile.eq(0), w_tile.eq(w_tile + kb),
-                             row_last.eq(M <= R), col_last.eq(col0 + 2 * C >= N),
-                             rows_left.eq(clip(M, R)),
-                             cols_left.eq(clip(N - col0 - C, C))]
+                             row_last.eq(Ms <= R), col_last.eq(col0 + 2 * C >= Ns),
+                             rows_left.eq(clip(Ms, R)),
+                             cols_left.eq(clip(Ns - col0 - C, C))]
             with m.Else():
-                m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + N),
-                             row_last.eq(row0 + 2 * R >= M),
-                             rows_left.eq(clip(M - row0 - R, R))]
+                m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + Ns),
+                             row_last.eq(row0 + 2 * R >= Ms),
+                             rows_left.eq(clip(Ms - row0 - R, R))]
                 if next_a_rows:
                     m.d.sync += a_tile.eq(a_tile + kw)
 
@@ -476,8 +486,8 @@ class MixCore(wiring.Component):
                     m.d.sync += [step.eq(0), gstep.eq(0), row0.eq(0), col0.eq(0),
                                  a_tile.eq(0), w_tile.eq(cfg.w_base), out_row.eq(0),
                                  gbase.eq(cfg.group_base),
-                                 row_last.eq(M <= R), col_last.eq(N <= C),
-                                 rows_left.eq(clip(M, R)), cols_left.eq(clip(N, C)),
+                                 row_last.eq(Ms <= R), col_last.eq(Ns <= C),
+                                 rows_left.eq(clip(Ms, R)), cols_left.eq(clip(Ns, C)),
                                  since.eq(self.MIN_PERIOD), final_drained.eq(0), drow.eq(0)]
                     with m.If(dsp_on):
                         m.next = "DRUN"
@@ -654,8 +664,9 @@ class MixCore(wiring.Component):
         e_rmask, e_cmask = Signal(R), Signal(C)
         m.d.sync += [e_valid.eq(issue), e_first.eq(issue & (gstep == 0)),
                      e_last.eq(issue & group_end), e_sel.eq(sel_bits), e_mask.eq(lane_mask),
-                     e_rmask.eq(Mux(self.busy & ~dsp_on, Cat(row0 + i < M for i in range(R)), ~0)),
-                     e_cmask.eq(Mux(self.busy, Cat(col0 + j < N for j in range(C)), ~0))]
+                     e_rmask.eq(Mux(self.busy & ~dsp_on, Cat(row0 + i < Ms for i in range(R)),
+                                    ~0)),
+                     e_cmask.eq(Mux(self.busy, Cat(col0 + j < Ns for j in range(C)), ~0))]
         f_valid, f_first, f_last = Signal(), Signal(), Signal()
         f_sel, f_mask = Signal(2), Signal(4)
         f_rmask, f_cmask = Signal(R), Signal(C)
@@ -690,14 +701,16 @@ class MixCore(wiring.Component):
         for i in range(R):
             word = sa[i]
             if self.pe_cls.X_WIDTH == 32:
-                x = arrange_activations(m, cfg.fmt, word, s_mask, name=f"xarr{i}")
+                fmt_r = _register(m, cfg.fmt, f"cfg_fmt_x{i}", apart=apart)
+                x = arrange_activations(m, fmt_r, word, s_mask, name=f"xarr{i}")
             else:
                 x = Mux(s_mask[0], word[:8], 0)
             xr = Signal(self.pe_cls.X_WIDTH, name=f"hx{i}", reset_less=True)
             m.d.sync += xr.eq(x)
             m.d.comb += eng.x[i].eq(xr)
         for j in range(C):
-            chunks, sgn, mode = decode_weight_byte(m, cfg.fmt, sw[j], name=f"wdec{j}")
+            fmt_r = _register(m, cfg.fmt, f"cfg_fmt_w{j}", apart=apart)
+            chunks, sgn, mode = decode_weight_byte(m, fmt_r, sw[j], name=f"wdec{j}")
             wr = Signal(8, name=f"hw{j}", reset_less=True)
             sr = Signal(4, name=f"hs{j}", reset_less=True)
             m.d.sync += [wr.eq(chunks), sr.eq(sgn)]
@@ -793,7 +806,6 @@ class MixCore(wiring.Component):
             # loads and shifts under its own registered copies of out, the tag bit and dr_act
             # (kept apart on ECP5), where one enable net reached every column's registers
             # (the routed 85F engine build's slowest path: 15.5 ns of routing in two hops)
-            apart = use_ecp5(self.impl, platform)
             if pairs:
                 hold = [Signal(signed(ew), name=f"dhold{q}", reset_less=True) for q in range(C)]
                 sb = [Signal(signed(ew), name=f"dsb{q}", reset_less=True) for q in range(C)]
