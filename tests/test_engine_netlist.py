@@ -144,9 +144,11 @@ def test_core_rows_and_columns_each_register_the_weight_format():
     arrangement was the 85F ``dsp8s`` build's slowest path on one seed. Checked in the
     core's RTLIL, as the ``keep`` instances reach the netlist as they are (see above)."""
     import re
+    from amaranth import Shape
     from amaranth.back import rtlil
     from hw.core import MixCore
-    rows, cols = 2, 4
+    from sw.numerics import WeightFormat
+    rows, cols, fmt_bits = 2, 4, Shape.cast(WeightFormat).width
     text = rtlil.convert(MixCore(rows=rows, cols=cols, a_depth=64, w_depth=64, out_depth=64,
                                  chan_depth=16, group_depth=16, pe="mixpe", impl="ecp5"))
     cells = {name: (body, keep) for keep, name, body in re.findall(
@@ -154,7 +156,7 @@ def test_core_rows_and_columns_each_register_the_weight_format():
         text, re.S)}
     names = [[f"cfg_fmt_x{i}_ff{b}" for i in range(rows)] + [f"cfg_fmt_w{j}_ff{b}"
                                                               for j in range(cols)]
-             for b in range(3)]
+             for b in range(fmt_bits)]
     assert sorted(cells) == sorted(n for bit in names for n in bit)
     for bit in names:
         di = {re.search(r"connect \\DI (.*)", cells[n][0]).group(1) for n in bit}
