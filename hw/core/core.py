@@ -304,7 +304,7 @@ class MixCore(wiring.Component):
         cfg = Signal(LAYER_LAYOUT)
         M, K, N = cfg.m, cfg.k, cfg.n
         # copies of the configuration for its far-reaching uses, loaded from ``cfg`` a cycle
-        # after it (the run starts DIM_BITS + 2 cycles after the latch; CHECK, in between,
+        # after it (the run starts DIM_BITS + 3 cycles after the latch; CHECK, in between,
         # reads ``cfg`` itself). ``cfg`` has sinks all over the die, and its routes into the
         # tile sequencer's next-tile arithmetic and into the rows' activation arrangement
         # were the 85F dsp8s build's slowest paths (5.4-5.8 ns of routing of 15.4-16.6 ns):
@@ -315,6 +315,9 @@ class MixCore(wiring.Component):
         Ns = _register(m, cfg.n, "cfg_n_seq")
         lanes_log = Signal(2)               # log2 of weights per byte
         kb = Signal(DIM_BITS)               # steps per tile
+        kb_last = Signal(DIM_BITS)          # kb - 1, a register: ``step == kb - 1`` (a
+                                            # subtract and a compare) was the slowest path
+        gsteps_last = Signal(DIM_BITS)      # gsteps - 1, likewise
         kw = Signal(DIM_BITS)               # A words per row of a tile
         gsteps = Signal(DIM_BITS)           # steps per group (0: no groups)
         glog = Signal(range(8))             # log2 of the group size
@@ -385,8 +388,8 @@ class MixCore(wiring.Component):
 
         group_end = Signal()
         tile_end = Signal()
-        m.d.comb += [tile_end.eq(step == kb - 1),
-                     group_end.eq(tile_end | (group_on & (gstep == gsteps - 1)))]
+        m.d.comb += [tile_end.eq(step == kb_last),
+                     group_end.eq(tile_end | (group_on & (gstep == gsteps_last)))]
         wait_drain = Signal()
         m.d.comb += wait_drain.eq(group_end & (since != self.MIN_PERIOD))
         with m.If(since != self.MIN_PERIOD):
@@ -413,50 +416,59 @@ class MixCore(wiring.Component):
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 with m.If(start):
-                    c = self.cfg
-                    lanes = Signal(2)
-                    m.d.comb += lanes.eq(Mux(c.fmt == WeightFormat.INT4, 1,
-                                         Mux((c.fmt == WeightFormat.INT2) |
-                                             (c.fmt == WeightFormat.TERNARY), 2, 0)))
-                    # DSP layers: S = ceil(K / Wp) steps per row, both for A words and
-                    # weight records (kb, kw)
-                    d_steps = Signal(DIM_BITS)
-                    m.d.comb += d_steps.eq(0)
-                    with m.Switch(c.sparse):
-                        for pat, win in self.dsp_windows.items():
-                            with m.Case(1 + int(pat)):
-                                wl = win.bit_length() - 1
-                                m.d.comb += d_steps.eq((c.k + win - 1) >> wl)
-                    # without a DSP engine the flag is a constant 0 and its logic goes away
-                    d_on = (c.sparse != 0) if self.dsp_stages else Const(0, 1)
                     m.d.sync += [
-                        cfg.eq(c), lanes_log.eq(lanes), dsp_on.eq(d_on),
-                        kb.eq(Mux(d_on, d_steps, (c.k + (1 << lanes) - 1) >> lanes)),
-                        kw.eq(Mux(d_on, d_steps, (c.k + 3) >> 2)),
-                        kmod.eq(c.k & ((1 << lanes) - 1)),
-                        group_on.eq(c.group != 0),
-                        mt_cnt.eq((c.m + R - 1) >> lr), nt_cnt.eq((c.n + C - 1) >> lc),
-                        p_a.eq(0), p_w.eq(0), p_o.eq(0), p_g.eq(0), chk_bit.eq(0),
+                        cfg.eq(self.cfg), busy.eq(1),
                         self.error.eq(ErrorCode.OK), wd.eq(self.WATCHDOG - 1),
                         self.cnt_cycles.eq(0), self.cnt_busy.eq(0), self.cnt_stall.eq(0),
                         self.cnt_macs.eq(0), self.cnt_dq_stall.eq(0),
                     ]
-                    with m.Switch(c.group):
-                        for code, size in GROUP_CODES.items():
-                            with m.Case(code):
-                                lg = max(size, 1).bit_length() - 1
-                                m.d.sync += [glog.eq(lg),
-                                             gsteps.eq(Const(size, DIM_BITS) >> lanes),
-                                             ngroups.eq((c.k + size - 1) >> lg if size else 1)]
-                    m.d.sync += busy.eq(1)
-                    m.next = "CHECK"
+                    m.next = "PREP"
+            with m.State("PREP"):
+                # the derived counts from the latched ``cfg``, a cycle after the latch: the
+                # port's register sits by the link, and its carry chains into ``kb`` were a
+                # routed 85F build's slowest path
+                c = cfg
+                lanes = Signal(2)
+                m.d.comb += lanes.eq(Mux(c.fmt == WeightFormat.INT4, 1,
+                                     Mux((c.fmt == WeightFormat.INT2) |
+                                         (c.fmt == WeightFormat.TERNARY), 2, 0)))
+                # DSP layers: S = ceil(K / Wp) steps per row, both for A words and
+                # weight records (kb, kw)
+                d_steps = Signal(DIM_BITS)
+                m.d.comb += d_steps.eq(0)
+                with m.Switch(c.sparse):
+                    for pat, win in self.dsp_windows.items():
+                        with m.Case(1 + int(pat)):
+                            wl = win.bit_length() - 1
+                            m.d.comb += d_steps.eq((c.k + win - 1) >> wl)
+                # without a DSP engine the flag is a constant 0 and its logic goes away
+                d_on = (c.sparse != 0) if self.dsp_stages else Const(0, 1)
+                m.d.sync += [
+                    lanes_log.eq(lanes), dsp_on.eq(d_on),
+                    kb.eq(Mux(d_on, d_steps, (c.k + (1 << lanes) - 1) >> lanes)),
+                    kw.eq(Mux(d_on, d_steps, (c.k + 3) >> 2)),
+                    kmod.eq(c.k & ((1 << lanes) - 1)),
+                    group_on.eq(c.group != 0),
+                    mt_cnt.eq((c.m + R - 1) >> lr), nt_cnt.eq((c.n + C - 1) >> lc),
+                    p_a.eq(0), p_w.eq(0), p_o.eq(0), p_g.eq(0), chk_bit.eq(0),
+                ]
+                with m.Switch(c.group):
+                    for code, size in GROUP_CODES.items():
+                        with m.Case(code):
+                            lg = max(size, 1).bit_length() - 1
+                            m.d.sync += [glog.eq(lg),
+                                         gsteps.eq(Const(size, DIM_BITS) >> lanes),
+                                         ngroups.eq((c.k + size - 1) >> lg if size else 1)]
+                m.next = "CHECK"
+                abortable()
             with m.State("CHECK"):
                 # DSP layers: M rows of S words each (no padding rows in A)
                 _serial_mul_step(m, p_a, Mux(dsp_on, M, mt_cnt), kw, chk_bit, name="p_a")
                 _serial_mul_step(m, p_w, nt_cnt, kb, chk_bit, name="p_w")
                 _serial_mul_step(m, p_o, mt_cnt, N, chk_bit, name="p_o")
                 _serial_mul_step(m, p_g, ngroups, N, chk_bit, name="p_g")
-                m.d.sync += chk_bit.eq(chk_bit + 1)
+                m.d.sync += [chk_bit.eq(chk_bit + 1), kb_last.eq(kb - 1),
+                             gsteps_last.eq(gsteps - 1)]
                 with m.If(chk_bit == DIM_BITS):
                     out_cap = Mux(cfg.out_mode == OutMode.INT8, 4 * self.out_depth, self.out_depth)
                     dsp_cfg_ok = Signal()
@@ -510,7 +522,7 @@ class MixCore(wiring.Component):
                         next_tile(next_a_rows=True)
                 abortable()
             with m.State("DRUN"):
-                m.d.comb += d_last.eq(step == kb - 1)
+                m.d.comb += d_last.eq(step == kb_last)
                 # rows drain in pairs (one row with a single row bank), each pair's sums
                 # take the edge ``cols`` cycles: pair ends at least that far apart
                 pair_end = drow[0] if R > 1 else Const(1, 1)
@@ -523,7 +535,7 @@ class MixCore(wiring.Component):
                         # rows past M get one step: their (unwritten) drain carries the
                         # tile's token to the last edge unit
                         m.d.sync += [drow.eq(drow + 1), a_tile.eq(a_tile + kw),
-                                     step.eq(Mux(drow + 1 < rows_left, 0, kb - 1))]
+                                     step.eq(Mux(drow + 1 < rows_left, 0, kb_last))]
                         with m.If(pair_end):
                             m.d.sync += since.eq(1)
                         with m.If(drow == R - 1):
@@ -573,16 +585,33 @@ class MixCore(wiring.Component):
         idx_w = bus_addr >> lc
 
         def host_write(wp, idx, sel, name, gran_bytes=1, byte=None):
+            # two registered stages per buffer between the core's host-side input registers
+            # and the memory's write port. Address and data load only when this buffer is
+            # written, so each buffer keeps its own copies (Yosys would otherwise merge them
+            # into one register broadcast to every buffer). One stage was not enough on the
+            # 85F: a 14.0 ns wire from the input registers to a far buffer's write register
+            # was a routed build's slowest path; the placer puts the middle copy between.
+            # Writes land a cycle later than with one stage; a write still lands unless a
+            # start arrives in its very cycle (the link, the self-test and the program
+            # runner all leave at least one cycle between the last write and the start)
+            mid_we = Signal(name=f"{name}_mwe")
+            mid_addr = Signal.like(idx, name=f"{name}_maddr", reset_less=True)
+            mid_data = Signal(8, name=f"{name}_mdata", reset_less=True)
+            mid_byte = Signal.like(byte, name=f"{name}_mbyte", reset_less=True) \
+                if gran_bytes > 1 else None
             addr = Signal.like(idx, name=f"{name}_waddr", reset_less=True)
             data = Signal(8 * gran_bytes, name=f"{name}_wdata", reset_less=True)
             en = Signal(gran_bytes, name=f"{name}_we")
-            we = ~self.busy & bus_we & sel
-            # address and data load only when this buffer is written: each buffer keeps its
-            # own copy near its EBRs, which Yosys would otherwise merge into one register
-            # broadcast to every buffer (the link-to-buffer write path that limited Fmax)
+            m.d.sync += mid_we.eq(bus_we & sel)
+            with m.If(bus_we & sel):
+                m.d.sync += [mid_addr.eq(idx), mid_data.eq(bus_wdata)]
+                if mid_byte is not None:
+                    m.d.sync += mid_byte.eq(byte)
+            we = ~self.busy & mid_we
             with m.If(we):
-                m.d.sync += [addr.eq(idx), data.eq(bus_wdata.replicate(gran_bytes))]
-            m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))
+                m.d.sync += [addr.eq(mid_addr), data.eq(mid_data.replicate(gran_bytes))]
+            m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << mid_byte)
+                                  if gran_bytes > 1 else 1, 0))
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
 
         # stage e: the read addresses registered once by the sequencer; stage e2: a copy per
