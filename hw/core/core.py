@@ -382,6 +382,16 @@ class MixCore(wiring.Component):
 
         # valid rows / columns of the current tile, updated together with row0 / col0
         rows_left = Signal(range(R + 1)); cols_left = Signal(range(C + 1))
+        # rows / columns after the current tile (M - row0 - R, N - col0 - C), kept as
+        # registers so that a tile advance is a compare and a subtract from them, not a
+        # subtract from M / N and then a compare (a routed 85F build's slowest path was
+        # the N copy -> N - col0 - C -> clip -> cols_left). They wrap below 0 only on a
+        # last tile, where they are not read. ``*_first``: their values for the first
+        # tile, and of the first tile's flags, loaded during CHECK from the M / N copies
+        m_after = Signal(DIM_BITS + 1); n_after = Signal(DIM_BITS + 1)
+        m_after0 = Signal(DIM_BITS + 1); n_after0 = Signal(DIM_BITS + 1)
+        rows_left0 = Signal.like(rows_left); cols_left0 = Signal.like(cols_left)
+        row_last0 = Signal(); col_last0 = Signal()
 
         def clip(v, lim):
             return Mux(v >= lim, lim, v)
@@ -403,13 +413,14 @@ class MixCore(wiring.Component):
             with m.Elif(row_last):
                 m.d.sync += [row0.eq(0), col0.eq(col0 + C), out_row.eq(0),
                              a_tile.eq(0), w_tile.eq(w_tile + kb),
-                             row_last.eq(Ms <= R), col_last.eq(col0 + 2 * C >= Ns),
-                             rows_left.eq(clip(Ms, R)),
-                             cols_left.eq(clip(Ns - col0 - C, C))]
+                             row_last.eq(row_last0), rows_left.eq(rows_left0),
+                             m_after.eq(m_after0),
+                             col_last.eq(n_after <= C), cols_left.eq(clip(n_after, C)),
+                             n_after.eq(n_after - C)]
             with m.Else():
                 m.d.sync += [row0.eq(row0 + R), out_row.eq(out_row + Ns),
-                             row_last.eq(row0 + 2 * R >= Ms),
-                             rows_left.eq(clip(Ms - row0 - R, R))]
+                             row_last.eq(m_after <= R), rows_left.eq(clip(m_after, R)),
+                             m_after.eq(m_after - R)]
                 if next_a_rows:
                     m.d.sync += a_tile.eq(a_tile + kw)
 
@@ -468,7 +479,10 @@ class MixCore(wiring.Component):
                 _serial_mul_step(m, p_o, mt_cnt, N, chk_bit, name="p_o")
                 _serial_mul_step(m, p_g, ngroups, N, chk_bit, name="p_g")
                 m.d.sync += [chk_bit.eq(chk_bit + 1), kb_last.eq(kb - 1),
-                             gsteps_last.eq(gsteps - 1)]
+                             gsteps_last.eq(gsteps - 1),
+                             m_after0.eq(Ms - R), n_after0.eq(Ns - C),
+                             rows_left0.eq(clip(Ms, R)), cols_left0.eq(clip(Ns, C)),
+                             row_last0.eq(Ms <= R), col_last0.eq(Ns <= C)]
                 with m.If(chk_bit == DIM_BITS):
                     out_cap = Mux(cfg.out_mode == OutMode.INT8, 4 * self.out_depth, self.out_depth)
                     dsp_cfg_ok = Signal()
@@ -498,8 +512,9 @@ class MixCore(wiring.Component):
                     m.d.sync += [step.eq(0), gstep.eq(0), row0.eq(0), col0.eq(0),
                                  a_tile.eq(0), w_tile.eq(cfg.w_base), out_row.eq(0),
                                  gbase.eq(cfg.group_base),
-                                 row_last.eq(Ms <= R), col_last.eq(Ns <= C),
-                                 rows_left.eq(clip(Ms, R)), cols_left.eq(clip(Ns, C)),
+                                 row_last.eq(row_last0), col_last.eq(col_last0),
+                                 rows_left.eq(rows_left0), cols_left.eq(cols_left0),
+                                 m_after.eq(m_after0), n_after.eq(n_after0),
                                  since.eq(self.MIN_PERIOD), final_drained.eq(0), drow.eq(0)]
                     with m.If(dsp_on):
                         m.next = "DRUN"
