@@ -600,33 +600,20 @@ class MixCore(wiring.Component):
         idx_w = bus_addr >> lc
 
         def host_write(wp, idx, sel, name, gran_bytes=1, byte=None):
-            # two registered stages per buffer between the core's host-side input registers
-            # and the memory's write port. Address and data load only when this buffer is
-            # written, so each buffer keeps its own copies (Yosys would otherwise merge them
-            # into one register broadcast to every buffer). One stage was not enough on the
-            # 85F: a 14.0 ns wire from the input registers to a far buffer's write register
-            # was a routed build's slowest path; the placer puts the middle copy between.
-            # Writes land a cycle later than with one stage; a write still lands unless a
-            # start arrives in its very cycle (the link, the self-test and the program
-            # runner all leave at least one cycle between the last write and the start)
-            mid_we = Signal(name=f"{name}_mwe")
-            mid_addr = Signal.like(idx, name=f"{name}_maddr", reset_less=True)
-            mid_data = Signal(8, name=f"{name}_mdata", reset_less=True)
-            mid_byte = Signal.like(byte, name=f"{name}_mbyte", reset_less=True) \
-                if gran_bytes > 1 else None
             addr = Signal.like(idx, name=f"{name}_waddr", reset_less=True)
             data = Signal(8 * gran_bytes, name=f"{name}_wdata", reset_less=True)
             en = Signal(gran_bytes, name=f"{name}_we")
-            m.d.sync += mid_we.eq(bus_we & sel)
-            with m.If(bus_we & sel):
-                m.d.sync += [mid_addr.eq(idx), mid_data.eq(bus_wdata)]
-                if mid_byte is not None:
-                    m.d.sync += mid_byte.eq(byte)
-            we = ~self.busy & mid_we
+            we = ~self.busy & bus_we & sel
+            # address and data load only when this buffer is written: each buffer keeps its
+            # own copy near its EBRs, which Yosys would otherwise merge into one register
+            # broadcast to every buffer (the link-to-buffer write path that limited Fmax).
+            # A second stage per buffer did not shorten the long hop from the input
+            # registers on the 85F: the input registers' nets span the die whatever a
+            # middle copy does, so the placer keeps each middle copy beside its bank
+            # (docs/results.md)
             with m.If(we):
-                m.d.sync += [addr.eq(mid_addr), data.eq(mid_data.replicate(gran_bytes))]
-            m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << mid_byte)
-                                  if gran_bytes > 1 else 1, 0))
+                m.d.sync += [addr.eq(idx), data.eq(bus_wdata.replicate(gran_bytes))]
+            m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
 
         # stage e: the read addresses registered once by the sequencer; stage e2: a copy per
