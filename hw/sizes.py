@@ -148,15 +148,17 @@ SELFTEST_GEOMETRY = dict(rows=2, cols=4, a_depth=256, w_depth=256, out_depth=256
                          chan_depth=16, group_depth=16, pe="int8-dsp")
 
 #: Default core clock per device (MHz), ``--freq`` overrides. The 85F SoC with layer
-#: programs reached 54.70 / 52.30 / 54.29 MHz at this 40 MHz default (three nextpnr seeds,
-#: docs/results.md "85F default build over three seeds"); the 12F reached 64.1 MHz at
-#: 50 MHz; the 25F and 45F values are not measured.
+#: programs reached 67.15 / 74.01 / 65.17 MHz at this 40 MHz default with the static placer
+#: (three nextpnr seeds, docs/results.md "85F default build with the static placer"); the
+#: 12F reached 85.1 MHz at 50 MHz; the 25F and 45F values are not measured.
 DEFAULT_FREQ_MHZ = {"12F": 50.0, "25F": 60.0, "45F": 60.0, "85F": 40.0}
 
-#: nextpnr placer per device (``hw.build --placer``): HeAP, the one each default build was
-#: measured with. The static placer routes the 85F ``dsp8s`` build that HeAP does not
-#: (docs/results.md), but the default 85F build has not been timed with it yet
-DEFAULT_PLACER = {"12F": "heap", "25F": "heap", "45F": "heap", "85F": "heap"}
+#: nextpnr placer per device (``hw.build --placer``), each the one its default build was
+#: measured with. On the 85F the static placer routes the dense ``dsp8s`` build that HeAP
+#: does not, and the default build's three seeds reached a median of 67.15 MHz with it
+#: (HeAP, at an earlier commit: 54.29; docs/results.md). On the 12F HeAP was faster
+#: (76.52 against 70.20 MHz); the 25F and 45F are not measured.
+DEFAULT_PLACER = {"12F": "heap", "25F": "heap", "45F": "heap", "85F": "static"}
 
 #: LUT4, EBR blocks and MULT18X18D per device (Lattice ECP5 family data sheet)
 DEVICE_RESOURCES = {
