@@ -386,8 +386,8 @@ class MixCore(wiring.Component):
         # registers so that a tile advance is a compare and a subtract from them, not a
         # subtract from M / N and then a compare (a routed 85F build's slowest path was
         # the N copy -> N - col0 - C -> clip -> cols_left). They wrap below 0 only on a
-        # last tile, where they are not read. ``*_first``: their values for the first
-        # tile, and of the first tile's flags, loaded during CHECK from the M / N copies
+        # last tile, where they are not read. The ``*0`` registers hold them and the flags
+        # for the first tile, loaded during CHECK from the M / N copies
         m_after = Signal(DIM_BITS + 1); n_after = Signal(DIM_BITS + 1)
         m_after0 = Signal(DIM_BITS + 1); n_after0 = Signal(DIM_BITS + 1)
         rows_left0 = Signal.like(rows_left); cols_left0 = Signal.like(cols_left)
