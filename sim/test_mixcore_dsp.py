@@ -17,7 +17,8 @@ from sw import layout, numerics
 from sw.numerics import (WeightFormat, NMPattern, NMSparse, OutMode, Requant, weight_range)
 from sw.protocol import ErrorCode
 from mixcore_tb import MixCoreTB
-from test_mixcore import random_requant, fits as array_fits, CONFIGS as MIXCORE_CONFIGS, _top_only
+from test_mixcore import (random_requant, fits as array_fits, CONFIGS as MIXCORE_CONFIGS,
+                          _top_only, boundary_dims)
 
 CONFIGS = {
     # dsp8p first: by the time dsp8-4x4 runs, test_mixcore.py (scheduled earlier) has
@@ -163,6 +164,24 @@ async def patterns_shapes(dut):
         S = layout.dsp_steps(K, stages=p["dsp_stages"], pattern=pat)
         base = p["dsp_depth"] - -(-N // p["cols"]) * S             # records end at the top
         await check(tb, a, sp, requant=Requant(1 << 14, 20, 3, False), w_base=base)
+
+
+@cocotb.test()
+async def tile_boundaries(dut):
+    """Every M x N around one, two and three tiles (rows x cols) on the engine's first
+    pattern, raw sums, one block of K (so the A banks hold three tiles of rows): the DSP
+    rows' tile sequencing at each boundary."""
+    tb = MixCoreTB(dut, tb_params())
+    await tb.reset()
+    p = tb.p
+    rng = np.random.default_rng(12)
+    pat = NMPattern(p["patterns"][0])
+    K = pat.m
+    for M in boundary_dims(p["rows"]):
+        for N in boundary_dims(p["cols"]):
+            assert fits(p, pat, M, K, N), (M, N)
+            a = rng.integers(-128, 128, size=(M, K))
+            await check(tb, a, random_sparse(rng, pat, K, N, fmts(p)[0], p["group"]))
 
 
 @cocotb.test()
