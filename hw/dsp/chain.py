@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.arith._common import check_bool, check_impl, check_int_param, fused_add, use_ecp5
 from hw.arith.intmul import IntMul
-from hw.systolic.util import delay, register
+from hw.systolic.util import delay, fanout_delay, register
 from .mux import table_mux
 from sw import numerics
 from sw.numerics import NMPattern
@@ -67,8 +67,9 @@ class SparseDSPChain(wiring.Component):
 
     Shared indices (``share > 1``, VENOM's V:N:M vector-wise sparsity): chains in groups of
     ``share`` (``share * lanes`` output columns) keep their weights at the same positions, so
-    each group has one index per stage and one index mux per stage, whose activation (and its
-    skew delay) feeds the group's ``share`` DSPs. With ``share = chains`` the whole engine has
+    each group has one index per stage and one index mux per stage, whose activation feeds
+    the group's ``share`` DSPs through its skew delay, which branches out into a tree of
+    copies (:func:`hw.systolic.util.fanout_delay`). With ``share = chains`` the whole engine has
     ``stages`` index muxes instead of ``chains * stages``; the weights must be pruned so
     (``sw.quant.prune_nm(..., share=...)``), which costs accuracy.
 
@@ -312,7 +313,7 @@ class SparseDSPChain(wiring.Component):
                 # the activation: index mux at tau+2, then j cycles of skew
                 g = c // self.share
                 if self.sparse and c % self.share:
-                    x = group_x[g, j]       # the group's first chain built its mux
+                    x = group_x[g, j][c % self.share]   # the group's first chain built it
                 elif self.sparse:
                     sel = delay(m, self.idx[g][j], 2, f"g{g}_idx{j}", reset_less=True)
                     # hand-mapped (hw.dsp.mux): 4 LUT4 per bit at m_max = 8, ABC needs ~9
@@ -320,7 +321,11 @@ class SparseDSPChain(wiring.Component):
                     m.d.comb += x.eq(table_mux(m, [sel[b] for b in range(len(sel))],
                                                list(range(self.m_max)), lambda i: win[j][i],
                                                width=8, ecp5=ecp5, name=f"g{g}_mux{j}"))
-                    x = group_x[g, j] = delay(m, x, j, f"g{g}_x{j}s", reset_less=True)
+                    # j cycles of skew, branching out to the group's chains (a tree of
+                    # copies, so no register drives all ``share`` multipliers)
+                    group_x[g, j] = fanout_delay(m, x, j, self.share, f"g{g}_x{j}s",
+                                                 apart=ecp5)
+                    x = group_x[g, j][0]
                 else:
                     x = delay(m, delay(m, self.a[j], 2, f"c{c}_a{j}", reset_less=True), j,
                               f"c{c}_x{j}s", reset_less=True)

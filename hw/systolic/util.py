@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth import Cat, ClockSignal, Const, Instance, Mux, ResetSignal, Signal, Value
 
-__all__ = ["is_pow2", "serial_mul_step", "register", "delay", "tree_levels", "select_tree"]
+__all__ = ["is_pow2", "serial_mul_step", "register", "delay", "fanout_delay", "tree_levels", "select_tree"]
 
 
 def is_pow2(v) -> bool:
@@ -75,6 +75,30 @@ def delay(m, sig, n, name, reset_less=False, *, apart=False):
     for k in range(n):
         sig = register(m, sig, f"{name}_d{k}", reset_less=reset_less, apart=apart)
     return sig
+
+
+def fanout_delay(m, sig, n, copies, name, *, radix=4, apart=False):
+    """``sig`` through ``n`` sync registers for each of ``copies`` sinks far apart.
+
+    Returns ``copies`` signals, each ``sig`` ``n`` cycles later (reset-less registers). The
+    last registers of the line branch into a tree of ``radix`` (the copies of one level
+    load from their parent in the level before), so no register drives more than ``radix``
+    copies or sinks across the die. With fewer than :func:`tree_levels` registers the top
+    levels of the tree are built, and the last level's registers drive several sinks. One
+    register at the end of a shared line, driving all 16 multipliers of a shared-index
+    group, was the 85F ``dsp8s`` build's slowest path on one seed (15.56 ns of routing).
+    ``apart``: see :func:`register` (or Yosys merges the copies back into one).
+    """
+    levels = tree_levels(copies, radix)
+    tree = min(n, levels)
+    sig = delay(m, sig, n - tree, f"{name}_s", reset_less=True)
+    outs = [sig]
+    # level sizes from the root: ceil(copies / radix ** k), the top ``tree`` of them
+    sizes = [-(-copies // radix ** (levels - 1 - k)) for k in range(levels)][:tree]
+    for lvl, size in enumerate(sizes):
+        outs = [register(m, outs[i * len(outs) // size], f"{name}_t{lvl}_{i}", reset_less=True,
+                         apart=apart) for i in range(size)]
+    return [outs[i * len(outs) // copies] for i in range(copies)]
 
 
 def tree_levels(n: int, radix: int = 4) -> int:
