@@ -45,21 +45,54 @@ class MixCoreTB:
         d.bus_we.value = 0
 
     async def read(self, buf, n: int, base: int = 0) -> bytes:
+        return bytes(v for _, v in await self._reads(buf, [base + i for i in range(n)]))
+
+    async def write_then_read(self, buf, addr: int, value: int, cycles: int):
+        """Write ``value`` at ``addr``, then read ``addr`` in each of the next ``cycles``
+        cycles; returns per read (``bus_wbusy`` in the cycle it was issued, the byte read)."""
+        return await self._reads(buf, [addr] * cycles, write=value)
+
+    async def _reads(self, buf, addrs, write=None):
+        """Read ``addrs`` one per cycle (``write``: first write that byte at ``addrs[0]``, in
+        the cycle before); returns per read (``bus_wbusy`` when issued, the byte read)."""
         d = self.dut
         lat = self.p["read_latency"]
-        out = bytearray()
-        for i in range(n + lat - 1):
+        n = len(addrs)
+        if write is not None:
             await FallingEdge(d.clk)
             d.bus_sel.value = int(buf)
+            d.bus_addr.value = addrs[0]
+            d.bus_wdata.value = write
+            d.bus_we.value = 1
+        busy, data = [], []
+        for i in range(n + lat - 1):
+            await FallingEdge(d.clk)
+            d.bus_we.value = 0
+            d.bus_sel.value = int(buf)
             d.bus_re.value = int(i < n)
-            d.bus_addr.value = base + min(i, n - 1)
+            d.bus_addr.value = addrs[min(i, n - 1)]
+            if i < n:
+                busy.append(bool(int(d.bus_wbusy.value)))
             await RisingEdge(d.clk)
             await ReadOnly()
             if i >= lat - 1:
-                out.append(int(d.bus_rdata.value))
+                data.append(int(d.bus_rdata.value))
         await FallingEdge(d.clk)
         d.bus_re.value = 0
-        return bytes(out)
+        return list(zip(busy, data))
+
+    async def write_late(self, buf, image: bytes, first: int, base: int = 0):
+        """Write ``image`` with its first ``first`` bytes inverted; :meth:`write_last` puts
+        them right after the other loads, so the run starts the cycle after they are on the
+        bus (the rows a run reads first, written last)."""
+        await self.write(buf, bytes(b ^ 0xFF for b in image[:first]) + image[first:], base)
+        self._late = (buf, image[:first], base)
+
+    async def write_last(self):
+        if getattr(self, "_late", None):
+            buf, data, base = self._late
+            self._late = None
+            await self.write(buf, data, base)
 
     def pack_cfg(self, **fields) -> int:
         word = 0
@@ -90,18 +123,24 @@ class MixCoreTB:
         raise AssertionError(f"core not done after {timeout} cycles")
 
     async def run_layer(self, a, q, *, fmt, group=None, requant=None, out_mode=None,
-                        timeout=None):
+                        timeout=None, w_last=False):
         """Load operands and tables, run, read back; returns (result, counters).
 
         ``group``: a ``numerics.GroupQuant`` or None; ``requant``: a ``ChannelRequant``
         (per-channel tables), a ``Requant`` (the descriptor's scalar form) or None (RAW32).
+        ``w_last``: the first row of every W bank is written wrong first and right last,
+        the cycle before the start (see :meth:`write_late`).
         """
         R, C = self.rows, self.cols
         M, K = a.shape
         N = q.shape[1]
         fmt = WeightFormat(fmt)
+        w_img = layout.weight_image(numerics.pack_weights(q, fmt), C)
+        if w_last:
+            await self.write_late(1, w_img, C)
         await self.write(0, layout.act_image(a, R))
-        await self.write(1, layout.weight_image(numerics.pack_weights(q, fmt), C))
+        if not w_last:
+            await self.write(1, w_img)
         fields = dict(m=M, k=K, n=N, fmt=int(fmt), group=GROUP_CODE[group.size if group else None])
         if group is not None:
             await self.write(4, layout.group_table_image(group))
@@ -123,6 +162,7 @@ class MixCoreTB:
         elif isinstance(requant, numerics.Requant):
             fields.update(chan=0, mult=requant.multiplier, shift=requant.shift,
                           zp=requant.zero_point, relu=int(requant.relu))
+        await self.write_last()
         await self.start(**fields)
         err, cnt = await self.wait_done(timeout or self.p["watchdog"] + 1000)
         assert err == ErrorCode.OK, f"{what}: {err!r}"
@@ -138,9 +178,11 @@ class MixCoreTB:
         self.out_image = new
         return res, cnt
 
-    async def run_dsp_layer(self, a, sparse, *, fmt, requant=None, w_base=0, timeout=None):
+    async def run_dsp_layer(self, a, sparse, *, fmt, requant=None, w_base=0, timeout=None,
+                            w_last=False):
         """A layer on the sparse DSP engine: A striped for the pattern, DSPW records at
-        ``w_base``, tables as :meth:`run_layer`; returns (result, counters, DSPW image)."""
+        ``w_base``, tables as :meth:`run_layer`; returns (result, counters, DSPW image).
+        ``w_last``: every chain's first record written wrong first and right last."""
         R, C = self.rows, self.cols
         L, packed = self.p["dsp_stages"], self.p["dsp_packed"]
         M, K = a.shape
@@ -160,7 +202,10 @@ class MixCoreTB:
                 if c % share:
                     img[:, c, 8:11] = rng.integers(0, 256, (img.shape[0], 3))
             w_img = img.tobytes()
-        await self.write(8, w_img, base=w_base * ch * 16)
+        if w_last:
+            await self.write_late(8, w_img, ch * 16, base=w_base * ch * 16)
+        else:
+            await self.write(8, w_img, base=w_base * ch * 16)
         fields = dict(m=M, k=K, n=N, fmt=int(fmt), sparse=1 + int(pat), w_base=w_base)
         res, cnt = await self._run(fields, requant, None, timeout,
                                    f"DSP run {M}x{K}x{N} {pat.name} {fmt!r}")
@@ -170,3 +215,20 @@ class MixCoreTB:
         await self.start(**fields)
         err, _ = await self.wait_done(4000)
         assert err == code, f"{fields}: expected {code!r}, got {err!r}"
+
+
+async def check_write_ring(tb, targets):
+    """Each ``(buffer, address)`` written once, then read every cycle after: ``bus_wbusy``
+    is set for exactly ``HOST_WRITE_LATENCY`` cycles after the write, and every read issued
+    once it is clear returns the new byte (the host's contract: the link reads only then).
+    Targets at the ring's far end (the last bank of each kind) land last."""
+    hwl = tb.p["host_write_latency"]
+    for buf, addr in targets:
+        old = (await tb.read(buf, 1, addr))[0]
+        new = old ^ 0xA5
+        got = await tb.write_then_read(buf, addr, new, hwl + 4)
+        busy = [b for b, _ in got]
+        assert busy == [True] * hwl + [False] * 4, (buf, addr, busy)
+        late = [v for b, v in got if not b]
+        assert late == [new] * len(late), (buf, addr, old, new, got)
+

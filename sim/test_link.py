@@ -5,7 +5,9 @@ reports the DSP engine's fields, DSPW is an address space like the others).
 
 The core is a small Amaranth stub with the ports of ``hw.core.core.core_signature`` (or, with
 ``programs=True``, ``hw.core.program.program_signature``) and the attributes
-``Link.for_core`` reads: byte memories (read latency 1) of small odd sizes, five (A, W, OUT,
+``Link.for_core`` reads: byte memories (read latency 1) of small odd sizes, whose host
+writes land :data:`WRITE_DELAY` cycles late (``bus_wbusy`` set meanwhile; the program
+core's own ACT, PROG and LCNT at once), five (A, W, OUT,
 CHAN, GROUP) or all nine, a subset of the weight formats (INT8, INT4) and group sizes (32,
 128) so the link's refusals can be tested, a run that stays busy for ``(k % 32) * 16 + 2``
 cycles, BAD_SHAPE for a zero or too large dimension, ``abort`` ending a run at once with
@@ -55,6 +57,8 @@ BUF_BYTES = {Buffer.A: 300, Buffer.W: 200, Buffer.OUT: 400, Buffer.CHAN: 56, Buf
              Buffer.LCNT: MAX_LAYERS * P.LCNT_RECORD, Buffer.DSPW: 13 * P.DSPW_RECORD}
 #: the buffers of a core without layer programs (and without DSP engine)
 CORE_BUFFERS = (Buffer.A, Buffer.W, Buffer.OUT, Buffer.CHAN, Buffer.GROUP)
+#: the program core's own memories (``hw.core.program``), written without the ring
+LOCAL_BUFFERS = (Buffer.ACT, Buffer.PROG, Buffer.LCNT)
 #: the DSP engine of the stub with programs: 8 stages, 4 chains, three patterns
 DSP_PATTERNS = (NMPattern.DENSE4, NMPattern.NM2_4, NMPattern.NM2_8)
 SIZE_NAMES = {Buffer.A: "a_bytes", Buffer.W: "w_bytes", Buffer.OUT: "out_bytes",
@@ -63,6 +67,10 @@ SIZE_NAMES = {Buffer.A: "a_bytes", Buffer.W: "w_bytes", Buffer.OUT: "out_bytes",
 FORMATS = (WeightFormat.INT8, WeightFormat.INT4)
 GROUP_SIZES = (32, 128)
 ADDR_BITS = 9
+#: cycles a host write takes to land in the stub's memories (``bus_wbusy`` set meanwhile), as
+#: through the core's host-write ring: longer than a reply header and a READ frame, so a
+#: link that read without waiting for ``bus_wbusy`` would read old bytes
+WRITE_DELAY = 64
 #: descriptor fields the stub shows in ``cnt_dq_stall`` (LSB first)
 DQ_FIELDS = ("out_mode", "fmt", "group", "chan", "mult", "shift", "zp", "relu", "sparse")
 #: low bits of ``cfg.k`` that follow them in ``cnt_dq_stall``
@@ -118,20 +126,30 @@ class StubCore(wiring.Component):
         # the stub's own LCNT writes (programs), and PROG byte 0 (a program's status)
         l_we, l_addr, l_data = Signal(), Signal(1), Signal(8)
         prog0 = None
+        # host writes through a delay line of WRITE_DELAY cycles
+        line = [(self.bus_sel, self.bus_addr, self.bus_wdata, self.bus_we & ~self.busy)]
+        for i in range(WRITE_DELAY):
+            regs = (Signal(Buffer, name=f"wd_sel{i}"), Signal(ADDR_BITS, name=f"wd_addr{i}"),
+                    Signal(8, name=f"wd_data{i}"), Signal(name=f"wd_we{i}"))
+            m.d.sync += [r.eq(v) for r, v in zip(regs, line[-1])]
+            line.append(regs)
+        m.d.comb += self.bus_wbusy.eq(Cat(we for *_, we in line).any())
+        w_sel, w_addr, w_data, w_we = line[-1]
         for buf in (Buffer if self.programs else CORE_BUFFERS):
             depth = BUF_BYTES[buf]
             mem = memory.Memory(shape=8, depth=depth, init=[])
             m.submodules[f"mem_{buf.name}"] = mem
             wp, rp = mem.write_port(), mem.read_port()
-            host_we = (self.bus_we & ~self.busy & (self.bus_sel == buf)
-                       & (self.bus_addr < depth))
-            if buf == Buffer.LCNT:
-                m.d.comb += [wp.addr.eq(Mux(l_we, l_addr, self.bus_addr)),
-                             wp.data.eq(Mux(l_we, l_data, self.bus_wdata)),
-                             wp.en.eq(host_we | l_we)]
+            if buf in LOCAL_BUFFERS:        # written at once, as ProgramCore's own memories
+                host_we = (self.bus_we & ~self.busy & (self.bus_sel == buf)
+                           & (self.bus_addr < depth))
+                own = l_we if buf == Buffer.LCNT else 0
+                m.d.comb += [wp.addr.eq(Mux(own, l_addr, self.bus_addr)),
+                             wp.data.eq(Mux(own, l_data, self.bus_wdata)),
+                             wp.en.eq(host_we | own)]
             else:
-                m.d.comb += [wp.addr.eq(self.bus_addr), wp.data.eq(self.bus_wdata),
-                             wp.en.eq(host_we)]
+                host_we = w_we & (w_sel == buf) & (w_addr < depth)
+                m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(host_we)]
             m.d.comb += [rp.addr.eq(self.bus_addr), rp.en.eq(self.bus_re)]
             rdata.append(rp.data)
             if buf == Buffer.PROG:

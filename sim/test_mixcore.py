@@ -14,14 +14,17 @@ from hw.simulate import run_cocotb, tb_params
 from sw import numerics
 from sw.numerics import (WeightFormat, GroupQuant, ChannelRequant, Requant, weight_range,
                          WEIGHT_LANES, GSCALE_BITS, OutMode)
-from sw.protocol import ErrorCode
-from mixcore_tb import MixCoreTB
+from sw.protocol import Buffer, ErrorCode
+from mixcore_tb import MixCoreTB, check_write_ring
 
 CONFIGS = {
     # with an 8-stage DSP engine too: the same model runs sim/test_mixcore_dsp.py's
     # "dsp8-4x4" (one build for both files)
+    # a long host-write ring (40 stages, as the 85F dsp8s build's 42): a run that did not
+    # wait for it would read the last writes' old bytes
     "mixpe-4x4": dict(rows=4, cols=4, a_depth=64, w_depth=128, out_depth=64, chan_depth=64,
-                      group_depth=128, pe="mixpe", dsp_stages=8, dsp_depth=64, dsp_share=4),
+                      group_depth=128, pe="mixpe", dsp_stages=8, dsp_depth=64, dsp_share=4,
+                      write_relays=24),
     "mixpe-2x8": dict(rows=2, cols=8, a_depth=64, w_depth=64, out_depth=64, chan_depth=64,
                       group_depth=64, pe="mixpe"),
     "int8dsp-4x2": dict(rows=4, cols=2, a_depth=32, w_depth=64, out_depth=64, chan_depth=32,
@@ -42,6 +45,7 @@ def core_and_params(name):
     core = MixCore(**cfg)
     fields = {n: (f.offset, f.width) for n, f in LAYER_LAYOUT}
     return core, dict(cfg, max_k=core.max_k, read_latency=core.READ_LATENCY,
+                      host_write_latency=core.HOST_WRITE_LATENCY,
                       out_bytes=core.out_bytes, checked_out_bytes=core.out_bytes,
                       cfg_fields=fields, formats=[int(f) for f in core.formats],
                       groups=core.groups, watchdog=core.WATCHDOG, min_period=core.MIN_PERIOD)
@@ -114,8 +118,9 @@ def random_requant(rng, N, acc_bound):
     return ChannelRequant(mult, shift, bias, int(rng.integers(-20, 21)), bool(rng.integers(2)))
 
 
-async def check(tb, a, q, *, fmt, group=None, requant=None, out_mode=None):
-    res, cnt = await tb.run_layer(a, q, fmt=fmt, group=group, requant=requant, out_mode=out_mode)
+async def check(tb, a, q, *, fmt, group=None, requant=None, out_mode=None, w_last=False):
+    res, cnt = await tb.run_layer(a, q, fmt=fmt, group=group, requant=requant, out_mode=out_mode,
+                                  w_last=w_last)
     if out_mode == OutMode.RAW32 or requant is None:
         want = numerics.mixgemm(a, q, fmt=fmt, group=group)
     else:
@@ -185,6 +190,32 @@ async def tile_boundaries(dut):
             cnt = await check(tb, a, q, fmt=fmt, requant=random_requant(rng, N, acc))
             tiles = -(-M // p["rows"]) * -(-N // p["cols"])
             assert cnt["busy"] == tiles * -(-K // WEIGHT_LANES[fmt]), (M, N, cnt)
+
+
+def ring_targets(p):
+    """A byte of every host-written buffer (A and W banks, CHAN, GROUP): bank ``i``'s bytes
+    are its lane's (``sw.layout``: A words interleaved over the rows, W bytes over the
+    columns), at row 1."""
+    R, C = p["rows"], p["cols"]
+    return ([(Buffer.A, 4 * (R + i) + 3) for i in range(R)]
+            + [(Buffer.W, C + j) for j in range(C)] + [(Buffer.CHAN, 9), (Buffer.GROUP, 5)])
+
+
+@cocotb.test()
+async def host_write_ring(dut):
+    """Host writes ride a ring of registers through the buffers: ``bus_wbusy`` covers each
+    for exactly ``HOST_WRITE_LATENCY`` cycles, reads after it see the write; a run started
+    the cycle after its last writes (each W bank's first row, which the run reads first)
+    computes with them, in every format."""
+    p = tb_params()
+    tb = MixCoreTB(dut, p)
+    await tb.reset()
+    await check_write_ring(tb, ring_targets(p))
+    rng = np.random.default_rng(91)
+    for fmt in map(WeightFormat, p["formats"]):
+        M, K, N = p["rows"] + 1, 2 * WEIGHT_LANES[fmt] + 1, p["cols"] + 1
+        a = rng.integers(-128, 128, size=(M, K))
+        await check(tb, a, random_weights(rng, fmt, (K, N)), fmt=fmt, w_last=True)
 
 
 @cocotb.test()

@@ -15,8 +15,8 @@ import cocotb
 from hw.simulate import run_cocotb
 from sw import layout, numerics
 from sw.numerics import (WeightFormat, NMPattern, NMSparse, OutMode, Requant, weight_range)
-from sw.protocol import ErrorCode
-from mixcore_tb import MixCoreTB
+from sw.protocol import Buffer, ErrorCode
+from mixcore_tb import MixCoreTB, check_write_ring
 from test_mixcore import (random_requant, fits as array_fits, CONFIGS as MIXCORE_CONFIGS,
                           _top_only, boundary_dims)
 
@@ -42,6 +42,7 @@ def core_and_params(name):
     return core, dict(cfg, dsp_packed=core.dsp_packed, dsp_share=core.dsp_share,
                       group=core.dsp_share * (2 if core.dsp_packed else 1), max_k=core.max_k,
                       read_latency=core.READ_LATENCY, out_bytes=core.out_bytes,
+                      host_write_latency=core.HOST_WRITE_LATENCY,
                       checked_out_bytes=core.out_bytes, cfg_fields=fields,
                       patterns=[int(p) for p in core.dsp_patterns], watchdog=core.WATCHDOG,
                       min_period=core.MIN_PERIOD, chains=core.dsp_chains)
@@ -124,8 +125,9 @@ def random_shape(rng, p, pat):
     raise AssertionError(f"no random shape fits {pat.name}")
 
 
-async def check(tb, a, sp, *, requant=None, w_base=0):
-    res, cnt, _ = await tb.run_dsp_layer(a, sp, fmt=sp.fmt, requant=requant, w_base=w_base)
+async def check(tb, a, sp, *, requant=None, w_base=0, w_last=False):
+    res, cnt, _ = await tb.run_dsp_layer(a, sp, fmt=sp.fmt, requant=requant, w_base=w_base,
+                                         w_last=w_last)
     acc = numerics.sparse_gemm(a, sp)
     if requant is None:
         # RAW32 words come back as int32: the golden sums must fit them (no wrap to hide)
@@ -182,6 +184,25 @@ async def tile_boundaries(dut):
             assert fits(p, pat, M, K, N), (M, N)
             a = rng.integers(-128, 128, size=(M, K))
             await check(tb, a, random_sparse(rng, pat, K, N, fmts(p)[0], p["group"]))
+
+
+@cocotb.test()
+async def host_write_ring(dut):
+    """The DSP engine's weight memories at the host-write ring's far end: ``bus_wbusy``
+    covers a write to every chain (a weight and an index byte) for exactly
+    ``HOST_WRITE_LATENCY`` cycles; a run started the cycle after every chain's first
+    record is written computes with it, on every pattern."""
+    tb = MixCoreTB(dut, tb_params())
+    await tb.reset()
+    p = tb.p
+    ch = layout.dsp_chain_stride(p["chains"])
+    await check_write_ring(tb, [(Buffer.DSPW, (ch + c) * 16 + b)
+                                for c in range(p["chains"]) for b in (0, 9)])
+    rng = np.random.default_rng(23)
+    for pat in map(NMPattern, p["patterns"]):
+        M, K, N = p["rows"] + 1, 2 * pat.m, p["cols"] + 1
+        a = rng.integers(-128, 128, size=(M, K))
+        await check(tb, a, random_sparse(rng, pat, K, N, fmts(p)[0], p["group"]), w_last=True)
 
 
 @cocotb.test()

@@ -13,7 +13,7 @@ import hashlib
 import json
 
 from amaranth import Module, Signal, signed, unsigned, Mux, Cat, Const
-from amaranth.lib import wiring, fifo
+from amaranth.lib import data, wiring, fifo
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -46,6 +46,7 @@ def core_signature(*, addr_bits: int) -> wiring.Signature:
     return wiring.Signature({
         "bus_sel": In(CoreBuffer), "bus_addr": In(unsigned(addr_bits)),
         "bus_wdata": In(8), "bus_we": In(1), "bus_re": In(1), "bus_rdata": Out(8),
+        "bus_wbusy": Out(1),
         "cfg": In(LAYER_LAYOUT),
         "start": In(1), "abort": In(1), "busy": Out(1), "done": Out(1), "error": Out(ErrorCode),
         "cnt_cycles": Out(COUNTER_BITS), "cnt_busy": Out(COUNTER_BITS),
@@ -115,18 +116,26 @@ class MixCore(wiring.Component):
         16-byte records per chain of the DSP engine's weight memory.
     watchdog : int, optional
         Cycles a run may stay busy before it is stopped with WATCHDOG.
+    write_relays : int
+        Relay registers of the host-write ring between the core's input registers and its
+        first buffer (the link may sit far from the buffers); each adds a cycle to
+        ``HOST_WRITE_LATENCY``.
     impl : "auto" | "generic" | "ecp5"
 
     Members
     -------
-    See :func:`core_signature`. ``cfg`` (``LAYER_LAYOUT``) is sampled at ``start``.
+    See :func:`core_signature`. ``cfg`` (``LAYER_LAYOUT``) is sampled at ``start``. Host
+    writes travel a ring of registers through the buffers and land up to
+    ``HOST_WRITE_LATENCY`` cycles after ``bus_we``; ``bus_wbusy`` is set while one is on its
+    way. A host read issued while ``bus_wbusy`` is clear sees every earlier write; a run
+    waits for the ring to drain before it reads a buffer.
     """
 
     def __init__(self, *, rows: int = 4, cols: int = 4, a_depth: int = 256, w_depth: int = 1024,
                  out_depth: int = 256, chan_depth: int = 256, group_depth: int = 1024,
                  pe: str = "mixpe", watchdog: int | None = None, impl: str = "auto",
                  dsp_stages: int = 0, dsp_packed: bool = False, dsp_depth: int = 256,
-                 dsp_share: int = 1):
+                 dsp_share: int = 1, write_relays: int = 2):
         for name, v in (("rows", rows), ("cols", cols)):
             if not _is_pow2(v) or v > 64:
                 raise ValueError(f"{name} must be a power of two in [1, 64], not {v!r}")
@@ -135,6 +144,7 @@ class MixCore(wiring.Component):
             if not _is_pow2(v) or not 16 <= v <= (1 << 16):
                 raise ValueError(f"{name} must be a power of two in [16, 65536], not {v!r}")
         self.rows, self.cols = rows, cols
+        self.write_relays = check_int_param("write_relays", write_relays, range(0, 65))
         self.pe = pe
         self.pe_cls = pe_class(pe)
         self.formats = self.pe_cls.FORMATS
@@ -206,6 +216,9 @@ class MixCore(wiring.Component):
         #: registered and copied beside each memory, the memory, its data registered, the
         #: select trees, the output register
         self.READ_LATENCY = 6 + self._read_levels
+        #: cycles from ``bus_we`` until the write is in its buffer at the latest: the input
+        #: register, the ring's entry, its stages, the memory's write
+        self.HOST_WRITE_LATENCY = len(self._ring_order()) + 3
         #: width of the sums the edge units take (a DSP dot product spans up to max_k INT8 MACs)
         self.edge_width = max(self.acc_width, numerics.acc_bits(self.max_k)) if dsp_stages \
             else self.acc_width
@@ -262,6 +275,75 @@ class MixCore(wiring.Component):
     def config_hash(self) -> int:
         digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).digest()
         return int.from_bytes(digest[:4], "little")
+
+    def _ring_order(self):
+        """The host-write ring's stages: buffer names in ring order, ``None`` a relay.
+
+        Relays from the input registers, the A banks up the rows, then the W banks along the
+        columns (row 0's and column 0's banks sit at the array's corner), the epilogue's
+        tables, the DSP engine's chains; a relay between the groups, which lie in different
+        places."""
+        a = [f"a{i}" for i in range(self.rows)][::-1]
+        w = [f"w{j}" for j in range(self.cols)]
+        d = [f"dw{c}" for c in range(self.dsp_chains)] if self.dsp_stages else []
+        return [None] * self.write_relays + a + w + [None, "tc", "tg"] + ([None] + d if d else [])
+
+    def _host_write_ring(self, m, writers, sel, addr, wdata, we):
+        """Host writes travel a ring of registers through the buffers, one stage per buffer.
+
+        Each buffer writes from its own stage: the row and data straight from the stage's
+        registers, the byte enables from a register loaded from the stage before (which
+        buffer and which bytes are decoded once, at the ring's entry). A stage drives its
+        buffer and the next stage only, so every hop spans two neighbouring buffers. One
+        register per buffer loaded from the core's input registers (by the link) was the
+        most frequent slowest path of the routed 85F builds (13-17 ns of routing across the
+        die), and a second register per buffer did not shorten it: the input registers' nets
+        reached every buffer, so the placer kept each second register beside its buffer. A
+        write lands at most ``HOST_WRITE_LATENCY`` cycles after ``bus_we``; ``bus_wbusy``
+        tells the host side, and a run waits for the ring to drain.
+        """
+        order = self._ring_order()
+        by_name = {w[0]: (k, w) for k, w in enumerate(writers)}
+        assert sorted(n for n in order if n) == sorted(by_name)
+        lanes = max(w[5] for w in writers)
+        bank_bits = len(writers).bit_length()
+        layout = data.StructLayout({"addr": len(addr), "wdata": 8, "bank": bank_bits,
+                                    "lanes": lanes, "we": 1})
+        # entry: which buffer (mutually exclusive conditions) and which byte lanes
+        hit = [w[3](sel, addr) for w in writers]
+        bank = 0
+        for k, h in enumerate(hit):
+            bank = bank | Mux(h, k, 0)
+        byte = 0
+        for w, h in zip(writers, hit):
+            if w[5] > 1:
+                byte = byte | Mux(h, w[4](addr), 0)
+        entry = Signal(layout, name="ring_in")
+        m.d.sync += [entry.addr.eq(addr), entry.wdata.eq(wdata), entry.bank.eq(bank),
+                     entry.lanes.eq(Const(1, lanes) << byte),
+                     entry.we.eq(we & Cat(*hit).any())]
+        prev = entry
+        for k, name in enumerate(order):
+            st = Signal(layout, name=f"ring{k}")
+            m.d.sync += [st.addr.eq(prev.addr), st.wdata.eq(prev.wdata), st.bank.eq(prev.bank),
+                         st.lanes.eq(prev.lanes), st.we.eq(prev.we)]
+            if name is not None:
+                idx, (_, wp, row, _, _, gran) = by_name[name]
+                en = Signal(gran, name=f"{name}_we")
+                mine = prev.we & (prev.bank == idx)
+                m.d.sync += en.eq(Mux(mine, prev.lanes[:gran] if gran > 1 else 1, 0))
+                m.d.comb += [wp.addr.eq(row(st.addr)), wp.data.eq(st.wdata.replicate(gran)),
+                             wp.en.eq(en)]
+            prev = st
+        # cycles since a write entered, saturating: the ring is empty at ``len(order) + 1``
+        # (its last buffer writes at the clock edge after its stage loads)
+        drain = len(order) + 1
+        quiet = Signal(range(drain + 1), init=drain)
+        with m.If(entry.we):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(quiet != drain):
+            m.d.sync += quiet.eq(quiet + 1)
+        m.d.comb += self.bus_wbusy.eq(we | entry.we | (quiet != drain))
 
     def elaborate(self, platform):
         m = Module()
@@ -508,7 +590,7 @@ class MixCore(wiring.Component):
                 with m.If(bad):
                     m.d.sync += [self.error.eq(ErrorCode.BAD_SHAPE), self.done.eq(1), busy.eq(0)]
                     m.next = "IDLE"
-                with m.Else():
+                with m.Elif(~self.bus_wbusy):   # host writes still in the ring land first
                     m.d.sync += [step.eq(0), gstep.eq(0), row0.eq(0), col0.eq(0),
                                  a_tile.eq(0), w_tile.eq(cfg.w_base), out_row.eq(0),
                                  gbase.eq(cfg.group_base),
@@ -594,27 +676,22 @@ class MixCore(wiring.Component):
         lane_mask = Signal(4)
         m.d.comb += lane_mask.eq((Const(1, 5) << nlanes) - 1)
 
-        lane_a = (bus_addr >> 2)[:lr] if lr else Const(0, 1)
+        def lane_of_a(a):
+            return (a >> 2)[:lr] if lr else Const(0, 1)
+
+        def lane_of_w(a):
+            return a[:lc] if lc else Const(0, 1)
+        lane_a, lane_w = lane_of_a(bus_addr), lane_of_w(bus_addr)
         idx_a = bus_addr >> (2 + lr)
-        lane_w = bus_addr[:lc] if lc else Const(0, 1)
         idx_w = bus_addr >> lc
 
+        # host writes, gathered here and built below as a ring through the buffers:
+        # (name, write port, address -> row, address -> buffer selected, address -> byte
+        # lane, lanes)
+        writers = []
+
         def host_write(wp, idx, sel, name, gran_bytes=1, byte=None):
-            addr = Signal.like(idx, name=f"{name}_waddr", reset_less=True)
-            data = Signal(8 * gran_bytes, name=f"{name}_wdata", reset_less=True)
-            en = Signal(gran_bytes, name=f"{name}_we")
-            we = ~self.busy & bus_we & sel
-            # address and data load only when this buffer is written: each buffer keeps its
-            # own copy near its EBRs, which Yosys would otherwise merge into one register
-            # broadcast to every buffer (the link-to-buffer write path that limited Fmax).
-            # A second stage per buffer did not shorten the long hop from the input
-            # registers on the 85F: the input registers' nets span the die whatever a
-            # middle copy does, so the placer keeps each middle copy beside its bank
-            # (docs/results.md)
-            with m.If(we):
-                m.d.sync += [addr.eq(idx), data.eq(bus_wdata.replicate(gran_bytes))]
-            m.d.sync += en.eq(Mux(we, (Const(1, gran_bytes) << byte) if gran_bytes > 1 else 1, 0))
-            m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
+            writers.append((name, wp, idx, sel, byte, gran_bytes))
 
         # stage e: the read addresses registered once by the sequencer; stage e2: a copy per
         # bank / chain beside its memory. The busy select and the adders stay off the
@@ -644,27 +721,33 @@ class MixCore(wiring.Component):
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(local_copy(a_ra, e_busy | (e_lane_a == i), f"a_ra{i}")),
                          rp.en.eq(1)]
-            host_write(mem.write_port(granularity=8), idx_a,
-                       (bus_sel == CoreBuffer.A) & (lane_a == i) & (idx_a < self.a_depth),
-                       f"a{i}", 4, bus_addr[:2])
+            host_write(mem.write_port(granularity=8), lambda a: a >> (2 + lr),
+                       lambda s, a, i=i: (s == CoreBuffer.A) & (lane_of_a(a) == i) &
+                       ((a >> (2 + lr)) < self.a_depth), f"a{i}", 4, lambda a: a[:2])
             a_rd.append(rp.data)
         w_rd = []
         for j, mem in enumerate(w_mems):
             rp = mem.read_port()
             m.d.comb += [rp.addr.eq(local_copy(w_ra, e_busy | (e_lane_w == j), f"w_ra{j}")),
                          rp.en.eq(1)]
-            host_write(mem.write_port(), idx_w,
-                       (bus_sel == CoreBuffer.W) & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
+            host_write(mem.write_port(), lambda a: a >> lc,
+                       lambda s, a, j=j: (s == CoreBuffer.W) & (lane_of_w(a) == j) &
+                       ((a >> lc) < self.w_depth), f"w{j}")
             w_rd.append(rp.data)
         # the DSP engine's weights: a record of L weight bytes and 3 index bytes per chain
         # and step (host bytes 0 .. L-1 and 8 .. 10 of each 16-byte record)
         dw_rd = []
         if L:
             lch = self.dsp_ch_pow2.bit_length() - 1
-            d_byte = bus_addr[:4]
-            d_lane = Mux(d_byte < L, d_byte, (d_byte - (8 - L))[:4])
-            d_lane_ok = (d_byte < L) | ((d_byte >= 8) & (d_byte < 11))
-            d_chain = bus_addr[4:4 + lch] if lch else Const(0, 1)
+            def d_lane(a):
+                return Mux(a[:4] < L, a[:4], (a[:4] - (8 - L))[:4])
+
+            def d_lane_ok(a):
+                return (a[:4] < L) | ((a[:4] >= 8) & (a[:4] < 11))
+
+            def d_chain_of(a):
+                return a[4:4 + lch] if lch else Const(0, 1)
+            d_chain = d_chain_of(bus_addr)
             d_idx = bus_addr >> (4 + lch)
             d_ra = Signal(range(self.dsp_depth), reset_less=True)
             e_dch = Signal.like(d_chain)
@@ -675,17 +758,19 @@ class MixCore(wiring.Component):
                 rp = mem.read_port()
                 m.d.comb += [rp.addr.eq(local_copy(d_ra, e_busy | (e_dch == c), f"d_ra{c}")),
                              rp.en.eq(1)]
-                host_write(mem.write_port(granularity=8), d_idx,
-                           (bus_sel == CoreBuffer.DSPW) & (d_chain == c) & d_lane_ok &
-                           (d_idx < self.dsp_depth), f"dw{c}", L + 3, d_lane)
+                host_write(mem.write_port(granularity=8), lambda a: a >> (4 + lch),
+                           lambda s, a, c=c: (s == CoreBuffer.DSPW) & (d_chain_of(a) == c) &
+                           d_lane_ok(a) & ((a >> (4 + lch)) < self.dsp_depth),
+                           f"dw{c}", L + 3, d_lane)
                 dw_rd.append(rp.data)
 
-        host_write(chan_mem.write_port(granularity=8), bus_addr >> 3,
-                   (bus_sel == CoreBuffer.CHAN) & ((bus_addr >> 3) < self.chan_depth), "tc", 8,
-                   bus_addr[:3])
-        host_write(grp_mem.write_port(granularity=8), bus_addr >> 2,
-                   (bus_sel == CoreBuffer.GROUP) & ((bus_addr >> 2) < self.group_depth), "tg", 4,
-                   bus_addr[:2])
+        host_write(chan_mem.write_port(granularity=8), lambda a: a >> 3,
+                   lambda s, a: (s == CoreBuffer.CHAN) & ((a >> 3) < self.chan_depth), "tc", 8,
+                   lambda a: a[:3])
+        host_write(grp_mem.write_port(granularity=8), lambda a: a >> 2,
+                   lambda s, a: (s == CoreBuffer.GROUP) & ((a >> 2) < self.group_depth), "tg",
+                   4, lambda a: a[:2])
+        self._host_write_ring(m, writers, bus_sel, bus_addr, bus_wdata, bus_we & ~self.busy)
 
         # stage e: read addresses registered (above); stage f: memory data arrives; stage g:
         # registered (EBR clock-to-out is slow), stage h: arranged / decoded and registered
@@ -983,8 +1068,8 @@ class MixCore(wiring.Component):
             # lane 15 of every chain is 0: the bytes of a record no lane holds read as 0
             lanes = [[dw_g[c].word_select(k, 8) if k < L + 3 else Const(0, 8)
                       for k in range(16)] for c in range(self.dsp_chains)]
-            rd_in[CoreBuffer.DSPW] = ([b for ch in lanes for b in ch],
-                                      Cat(Mux(d_lane_ok, d_lane, 15)[:4], d_chain))
+            rd_lane = Mux(d_lane_ok(bus_addr), d_lane(bus_addr), 15)[:4]
+            rd_in[CoreBuffer.DSPW] = ([b for ch in lanes for b in ch], Cat(rd_lane, d_chain))
         D = self._read_levels
         rd_out = {}
         for buf, (items, sel) in rd_in.items():

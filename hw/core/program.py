@@ -132,6 +132,7 @@ class ProgramCore(wiring.Component):
             core.bus_wdata.eq(Mux(running, r_wdata, self.bus_wdata)),
             core.bus_we.eq(Mux(running, r_we, self.bus_we & ~_local(self.bus_sel))),
             core.bus_re.eq(self.bus_re),
+            self.bus_wbusy.eq(core.bus_wbusy),
             core.cfg.eq(Mux(running, r_cfg, self.cfg)),
             core.start.eq(Mux(running, r_start, self.start)),
             core.abort.eq(self.abort),

@@ -489,9 +489,12 @@ class Link(wiring.Component):
                             with m.Else():
                                 m.next = "TX_DATA"
             with m.State("TX_RDREQ"):
-                m.d.comb += self.bus_re.eq(1)
-                m.d.sync += rlat.eq(0)
-                m.next = "TX_RDWAIT"
+                # host writes still on their way to the buffers land first (a few dozen
+                # cycles at most, see MixCore's host-write ring)
+                with m.If(~self.bus_wbusy):
+                    m.d.comb += self.bus_re.eq(1)
+                    m.d.sync += rlat.eq(0)
+                    m.next = "TX_RDWAIT"
             with m.State("TX_RDWAIT"):
                 m.d.sync += rlat.eq(rlat + 1)
                 with m.If(rlat == self.read_latency - 1):
