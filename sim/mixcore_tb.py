@@ -58,6 +58,8 @@ class MixCoreTB:
         d = self.dut
         lat = self.p["read_latency"]
         n = len(addrs)
+        if n == 0:
+            return []
         if write is not None:
             await FallingEdge(d.clk)
             d.bus_sel.value = int(buf)
