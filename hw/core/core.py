@@ -288,7 +288,7 @@ class MixCore(wiring.Component):
         d = [f"dw{c}" for c in range(self.dsp_chains)] if self.dsp_stages else []
         return [None] * self.write_relays + a + w + [None, "tc", "tg"] + ([None] + d if d else [])
 
-    def _host_write_ring(self, m, writers, sel, addr, wdata, we):
+    def _host_write_ring(self, m, writers, addr, wdata, we):
         """Host writes travel a ring of registers through the buffers, one stage per buffer.
 
         Each buffer writes from its own stage: the row and data straight from the stage's
@@ -310,14 +310,14 @@ class MixCore(wiring.Component):
         layout = data.StructLayout({"addr": len(addr), "wdata": 8, "bank": bank_bits,
                                     "lanes": lanes, "we": 1})
         # entry: which buffer (mutually exclusive conditions) and which byte lanes
-        hit = [w[3](sel, addr) for w in writers]
+        hit = [w[3] for w in writers]
         bank = 0
         for k, h in enumerate(hit):
             bank = bank | Mux(h, k, 0)
         byte = 0
         for w, h in zip(writers, hit):
             if w[5] > 1:
-                byte = byte | Mux(h, w[4](addr), 0)
+                byte = byte | Mux(h, w[4], 0)
         entry = Signal(layout, name="ring_in")
         m.d.sync += [entry.addr.eq(addr), entry.wdata.eq(wdata), entry.bank.eq(bank),
                      entry.lanes.eq(Const(1, lanes) << byte),
@@ -681,22 +681,18 @@ class MixCore(wiring.Component):
         lane_mask = Signal(4)
         m.d.comb += lane_mask.eq((Const(1, 5) << nlanes) - 1)
 
-        def lane_of_a(a):
-            return (a >> 2)[:lr] if lr else Const(0, 1)
-
-        def lane_of_w(a):
-            return a[:lc] if lc else Const(0, 1)
-        lane_a, lane_w = lane_of_a(bus_addr), lane_of_w(bus_addr)
+        lane_a = (bus_addr >> 2)[:lr] if lr else Const(0, 1)
+        lane_w = bus_addr[:lc] if lc else Const(0, 1)
         idx_a = bus_addr >> (2 + lr)
         idx_w = bus_addr >> lc
 
-        # host writes, gathered here and built below as a ring through the buffers:
-        # (name, write port, address -> row, address -> buffer selected, address -> byte
-        # lane, lanes)
+        # host writes, gathered here and built below as a ring through the buffers: (name,
+        # write port, ring address -> row, this buffer is written (decoded at the ring's
+        # entry from the input registers), its byte lane, lanes)
         writers = []
 
-        def host_write(wp, idx, sel, name, gran_bytes=1, byte=None):
-            writers.append((name, wp, idx, sel, byte, gran_bytes))
+        def host_write(wp, row, hit, name, gran_bytes=1, byte=None):
+            writers.append((name, wp, row, hit, byte, gran_bytes))
 
         # stage e: the read addresses registered once by the sequencer; stage e2: a copy per
         # bank / chain beside its memory. The busy select and the adders stay off the
@@ -727,8 +723,8 @@ class MixCore(wiring.Component):
             m.d.comb += [rp.addr.eq(local_copy(a_ra, e_busy | (e_lane_a == i), f"a_ra{i}")),
                          rp.en.eq(1)]
             host_write(mem.write_port(granularity=8), lambda a: a >> (2 + lr),
-                       lambda s, a, i=i: (s == CoreBuffer.A) & (lane_of_a(a) == i) &
-                       ((a >> (2 + lr)) < self.a_depth), f"a{i}", 4, lambda a: a[:2])
+                       (bus_sel == CoreBuffer.A) & (lane_a == i) & (idx_a < self.a_depth),
+                       f"a{i}", 4, bus_addr[:2])
             a_rd.append(rp.data)
         w_rd = []
         for j, mem in enumerate(w_mems):
@@ -736,23 +732,17 @@ class MixCore(wiring.Component):
             m.d.comb += [rp.addr.eq(local_copy(w_ra, e_busy | (e_lane_w == j), f"w_ra{j}")),
                          rp.en.eq(1)]
             host_write(mem.write_port(), lambda a: a >> lc,
-                       lambda s, a, j=j: (s == CoreBuffer.W) & (lane_of_w(a) == j) &
-                       ((a >> lc) < self.w_depth), f"w{j}")
+                       (bus_sel == CoreBuffer.W) & (lane_w == j) & (idx_w < self.w_depth), f"w{j}")
             w_rd.append(rp.data)
         # the DSP engine's weights: a record of L weight bytes and 3 index bytes per chain
         # and step (host bytes 0 .. L-1 and 8 .. 10 of each 16-byte record)
         dw_rd = []
         if L:
             lch = self.dsp_ch_pow2.bit_length() - 1
-            def d_lane(a):
-                return Mux(a[:4] < L, a[:4], (a[:4] - (8 - L))[:4])
-
-            def d_lane_ok(a):
-                return (a[:4] < L) | ((a[:4] >= 8) & (a[:4] < 11))
-
-            def d_chain_of(a):
-                return a[4:4 + lch] if lch else Const(0, 1)
-            d_chain = d_chain_of(bus_addr)
+            d_byte = bus_addr[:4]
+            d_lane = Mux(d_byte < L, d_byte, (d_byte - (8 - L))[:4])
+            d_lane_ok = (d_byte < L) | ((d_byte >= 8) & (d_byte < 11))
+            d_chain = bus_addr[4:4 + lch] if lch else Const(0, 1)
             d_idx = bus_addr >> (4 + lch)
             d_ra = Signal(range(self.dsp_depth), reset_less=True)
             e_dch = Signal.like(d_chain)
@@ -764,18 +754,17 @@ class MixCore(wiring.Component):
                 m.d.comb += [rp.addr.eq(local_copy(d_ra, e_busy | (e_dch == c), f"d_ra{c}")),
                              rp.en.eq(1)]
                 host_write(mem.write_port(granularity=8), lambda a: a >> (4 + lch),
-                           lambda s, a, c=c: (s == CoreBuffer.DSPW) & (d_chain_of(a) == c) &
-                           d_lane_ok(a) & ((a >> (4 + lch)) < self.dsp_depth),
-                           f"dw{c}", L + 3, d_lane)
+                           (bus_sel == CoreBuffer.DSPW) & (d_chain == c) & d_lane_ok &
+                           (d_idx < self.dsp_depth), f"dw{c}", L + 3, d_lane)
                 dw_rd.append(rp.data)
 
         host_write(chan_mem.write_port(granularity=8), lambda a: a >> 3,
-                   lambda s, a: (s == CoreBuffer.CHAN) & ((a >> 3) < self.chan_depth), "tc", 8,
-                   lambda a: a[:3])
+                   (bus_sel == CoreBuffer.CHAN) & ((bus_addr >> 3) < self.chan_depth), "tc", 8,
+                   bus_addr[:3])
         host_write(grp_mem.write_port(granularity=8), lambda a: a >> 2,
-                   lambda s, a: (s == CoreBuffer.GROUP) & ((a >> 2) < self.group_depth), "tg",
-                   4, lambda a: a[:2])
-        self._host_write_ring(m, writers, bus_sel, bus_addr, bus_wdata, bus_we & ~self.busy)
+                   (bus_sel == CoreBuffer.GROUP) & ((bus_addr >> 2) < self.group_depth), "tg",
+                   4, bus_addr[:2])
+        self._host_write_ring(m, writers, bus_addr, bus_wdata, bus_we & ~self.busy)
 
         # stage e: read addresses registered (above); stage f: memory data arrives; stage g:
         # registered (EBR clock-to-out is slow), stage h: arranged / decoded and registered
@@ -1073,8 +1062,8 @@ class MixCore(wiring.Component):
             # lane 15 of every chain is 0: the bytes of a record no lane holds read as 0
             lanes = [[dw_g[c].word_select(k, 8) if k < L + 3 else Const(0, 8)
                       for k in range(16)] for c in range(self.dsp_chains)]
-            rd_lane = Mux(d_lane_ok(bus_addr), d_lane(bus_addr), 15)[:4]
-            rd_in[CoreBuffer.DSPW] = ([b for ch in lanes for b in ch], Cat(rd_lane, d_chain))
+            rd_in[CoreBuffer.DSPW] = ([b for ch in lanes for b in ch],
+                                      Cat(Mux(d_lane_ok, d_lane, 15)[:4], d_chain))
         D = self._read_levels
         rd_out = {}
         for buf, (items, sel) in rd_in.items():
