@@ -4,6 +4,7 @@ per-layer counters; a bad layer kind and RESET (abort) in the middle of a progra
 which the core runs again."""
 
 import numpy as np
+import pytest
 import cocotb
 from cocotb.triggers import FallingEdge, RisingEdge, ReadOnly
 
@@ -16,20 +17,24 @@ from program_models import cnn, lin
 
 CONFIG = dict(rows=2, cols=4, a_depth=128, w_depth=256, out_depth=128, chan_depth=64,
               group_depth=128, pe="mixpe", act_bytes=2048, max_layers=8)
+#: ACT in one bank, and in 8 (two register levels of address tree, two of data tree)
+ACT_BANKS = {"banks1": dict(act_bank_bytes=2048), "banks8": dict(act_bank_bytes=256)}
 
 
-def test_programcore():
+@pytest.mark.parametrize("banks", ACT_BANKS)
+def test_programcore(banks):
     from hw.core.program import ProgramCore
     from hw.core import LAYER_LAYOUT
     from hw.netlist import vpi_top_only
-    core = ProgramCore(**CONFIG)
+    config = dict(CONFIG, **ACT_BANKS[banks])
+    core = ProgramCore(**config)
     info = _info_of(core)
     fields = {n: (f.offset, f.width) for n, f in LAYER_LAYOUT}
-    params = dict(CONFIG, read_latency=core.READ_LATENCY, out_bytes=core.out_bytes,
+    params = dict(config, read_latency=core.READ_LATENCY, out_bytes=core.out_bytes,
                   checked_out_bytes=0, cfg_fields=fields, watchdog=core.WATCHDOG,
                   info=info.pack().hex())
-    vlt, args = vpi_top_only("programcore")
-    run_cocotb(core, name="programcore", test_module="test_programcore", params=params,
+    vlt, args = vpi_top_only(f"programcore_{banks}")
+    run_cocotb(core, name=f"programcore_{banks}", test_module="test_programcore", params=params,
                extra_sources=vlt, build_args=args)
 
 
@@ -174,3 +179,25 @@ async def bad_kind_and_abort_then_runs_again(dut):
         assert not int(d.busy.value)
         np.testing.assert_array_equal(await tb.infer(model, cp, x), model.golden(x), strict=True,
                                       err_msg=f"after an abort {delay} of {run_cycles} cycles in")
+
+
+@cocotb.test()
+async def act_banks_host_write_read(dut):
+    """ACT is banked (ACT_BANKS): every byte written, then all read back in one stream; and
+    in each bank a byte read in every cycle right after its write returns the new byte (a
+    read issued after a write sees it)."""
+    tb, info, _ = await _setup(dut)
+    rng = np.random.default_rng(14)
+    image = rng.integers(0, 256, size=info.act_bytes, dtype=np.uint8)
+    await tb.write(Buffer.ACT, image.tobytes())
+    back = np.frombuffer(await tb.read(Buffer.ACT, info.act_bytes), dtype=np.uint8)
+    np.testing.assert_array_equal(back, image, strict=True)
+    bank = tb.p["act_bank_bytes"]
+    for addr in range(bank // 2, info.act_bytes, bank):
+        value = int(image[addr]) ^ 0xA5
+        got = [v for _, v in await tb.write_then_read(Buffer.ACT, addr, value, 12)]
+        assert got == [value] * 12, (addr, value, got)
+    # PROG and LCNT (one cycle from their address) still line up with ACT's longer path
+    recs = rng.integers(0, 256, size=2 * P.PROGRAM_RECORD, dtype=np.uint8).tobytes()
+    await tb.write(Buffer.PROG, recs)
+    assert await tb.read(Buffer.PROG, len(recs)) == recs

@@ -28,6 +28,8 @@ from sw.numerics import OutMode
 from sw.protocol import (Buffer, ErrorCode, LayerKind, LayerDescriptor, PROGRAM_RECORD,
                          LCNT_RECORD, GATHER_LOOPS)
 
+from hw.arith._common import use_ecp5
+from hw.systolic.util import delay, fanout_delay, select_tree, tree_levels
 from .core import MixCore, core_signature, COUNTER_BITS
 from .desc import decode_descriptor, assign_descriptor, LAYER_LAYOUT
 
@@ -56,6 +58,11 @@ class ProgramCore(wiring.Component):
     ----------
     act_bytes : int
         Size of the activation memory (a power of two, at most 65536).
+    act_bank_bytes : int
+        Size of one bank of the activation memory (a power of two, default 2048: one ECP5
+        EBR of 2048 bytes). Each bank takes its read and write addresses from its own
+        register at the end of a radix-4 tree, and its read data joins the others' through
+        a registered radix-4 mux tree, so a read takes :attr:`ACT_LATENCY` cycles.
     max_layers : int
         Layers a program may have (PROG holds ``max_layers`` records).
     **core
@@ -71,13 +78,21 @@ class ProgramCore(wiring.Component):
 
     layer_kinds = (LayerKind.GEMM, LayerKind.MAXPOOL)
 
-    def __init__(self, *, act_bytes: int = 4096, max_layers: int = 32, **core):
+    def __init__(self, *, act_bytes: int = 4096, act_bank_bytes: int = 2048,
+                 max_layers: int = 32, **core):
         self.core = MixCore(**core)
-        if act_bytes & (act_bytes - 1) or not 256 <= act_bytes <= (1 << _ADDR):
-            raise ValueError(f"act_bytes must be a power of two in [256, 65536], not {act_bytes!r}")
+        for name, v in (("act_bytes", act_bytes), ("act_bank_bytes", act_bank_bytes)):
+            if isinstance(v, bool) or not isinstance(v, int) or v & (v - 1) or \
+                    not 256 <= v <= (1 << _ADDR):
+                raise ValueError(f"{name} must be a power of two in [256, 65536], not {v!r}")
         if not isinstance(max_layers, int) or not 1 <= max_layers <= 255:
             raise ValueError(f"max_layers must be an int in [1, 255], not {max_layers!r}")
         self.act_bytes, self.max_layers = act_bytes, max_layers
+        #: ACT banks, and the registers of the address trees in front of them
+        self.act_banks = max(1, act_bytes // act_bank_bytes)
+        self._act_addr_stages = tree_levels(self.act_banks)
+        #: cycles from an ACT address to its byte: the address tree, the EBR, the data tree
+        self.ACT_LATENCY = 2 * self._act_addr_stages + 1
         for name in ("rows", "cols", "a_depth", "w_depth", "out_depth", "chan_depth",
                      "group_depth", "formats", "group_sizes", "PE_KIND", "max_k", "acc_width",
                      "a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes",
@@ -87,6 +102,10 @@ class ProgramCore(wiring.Component):
             setattr(self, name, getattr(self.core, name))
         self.addr_bits = max(self.core.addr_bits, (act_bytes - 1).bit_length(),
                              (max_layers * PROGRAM_RECORD - 1).bit_length())
+        if self.ACT_LATENCY > self.core.READ_LATENCY:
+            raise ValueError(f"act_bank_bytes {act_bank_bytes}: {self.act_banks} ACT banks take "
+                             f"{self.ACT_LATENCY} cycles to read, more than the core's "
+                             f"{self.core.READ_LATENCY}; use larger banks")
         #: cycles from ``bus_re`` to ``bus_rdata`` (the core's plus the output register)
         self.READ_LATENCY = self.core.READ_LATENCY + 1
         super().__init__(program_signature(addr_bits=self.addr_bits))
@@ -107,10 +126,18 @@ class ProgramCore(wiring.Component):
         lr = R.bit_length() - 1
         act_bits = (self.act_bytes - 1).bit_length()
 
-        m.submodules.act = act = Memory(shape=8, depth=self.act_bytes, init=[])
+        # ACT in banks (see act_bank_bytes): its 32 EBRs on the 85F lie all over the die, and
+        # one address register driving them all was the slowest path of two of its seeds (a
+        # 10.50 ns wire to one EBR's address)
+        nb = self.act_banks
+        bank_bits = act_bits - (nb.bit_length() - 1)    # address bits inside a bank
+        act_r, act_w = [], []
+        for b in range(nb):
+            m.submodules[f"act{b}"] = bank = Memory(shape=8, depth=self.act_bytes // nb, init=[])
+            act_r.append(bank.read_port())
+            act_w.append(bank.write_port())
         m.submodules.prog = prog = Memory(shape=8, depth=self.max_layers * PROGRAM_RECORD, init=[])
         m.submodules.lcnt = lcnt = Memory(shape=8, depth=self.max_layers * LCNT_RECORD, init=[])
-        act_r, act_w = act.read_port(), act.write_port()
         prog_r, prog_w = prog.read_port(), prog.write_port()
         lcnt_r, lcnt_w = lcnt.read_port(), lcnt.write_port()
 
@@ -151,20 +178,17 @@ class ProgramCore(wiring.Component):
                          (self.bus_addr < self.max_layers * PROGRAM_RECORD)),
         ]
         h_act_we = host_we & (self.bus_sel == Buffer.ACT) & (self.bus_addr < self.act_bytes)
-        # host reads: memory data one cycle after the address, delayed to the core's latency
+        # host reads: PROG / LCNT data one cycle after the address, ACT's ACT_LATENCY cycles,
+        # both delayed to the core's READ_LATENCY (lat), then one register
         lat = self.core.READ_LATENCY
-        sel_d = [Signal(Buffer, name=f"hsel{i}") for i in range(lat)]
-        m.d.sync += sel_d[0].eq(self.bus_sel)
-        for i in range(1, lat):
-            m.d.sync += sel_d[i].eq(sel_d[i - 1])
-        loc_d = [Signal(8, name=f"hloc{i}") for i in range(lat)]
-        loc = Mux(sel_d[0] == Buffer.ACT, act_r.data,
-                  Mux(sel_d[0] == Buffer.PROG, prog_r.data, lcnt_r.data))
-        m.d.sync += loc_d[1].eq(loc)
-        for i in range(2, lat):
-            m.d.sync += loc_d[i].eq(loc_d[i - 1])
-        m.d.sync += self.bus_rdata.eq(Mux(_local(sel_d[lat - 1]), loc_d[lat - 1],
-                                          core.bus_rdata))
+        sel_d = delay(m, self.bus_sel, lat, "hsel", reset_less=True)
+        pl = Mux(delay(m, self.bus_sel, 1, "hsel_pl", reset_less=True) == Buffer.PROG,
+                 prog_r.data, lcnt_r.data)
+        act_q = Signal(8)                   # ACT's byte, ACT_LATENCY cycles after its address
+        loc = Mux(sel_d == Buffer.ACT, delay(m, act_q, lat - self.ACT_LATENCY, "hact",
+                                             reset_less=True),
+                  delay(m, pl, lat - 1, "hpl", reset_less=True))
+        m.d.sync += self.bus_rdata.eq(Mux(_local(sel_d), loc, core.bus_rdata))
 
         # -- the current layer record ---------------------------------------------------------
         rec = Signal(_RECORD_BITS)
@@ -304,11 +328,15 @@ class ProgramCore(wiring.Component):
             with m.Else():
                 m.d.sync += a_k.eq(a_k + 1)
 
-        # pipeline: p1 = ACT read issued (address, flags), p2 = data there
-        p1_v = Signal(); p1_a = Signal(32); p1_wend = Signal(); p1_wfirst = Signal()
-        p1_sy = Signal(17); p1_sx = Signal(17)
-        m.d.sync += [p1_v.eq(g_run & g_on), p1_sy.eq(sy), p1_sx.eq(sx), p1_a.eq(a_byte),
-                     p1_wend.eq(w_end), p1_wfirst.eq(w_first)]
+        # pipeline: the ACT read issued with its flags; p1 = ACT_LATENCY cycles later, its data
+        # there (p_v: the valid bits of the reads in flight), p2 = the data registered
+        p_v = Signal(self.ACT_LATENCY)
+        m.d.sync += p_v.eq(Cat(g_run & g_on, p_v[:-1]))
+        p1_v = p_v[-1]
+        p1_sy, p1_sx, p1_a, p1_wend, p1_wfirst = (
+            delay(m, v, self.ACT_LATENCY, f"p1_{n}", reset_less=True)
+            for n, v in (("sy", sy), ("sx", sx), ("a", a_byte), ("wend", w_end),
+                         ("wfirst", w_first)))
         p1_pad = Signal()                   # the padding check's second half (see sy above)
         m.d.comb += p1_pad.eq((p1_sy < pad) | (p1_sy >= lim_hp) |
                               (p1_sx < pad) | (p1_sx >= lim_wp))
@@ -317,7 +345,7 @@ class ProgramCore(wiring.Component):
         p2_v = Signal(); p2_pad = Signal(); p2_a = Signal(32); p2_wend = Signal()
         p2_wfirst = Signal(); p2_data = Signal(8)
         m.d.sync += [p2_v.eq(p1_v), p2_pad.eq(p1_pad), p2_a.eq(p1_a), p2_wend.eq(p1_wend),
-                     p2_wfirst.eq(p1_wfirst), p2_data.eq(act_r.data)]
+                     p2_wfirst.eq(p1_wfirst), p2_data.eq(act_q)]
         p2_val = Signal(8)
         m.d.comb += p2_val.eq(Mux(p2_pad, pad_value, p2_data))
 
@@ -350,16 +378,33 @@ class ProgramCore(wiring.Component):
 
         act_rd_addr = Signal(_ADDR)
         m.d.comb += act_rd_addr.eq(Mux(running, addr[GATHER_LOOPS - 1], self.bus_addr))
-        m.d.comb += [act_r.addr.eq(act_rd_addr[:act_bits]), act_r.en.eq(1),
-                     prog_r.addr.eq(Mux(running, layer * PROGRAM_RECORD + fidx, self.bus_addr)),
+        # ACT's address tree: each bank's address from its own register, kept apart on ECP5
+        # (Yosys would merge the copies); the bank's bytes join through a registered mux
+        # tree. Writes take the same tree, so a read issued after a write reads its byte.
+        apart = use_ecp5(self.core.impl, platform)
+        stages = self._act_addr_stages
+        for b, ra in enumerate(fanout_delay(m, act_rd_addr[:act_bits], stages, nb, "act_ra",
+                                            apart=apart)):
+            m.d.comb += [act_r[b].addr.eq(ra[:bank_bits]), act_r[b].en.eq(1)]
+        if nb > 1:
+            bsel = delay(m, act_rd_addr[bank_bits:act_bits], stages + 1, "act_bsel",
+                         reset_less=True)
+            m.d.comb += act_q.eq(select_tree(m, [r.data for r in act_r], bsel, name="act_q"))
+        else:
+            m.d.comb += act_q.eq(act_r[0].data)
+        m.d.comb += [prog_r.addr.eq(Mux(running, layer * PROGRAM_RECORD + fidx, self.bus_addr)),
                      prog_r.en.eq(1), lcnt_r.addr.eq(self.bus_addr), lcnt_r.en.eq(1)]
         # runner writes to ACT go through a register stage too (address, data, enable)
         aw_addr = Signal(_ADDR); aw_data = Signal(8); aw_en = Signal()
         awr_addr = Signal(_ADDR); awr_data = Signal(8); awr_en = Signal()
         m.d.sync += [awr_addr.eq(aw_addr), awr_data.eq(aw_data), awr_en.eq(aw_en)]
-        m.d.comb += [act_w.addr.eq(Mux(running, awr_addr, self.bus_addr)[:act_bits]),
-                     act_w.data.eq(Mux(running, awr_data, self.bus_wdata)),
-                     act_w.en.eq(Mux(running, awr_en, h_act_we))]
+        act_wr = Cat(Mux(running, awr_addr, self.bus_addr)[:act_bits],
+                     Mux(running, awr_data, self.bus_wdata), Mux(running, awr_en, h_act_we))
+        for b, wr in enumerate(fanout_delay(m, act_wr, stages, nb, "act_w", apart=apart)):
+            w_addr, w_data, w_en = wr[:act_bits], wr[act_bits:act_bits + 8], wr[-1]
+            hit = (w_addr[bank_bits:] == b) if nb > 1 else 1
+            m.d.comb += [act_w[b].addr.eq(w_addr[:bank_bits]), act_w[b].data.eq(w_data),
+                         act_w[b].en.eq(w_en & hit)]
 
         # LCNT record writer
         l_rec = Signal(8 * LCNT_RECORD)
@@ -449,7 +494,7 @@ class ProgramCore(wiring.Component):
                 watchdog_and_abort()
             with m.State("GATHER"):
                 m.d.comb += g_run.eq(1)
-                with m.If(~g_on & ~p1_v & ~p2_v):
+                with m.If(~g_on & ~p_v.any() & ~p2_v):
                     m.next = "START"
                 watchdog_and_abort()
             with m.State("START"):
@@ -489,7 +534,7 @@ class ProgramCore(wiring.Component):
                 watchdog_and_abort()
             with m.State("POOL"):
                 m.d.comb += g_run.eq(1)
-                with m.If(~g_on & ~p1_v & ~p2_v & ~awr_en):
+                with m.If(~g_on & ~p_v.any() & ~p2_v & ~awr_en):
                     m.next = "COUNT"
                 watchdog_and_abort()
             with m.State("COUNT"):
