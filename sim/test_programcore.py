@@ -17,7 +17,8 @@ from program_models import cnn, lin
 
 CONFIG = dict(rows=2, cols=4, a_depth=128, w_depth=256, out_depth=128, chan_depth=64,
               group_depth=128, pe="mixpe", act_bytes=2048, max_layers=8)
-#: ACT in one bank, and in 8 (two register levels of address tree, two of data tree)
+#: ACT in one bank, and in 8 (a decode register and two levels of address tree, two of
+#: data tree)
 ACT_BANKS = {"banks1": dict(act_bank_bytes=2048), "banks8": dict(act_bank_bytes=256)}
 
 

@@ -19,7 +19,7 @@ SMALL = dict(rows=2, cols=4, a_depth=128, w_depth=256, out_depth=128, chan_depth
     ({"act_bank_bytes": "2k"}, "act_bank_bytes must be a power of two in [256, 65536], not '2k'"),
     ({"max_layers": 0}, "max_layers must be an int in [1, 255], not 0"),
     ({"act_bytes": 65536, "act_bank_bytes": 256},
-     "act_bank_bytes 256: 256 ACT banks take 9 cycles to read, more than the core's 8; "
+     "act_bank_bytes 256: 256 ACT banks take 10 cycles to read, more than the core's 8; "
      "use larger banks"),
 ])
 def test_bad_parameters(kw, msg):
@@ -29,12 +29,12 @@ def test_bad_parameters(kw, msg):
 
 
 @pytest.mark.parametrize("act_bytes, bank, banks, act_latency", [
-    (2048, 2048, 1, 1),         # one bank: the memory's own cycle
-    (2048, 4096, 1, 1),         # a bank larger than ACT: one bank
-    (2048, 1024, 2, 3),         # one register each way (address copy, data mux)
-    (8192, 2048, 4, 3),
-    (8192, 1024, 8, 5),
-    (65536, 2048, 32, 7),       # the 85F: 32 EBRs, three levels each way
+    (2048, 2048, 1, 2),         # one bank: the decode register and the memory's own cycle
+    (2048, 4096, 1, 2),         # a bank larger than ACT: one bank
+    (2048, 1024, 2, 4),         # decode register, one level each way (copy, data mux)
+    (8192, 2048, 4, 4),
+    (8192, 1024, 8, 6),
+    (65536, 2048, 32, 8),       # the 85F: 32 EBRs, three levels each way
 ])
 def test_act_banks_and_latency(act_bytes, bank, banks, act_latency):
     core = ProgramCore(**SMALL, act_bytes=act_bytes, act_bank_bytes=bank)
@@ -45,5 +45,5 @@ def test_act_banks_and_latency(act_bytes, bank, banks, act_latency):
 
 def test_85f_read_latency():
     core = ProgramCore(**PE_SIZES["mixpe"]["85F"].geometry())
-    assert (core.act_banks, core.ACT_LATENCY) == (32, 7)
+    assert (core.act_banks, core.ACT_LATENCY) == (32, 8)
     assert core.READ_LATENCY == core.core.READ_LATENCY + 1 == 10

@@ -88,11 +88,12 @@ class ProgramCore(wiring.Component):
         if not isinstance(max_layers, int) or not 1 <= max_layers <= 255:
             raise ValueError(f"max_layers must be an int in [1, 255], not {max_layers!r}")
         self.act_bytes, self.max_layers = act_bytes, max_layers
-        #: ACT banks, and the registers of the address trees in front of them
+        #: ACT banks, and the registers in front of them: one after the access decode, then
+        #: the address tree's levels
         self.act_banks = max(1, act_bytes // act_bank_bytes)
-        self._act_addr_stages = tree_levels(self.act_banks)
-        #: cycles from an ACT address to its byte: the address tree, the EBR, the data tree
-        self.ACT_LATENCY = 2 * self._act_addr_stages + 1
+        self._act_addr_stages = tree_levels(self.act_banks) + 1
+        #: cycles from an ACT address to its byte: the address registers, the EBR, the data tree
+        self.ACT_LATENCY = self._act_addr_stages + 1 + tree_levels(self.act_banks)
         for name in ("rows", "cols", "a_depth", "w_depth", "out_depth", "chan_depth",
                      "group_depth", "formats", "group_sizes", "PE_KIND", "max_k", "acc_width",
                      "a_bytes", "w_bytes", "out_bytes", "chan_bytes", "group_bytes",
@@ -381,6 +382,9 @@ class ProgramCore(wiring.Component):
         # ACT's address tree: each bank's address from its own register, kept apart on ECP5
         # (Yosys would merge the copies); the bank's bytes join through a registered mux
         # tree. Writes take the same tree, so a read issued after a write reads its byte.
+        # One plain register comes first: the host's access decode (the link's registers,
+        # an address compare, the core's busy) fed the tree's roots directly, and the placer
+        # pulls those towards the EBRs: the slowest path of two 85F dsp8s seeds (14.9 ns)
         apart = use_ecp5(self.core.impl, platform)
         stages = self._act_addr_stages
         for b, ra in enumerate(fanout_delay(m, act_rd_addr[:act_bits], stages, nb, "act_ra",
